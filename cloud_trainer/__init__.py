@@ -1,0 +1,1 @@
+"""The Cropwatch cloud trainer: datasets, models, training, ONNX export, registry, publishing."""

@@ -1,0 +1,4 @@
+"""The Cropwatch field agent: sources, inference, outbox, transport, model slots, health.
+
+Never imports torch: a field device installs only the ``edge`` extra.
+"""

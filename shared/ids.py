@@ -1,0 +1,69 @@
+"""Identifiers: the id pattern of the design and time-ordered unique message ids."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from datetime import UTC, datetime
+
+ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+ID_RE = re.compile(ID_PATTERN)
+
+# Crockford base32, as ULID uses: sorts lexicographically in time order.
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+MSG_ID_PATTERN = r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$"
+MSG_ID_RE = re.compile(MSG_ID_PATTERN)
+
+_lock = threading.Lock()
+_last_ms = -1
+_last_rand = 0
+
+
+def is_valid_id(value: str) -> bool:
+    return isinstance(value, str) and ID_RE.fullmatch(value) is not None
+
+
+def _encode(value: int, length: int) -> str:
+    chars = []
+    for _ in range(length):
+        value, rem = divmod(value, 32)
+        chars.append(_ALPHABET[rem])
+    return "".join(reversed(chars))
+
+
+def new_msg_id(now_ms: int | None = None) -> str:
+    """A ULID: 48-bit millisecond timestamp then 80 random bits.
+
+    Within one millisecond the random part is incremented instead of redrawn, so ids made by one
+    process are strictly increasing; an outbox relies on that to replay in order.
+    """
+    global _last_ms, _last_rand
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    with _lock:
+        if ms <= _last_ms:
+            ms = _last_ms
+            rand = _last_rand + 1
+            if rand >= 1 << 80:  # 2^80 ids in one ms cannot happen in practice; move to next ms
+                ms += 1
+                rand = int.from_bytes(os.urandom(10), "big") >> 1
+        else:
+            # Top bit cleared leaves room to increment without overflowing into the next ms.
+            rand = int.from_bytes(os.urandom(10), "big") >> 1
+        _last_ms, _last_rand = ms, rand
+    return _encode(ms, 10) + _encode(rand, 16)
+
+
+def msg_id_time(msg_id: str) -> datetime:
+    """The creation time encoded in a msg_id."""
+    if not MSG_ID_RE.fullmatch(msg_id):
+        raise ValueError(f"not a msg_id: {msg_id!r}")
+    ms = 0
+    for ch in msg_id[:10]:
+        ms = ms * 32 + _ALPHABET.index(ch)
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,464 @@
+"""One pydantic model per message kind; both ends validate with these.
+
+Device to cloud: detection, yield, telemetry, sample, status, event (the topic's last segment).
+Cloud to device: commands on ``cmd/{command}`` and the retained desired model on
+``_fleet/model/{name}``. Unknown fields are rejected, floats must be finite, and every message
+carries ``schema_version``, ``msg_id``, ``farm_id``, ``device_id`` and ``observed_at``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import date
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationInfo,
+    ValidationError,
+    PlainSerializer,
+    WithJsonSchema,
+    model_validator,
+)
+
+from . import SCHEMA_VERSION
+from .errors import MessageError
+from .fields import STRICT_MODEL, Id, Label, MsgId, Probability, Sha256Hex, ShortText, UtcDatetime, Version
+from .ids import new_msg_id, utcnow
+from .manifest import ModelManifest, Variant
+
+MAX_SAMPLE_IMAGE_BYTES = 256 * 1024
+# A sample's JPEG in base64 plus its metadata; anything larger is refused before parsing.
+MAX_PAYLOAD_BYTES = 384 * 1024
+# The retained desired-model message carries a manifest, which may hold a small inline tensor.
+MAX_FLEET_PAYLOAD_BYTES = 1024 * 1024
+
+DEVICE_KINDS = ("detection", "yield", "telemetry", "sample", "status", "event")
+COMMANDS = ("capture_now", "reload_config", "set_log_level", "ping")
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+class Envelope(BaseModel):
+    """Fields every message carries."""
+
+    model_config = STRICT_MODEL
+    schema_version: Literal[1]
+    msg_id: MsgId
+    farm_id: Id
+    device_id: Id
+    observed_at: UtcDatetime
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_when_built_in_code(cls, data: Any, info: ValidationInfo) -> Any:
+        # Code that builds a message gets a fresh msg_id, the current time and the kind; a payload
+        # from the wire must carry them, or ingest could not deduplicate it.
+        if info.mode == "python" and isinstance(data, dict):
+            data = dict(data)
+            data.setdefault("schema_version", SCHEMA_VERSION)
+            data.setdefault("msg_id", new_msg_id())
+            data.setdefault("observed_at", utcnow())
+            for name in ("kind", "command", "device_id"):
+                field = cls.model_fields.get(name)
+                if field is not None and name not in data and not field.is_required():
+                    data[name] = field.default
+        return data
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode("utf-8")
+
+
+class ModelRef(BaseModel):
+    model_config = STRICT_MODEL
+    name: Id
+    version: Version
+    sha256: Sha256Hex
+    variant: Variant = "fp32"
+
+
+class LabelScore(BaseModel):
+    model_config = STRICT_MODEL
+    label: Label
+    probability: Probability
+
+
+def _descending(scores: list[LabelScore]) -> list[LabelScore]:
+    probs = [s.probability for s in scores]
+    if probs != sorted(probs, reverse=True):
+        raise ValueError("top_k must be sorted by probability, highest first")
+    return scores
+
+
+TopK = Annotated[list[LabelScore], Field(min_length=1, max_length=20), AfterValidator(_descending)]
+
+
+class ShadowResult(BaseModel):
+    """A challenger model's answer on the same image, reported beside the champion's."""
+
+    model_config = STRICT_MODEL
+    model: ModelRef
+    top_k: TopK
+    inference_ms: Annotated[float, Field(ge=0)] | None = None
+
+
+class Detection(Envelope):
+    """A leaf-disease classification of one image."""
+
+    kind: Literal["detection"] = "detection"
+    model: ModelRef
+    source: Id = Field(description="Name of the source in the agent config.")
+    image_ref: Annotated[str, StringConstraints(min_length=1, max_length=512)]
+    image_sha256: Sha256Hex | None = None
+    field_id: Id | None = None
+    top_k: TopK
+    inference_ms: Annotated[float, Field(ge=0)] | None = None
+    shadow: ShadowResult | None = None
+
+    @property
+    def label(self) -> str:
+        return self.top_k[0].label
+
+    @property
+    def confidence(self) -> float:
+        return self.top_k[0].probability
+
+
+class YieldQuantiles(BaseModel):
+    model_config = STRICT_MODEL
+    p10: float
+    p50: float
+    p90: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> YieldQuantiles:
+        if not self.p10 <= self.p50 <= self.p90:
+            raise ValueError("quantiles must satisfy p10 <= p50 <= p90")
+        return self
+
+
+class YieldEstimate(Envelope):
+    """The yield outlook for a field, from the season so far."""
+
+    kind: Literal["yield"] = "yield"
+    model: ModelRef
+    field_id: Id | None = None
+    crop: Id | None = None
+    season_start: date
+    days_into_season: Annotated[int, Field(ge=0, le=1000)]
+    season_progress: Annotated[float, Field(ge=0.0, le=1.0)]
+    expected: float
+    quantiles: YieldQuantiles
+    unit: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+
+
+Quantity = Literal[
+    "soil_moisture",
+    "soil_temperature",
+    "air_temperature",
+    "relative_humidity",
+    "leaf_wetness",
+    "rainfall",
+    "solar_radiation",
+    "wind_speed",
+    "battery_voltage",
+]
+
+
+class SensorReading(BaseModel):
+    model_config = STRICT_MODEL
+    sensor: Id
+    quantity: Quantity
+    value: float
+    unit: Annotated[str, StringConstraints(min_length=1, max_length=16)]
+
+
+class Telemetry(Envelope):
+    """Sensor readings taken at ``observed_at``."""
+
+    kind: Literal["telemetry"] = "telemetry"
+    field_id: Id | None = None
+    readings: Annotated[list[SensorReading], Field(min_length=1, max_length=64)]
+
+
+def _from_base64(value: Any) -> Any:
+    """Raw bytes in Python, base64 text on the wire."""
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except ValueError as exc:
+            raise ValueError(f"image_jpeg is not valid base64: {exc}") from None
+    return value
+
+
+def _is_jpeg(data: bytes) -> bytes:
+    if len(data) > MAX_SAMPLE_IMAGE_BYTES:
+        raise ValueError(f"sample image is {len(data)} bytes; the limit is {MAX_SAMPLE_IMAGE_BYTES} (256 KiB)")
+    if not data.startswith(b"\xff\xd8\xff"):
+        raise ValueError("sample image must be a JPEG")
+    return data
+
+
+JpegBytes = Annotated[
+    bytes,
+    BeforeValidator(_from_base64),
+    AfterValidator(_is_jpeg),
+    PlainSerializer(lambda b: base64.b64encode(b).decode("ascii"), return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64", "contentMediaType": "image/jpeg"}),
+]
+
+
+class Sample(Envelope):
+    """An image sent for labelling (low confidence, on request, or a shadow disagreement)."""
+
+    kind: Literal["sample"] = "sample"
+    reason: Literal["low_confidence", "requested", "random", "shadow_disagreement"]
+    model: ModelRef | None = None
+    detection_msg_id: MsgId | None = None
+    field_id: Id | None = None
+    source: Id | None = None
+    image_ref: Annotated[str, StringConstraints(max_length=512)] | None = None
+    predicted_label: Label | None = None
+    confidence: Probability | None = None
+    width: Annotated[int, Field(ge=1, le=65535)]
+    height: Annotated[int, Field(ge=1, le=65535)]
+    image_jpeg: JpegBytes = Field(description="Base64 of a JPEG of at most 256 KiB.")
+
+
+class ActiveModel(BaseModel):
+    model_config = STRICT_MODEL
+    name: Id
+    version: Version
+    sha256: Sha256Hex
+    variant: Variant = "fp32"
+    role: Literal["champion", "shadow"] = "champion"
+    state: Literal["active", "trial", "downloading", "verifying", "rejected", "rolled_back"] = "active"
+
+
+class Health(BaseModel):
+    model_config = STRICT_MODEL
+    uptime_s: Annotated[float, Field(ge=0)]
+    cpu_percent: Annotated[float, Field(ge=0)] | None = None
+    memory_rss_mb: Annotated[float, Field(ge=0)] | None = None
+    disk_free_mb: Annotated[float, Field(ge=0)] | None = None
+    temperature_c: float | None = None
+    outbox_depth: Annotated[int, Field(ge=0)] = 0
+    outbox_oldest_age_s: Annotated[float, Field(ge=0)] | None = None
+    outbox_refused: Annotated[int, Field(ge=0)] = 0
+    dropped: dict[Id, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=32)
+    errors: dict[Id, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=32)
+    inference_p50_ms: Annotated[float, Field(ge=0)] | None = None
+    inference_p95_ms: Annotated[float, Field(ge=0)] | None = None
+
+
+class Status(Envelope):
+    """Retained. ``online`` with health as the heartbeat; the last will says ``offline``."""
+
+    kind: Literal["status"] = "status"
+    state: Literal["online", "offline"]
+    since: UtcDatetime
+    agent_version: Version
+    models: Annotated[list[ActiveModel], Field(max_length=16)] = Field(default_factory=list)
+    health: Health | None = None
+    reason: ShortText | None = None
+
+
+EventValue = Union[str, int, float, bool, None]  # noqa: UP007 - JSON Schema reads better this way
+
+
+class Event(Envelope):
+    """Something happened on the device: a model swap, a refused command, an error."""
+
+    kind: Literal["event"] = "event"
+    level: LogLevel
+    code: Id
+    message: Annotated[str, StringConstraints(max_length=2000)]
+    details: dict[Annotated[str, StringConstraints(max_length=64)], EventValue] = Field(
+        default_factory=dict, max_length=32
+    )
+
+
+# --- cloud to device ---------------------------------------------------------------------------
+
+
+class CommandBase(Envelope):
+    """A command to one device; ``device_id`` is the target. Retained commands are ignored."""
+
+    kind: Literal["command"] = "command"
+    expires_at: UtcDatetime | None = None
+
+
+class CaptureNow(CommandBase):
+    command: Literal["capture_now"] = "capture_now"
+    source: Id | None = None
+
+
+class ReloadConfig(CommandBase):
+    command: Literal["reload_config"] = "reload_config"
+
+
+class SetLogLevel(CommandBase):
+    command: Literal["set_log_level"] = "set_log_level"
+    level: LogLevel
+
+
+class Ping(CommandBase):
+    command: Literal["ping"] = "ping"
+
+
+Command = Annotated[Union[CaptureNow, ReloadConfig, SetLogLevel, Ping], Field(discriminator="command")]  # noqa: UP007
+
+
+class Artifact(BaseModel):
+    model_config = STRICT_MODEL
+    variant: Variant
+    url: Annotated[str, StringConstraints(pattern=r"^https?://", max_length=4096)]
+    sha256: Sha256Hex
+    size: Annotated[int, Field(gt=0)]
+
+
+class RolloutPolicy(BaseModel):
+    """Which devices of the farm take the model: all listed conditions must hold."""
+
+    model_config = STRICT_MODEL
+    mode: Literal["active", "shadow"] = "active"
+    percent: Annotated[float, Field(ge=0, le=100)] = 100.0
+    devices: list[Id] | None = None
+    group: Id | None = None
+
+
+class DesiredModel(Envelope):
+    """Retained per farm and model name: which version devices should run."""
+
+    kind: Literal["desired_model"] = "desired_model"
+    device_id: Literal["_fleet"] = "_fleet"
+    model_name: Id
+    version: Version
+    manifest: ModelManifest
+    artifacts: Annotated[list[Artifact], Field(min_length=1, max_length=4)]
+    rollout: RolloutPolicy = Field(default_factory=RolloutPolicy)
+    previous_version: Version | None = None
+    allow_downgrade: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DesiredModel:
+        if self.manifest.name != self.model_name or self.manifest.version != self.version:
+            raise ValueError("model_name and version must match the manifest")
+        for art in self.artifacts:
+            entry = self.manifest.file(art.variant)
+            if (entry.sha256, entry.size) != (art.sha256, art.size):
+                raise ValueError(f"artifact {art.variant} disagrees with the manifest's sha256/size")
+        return self
+
+
+DeviceMessage = Annotated[
+    Union[Detection, YieldEstimate, Telemetry, Sample, Status, Event],  # noqa: UP007
+    Field(discriminator="kind"),
+]
+
+MESSAGE_TYPES: dict[str, type[BaseModel]] = {
+    "detection": Detection,
+    "yield": YieldEstimate,
+    "telemetry": Telemetry,
+    "sample": Sample,
+    "status": Status,
+    "event": Event,
+    "capture_now": CaptureNow,
+    "reload_config": ReloadConfig,
+    "set_log_level": SetLogLevel,
+    "ping": Ping,
+    "desired_model": DesiredModel,
+}
+
+_device_adapter: TypeAdapter[Any] = TypeAdapter(DeviceMessage)
+_command_adapter: TypeAdapter[Any] = TypeAdapter(Command)
+
+
+def _classify(payload: bytes, exc: ValidationError, known_kinds: tuple[str, ...]) -> MessageError:
+    """Turn a failed validation into a reason an operator can act on."""
+    non_finite: list[str] = []
+
+    def _const(token: str) -> float:
+        non_finite.append(token)
+        return float("nan")
+
+    try:
+        doc = json.loads(payload, parse_constant=_const)
+    except RecursionError:
+        return MessageError("too_deep", "payload nests too deeply to be a Cropwatch message")
+    except (ValueError, UnicodeDecodeError) as err:
+        if any(e.get("type") == "recursion_loop" for e in exc.errors()):
+            return MessageError("too_deep", "payload nests too deeply to be a Cropwatch message")
+        return MessageError("invalid_json", f"payload is not UTF-8 JSON: {err}")
+    if non_finite:
+        return MessageError("non_finite", f"payload holds {non_finite[0]}; numbers must be finite")
+    if not isinstance(doc, dict):
+        return MessageError("schema", f"payload must be a JSON object, got {type(doc).__name__}")
+    version = doc.get("schema_version")
+    if version != SCHEMA_VERSION:
+        return MessageError(
+            "unknown_schema_version",
+            f"schema_version {version!r} is not supported (this end speaks {SCHEMA_VERSION}); upgrade the older end",
+        )
+    kind = doc.get("kind")
+    if kind not in known_kinds:
+        return MessageError("unknown_kind", f"kind {kind!r} is not one of {', '.join(known_kinds)}")
+    first = exc.errors(include_url=False)[:3]
+    detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or '(root)'}: {e['msg']}" for e in first)
+    return MessageError("schema", f"{kind} message is not valid: {detail}")
+
+
+def _validate(adapter: TypeAdapter[Any], payload: bytes | str, kinds: tuple[str, ...], limit: int) -> Any:
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8")
+    if len(payload) > limit:
+        raise MessageError("too_large", f"payload is {len(payload)} bytes; the limit is {limit}")
+    try:
+        return adapter.validate_json(payload)
+    except ValidationError as exc:
+        raise _classify(payload, exc, kinds) from None
+
+
+def parse_device_message(payload: bytes | str, expected_kind: str | None = None) -> Envelope:
+    """Validate a device-to-cloud payload; raises MessageError only."""
+    msg = _validate(_device_adapter, payload, DEVICE_KINDS, MAX_PAYLOAD_BYTES)
+    if expected_kind is not None and msg.kind != expected_kind:
+        raise MessageError("kind_mismatch", f"payload kind {msg.kind!r} does not match topic kind {expected_kind!r}")
+    return msg
+
+
+def parse_command(payload: bytes | str, expected_command: str | None = None) -> CommandBase:
+    """Validate a cloud-to-device command; raises MessageError only."""
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8")
+    try:
+        msg = _validate(_command_adapter, payload, ("command",), MAX_PAYLOAD_BYTES)
+    except MessageError as err:
+        if err.reason == "schema":
+            try:
+                name = json.loads(payload).get("command")
+            except (ValueError, AttributeError, RecursionError):
+                name = None
+            if name not in COMMANDS:
+                raise MessageError("unknown_command", f"command {name!r} is not one of {', '.join(COMMANDS)}") from None
+        raise
+    if expected_command is not None and msg.command != expected_command:
+        raise MessageError(
+            "kind_mismatch", f"payload command {msg.command!r} does not match topic command {expected_command!r}"
+        )
+    return msg
+
+
+def parse_desired_model(payload: bytes | str) -> DesiredModel:
+    """Validate a retained desired-model message; raises MessageError only."""
+    return _validate(TypeAdapter(DesiredModel), payload, ("desired_model",), MAX_FLEET_PAYLOAD_BYTES)
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schema of every message kind, keyed by kind (commands by command name)."""
+    return {name: cls.model_json_schema(mode="validation") for name, cls in MESSAGE_TYPES.items()}
