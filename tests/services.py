@@ -159,3 +159,20 @@ def postgres_schema(url: str = POSTGRES_URL) -> Iterator[str]:
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def cropwatch_cmd(*args: str) -> list[str]:
+    """Run the CLI from this source tree (not whatever copy is installed)."""
+    import sys
+
+    return [sys.executable, "-m", "shared.cli", *args]
+
+
+def cropwatch_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CROPWATCH_") or k.startswith("CROPWATCH_TEST_")}
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
