@@ -83,7 +83,6 @@ def run_mosquitto(binary: str, host: str, port: int, data_dir: Path) -> int:
 def amqtt_config(host: str, port: int, data_dir: Path) -> dict:
     return {
         "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 1000}},
-        "timeout-disconnect-delay": 2,
         "plugins": {
             "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
             "amqtt.contrib.persistence.SessionDBPlugin": {
@@ -110,7 +109,9 @@ async def _serve_amqtt(host: str, port: int, data_dir: Path) -> None:
 
 
 def main(argv: list[str], prog: str = "cropwatch broker") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=1883, help="TCP port (default 1883)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where sessions persist")

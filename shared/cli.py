@@ -65,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         missing = exc.name or "a dependency"
-        if module_name == missing or module_name.startswith(missing + "."):
-            print(f"cropwatch {name}: not implemented yet in this version of Cropwatch", file=sys.stderr)
-            return 3
         if missing.split(".")[0] in {"shared", "edge_agent", "cloud_trainer", "farm_monitor"}:
+            if module_name == missing or module_name.startswith(missing + "."):
+                print(f"cropwatch {name}: not implemented yet in this version of Cropwatch", file=sys.stderr)
+                return 3
             raise
         print(
             f"cropwatch {name}: needs {missing}, which is not installed; install it with "

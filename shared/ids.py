@@ -40,7 +40,10 @@ def new_msg_id(now_ms: int | None = None) -> str:
     process are strictly increasing; an outbox relies on that to replay in order.
     """
     global _last_ms, _last_rand
-    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    if now_ms is not None:
+        # An explicit time (backfill, tests) stands outside the process's monotonic sequence.
+        return _encode(now_ms, 10) + _encode(int.from_bytes(os.urandom(10), "big") >> 1, 16)
+    ms = int(time.time() * 1000)
     with _lock:
         if ms <= _last_ms:
             ms = _last_ms

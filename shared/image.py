@@ -37,6 +37,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageDecodeError("too_large", f"image is a decompression bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
         head = data[:8]
+        if head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")):
+            raise ImageDecodeError("corrupt", "image starts like a JPEG/PNG but its header is damaged") from exc
         raise ImageDecodeError(
             "not_an_image", f"not a JPEG or PNG image (starts with {head!r}); only JPEG and PNG are accepted"
         ) from exc
@@ -100,7 +102,7 @@ def decode_image(
             else:
                 img = img.convert("RGB")
         box = None if resize == "stretch" else _crop_box(img.width, img.height, target_w, target_h)
-        if img.size != (target_w, target_h) or box is not None and box != (0, 0, img.width, img.height):
+        if img.size != (target_w, target_h) or (box is not None and box != (0, 0, img.width, img.height)):
             img = img.resize((target_w, target_h), Image.Resampling.BILINEAR, box=box, reducing_gap=None)
         arr = np.asarray(img, dtype=np.uint8)
     except ImageDecodeError:

@@ -223,9 +223,7 @@ class ModelManifest(BaseModel):
 
 
 def canonical_json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
-        "utf-8"
-    )
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 # --- keys ------------------------------------------------------------------------------------
@@ -332,7 +330,8 @@ def verify_manifest(manifest: ModelManifest, trusted: TrustedKeys, now: datetime
     except (InvalidSignature, ValueError) as exc:
         raise ManifestError(
             "bad_signature",
-            f"manifest {manifest.name} {manifest.version}: signature does not match its content (altered after signing?)",
+            f"manifest {manifest.name} {manifest.version}: signature does not match its content "
+            "(altered after signing?)",
         ) from exc
     current = now or utcnow()
     if manifest.expires_at is not None and manifest.expires_at <= current:

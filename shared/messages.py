@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import typing
 from datetime import date
 from typing import Annotated, Any, Literal, Union
 
@@ -18,11 +19,11 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     Field,
+    PlainSerializer,
     StringConstraints,
     TypeAdapter,
-    ValidationInfo,
     ValidationError,
-    PlainSerializer,
+    ValidationInfo,
     WithJsonSchema,
     model_validator,
 )
@@ -64,10 +65,17 @@ class Envelope(BaseModel):
             data.setdefault("schema_version", SCHEMA_VERSION)
             data.setdefault("msg_id", new_msg_id())
             data.setdefault("observed_at", utcnow())
-            for name in ("kind", "command", "device_id"):
-                field = cls.model_fields.get(name)
-                if field is not None and name not in data and not field.is_required():
-                    data[name] = field.default
+            # A one-value Literal (the fleet's device_id) is implied by the class in code, but
+            # still required on the wire.
+            for name, field in cls.model_fields.items():
+                args = typing.get_args(field.annotation)
+                if (
+                    name not in data
+                    and field.is_required()
+                    and typing.get_origin(field.annotation) is Literal
+                    and len(args) == 1
+                ):
+                    data[name] = args[0]
         return data
 
     def to_json(self) -> bytes:
@@ -336,7 +344,7 @@ class DesiredModel(Envelope):
     """Retained per farm and model name: which version devices should run."""
 
     kind: Literal["desired_model"] = "desired_model"
-    device_id: Literal["_fleet"] = "_fleet"
+    device_id: Literal["_fleet"]
     model_name: Id
     version: Version
     manifest: ModelManifest
@@ -409,7 +417,14 @@ def _classify(payload: bytes, exc: ValidationError, known_kinds: tuple[str, ...]
     if kind not in known_kinds:
         return MessageError("unknown_kind", f"kind {kind!r} is not one of {', '.join(known_kinds)}")
     first = exc.errors(include_url=False)[:3]
-    detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or '(root)'}: {e['msg']}" for e in first)
+    tags = set(MESSAGE_TYPES)
+
+    def where(loc: tuple[int | str, ...]) -> str:
+        # A discriminated union puts the tag first in the location; it says nothing to a reader.
+        parts = loc[1:] if loc and loc[0] in tags else loc
+        return ".".join(str(p) for p in parts) or "(root)"
+
+    detail = "; ".join(f"{where(e['loc'])}: {e['msg']}" for e in first)
     return MessageError("schema", f"{kind} message is not valid: {detail}")
 
 

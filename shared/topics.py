@@ -1,8 +1,8 @@
 """The MQTT topic tree of the design, built and parsed in one place.
 
-    cropwatch/v1/{farm_id}/{device_id}/{kind}            device to cloud
-    cropwatch/v1/{farm_id}/{device_id}/cmd/{command}     cloud to one device
-    cropwatch/v1/{farm_id}/_fleet/model/{model_name}     retained desired model per farm
+cropwatch/v1/{farm_id}/{device_id}/{kind}            device to cloud
+cropwatch/v1/{farm_id}/{device_id}/cmd/{command}     cloud to one device
+cropwatch/v1/{farm_id}/_fleet/model/{model_name}     retained desired model per farm
 """
 
 from __future__ import annotations
