@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import Broker, missing_service, postgres_schema, private_mosquitto
+from tests.services import Broker, missing_service, mosquitto_binary, port_open, postgres_schema, private_mosquitto
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEAM_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -32,7 +32,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    """A private Mosquitto (MQTT v5) on a free port, shared by the session. Do not stop it."""
+    """A private Mosquitto (MQTT v5) on a free port, shared by the session. Do not stop it.
+
+    Without the mosquitto binary, the broker already running on 127.0.0.1:1883 stands in (the
+    embedded amqtt broker cannot: it speaks MQTT 3.1.1 only).
+    """
+    if mosquitto_binary() is None and port_open("127.0.0.1", 1883):
+        yield Broker("127.0.0.1", 1883, tmp_path_factory.mktemp("external-broker"))
+        return
     with private_mosquitto(tmp_path_factory.mktemp("mosquitto")) as broker:
         yield broker
 
