@@ -185,7 +185,7 @@ def test_registry_serve_command(tmp_path: Path, keys: tuple[Path, Path]) -> None
             str(port),
             "--token-file",
             str(tmp_path / "token"),
-        ),  # fmt: skip
+        ),
         env=cropwatch_env(),
         stderr=subprocess.PIPE,
     )
