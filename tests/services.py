@@ -60,6 +60,11 @@ def mosquitto_binary() -> str | None:
     )
 
 
+def run_as_me() -> list[str]:
+    """Mosquitto started as root drops to the `mosquitto` user, which cannot read a test's temp folder."""
+    return ["user root"] if os.geteuid() == 0 else []
+
+
 @dataclass
 class Broker:
     """A running MQTT v5 broker. ``stop``/``start`` keep the port and the persisted state."""
@@ -85,6 +90,7 @@ class Broker:
             f"persistence_location {self.workdir}/",
             "max_queued_messages 0",
             f"log_dest file {self.workdir}/mosquitto.log",
+            *run_as_me(),
             *self.config_lines,
         ]
         conf.write_text("\n".join(lines) + "\n")
