@@ -156,7 +156,8 @@ class Outbox:
                 if victim is None:
                     self._bump(cur, f"dropped_{m.kind}")
                     logger.warning("outbox full (%d bytes): dropped new %s %s", self._used, m.kind, m.msg_id)
-                    return [m.msg_id]
+                    dropped.append(m.msg_id)
+                    return dropped
                 cur.execute("DELETE FROM outbox WHERE id = ?", (victim[0],))
                 self._used -= victim[3] + ROW_OVERHEAD
                 self._bump(cur, f"dropped_{victim[2]}")

@@ -32,8 +32,10 @@ from shared.manifest import (
 )
 
 LEAF_LABELS = ["healthy", "early_blight", "late_blight"]
-# Rows: mean R, G, B in [0, 1]; columns: labels. Green -> healthy, brown/yellow -> blight.
-_COLOUR_WEIGHTS = np.array([[-4.0, 3.0, 1.0], [4.0, -1.0, -2.0], [0.0, -2.0, 1.0]], dtype=np.float32)
+# Rows: mean R, G, B in [0, 1]; columns: labels. The score is greenness (G - R): a clearly green
+# picture is healthy, a brownish one late blight, in between early blight.
+_COLOUR_WEIGHTS = np.array([[-40.0, 0.0, 40.0], [40.0, 0.0, -40.0], [0.0, 0.0, 0.0]], dtype=np.float32)
+_COLOUR_BIAS = np.array([-2.0, 0.0, -1.2], dtype=np.float32)
 
 
 @dataclass
@@ -57,14 +59,16 @@ def classifier_graph(size: int, labels: list[str], temperature: float = 1.0, see
     n = len(labels)
     rng = np.random.default_rng(seed)
     weights = np.zeros((3, n), dtype=np.float32)
+    bias = np.zeros(n, dtype=np.float32)
     weights[:, : min(3, n)] = _COLOUR_WEIGHTS[:, : min(3, n)]
+    bias[: min(3, n)] = _COLOUR_BIAS[: min(3, n)]
     if n > 3:
         weights[:, 3:] = rng.normal(0, 0.5, size=(3, n - 3)).astype(np.float32)
     inits = [
         numpy_helper.from_array(np.array([1 / 255.0], dtype=np.float32), "scale"),
         numpy_helper.from_array(np.array([1, 2], dtype=np.int64), "axes"),
         numpy_helper.from_array(weights / temperature, "W"),
-        numpy_helper.from_array(np.zeros(n, dtype=np.float32), "B"),
+        numpy_helper.from_array(bias / temperature, "B"),
     ]
     nodes = [
         helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),

@@ -22,7 +22,7 @@ def draw_leaf(width: int, height: int, condition: str = "healthy", seed: int = 0
     draw = ImageDraw.Draw(img)
 
     cx, cy = width / 2 + rng.uniform(-0.05, 0.05) * width, height / 2 + rng.uniform(-0.05, 0.05) * height
-    length, breadth = 0.42 * min(width, height) * 1.6, 0.42 * min(width, height) * 0.7
+    length, breadth = 0.95 * min(width, height), 0.55 * min(width, height)
     angle = rng.uniform(0, math.pi)
     ca, sa = math.cos(angle), math.sin(angle)
 
@@ -34,7 +34,7 @@ def draw_leaf(width: int, height: int, condition: str = "healthy", seed: int = 0
         u = length / 2 * math.cos(t)
         v = breadth / 2 * math.sin(t) * (1 - 0.25 * math.cos(t))
         outline.append(at(u, v))
-    green = (int(rng.integers(40, 70)), int(rng.integers(140, 180)), int(rng.integers(40, 70)))
+    green = (int(rng.integers(40, 60)), int(rng.integers(150, 180)), int(rng.integers(40, 60)))
     if condition == "late_blight":
         green = (int(rng.integers(110, 140)), int(rng.integers(130, 150)), int(rng.integers(40, 60)))
     draw.polygon(outline, fill=green)
@@ -46,9 +46,9 @@ def draw_leaf(width: int, height: int, condition: str = "healthy", seed: int = 0
             draw.line([at(u, 0), at(u + length / 10, side * breadth / 3)], fill=vein, width=max(1, width // 300))
 
     if condition == "early_blight":
-        for _ in range(int(rng.integers(8, 16))):
+        for _ in range(int(rng.integers(25, 40))):
             u, v = rng.uniform(-0.35, 0.35) * length, rng.uniform(-0.3, 0.3) * breadth
-            r = rng.uniform(0.02, 0.05) * min(width, height)
+            r = rng.uniform(0.04, 0.07) * min(width, height)
             x, y = at(u, v)
             for ring, colour in ((1.0, (120, 80, 30)), (0.6, (70, 45, 20)), (0.3, (120, 80, 30))):
                 draw.ellipse([x - r * ring, y - r * ring, x + r * ring, y + r * ring], fill=colour)
