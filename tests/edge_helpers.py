@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,15 @@ def agent_config(tmp_path: Path, port: int, models: dict[str, Any], **sections: 
     doc: dict[str, Any] = {
         "device": {"farm_id": FARM, "device_id": DEVICE},
         "data_dir": str(tmp_path / "data"),
-        "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "keepalive_s": 5},
+        # A fresh client id per test: a persistent session from an earlier test must not leak in.
+        "mqtt": {
+            "host": "127.0.0.1",
+            "port": port,
+            "client_id": f"cw-test-{uuid.uuid4().hex[:12]}",
+            "reconnect_min_s": 0.1,
+            "reconnect_max_s": 0.5,
+            "keepalive_s": 5,
+        },
         "heartbeat": {"interval_s": 3600},
         "log": {"format": "text", "level": "info"},
         **models,
@@ -105,12 +114,24 @@ def leaf_files(folder: Path, team_data: Path | None, count: int, start: int = 0)
 class Recorder:
     """A subscriber that keeps every message it gets, with a persistent session across broker restarts."""
 
-    def __init__(self, port: int, topic: str = f"cropwatch/v1/{FARM}/{DEVICE}/#", client_id: str = "recorder") -> None:
+    def __init__(
+        self,
+        port: int,
+        topic: str = f"cropwatch/v1/{FARM}/{DEVICE}/#",
+        client_id: str = "recorder",
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
+        # Copies the broker re-sent to this subscriber (DUP set): its own redelivery after a broker
+        # restart, not something the publisher sent twice.
+        self.redelivered: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
         self.topic = topic
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
         self.client.reconnect_delay_set(0.1, 0.5)
+        if username:
+            self.client.username_pw_set(username, password)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.subscribed = threading.Event()
@@ -125,6 +146,9 @@ class Recorder:
 
     def _on_message(self, client, userdata, msg) -> None:  # type: ignore[no-untyped-def]
         with self._lock:
+            if msg.dup and any(m[0] == msg.topic and m[1] == msg.payload for m in self.messages[-2000:]):
+                self.redelivered.append((msg.topic, bytes(msg.payload)))
+                return
             self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
 
     def parsed(self, kind: str | None = None, live_only: bool = True) -> list[Any]:
@@ -132,7 +156,7 @@ class Recorder:
             items = list(self.messages)
         out = []
         for topic, payload, retained in items:
-            if live_only and retained:
+            if (live_only and retained) or "/cmd/" in topic:
                 continue
             t = parse_topic(topic)
             if t.category != "device" or (kind is not None and t.kind != kind):

@@ -83,7 +83,9 @@ def test_yield_runner_builds_the_season_tensor_from_sensor_history(tmp_path: Pat
     box = Outbox(tmp_path / "o.db", budget_bytes=10**8)
     start = datetime(2026, 10, 1, tzinfo=UTC)
     day = 86400.0
-    readings = [(start.timestamp() + d * day + 3600 * h, "air_temperature", 10.0 + d) for d in range(3) for h in (0, 12)]
+    readings = [
+        (start.timestamp() + d * day + 3600 * h, "air_temperature", 10.0 + d) for d in range(3) for h in (0, 12)
+    ]
     readings += [(start.timestamp() + d * day, "rainfall", 2.0) for d in range(3) for _ in range(2)]
     box.add([], readings=readings)
     weather = tmp_path / "weather.csv"
