@@ -225,17 +225,20 @@ class Outbox:
             self._used -= sizes
             self._changed.notify_all()
 
-    def refused(self, row_id: int, reason_code: int) -> None:
+    def refused(self, row_id: int, reason_code: int) -> bool:
+        """Mark a row refused; False if it already was (a resent copy refused again) or is gone."""
         with self._lock:
             cur = self._db.cursor()
             cur.execute("BEGIN IMMEDIATE")
             n = cur.execute(
-                "UPDATE outbox SET state = 'refused', reason_code = ?, attempts = attempts + 1 WHERE id = ?",
+                "UPDATE outbox SET state = 'refused', reason_code = ?, attempts = attempts + 1 "
+                "WHERE id = ? AND state != 'refused'",
                 (reason_code, row_id),
             ).rowcount
             if n:
                 self._bump(cur, "refused")
             cur.execute("COMMIT")
+        return bool(n)
 
     def requeue_refused(self) -> int:
         """Put refused rows back in line (after the operator fixed what made the broker refuse them)."""

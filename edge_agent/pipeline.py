@@ -35,7 +35,7 @@ from shared.messages import (
 from shared.topics import device_topic
 
 from .inference import InferenceBackend
-from .outbox import OutMessage, Outbox
+from .outbox import Outbox, OutMessage
 from .sources import ImageItem, ReadingsItem
 
 logger = logging.getLogger(__name__)

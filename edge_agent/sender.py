@@ -130,7 +130,8 @@ class Sender:
         if acked:
             self.outbox.acked(acked)
         for row, code in refused:
-            self.outbox.refused(row.id, code)
+            if not self.outbox.refused(row.id, code):
+                continue
             logger.error(
                 "broker refused %s %s on %s: %s (%d); kept in the outbox", row.kind, row.msg_id, row.topic,
                 reason_name(code), code,

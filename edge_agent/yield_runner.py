@@ -119,10 +119,8 @@ class YieldRunner:
         def at_level(level: float) -> float:
             return float(q[int(np.argmin([abs(x - level) for x in levels]))])
 
-        if "expected" in outputs:
-            expected = float(np.asarray(outputs["expected"]).reshape(-1)[0])
-        else:
-            expected = at_level(0.5)
+        has_expected = "expected" in outputs
+        expected = float(np.asarray(outputs["expected"]).reshape(-1)[0]) if has_expected else at_level(0.5)
         season_days = self.prep.time_steps * self.prep.time_step_days
         return YieldEstimate(
             **self.identity.envelope(),

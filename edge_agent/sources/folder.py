@@ -67,10 +67,8 @@ class FolderWatcher(ThreadedSource):
                 continue
             path = Path(entry.path)
             try:
-                if st.st_size > MAX_FILE_BYTES:
-                    data = b""  # decode reports it as empty: counted and skipped like any bad file
-                else:
-                    data = path.read_bytes()
+                # An oversized file is handed on empty: decode counts and skips it like any bad file.
+                data = b"" if st.st_size > MAX_FILE_BYTES else path.read_bytes()
             except OSError as exc:
                 logger.warning("cannot read %s: %s", path, exc)
                 self.ctx.count_error("file_unreadable")

@@ -54,7 +54,7 @@ class SerialReader:
 
             return serial.Serial(self.port, self.baudrate, timeout=self.timeout_s)
         except ModuleNotFoundError:
-            return open(self.port, "rb", buffering=0)  # noqa: SIM115 - kept open between reads
+            return open(self.port, "rb", buffering=0)
 
     def read(self) -> dict[str, float]:
         if self._dev is None:

@@ -116,7 +116,7 @@ def test_results_arrive_and_validate(tmp_path: Path, mqtt_broker, models, team_d
             },
             {"type": "simulated_camera", "name": "sim", "interval_s": 0.1, "count": 2, "width": 320, "height": 240},
             {"type": "sensors", "name": "env", "interval_s": 0.2},
-        ],  # fmt: skip
+        ],
         samples={"confidence_below": 1.0, "max_per_hour": 3, "max_per_day": 10},
     )
     try:

@@ -73,7 +73,7 @@ def test_signature_and_file_digest_are_checked(tmp_path: Path, built) -> None:  
     assert err.value.reason == "no_trusted_keys"
     onnx_file = other.directory / other.manifest.file("fp32").path
     onnx_file.write_bytes(onnx_file.read_bytes() + b"\0")
-    with pytest.raises(ModelLoadError, match="size|sha256"):
+    with pytest.raises(ModelLoadError, match=r"size|sha256"):
         load_backend(ModelSettings(manifest=other.manifest_path), trusted(other))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge_agent.outbox import ROW_OVERHEAD, OutMessage, Outbox
+from edge_agent.outbox import ROW_OVERHEAD, Outbox, OutMessage
 
 
 def msg(i: int, kind: str, size: int = 100) -> OutMessage:
