@@ -172,6 +172,13 @@ class Agent:
             )
             cmd_filter = command_topic(cfg.device.farm_id, cfg.device.device_id, "ping").rsplit("/", 1)[0] + "/+"
             self.transport.subscribe(cmd_filter, handler.handle, retained=False)
+            now = time.monotonic()
+            # Timers before the transport starts: its connect callback adds the "online" one.
+            self._next.update(heartbeat=now + cfg.heartbeat.interval_s, ttl=now + TTL_SWEEP_S)
+            if self.yield_runner is not None:
+                self._next["yield"] = now + min(60.0, cfg.yield_model.interval_s)
+            if self.notifier.watchdog_s:
+                self._next["watchdog"] = now
             self.pipeline.start()
             self.sender.start()
             self.transport.start()
@@ -179,12 +186,6 @@ class Agent:
         except BaseException:
             self.lock.release()
             raise
-        now = time.monotonic()
-        self._next = {"heartbeat": now + cfg.heartbeat.interval_s, "ttl": now + TTL_SWEEP_S}
-        if self.yield_runner is not None:
-            self._next["yield"] = now + min(60.0, cfg.yield_model.interval_s)
-        if self.notifier.watchdog_s:
-            self._next["watchdog"] = now
         self.notifier.ready(f"{len(self.models)} models, {len(self.sources)} sources")
         logger.info(
             "agent %s/%s started: %d models, %d sources, data in %s",

@@ -170,13 +170,17 @@ def test_corrupt_and_truncated_images_are_skipped_and_counted(
             wait_for(lambda: agent.pipeline.processed["rejected"] == 3 and len(rec.parsed("detection")) == 2, 20,
                      what="2 detections and 3 rejects")  # fmt: skip
             agent.publish_status()
-            wait_for(lambda: rec.parsed("status"), 10, what="status")
+            wait_for(lambda: _online(rec) and len(_online(rec)[-1].health.errors) == 3, 10, what="status with errors")
             assert agent.outbox.is_seen("drop", next(k for k in _keys(inbox) if k.startswith("garbage")))
         errors = [s for s in rec.parsed("status") if s.state == "online"][-1].health.errors
         assert errors == {"image_truncated": 1, "image_not_an_image": 1, "image_empty": 1}
         assert len(rec.parsed("detection")) == 2
     finally:
         rec.close()
+
+
+def _online(rec: Recorder) -> list:  # type: ignore[type-arg]
+    return [s for s in rec.parsed("status") if s.state == "online" and s.health is not None]
 
 
 def _keys(folder: Path) -> list[str]:
@@ -257,7 +261,7 @@ def test_publish_denied_by_acl_stays_in_outbox_and_is_reported(tmp_path: Path, m
                 wait_for(lambda: len(agent.outbox.refused_rows()) == 3, 20, what="3 refused detections")
                 wait_for(lambda: rec.parsed("event") and rec.parsed("telemetry"), 10, what="event and telemetry")
                 agent.publish_status()
-                wait_for(lambda: rec.parsed("status"), 10, what="status")
+                wait_for(lambda: _online(rec) and _online(rec)[-1].health.outbox_refused == 3, 10, what="status")
                 refused = agent.outbox.refused_rows()
                 assert [(k, code) for _, k, code in refused] == [("detection", 135)] * 3
                 assert agent.outbox.counters()["refused"] == 3
