@@ -143,7 +143,8 @@ def cpu_s() -> float:
 
 
 def run_floor(onnx_path: Path, images: list[bytes], threads: int, batch: int) -> tuple[float, float]:
-    sess = ort.InferenceSession(str(onnx_path), sess_options=session_options(threads), providers=["CPUExecutionProvider"])
+    opts = session_options(threads)
+    sess = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
     sess.run(None, {"image": np.zeros((batch, SIZE, SIZE, 3), np.uint8)})
     c0, t0 = cpu_s(), time.perf_counter()
     for i in range(0, len(images), batch):
@@ -222,8 +223,9 @@ def measure_process(root: Path, port: int, manifest: Path, pub: Path, images_dir
     config.write_text(to_toml(doc))
     env = {k: v for k, v in os.environ.items() if not k.startswith("CROPWATCH_")}
     env["PYTHONPATH"] = str(REPO)
+    log = open(root / "agent.log", "wb")  # noqa: SIM115 - the child writes it for its whole life
     proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "agent", "--config", str(config)], env=env, cwd=REPO,
-                            stderr=open(root / "agent.log", "wb"))  # fmt: skip
+                            stderr=log)  # fmt: skip
     db = root / "data" / "outbox.sqlite3"
     n_files = len(list(images_dir.glob("*.jpg")))
     deadline = time.monotonic() + 120

@@ -32,7 +32,9 @@ def start_agent(config: Path, log: Path) -> subprocess.Popen[bytes]:
                             stderr=subprocess.STDOUT, cwd=REPO)  # fmt: skip
 
 
-def test_sigkill_mid_stream_loses_nothing_and_sigterm_exits_cleanly(tmp_path: Path, broker: Broker, team_data: Path) -> None:  # type: ignore[no-untyped-def]
+def test_sigkill_mid_stream_loses_nothing_and_sigterm_exits_cleanly(
+    tmp_path: Path, broker: Broker, team_data: Path
+) -> None:
     classifier = build_classifier(tmp_path / "model")
     inbox = tmp_path / "inbox"
     leaf_files(inbox, team_data, 40)
@@ -89,9 +91,7 @@ def test_sigkill_mid_stream_loses_nothing_and_sigterm_exits_cleanly(tmp_path: Pa
         "detections_received": len(detections),
         "images_with_a_detection": len(refs),
         "duplicate_msg_ids": sum(c - 1 for c in ids.values()),
-        "images_reprocessed": sum(
-            1 for ref in refs if len({d.msg_id for d in detections if d.image_ref == ref}) > 1
-        ),
+        "images_reprocessed": sum(1 for ref in refs if len({d.msg_id for d in detections if d.image_ref == ref}) > 1),
         "redelivered_to_subscriber": len(rec.redelivered),
         "lost": 40 - len(refs),
     }
