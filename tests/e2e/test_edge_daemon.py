@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import uuid
 from collections import Counter
@@ -26,9 +28,9 @@ def broker(tmp_path: Path):  # type: ignore[no-untyped-def]
         yield b
 
 
-def start_agent(config: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_agent(config: Path, log: Path, **env: str) -> subprocess.Popen[bytes]:
     fh = open(log, "ab")  # noqa: SIM115 - owned by the child
-    return subprocess.Popen(cropwatch_cmd("agent", "--config", str(config)), env=cropwatch_env(), stdout=fh,
+    return subprocess.Popen(cropwatch_cmd("agent", "--config", str(config)), env=cropwatch_env(**env), stdout=fh,
                             stderr=subprocess.STDOUT, cwd=REPO)  # fmt: skip
 
 
@@ -55,6 +57,7 @@ def test_sigkill_mid_stream_loses_nothing_and_sigterm_exits_cleanly(
     wait_for(rec.subscribed.is_set, 10, what="recorder subscribed")
     log = tmp_path / "agent.log"
     proc = start_agent(config, log)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         wait_for(lambda: len(rec.parsed("detection")) >= 5, 60, what="first detections")
         proc.send_signal(signal.SIGKILL)
@@ -63,8 +66,13 @@ def test_sigkill_mid_stream_loses_nothing_and_sigterm_exits_cleanly(
         wait_for(lambda: any(s.state == "offline" for s in rec.parsed("status")), 20, what="last will")
         at_kill = len({d.msg_id for d in rec.parsed("detection")})
 
+        # Restarted as systemd would: Type=notify with a watchdog.
+        notify.bind(str(tmp_path / "notify.sock"))
+        notify.settimeout(30)
+        proc = start_agent(config, log, NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="2000000")
+        assert notify.recv(256).startswith(b"READY=1")
+        assert notify.recv(256) == b"WATCHDOG=1"
         # A second agent on the same data folder is refused while the first runs.
-        proc = start_agent(config, log)
         wait_for(lambda: len({d.image_ref for d in rec.parsed("detection")}) == 40, 60, what="all 40 images")
         second = subprocess.run(cropwatch_cmd("agent", "--config", str(config)), env=cropwatch_env(),
                                 capture_output=True, text=True, timeout=60, cwd=REPO)  # fmt: skip
@@ -75,6 +83,12 @@ def test_sigkill_mid_stream_loses_nothing_and_sigterm_exits_cleanly(
         wait_for(lambda: any(e.code == "config_reloaded" for e in rec.parsed("event")), 20, what="reload event")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
+        notes = []
+        notify.settimeout(0.5)
+        with contextlib.suppress(TimeoutError):
+            while True:
+                notes.append(notify.recv(256))
+        assert b"STOPPING=1" in notes and b"RELOADING=1" in notes
         statuses = rec.parsed("status")
         assert statuses[-1].state == "offline" and statuses[-1].reason == "shutdown"
     finally:
@@ -82,6 +96,7 @@ def test_sigkill_mid_stream_loses_nothing_and_sigterm_exits_cleanly(
             proc.kill()
             proc.wait()
         rec.close()
+        notify.close()
     detections = rec.parsed("detection")
     refs = Counter(d.image_ref for d in detections)
     ids = Counter(d.msg_id for d in detections)
