@@ -19,7 +19,7 @@ from edge_agent.daemon import Agent
 from edge_agent.sources import Reading, ReadingsItem
 from shared.messages import Ping, SetLogLevel
 from shared.topics import command_topic
-from tests.edge_helpers import DEVICE, FARM, Recorder, agent_config, leaf_files, model_section, to_toml
+from tests.edge_helpers import DEVICE, FARM, Recorder, agent_config, leaf_files, make_tls, model_section, to_toml
 from tests.edge_models import build_classifier, build_yield_model
 from tests.services import Broker, private_mosquitto, wait_for
 
@@ -310,3 +310,27 @@ def test_malformed_commands_get_error_events_and_retained_ones_are_ignored(tmp_p
     finally:
         rec.publish(command_topic(FARM, DEVICE, "ping"), b"", retain=True)
         rec.close()
+
+
+def test_tls_with_client_certificate(tmp_path: Path, models) -> None:  # type: ignore[no-untyped-def]
+    classifier, _ = models
+    tls = make_tls(tmp_path / "tls")
+    lines = [
+        *AS_ROOT,
+        f"cafile {tls['ca']}",
+        f"certfile {tls['server_cert']}",
+        f"keyfile {tls['server_key']}",
+        "require_certificate true",
+        "use_identity_as_username true",
+    ]
+    with private_mosquitto(tmp_path / "mosquitto", lines) as broker:
+        doc = agent_config(tmp_path, broker.port, model_section(classifier))
+        doc["mqtt"]["tls"] = {"enabled": True, "ca_file": str(tls["ca"]), "cert_file": str(tls["client_cert"]),
+                              "key_file": str(tls["client_key"])}  # fmt: skip
+        with running(doc) as agent:
+            wait_for(lambda: agent.transport.connected, 15, what="TLS connection")
+            agent.event("info", "tls_check", "hello over TLS")
+            wait_for(lambda: agent.outbox.counters().get("sent", 0) >= 1 and agent.outbox.stats()["depth"] == 0, 10,
+                     what="event acknowledged over TLS")  # fmt: skip
+        log = (tmp_path / "mosquitto" / "mosquitto.log").read_text()
+        assert f"u'{DEVICE}'" in log  # the broker took the username from the client certificate
