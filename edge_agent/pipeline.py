@@ -50,6 +50,25 @@ def model_ref(backend: InferenceBackend) -> ModelRef:
     return ModelRef(name=m.name, version=m.version, sha256=m.file(backend.variant).sha256, variant=backend.variant)
 
 
+def _libc_trim():  # type: ignore[no-untyped-def]
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return None
+
+
+_malloc_trim = _libc_trim()
+
+
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS once a burst is done (decode buffers of 1080p frames)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
 class LatencyStats:
     """The last few hundred per-image inference times, for the heartbeat's p50/p95."""
 
@@ -180,6 +199,8 @@ class Pipeline:
                 self.count_error("pipeline")
             finally:
                 self.busy.clear()
+            if self.queue.empty():
+                release_free_memory()
 
     def _readings(self, item: ReadingsItem) -> None:
         msg = Telemetry(
