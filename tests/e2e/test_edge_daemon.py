@@ -78,6 +78,13 @@ def test_sigkill_mid_stream_loses_nothing_and_sigterm_exits_cleanly(
                                 capture_output=True, text=True, timeout=60, cwd=REPO)  # fmt: skip
         assert second.returncode == 75 and "data_dir" in second.stderr
 
+        # SIGHUP with a broken config: refused with an event, the agent carries on with the old one.
+        good = config.read_text()
+        config.write_text(good.replace('farm_id = "farm1"', 'farm_id = "Farm One"'))
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: any(e.code == "config_invalid" for e in rec.parsed("event")), 20, what="refused reload")
+        assert proc.poll() is None
+        config.write_text(good)
         # SIGHUP reloads (the reload event is published), SIGTERM stops within the deadline.
         proc.send_signal(signal.SIGHUP)
         wait_for(lambda: any(e.code == "config_reloaded" for e in rec.parsed("event")), 20, what="reload event")

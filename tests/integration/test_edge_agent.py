@@ -334,3 +334,40 @@ def test_tls_with_client_certificate(tmp_path: Path, models) -> None:  # type: i
                      what="event acknowledged over TLS")  # fmt: skip
         log = (tmp_path / "mosquitto" / "mosquitto.log").read_text()
         assert f"u'{DEVICE}'" in log  # the broker took the username from the client certificate
+
+
+def test_disk_budget_drops_low_priority_first_and_keeps_events(tmp_path: Path, restartable_broker, models) -> None:  # type: ignore[no-untyped-def]
+    classifier, _ = models
+    rec = recorder(restartable_broker.port)
+    restartable_broker.stop()
+    # Room for about a dozen small messages; the link is down, so everything piles up.
+    doc = agent_config(tmp_path, restartable_broker.port, model_section(classifier),
+                       outbox={"budget_mb": 0.006}, samples={"enabled": False})  # fmt: skip
+    try:
+        with running(doc) as agent:
+            log = SentLog(agent)
+            for i in range(30):
+                agent.pipeline.queue.put(ReadingsItem("env", [Reading("soil1", "soil_moisture", float(i), "%")]))
+            wait_for(lambda: agent.pipeline.processed["telemetry"] == 30, 10, what="telemetry stored")
+            for i in range(8):
+                agent.event("warning", "frost_alert", f"frost risk {i}")
+            stored_before = agent.outbox.stats()
+            counters = agent.outbox.counters()
+            assert counters["dropped_telemetry"] >= 8
+            assert stored_before["bytes"] > 0
+            restartable_broker.start()
+            wait_for(lambda: agent.outbox.stats()["depth"] == 0, 20, what="outbox drained")
+            agent.publish_status()
+            wait_for(lambda: _online(rec) and _online(rec)[-1].health.dropped, 10, what="status with drops")
+        events = [e for e in rec.parsed("event") if e.code == "frost_alert"]
+        assert [e.message for e in events] == [f"frost risk {i}" for i in range(8)]  # alerts never dropped
+        telemetry = [t.readings[0].value for t in rec.parsed("telemetry")]
+        # The newest readings survived, in order; the oldest went first.
+        assert telemetry == sorted(telemetry) and telemetry[-1] == 29.0
+        assert len(telemetry) == 30 - counters["dropped_telemetry"]
+        stored = {i for k, i in log.ids if k == "telemetry"}
+        assert len(stored) == 30  # each was stored, and the oldest were displaced later
+        health = _online(rec)[-1].health
+        assert health.dropped["dropped_telemetry"] == counters["dropped_telemetry"]
+    finally:
+        rec.close()

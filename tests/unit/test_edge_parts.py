@@ -172,3 +172,33 @@ def _no_leaked_threads():  # type: ignore[no-untyped-def]
     before = threading.active_count()
     yield
     assert threading.active_count() <= before + 1
+
+
+def test_camera_without_its_library_is_counted_not_fatal() -> None:
+    import importlib.util
+
+    from edge_agent.config import CameraSource
+    from edge_agent.sources import build_source
+
+    if importlib.util.find_spec("cv2") is not None:
+        pytest.skip("OpenCV is installed here; this checks the missing-library path")
+
+    class Ctx:
+        stop_event = threading.Event()
+        errors: list[str] = []
+
+        def submit(self, item):  # type: ignore[no-untyped-def]
+            raise AssertionError("nothing to submit without a camera")
+
+        def is_seen(self, source: str, key: str) -> bool:
+            return False
+
+        def count_error(self, code: str) -> None:
+            self.errors.append(code)
+
+    ctx = Ctx()
+    cam = build_source(CameraSource(name="cam", device="rtsp://camera.local/stream", interval_s=3600), ctx)
+    cam.start()
+    cam.capture_now()
+    cam.stop()
+    assert ctx.errors and set(ctx.errors) == {"camera_library_missing"}
