@@ -184,8 +184,9 @@ def test_camera_without_its_library_is_counted_not_fatal() -> None:
         pytest.skip("OpenCV is installed here; this checks the missing-library path")
 
     class Ctx:
-        stop_event = threading.Event()
-        errors: list[str] = []
+        def __init__(self) -> None:
+            self.stop_event = threading.Event()
+            self.errors: list[str] = []
 
         def submit(self, item):  # type: ignore[no-untyped-def]
             raise AssertionError("nothing to submit without a camera")
