@@ -203,3 +203,12 @@ def test_camera_without_its_library_is_counted_not_fatal() -> None:
     cam.capture_now()
     cam.stop()
     assert ctx.errors and set(ctx.errors) == {"camera_library_missing"}
+
+
+def test_the_documented_example_config_is_valid(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("secret\n")
+    text = (REPO / "docs" / "agent.example.toml").read_text()
+    (tmp_path / "agent.toml").write_text(text.replace("/etc/cropwatch/mqtt-password", str(tmp_path / "pw")))
+    cfg = load_agent_config(tmp_path / "agent.toml", environ={})
+    assert [s.type for s in cfg.sources] == ["folder", "camera", "sensors"]
+    assert cfg.mqtt.tls.enabled and cfg.yield_model.variables["precipitation"].quantity == "rainfall"
