@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -105,6 +106,18 @@ class _Ctx:
     def is_seen(self, source: str, key: str) -> bool:
         return self._agent.outbox.is_seen(source, key)
 
+    def claim(self, source: str, key: str) -> bool:
+        """Reserve a file until its results are stored; survives a source restart on reload."""
+        with self._agent._claims_lock:
+            if (source, key) in self._agent._claims:
+                return False
+            self._agent._claims.add((source, key))
+            return True
+
+    def release(self, source: str, key: str) -> None:
+        with self._agent._claims_lock:
+            self._agent._claims.discard((source, key))
+
     def count_error(self, code: str) -> None:
         self._agent.count_error(code)
 
@@ -132,10 +145,14 @@ class Agent:
         self.sender: Sender = None  # type: ignore[assignment]
         self.transport = None
         self._next: dict[str, float] = {}
+        self._claims: set[tuple[str, str]] = set()
+        self._claims_lock = threading.Lock()
 
     # --- helpers used by every part ---------------------------------------------------------
 
     def count_error(self, code: str) -> None:
+        # Counter names travel as ids in the heartbeat: lower case, no odd characters.
+        code = re.sub(r"[^a-z0-9_-]", "_", code.lower())[:64] or "unknown"
         with self._errors_lock:
             self.errors[code] += 1
 
@@ -203,9 +220,14 @@ class Agent:
             cfg.mqtt,
             client_id,
             will=lambda: Will(self._status_topic(), self.status_message("offline", reason="connection lost").to_json()),
-            on_connected=lambda session_present: self._wake_for("online"),
+            on_connected=self._on_connected,
             on_error=self.count_error,
         )
+
+    def _on_connected(self, session_present: bool) -> None:
+        self._wake_for("online")
+        if self.sender is not None:
+            self.sender.kick()
 
     def _load_models(self, cfg: AgentConfig) -> None:
         trusted = TrustedKeys.from_sources(cfg.trust.public_keys) if cfg.trust.public_keys else TrustedKeys()
@@ -338,10 +360,15 @@ class Agent:
             self._wake.clear()
             if self._stopping.is_set():
                 break
-            if self._reload_requested:
-                self._reload_requested = False
-                self.reload()
-            self._timers()
+            try:
+                if self._reload_requested:
+                    self._reload_requested = False
+                    self.reload()
+                self._timers()
+            except Exception:
+                # A failed heartbeat or reload must not end a daemon that is otherwise doing its job.
+                logger.exception("main loop step failed; carrying on")
+                self.count_error("main_loop")
         return 0
 
     def _timers(self) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -28,8 +27,6 @@ class FolderWatcher(ThreadedSource):
         super().__init__(settings.name, ctx)
         self.settings = settings
         self.interval_s = settings.scan_interval_s
-        self._pending: set[str] = set()
-        self._pending_lock = threading.Lock()
 
     def setup(self) -> None:
         if not self.settings.path.is_dir():
@@ -56,9 +53,6 @@ class FolderWatcher(ThreadedSource):
                 return
             st = entry.stat()
             key = f"{entry.name}:{st.st_size}:{st.st_mtime_ns}"
-            with self._pending_lock:
-                if key in self._pending:
-                    continue
             if self.ctx.is_seen(self.name, key):
                 # Processed before a crash that came between the commit and the move/delete.
                 self._after(Path(entry.path), ok=True)
@@ -66,15 +60,16 @@ class FolderWatcher(ThreadedSource):
             if now - st.st_mtime < self.settings.settle_s:
                 continue
             path = Path(entry.path)
+            if not self.ctx.claim(self.name, key):
+                continue  # queued already, results not stored yet
             try:
                 # An oversized file is handed on empty: decode counts and skips it like any bad file.
                 data = b"" if st.st_size > MAX_FILE_BYTES else path.read_bytes()
             except OSError as exc:
+                self.ctx.release(self.name, key)
                 logger.warning("cannot read %s: %s", path, exc)
                 self.ctx.count_error("file_unreadable")
                 continue
-            with self._pending_lock:
-                self._pending.add(key)
             item = ImageItem(
                 source=self.name,
                 data=data,
@@ -84,11 +79,11 @@ class FolderWatcher(ThreadedSource):
                 requested=requested,
             )
             if not self.ctx.submit(item):
+                self.ctx.release(self.name, key)
                 return
 
     def _done(self, path: Path, key: str, ok: bool) -> None:
-        with self._pending_lock:
-            self._pending.discard(key)
+        self.ctx.release(self.name, key)
         self._after(path, ok)
 
     def _after(self, path: Path, ok: bool) -> None:

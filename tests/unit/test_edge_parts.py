@@ -194,6 +194,12 @@ def test_camera_without_its_library_is_counted_not_fatal() -> None:
         def is_seen(self, source: str, key: str) -> bool:
             return False
 
+        def claim(self, source: str, key: str) -> bool:
+            return True
+
+        def release(self, source: str, key: str) -> None:
+            pass
+
         def count_error(self, code: str) -> None:
             self.errors.append(code)
 
