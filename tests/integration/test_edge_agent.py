@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import subprocess
 import threading
@@ -17,7 +18,7 @@ import pytest
 from edge_agent.config import load_agent_config
 from edge_agent.daemon import Agent
 from edge_agent.sources import Reading, ReadingsItem
-from shared.messages import Ping, SetLogLevel
+from shared.messages import CaptureNow, Ping, SetLogLevel
 from shared.topics import command_topic
 from tests.edge_helpers import DEVICE, FARM, Recorder, agent_config, leaf_files, make_tls, model_section, to_toml
 from tests.edge_models import build_classifier, build_yield_model
@@ -281,7 +282,9 @@ def test_malformed_commands_get_error_events_and_retained_ones_are_ignored(tmp_p
     rec = recorder(mqtt_broker.port)
     stale = Ping(farm_id=FARM, device_id=DEVICE)
     rec.publish(command_topic(FARM, DEVICE, "ping"), stale.to_json(), retain=True)
-    doc = agent_config(tmp_path, mqtt_broker.port, model_section(classifier))
+    camera = {"type": "simulated_camera", "name": "sim", "count": 0, "interval_s": 3600, "width": 160, "height": 120}
+    doc = agent_config(tmp_path, mqtt_broker.port, model_section(classifier), sources=[camera])
+    root_level = logging.getLogger().level
     try:
         with running(doc) as agent:
             wait_for(lambda: agent.transport.connected, 10, what="agent connected")
@@ -300,6 +303,14 @@ def test_malformed_commands_get_error_events_and_retained_ones_are_ignored(tmp_p
             wait_for(lambda: any(e.code == "pong" for e in rec.parsed("event")), 10, what="pong")
             wait_for(lambda: len(rec.parsed("event")) >= 6, 10, what="6 events")
             assert agent.pipeline.alive() and agent.sender.alive() and agent.transport.connected
+            # The valid commands do what they say.
+            capture = CaptureNow(farm_id=FARM, device_id=DEVICE, source="sim")
+            rec.publish(command_topic(FARM, DEVICE, "capture_now"), capture.to_json())
+            wait_for(lambda: rec.parsed("sample"), 10, what="requested sample")
+            assert rec.parsed("sample")[0].reason == "requested" and rec.parsed("detection")[0].source == "sim"
+            debug = SetLogLevel(farm_id=FARM, device_id=DEVICE, level="debug")
+            rec.publish(command_topic(FARM, DEVICE, "set_log_level"), debug.to_json())
+            wait_for(lambda: logging.getLogger().level == logging.DEBUG, 10, what="log level debug")
         events = rec.parsed("event")
         errors = [e for e in events if e.code == "bad_command"]
         assert sorted(e.details["reason"] for e in errors) == sorted(
@@ -308,6 +319,7 @@ def test_malformed_commands_get_error_events_and_retained_ones_are_ignored(tmp_p
         pongs = [e for e in events if e.code == "pong"]
         assert [p.details["command_msg_id"] for p in pongs] == [live.msg_id]  # never the retained one
     finally:
+        logging.getLogger().setLevel(root_level)
         rec.publish(command_topic(FARM, DEVICE, "ping"), b"", retain=True)
         rec.close()
 
