@@ -103,3 +103,40 @@ def test_yield_runner_builds_the_season_tensor_from_sensor_history(tmp_path: Pat
     assert estimate.quantiles.p10 <= estimate.quantiles.p50 <= estimate.quantiles.p90
     assert estimate.days_into_season == 3 and estimate.unit == "t/ha" and estimate.crop == "maize"
     assert estimate.model.name == "yieldnet"
+
+
+def test_providers_fall_back_to_what_exists_and_what_initialises(built, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from edge_agent.inference import onnxruntime_backend as backend_mod
+
+    wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "OpenVINOExecutionProvider", "CPUExecutionProvider"]
+    present = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(backend_mod.ort, "get_available_providers", lambda: present)
+    assert backend_mod.available_providers(wanted) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert backend_mod.available_providers(["TensorrtExecutionProvider"]) == ["CPUExecutionProvider"]
+    # A provider listed by the build but failing to initialise (no driver) is dropped, CPU remains.
+    real = backend_mod.ort.InferenceSession
+    tried: list[list[str]] = []
+
+    def session(path, sess_options=None, providers=()):  # type: ignore[no-untyped-def]
+        tried.append(list(providers))
+        if providers[0] == "CUDAExecutionProvider":
+            raise RuntimeError("CUDA driver not found")
+        return real(path, sess_options=sess_options, providers=providers)
+
+    monkeypatch.setattr(backend_mod.ort, "InferenceSession", session)
+    model, _ = built
+    onnx_path = model.directory / model.manifest.file("fp32").path
+    sess = backend_mod.create_session(onnx_path, ["CUDAExecutionProvider", "CPUExecutionProvider"], threads=1)
+    assert tried == [["CUDAExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"]]
+    assert sess.get_providers() == ["CPUExecutionProvider"]
+
+
+@pytest.mark.gpu
+def test_cuda_provider_is_used_when_present(built) -> None:  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime build has no CUDA provider (install onnxruntime-gpu: the edge-gpu extra)")
+    model, _ = built
+    backend = load_backend(ModelSettings(manifest=model.manifest_path), trusted(model))
+    assert backend.provider in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
