@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from shared.messages import Event
 
@@ -26,11 +27,31 @@ logger = logging.getLogger(__name__)
 REFUSAL_EVENT_EVERY_S = 600.0
 
 
+class Transport(Protocol):
+    """What the agent needs from a message transport (MQTT v5 in :mod:`edge_agent.transport`)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, on_ack: Callable[[int], None] | None = None
+    ) -> int | None:
+        """Hand a message over; ``on_ack`` receives the PUBACK reason code. None when it could not be sent."""
+        ...
+
+    def subscribe(self, topic_filter: str, handler: Callable[[str, bytes, bool], None], retained: bool = False) -> None:
+        ...
+
+    def stop(self, last: tuple[str, bytes] | None = None, timeout: float = 3.0) -> None: ...
+
+
 class Sender:
     def __init__(
         self,
         outbox: Outbox,
-        transport,  # type: ignore[no-untyped-def]
+        transport: Transport,
         identity: Identity,
         max_inflight: int = 64,
         count_error: Callable[[str], None] = lambda code: None,

@@ -30,8 +30,7 @@ logger = logging.getLogger(__name__)
 
 AckCallback = Callable[[int], None]
 MessageHandler = Callable[[str, bytes, bool], None]
-REASON_SUCCESS = 0
-# Reason codes a publisher can do nothing about by retrying the same bytes.
+# PUBACK reason codes a broker may answer a publish with (MQTT v5, 3.4.2.1), for logs and events.
 REASON_NAMES = {
     0x10: "no matching subscribers",
     0x80: "unspecified error",
