@@ -36,13 +36,19 @@ class Transport(Protocol):
     def start(self) -> None: ...
 
     def publish(
-        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, on_ack: Callable[[int], None] | None = None
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        on_ack: Callable[[int], None] | None = None,
     ) -> int | None:
         """Hand a message over; ``on_ack`` receives the PUBACK reason code. None when it could not be sent."""
         ...
 
-    def subscribe(self, topic_filter: str, handler: Callable[[str, bytes, bool], None], retained: bool = False) -> None:
-        ...
+    def subscribe(
+        self, topic_filter: str, handler: Callable[[str, bytes, bool], None], retained: bool = False
+    ) -> None: ...
 
     def stop(self, last: tuple[str, bytes] | None = None, timeout: float = 3.0) -> None: ...
 
