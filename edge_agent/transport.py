@@ -81,6 +81,7 @@ class MqttTransport:
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=paho.MQTTv5,
+            transport=settings.transport,
             reconnect_on_failure=False,
         )
         c = self._client
