@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import queue
 import re
 import signal
 import threading
@@ -99,7 +100,7 @@ class _Ctx:
             try:
                 q.put(item, timeout=1.0)
                 return True
-            except Exception:  # queue.Full: back-pressure on the source
+            except queue.Full:  # back-pressure: the source waits for the pipeline
                 continue
         return False
 

@@ -123,5 +123,8 @@ def test_sigkill_mid_stream_loses_nothing_and_sigterm_exits_cleanly(
     # is delivery of a message sent but not yet acknowledged at the kill (same msg_id: ingest drops it).
     assert report["images_reprocessed"] == 0
     assert report["duplicate_msg_ids"] <= at_kill
+    # Replayed in order: the first copy of each detection arrives in the order they were made.
+    first_seen = list(dict.fromkeys(d.msg_id for d in detections))
+    assert first_seen == sorted(first_seen)
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     assert any(rec["msg"].startswith("agent farm1/dev1 started") for rec in lines)  # structured JSON logs

@@ -144,8 +144,6 @@ sys.meta_path.insert(0, Block())
 import pkgutil, importlib, edge_agent
 for m in pkgutil.walk_packages(edge_agent.__path__, "edge_agent."):
     importlib.import_module(m.name)
-import edge_agent.cli
-edge_agent.cli.main(["--help"], prog="x") if False else None
 assert not any(k == "torch" or k.startswith("torch.") for k in sys.modules)
 print("ok", len([k for k in sys.modules if k.startswith("edge_agent")]))
 """
