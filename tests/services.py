@@ -115,9 +115,7 @@ class Broker:
 
 
 @contextlib.contextmanager
-def private_mosquitto(
-    workdir: Path, config_lines: list[str] | None = None, port: int | None = None
-) -> Iterator[Broker]:
+def private_mosquitto(workdir: Path, config_lines: list[str] | None = None, port: int | None = None) -> Iterator[Broker]:
     """A Mosquitto of our own on a free port (TLS/ACL lines may be added by the caller)."""
     if mosquitto_binary() is None:
         missing_service("the mosquitto binary (apt-get install mosquitto)")
