@@ -55,7 +55,7 @@ from shared.manifest import (  # noqa: E402
     sha256_file,
     sign_manifest,
 )
-from tests.edge_helpers import to_toml  # noqa: E402
+from tests.edge_helpers import broker_user_lines, to_toml  # noqa: E402
 from tests.edge_models import build_yield_model  # noqa: E402
 from tests.services import private_mosquitto  # noqa: E402
 
@@ -270,7 +270,7 @@ def main() -> None:
     try:
         images = make_images(root / "images", args.images)
         net, mean, std, onnx_path, manifest, pub = build_model(root / "model", args.threads)
-        broker_lines = ["user root"] if os.geteuid() == 0 else []
+        broker_lines = broker_user_lines()
         with private_mosquitto(root / "mosquitto", broker_lines) as broker:
             rows = {}
             rows["floor"] = run_floor(onnx_path, images, args.threads, args.batch)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import uuid
@@ -18,6 +19,20 @@ from shared.messages import parse_device_message
 from shared.topics import parse_topic
 
 FARM, DEVICE = "farm1", "dev1"
+
+
+def broker_user_lines() -> list[str]:
+    """``user root`` for a private Mosquitto started as root, unless the fixture already adds it.
+
+    Mosquitto started as root drops to the `mosquitto` user, which cannot write into a test's 0700
+    temp folder: no persistence (sessions lost on restart), no log, no password file. Newer
+    tests/services.py adds the line itself (``run_as_me``), and Mosquitto refuses it twice.
+    """
+    from tests import services
+
+    if hasattr(services, "run_as_me") or os.geteuid() != 0:
+        return []
+    return ["user root"]
 
 
 def agent_config(tmp_path: Path, port: int, models: dict[str, Any], **sections: Any) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -14,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.edge_helpers import Recorder, agent_config, leaf_files, model_section, to_toml
+from tests.edge_helpers import Recorder, agent_config, broker_user_lines, leaf_files, model_section, to_toml
 from tests.edge_models import build_classifier
 from tests.services import Broker, cropwatch_cmd, cropwatch_env, private_mosquitto, wait_for
 
-AS_ROOT = ["user root"] if os.geteuid() == 0 else []
+AS_ROOT = broker_user_lines()
 REPO = Path(__file__).resolve().parents[2]
 
 

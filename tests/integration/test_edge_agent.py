@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import subprocess
 import threading
 import uuid
@@ -20,7 +19,17 @@ from edge_agent.daemon import Agent
 from edge_agent.sources import Reading, ReadingsItem
 from shared.messages import CaptureNow, Ping, SetLogLevel
 from shared.topics import command_topic
-from tests.edge_helpers import DEVICE, FARM, Recorder, agent_config, leaf_files, make_tls, model_section, to_toml
+from tests.edge_helpers import (
+    DEVICE,
+    FARM,
+    Recorder,
+    agent_config,
+    broker_user_lines,
+    leaf_files,
+    make_tls,
+    model_section,
+    to_toml,
+)
 from tests.edge_models import build_classifier, build_yield_model
 from tests.services import Broker, private_mosquitto, wait_for
 
@@ -32,10 +41,8 @@ def models(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
     return classifier, build_yield_model(root / "yield", key_dir=root / "leaf")
 
 
-# Mosquitto started as root drops to the `mosquitto` user, which cannot write into pytest's 0700
-# temp folders: no persistence file, no log, no password file. Staying root keeps the broker's
-# session store, which the outage test relies on (a subscriber's queued messages survive a restart).
-AS_ROOT = ["user root"] if os.geteuid() == 0 else []
+# Persistence must work for the outage test: a subscriber's queued messages survive a restart.
+AS_ROOT = broker_user_lines()
 
 
 @pytest.fixture
