@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from edge_agent.outbox import OutMessage, Outbox
+from edge_agent.outbox import Outbox, OutMessage
 from edge_agent.pipeline import Identity
 from edge_agent.sender import Sender
 from shared.messages import parse_device_message
