@@ -291,9 +291,12 @@ class Outbox:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM sample_log WHERE at >= ?", (since,)).fetchone()[0]
 
-    def prune_state(self, keep_s: float = 2 * 86400) -> None:
+    def prune_state(self, samples_keep_s: float = 2 * 86400, readings_keep_s: float = 400 * 86400) -> None:
+        """Forget sample times past the daily cap's window and sensor history older than a season."""
+        now = self._clock()
         with self._lock:
-            self._db.execute("DELETE FROM sample_log WHERE at < ?", (self._clock() - keep_s,))
+            self._db.execute("DELETE FROM sample_log WHERE at < ?", (now - samples_keep_s,))
+            self._db.execute("DELETE FROM readings WHERE at < ?", (now - readings_keep_s,))
 
     def readings(self, quantity: str, since: float) -> list[tuple[float, float]]:
         with self._lock:

@@ -94,3 +94,13 @@ def test_seen_files_sample_log_and_readings_share_the_transaction(tmp_path: Path
     assert box.is_seen("drop", "a.jpg:1:2") and not box.is_seen("drop", "b.jpg:1:2")
     assert box.samples_since(clock.now - 10) == 1
     assert box.readings("air_temperature", 0) == [(5.0, 20.5)]
+
+
+def test_state_is_pruned_but_seen_files_are_kept(tmp_path: Path) -> None:
+    clock = Clock()
+    box = Outbox(tmp_path / "o.db", budget_bytes=10**9, clock=clock)
+    box.add([], seen=[("drop", "a")], readings=[(clock.now, "rainfall", 1.0)], sample_at=[clock.now])
+    clock.now += 500 * 86400
+    box.prune_state()
+    assert box.samples_since(0) == 0 and box.readings("rainfall", 0) == []
+    assert box.is_seen("drop", "a")  # a kept file must never be processed again
