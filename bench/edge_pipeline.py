@@ -1,0 +1,305 @@
+"""Benchmark: 1080p JPEGs through the field agent's real pipeline, beside a floor and a naive baseline.
+
+    python bench/edge_pipeline.py [--images 64] [--threads 2] [--batch 8] [--idle-seconds 10]
+
+Rows, all in this process, same model, same thread count:
+  floor   shared.image.decode_image + onnxruntime alone (the least work an agent can do per image)
+  agent   the agent's pipeline: queue -> decode -> batch inference -> Detection -> SQLite outbox
+          (WAL, synchronous=FULL) -> MQTT v5 QoS 1 to a private Mosquitto -> PUBACK -> delete
+  naive   full-size PIL decode + torchvision resize/crop/normalise + torch eager (batch 1)
+The model is a small MobileNet-like network built here in torch and exported to ONNX with the
+uint8 NHWC input and normalisation in the graph (the design's image contract); no trained weights
+are needed to measure cost. Then a real ``cropwatch agent`` process with this model and a yield
+model loaded is measured for resident memory and idle CPU.
+Targets (issue 5): agent <= 1.25x the floor's CPU-ms/image; naive >= 4x the agent's; RSS <= 150 MB;
+idle CPU < 1 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import psutil  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from edge_agent.config import AgentConfig  # noqa: E402
+from edge_agent.daemon import Agent  # noqa: E402
+from edge_agent.inference.onnxruntime_backend import session_options  # noqa: E402
+from edge_agent.sources import ImageItem  # noqa: E402
+from edge_agent.sources.leafdraw import CONDITIONS, draw_leaf  # noqa: E402
+from shared.image import decode_image, encode_jpeg  # noqa: E402
+from shared.manifest import (  # noqa: E402
+    ImagePreprocessing,
+    ModelFile,
+    ModelManifest,
+    TensorData,
+    TensorSpec,
+    generate_keypair,
+    load_private_key,
+    sha256_file,
+    sign_manifest,
+)
+from tests.edge_helpers import broker_user_lines, to_toml  # noqa: E402
+from tests.edge_models import build_yield_model  # noqa: E402
+from tests.services import private_mosquitto  # noqa: E402
+
+SIZE = 224
+LABELS = list(CONDITIONS)
+
+
+def make_images(folder: Path, count: int) -> list[bytes]:
+    """1080p camera-like JPEGs (a few distinct drawings, repeated)."""
+    distinct = [
+        encode_jpeg(draw_leaf(1920, 1080, CONDITIONS[i % 3], seed=i), quality=90) for i in tqdm(range(6), "drawing")
+    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(count):
+        data = distinct[i % len(distinct)]
+        (folder / f"{i:04d}.jpg").write_bytes(data)
+        out.append(data)
+    return out
+
+
+def build_model(directory: Path, threads: int):  # type: ignore[no-untyped-def]
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    torch.set_num_threads(threads)
+
+    def block(cin: int, cout: int, stride: int) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU6(),
+            nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU6(),
+        )  # fmt: skip
+
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6(),
+        block(16, 32, 1), block(32, 64, 2), block(64, 64, 1), block(64, 128, 2), block(128, 128, 1),
+        block(128, 256, 2), block(256, 256, 1), block(256, 512, 2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, len(LABELS)),
+    ).eval()  # fmt: skip
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+    class Deployed(nn.Module):
+        """uint8 NHWC in, probabilities out: what ships to the field."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            x = image.permute(0, 3, 1, 2).float() / 255.0
+            return torch.softmax(self.net((x - mean) / std), dim=1)
+
+    directory.mkdir(parents=True, exist_ok=True)
+    onnx_path = directory / "benchnet-1.0.0.fp32.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            Deployed().eval(), (torch.zeros(1, SIZE, SIZE, 3, dtype=torch.uint8),), str(onnx_path),
+            input_names=["image"], output_names=["probabilities"],
+            dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}}, dynamo=False,
+        )  # fmt: skip
+    self_test = {"image": TensorData.seeded("uint8", [1, SIZE, SIZE, 3], "bench")}
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    expected = sess.run(None, {"image": self_test["image"].to_array()})[0]
+    digest, size = sha256_file(onnx_path)
+    manifest = ModelManifest(
+        name="benchnet", version="1.0.0", task="disease_classification", synthetic=True,
+        files=[ModelFile(variant="fp32", path=onnx_path.name, sha256=digest, size=size,
+                         expected_outputs={"probabilities": TensorData.from_array(expected)}, atol=1e-4)],
+        inputs=[TensorSpec(name="image", dtype="uint8", shape=["batch", SIZE, SIZE, 3])],
+        outputs=[TensorSpec(name="probabilities", dtype="float32", shape=["batch", len(LABELS)])],
+        labels=LABELS, preprocessing=ImagePreprocessing(height=SIZE, width=SIZE), self_test_inputs=self_test,
+    )  # fmt: skip
+    priv, pub, _ = generate_keypair(directory)
+    manifest = sign_manifest(manifest, load_private_key(priv))
+    manifest_path = directory / "benchnet-1.0.0.manifest.json"
+    manifest.save(manifest_path)
+    return net, mean, std, onnx_path, manifest_path, pub
+
+
+def cpu_s() -> float:
+    return time.process_time()
+
+
+def run_floor(onnx_path: Path, images: list[bytes], threads: int, batch: int) -> tuple[float, float]:
+    opts = session_options(threads)
+    sess = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
+    sess.run(None, {"image": np.zeros((batch, SIZE, SIZE, 3), np.uint8)})
+    c0, t0 = cpu_s(), time.perf_counter()
+    for i in range(0, len(images), batch):
+        arr = np.stack([decode_image(b, SIZE) for b in images[i : i + batch]])
+        sess.run(None, {"image": arr})
+    return cpu_s() - c0, time.perf_counter() - t0
+
+
+def run_naive(net, mean, std, images: list[bytes], threads: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    import torch
+    from PIL import Image
+    from torchvision import transforms
+
+    torch.set_num_threads(threads)
+    prep = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(SIZE), transforms.ToTensor(),
+                               transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])  # fmt: skip
+    with torch.inference_mode():
+        net(torch.zeros(1, 3, SIZE, SIZE))
+        c0, t0 = cpu_s(), time.perf_counter()
+        for b in images:
+            img = Image.open(io.BytesIO(b)).convert("RGB")
+            torch.softmax(net(prep(img).unsqueeze(0)), dim=1)
+    return cpu_s() - c0, time.perf_counter() - t0
+
+
+def agent_doc(root: Path, port: int, manifest: Path, pub: Path, threads: int, batch: int, **extra) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    doc = {
+        "device": {"farm_id": "bench", "device_id": "dev1"},
+        "data_dir": str(root / "data"),
+        "mqtt": {"port": port, "client_id": f"bench-{os.getpid()}-{root.name}"},
+        "trust": {"public_keys": [str(pub)]},
+        "models": [{"manifest": str(manifest), "threads": threads, "batch_size": batch}],
+        "samples": {"enabled": False},
+        "heartbeat": {"interval_s": 3600},
+        "log": {"level": "warning", "format": "text"},
+    }
+    doc.update(extra)
+    return doc
+
+
+def run_agent(root: Path, port: int, manifest: Path, pub: Path, images: list[bytes], threads: int, batch: int):  # type: ignore[no-untyped-def]
+    agent = Agent(AgentConfig.model_validate(agent_doc(root, port, manifest, pub, threads, batch)))
+    agent.start()
+    main = threading.Thread(target=agent.run, daemon=True)
+    main.start()
+    agent.transport.wait_connected(10)
+    # Warm-up image, as the floor warms its session.
+    agent.pipeline.queue.put(ImageItem("cam", images[0], "warmup"))
+    while agent.outbox.stats()["depth"] or agent.pipeline.queue.qsize() or agent.pipeline.busy.is_set():
+        time.sleep(0.01)
+    c0, t0 = cpu_s(), time.perf_counter()
+    for i, b in enumerate(images):
+        agent.pipeline.queue.put(ImageItem("cam", b, f"bench/{i}"))
+    sent0 = agent.outbox.counters().get("sent", 0)
+    while agent.outbox.counters().get("sent", 0) - sent0 < len(images):
+        time.sleep(0.005)
+    cpu, wall = cpu_s() - c0, time.perf_counter() - t0
+    agent.request_stop()
+    main.join(10)
+    agent.stop()
+    return cpu, wall
+
+
+def measure_process(root: Path, port: int, manifest: Path, pub: Path, images_dir: Path, threads: int,
+                    batch: int, idle_s: float) -> tuple[float, float, float]:  # fmt: skip
+    """A real ``cropwatch agent`` with both models: RSS after processing a folder, and idle CPU."""
+    yield_model = build_yield_model(root / "yield", key_dir=root / "yieldkeys", time_steps=180)
+    doc = agent_doc(
+        root, port, manifest, pub, threads, batch,
+        sources=[{"type": "folder", "name": "drop", "path": str(images_dir), "settle_s": 0}],
+        **{"yield": {"enabled": True, "model": {"manifest": str(yield_model.manifest_path), "threads": 1},
+                     "season_start": "2026-04-01", "interval_s": 86400}},
+    )  # fmt: skip
+    doc["trust"]["public_keys"].append(str(yield_model.public_key))
+    config = root / "agent.toml"
+    config.write_text(to_toml(doc))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CROPWATCH_")}
+    env["PYTHONPATH"] = str(REPO)
+    log = open(root / "agent.log", "wb")  # noqa: SIM115 - the child writes it for its whole life
+    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "agent", "--config", str(config)], env=env, cwd=REPO,
+                            stderr=log)  # fmt: skip
+    db = root / "data" / "outbox.sqlite3"
+    n_files = len(list(images_dir.glob("*.jpg")))
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"agent exited: {(root / 'agent.log').read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("agent did not process the folder within 120 s")
+            if db.exists():
+                with sqlite3.connect(db) as conn:
+                    try:
+                        seen = conn.execute("SELECT COUNT(*) FROM seen_files").fetchone()[0]
+                        depth = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+                    except sqlite3.OperationalError:
+                        seen, depth = 0, 1
+                if seen == n_files and depth == 0:
+                    break
+            time.sleep(0.2)
+        p = psutil.Process(proc.pid)
+        rss = p.memory_info().rss / 1e6
+        # Let the last acks and the first folder scan settle before the idle window starts.
+        time.sleep(2.0)
+        t0, c0 = time.monotonic(), sum(p.cpu_times()[:2])
+        time.sleep(idle_s)
+        idle = 100.0 * (sum(p.cpu_times()[:2]) - c0) / (time.monotonic() - t0)
+        rss = max(rss, p.memory_info().rss / 1e6)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return rss, idle, idle_s
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--idle-seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="cw-bench-"))
+    try:
+        images = make_images(root / "images", args.images)
+        net, mean, std, onnx_path, manifest, pub = build_model(root / "model", args.threads)
+        broker_lines = broker_user_lines()
+        with private_mosquitto(root / "mosquitto", broker_lines) as broker:
+            rows = {}
+            rows["floor"] = run_floor(onnx_path, images, args.threads, args.batch)
+            rows["agent"] = run_agent(root / "agent", broker.port, manifest, pub, images, args.threads, args.batch)
+            rows["naive"] = run_naive(net, mean, std, images, args.threads)
+            small = root / "proc-images"
+            small.mkdir()
+            for p in sorted((root / "images").glob("*.jpg"))[:16]:
+                shutil.copy(p, small / p.name)
+            rss, idle, idle_s = measure_process(
+                root / "proc", broker.port, manifest, pub, small, args.threads, args.batch, args.idle_seconds
+            )
+        n = len(images)
+        agent_ms = rows["agent"][0] * 1000 / n
+        print(f"\n{n} JPEGs 1920x1080 -> {SIZE}x{SIZE}, {args.threads} threads, batch {args.batch}, "
+              f"onnxruntime {ort.__version__}, {os.cpu_count()} CPUs\n")  # fmt: skip
+        print(f"{'pipeline':<8} {'CPU-ms/image':>13} {'images/s':>9} {'CPU vs agent':>13}")
+        for name, (cpu, wall) in rows.items():
+            ms = cpu * 1000 / n
+            print(f"{name:<8} {ms:>13.1f} {n / wall:>9.1f} {ms / agent_ms:>12.2f}x")
+        floor_ms = rows["floor"][0] * 1000 / n
+        naive_ms = rows["naive"][0] * 1000 / n
+        print(f"\nagent / floor CPU-ms: {agent_ms / floor_ms:.2f}x (target <= 1.25x)")
+        print(f"naive / agent CPU-ms: {naive_ms / agent_ms:.2f}x (target >= 4x)")
+        print(f"agent process RSS, disease + yield models loaded, after 16 images: {rss:.0f} MB (target <= 150 MB)")
+        print(f"agent process idle CPU over {idle_s:.0f} s: {idle:.2f} % of one core (target < 1 %)")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,330 @@
+"""The on-disk outbox: every message is stored here before it is sent and stays until acknowledged.
+
+SQLite in WAL mode with ``synchronous=FULL``: a message the agent has accepted survives a power
+cut. A row leaves only when the broker acknowledged it with a success reason code; a refused row
+(PUBACK reason >= 0x80, e.g. 135 not authorised) is kept, marked ``refused`` with its reason and
+counted, and is retried only after a config reload (the operator fixed the ACL or the limit).
+
+Disk budget policy: when storing a message would take the outbox over its budget, the oldest rows
+of the lowest priority go first: telemetry (0), then samples (1), then detections and yields (2).
+A message never displaces one of higher priority; if nothing of lower or equal priority is left,
+the new message itself is dropped. Events (3, alerts and errors) are never dropped, even over
+budget. Every drop is counted per kind. Rows older than their kind's TTL expire and are counted.
+
+Replay order: rows are sent in insertion order (the primary key), so messages of one kind arrive
+in the order they were made.
+
+The same database holds the agent's small state: files a folder source has already processed
+(marked in the same transaction that stores their results, so a crash neither loses nor repeats
+an image), the sample log for the hourly and daily caps, and the sensor history for the yield model.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+PRIORITY = {"telemetry": 0, "sample": 1, "detection": 2, "yield": 2, "status": 3, "event": 3}
+NEVER_DROPPED = 3
+# Bytes a row costs beyond its payload and topic (keys, indexes, page slack), for the budget.
+ROW_OVERHEAD = 96
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    msg_id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    priority INTEGER NOT NULL,
+    created REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    reason_code INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS outbox_drop ON outbox (priority, id);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS seen_files (source TEXT NOT NULL, key TEXT NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (source, key));
+CREATE TABLE IF NOT EXISTS sample_log (at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS readings (at REAL NOT NULL, quantity TEXT NOT NULL, value REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS readings_q ON readings (quantity, at);
+"""
+
+
+@dataclass(frozen=True)
+class OutMessage:
+    msg_id: str
+    kind: str
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Row:
+    id: int
+    msg_id: str
+    kind: str
+    topic: str
+    payload: bytes
+    created: float
+
+
+class Outbox:
+    """Thread-safe: one connection behind a lock (the writes are tiny; the fsync dominates)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        budget_bytes: int,
+        ttl_s: dict[str, float | None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.budget_bytes = int(budget_bytes)
+        self.ttl_s = dict(ttl_s or {})
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._used = self._db.execute(
+            "SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + ?), 0) FROM outbox", (ROW_OVERHEAD,)
+        ).fetchone()[0]
+        self._changed = threading.Condition(self._lock)
+        # Called after each commit that added rows (the sender wakes up instead of polling).
+        self.listeners: list[Callable[[], None]] = []
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def add(
+        self,
+        messages: Iterable[OutMessage],
+        seen: Iterable[tuple[str, str]] = (),
+        readings: Iterable[tuple[float, str, float]] = (),
+        sample_at: Iterable[float] = (),
+    ) -> list[str]:
+        """Store messages (and the state that goes with them) in one durable transaction.
+
+        Returns the msg_ids of messages that were dropped by the budget policy, new or old.
+        """
+        dropped: list[str] = []
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                for m in messages:
+                    dropped.extend(self._insert(cur, m))
+                cur.executemany(
+                    "INSERT OR REPLACE INTO seen_files (source, key, at) VALUES (?, ?, ?)",
+                    [(s, k, self._clock()) for s, k in seen],
+                )
+                cur.executemany("INSERT INTO readings (at, quantity, value) VALUES (?, ?, ?)", list(readings))
+                cur.executemany("INSERT INTO sample_log (at) VALUES (?)", [(t,) for t in sample_at])
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                self._used = self._db.execute(
+                    "SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + ?), 0) FROM outbox", (ROW_OVERHEAD,)
+                ).fetchone()[0]
+                raise
+            self._changed.notify_all()
+        for listener in self.listeners:
+            listener()
+        return dropped
+
+    def _insert(self, cur: sqlite3.Cursor, m: OutMessage) -> list[str]:
+        priority = PRIORITY.get(m.kind, 2)
+        size = len(m.payload) + len(m.topic.encode()) + ROW_OVERHEAD
+        dropped: list[str] = []
+        if priority < NEVER_DROPPED:
+            while self._used + size > self.budget_bytes:
+                victim = cur.execute(
+                    "SELECT id, msg_id, kind, LENGTH(payload) + LENGTH(topic) FROM outbox WHERE priority <= ? "
+                    "ORDER BY priority, id LIMIT 1",
+                    (priority,),
+                ).fetchone()
+                if victim is None:
+                    self._bump(cur, f"dropped_{m.kind}")
+                    logger.warning("outbox full (%d bytes): dropped new %s %s", self._used, m.kind, m.msg_id)
+                    dropped.append(m.msg_id)
+                    return dropped
+                cur.execute("DELETE FROM outbox WHERE id = ?", (victim[0],))
+                self._used -= victim[3] + ROW_OVERHEAD
+                self._bump(cur, f"dropped_{victim[2]}")
+                dropped.append(victim[1])
+                logger.warning("outbox full: dropped %s %s to make room for a %s", victim[2], victim[1], m.kind)
+        cur.execute(
+            "INSERT INTO outbox (msg_id, kind, topic, payload, priority, created) VALUES (?, ?, ?, ?, ?, ?)",
+            (m.msg_id, m.kind, m.topic, m.payload, priority, self._clock()),
+        )
+        self._used += size
+        return dropped
+
+    def _bump(self, cur: sqlite3.Cursor, name: str, by: int = 1) -> None:
+        cur.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
+            (name, by, by),
+        )
+
+    # --- sending ----------------------------------------------------------------------------
+
+    def next_batch(self, after_id: int, limit: int) -> list[Row]:
+        """Pending rows with id > after_id, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, msg_id, kind, topic, payload, created FROM outbox WHERE state = 'pending' AND id > ? "
+                "ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+        return [Row(*r) for r in rows]
+
+    def wait_for_rows(self, after_id: int, timeout: float) -> bool:
+        """Block until a pending row beyond ``after_id`` exists (or the timeout passes)."""
+        with self._changed:
+            if self._has_pending_after(after_id):
+                return True
+            self._changed.wait(timeout)
+            return self._has_pending_after(after_id)
+
+    def _has_pending_after(self, after_id: int) -> bool:
+        return (
+            self._db.execute("SELECT 1 FROM outbox WHERE state = 'pending' AND id > ? LIMIT 1", (after_id,)).fetchone()
+            is not None
+        )
+
+    def wake(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def acked(self, ids: Iterable[int]) -> None:
+        """Delete delivered rows (one transaction for a batch of PUBACKs)."""
+        ids = list(ids)
+        if not ids:
+            return
+        with self._lock:
+            cur = self._db.cursor()
+            # A delete lost to a power cut only means the message is sent again (same msg_id, which
+            # ingest deduplicates), so acks skip the fsync; the next FULL commit makes them durable.
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("BEGIN IMMEDIATE")
+            sizes = cur.execute(
+                f"SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + {ROW_OVERHEAD}), 0) FROM outbox "
+                f"WHERE id IN ({','.join('?' * len(ids))})",
+                ids,
+            ).fetchone()[0]
+            cur.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+            self._bump(cur, "sent", len(ids))
+            cur.execute("COMMIT")
+            cur.execute("PRAGMA synchronous=FULL")
+            self._used -= sizes
+            self._changed.notify_all()
+
+    def refused(self, row_id: int, reason_code: int) -> bool:
+        """Mark a row refused; False if it already was (a resent copy refused again) or is gone."""
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            n = cur.execute(
+                "UPDATE outbox SET state = 'refused', reason_code = ?, attempts = attempts + 1 "
+                "WHERE id = ? AND state != 'refused'",
+                (reason_code, row_id),
+            ).rowcount
+            if n:
+                self._bump(cur, "refused")
+            cur.execute("COMMIT")
+        return bool(n)
+
+    def requeue_refused(self) -> int:
+        """Put refused rows back in line (after the operator fixed what made the broker refuse them)."""
+        with self._lock:
+            n = self._db.execute("UPDATE outbox SET state = 'pending' WHERE state = 'refused'").rowcount
+            self._changed.notify_all()
+        for listener in self.listeners:
+            listener()
+        return n
+
+    def expire(self) -> dict[str, int]:
+        """Delete rows older than their kind's TTL; returns counts per kind."""
+        now = self._clock()
+        out: dict[str, int] = {}
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            for kind, ttl in self.ttl_s.items():
+                if ttl is None or PRIORITY.get(kind, 2) >= NEVER_DROPPED:
+                    continue
+                rows = cur.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + ?), 0) FROM outbox "
+                    "WHERE kind = ? AND created < ?",
+                    (ROW_OVERHEAD, kind, now - ttl),
+                ).fetchone()
+                if rows[0]:
+                    cur.execute("DELETE FROM outbox WHERE kind = ? AND created < ?", (kind, now - ttl))
+                    self._used -= rows[1]
+                    self._bump(cur, f"expired_{kind}", rows[0])
+                    out[kind] = rows[0]
+            cur.execute("COMMIT")
+        for kind, n in out.items():
+            logger.warning("outbox: %d %s messages expired (older than their TTL)", n, kind)
+        return out
+
+    # --- state ------------------------------------------------------------------------------
+
+    def is_seen(self, source: str, key: str) -> bool:
+        with self._lock:
+            return (
+                self._db.execute("SELECT 1 FROM seen_files WHERE source = ? AND key = ?", (source, key)).fetchone()
+                is not None
+            )
+
+    def samples_since(self, since: float) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM sample_log WHERE at >= ?", (since,)).fetchone()[0]
+
+    def prune_state(self, samples_keep_s: float = 2 * 86400, readings_keep_s: float = 400 * 86400) -> None:
+        """Forget sample times past the daily cap's window and sensor history older than a season."""
+        now = self._clock()
+        with self._lock:
+            self._db.execute("DELETE FROM sample_log WHERE at < ?", (now - samples_keep_s,))
+            self._db.execute("DELETE FROM readings WHERE at < ?", (now - readings_keep_s,))
+
+    def readings(self, quantity: str, since: float) -> list[tuple[float, float]]:
+        with self._lock:
+            return self._db.execute(
+                "SELECT at, value FROM readings WHERE quantity = ? AND at >= ? ORDER BY at", (quantity, since)
+            ).fetchall()
+
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+
+    def stats(self) -> dict[str, float | int | None]:
+        with self._lock:
+            depth, oldest = self._db.execute("SELECT COUNT(*), MIN(created) FROM outbox").fetchone()
+            refused = self._db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'refused'").fetchone()[0]
+        return {
+            "depth": depth,
+            "oldest_age_s": None if oldest is None else max(0.0, self._clock() - oldest),
+            "refused": refused,
+            "bytes": self._used,
+        }
+
+    def refused_rows(self) -> list[tuple[str, str, int]]:
+        with self._lock:
+            return self._db.execute(
+                "SELECT msg_id, kind, reason_code FROM outbox WHERE state = 'refused' ORDER BY id"
+            ).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,344 @@
+"""The work loop: queued images in batches through decode, the model, and into the outbox.
+
+One worker thread takes items off the queue; images that are already waiting join the batch (up
+to the model's batch size), so a burst of uploads costs one model call per batch. Every image goes
+through :func:`shared.image.decode_image`; one that does not decode is counted by reason
+(``image_corrupt``, ``image_truncated``, ...) and skipped. Results, the processed-file marks and
+the sample log are stored in one outbox transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared.errors import ImageDecodeError
+from shared.image import decode_image, encode_jpeg, image_size
+from shared.messages import (
+    MAX_SAMPLE_IMAGE_BYTES,
+    Detection,
+    LabelScore,
+    ModelRef,
+    Sample,
+    SensorReading,
+    ShadowResult,
+    Telemetry,
+)
+from shared.topics import device_topic
+
+from .inference import InferenceBackend
+from .outbox import Outbox, OutMessage
+from .sources import ImageItem, ReadingsItem
+
+logger = logging.getLogger(__name__)
+
+# Base64 and the metadata must still fit the message limit; keep the JPEG a little under 256 KiB.
+SAMPLE_JPEG_LIMIT = MAX_SAMPLE_IMAGE_BYTES - 4096
+_STOP = object()
+
+
+def model_ref(backend: InferenceBackend) -> ModelRef:
+    m = backend.manifest
+    return ModelRef(name=m.name, version=m.version, sha256=m.file(backend.variant).sha256, variant=backend.variant)
+
+
+def _libc_trim():  # type: ignore[no-untyped-def]
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return None
+
+
+_malloc_trim = _libc_trim()
+
+
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS once a burst is done (decode buffers of 1080p frames)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+class LatencyStats:
+    """The last few hundred per-image inference times, for the heartbeat's p50/p95."""
+
+    def __init__(self, size: int = 512) -> None:
+        self._values: deque[float] = deque(maxlen=size)
+        self._lock = threading.Lock()
+
+    def add(self, ms: float, n: int = 1) -> None:
+        with self._lock:
+            self._values.extend([ms] * n)
+
+    def percentiles(self) -> tuple[float | None, float | None]:
+        with self._lock:
+            if not self._values:
+                return None, None
+            arr = np.fromiter(self._values, dtype=np.float64)
+        return float(np.percentile(arr, 50)), float(np.percentile(arr, 95))
+
+
+@dataclass
+class Identity:
+    farm_id: str
+    device_id: str
+    field_id: str | None = None
+
+    def topic(self, kind: str) -> str:
+        return device_topic(self.farm_id, self.device_id, kind)
+
+    def envelope(self) -> dict[str, str | None]:
+        return {"farm_id": self.farm_id, "device_id": self.device_id}
+
+
+def to_out(identity: Identity, msg) -> OutMessage:  # type: ignore[no-untyped-def]
+    return OutMessage(msg_id=msg.msg_id, kind=msg.kind, topic=identity.topic(msg.kind), payload=msg.to_json())
+
+
+def top_k(probs: np.ndarray, labels: list[str], k: int) -> list[LabelScore]:
+    probs = np.clip(np.nan_to_num(probs.astype(np.float64), nan=0.0), 0.0, 1.0)
+    order = np.argsort(-probs, kind="stable")[: min(k, len(labels))]
+    return [LabelScore(label=labels[i], probability=float(probs[i])) for i in order]
+
+
+class Pipeline:
+    def __init__(
+        self,
+        identity: Identity,
+        outbox: Outbox,
+        samples,  # type: ignore[no-untyped-def]
+        count_error: Callable[[str], None],
+        queue_size: int = 256,
+        top_k: int = 3,
+    ) -> None:
+        self.identity = identity
+        self.outbox = outbox
+        self.samples = samples
+        self.count_error = count_error
+        self.top_k = top_k
+        self.queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        self.champion: InferenceBackend | None = None
+        self.shadow: InferenceBackend | None = None
+        self.latency = LatencyStats()
+        self.processed = Counter[str]()
+        self._models_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.busy = threading.Event()
+
+    def set_models(self, champion: InferenceBackend | None, shadow: InferenceBackend | None = None) -> None:
+        with self._models_lock:
+            self.champion, self.shadow = champion, shadow
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float) -> bool:
+        """Finish what is queued (up to ``timeout``); True if everything was processed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.queue.put(_STOP, timeout=max(0.01, deadline - time.monotonic()))
+                break
+            except queue.Full:
+                if time.monotonic() >= deadline:
+                    break
+        if self._thread is not None:
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+            return not self._thread.is_alive()
+        return True
+
+    def pending(self) -> int:
+        return self.queue.qsize()
+
+    # --- worker ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is _STOP:
+                return
+            self.busy.set()
+            try:
+                if isinstance(item, ReadingsItem):
+                    self._readings(item)
+                    continue
+                batch = [item]
+                limit = self.champion.max_batch if self.champion else 1
+                stop_after = False
+                while len(batch) < limit:
+                    try:
+                        nxt = self.queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is _STOP:
+                        stop_after = True
+                        break
+                    if isinstance(nxt, ReadingsItem):
+                        self._readings(nxt)
+                    else:
+                        batch.append(nxt)
+                self._images(batch)  # type: ignore[arg-type]
+                if stop_after:
+                    return
+            except Exception:
+                logger.exception("pipeline step failed; the items are skipped and the worker carries on")
+                self.count_error("pipeline")
+            finally:
+                self.busy.clear()
+            if self.queue.empty():
+                release_free_memory()
+
+    def _readings(self, item: ReadingsItem) -> None:
+        msg = Telemetry(
+            **self.identity.envelope(),
+            field_id=self.identity.field_id,
+            observed_at=item.at,
+            readings=[
+                SensorReading(sensor=r.sensor, quantity=r.quantity, value=r.value, unit=r.unit)  # type: ignore[arg-type]
+                for r in item.readings
+            ],
+        )
+        at = item.at.timestamp()
+        self.outbox.add([to_out(self.identity, msg)], readings=[(at, r.quantity, r.value) for r in item.readings])
+        self.processed["telemetry"] += 1
+
+    def _images(self, items: list[ImageItem]) -> None:
+        with self._models_lock:
+            champion, shadow = self.champion, self.shadow
+        if champion is None:
+            logger.error("no disease model is loaded; %d images skipped", len(items))
+            self.count_error("no_model")
+            for it in items:
+                if it.on_done:
+                    it.on_done(False)
+            return
+        prep = champion.manifest.preprocessing
+        size = (prep.height, prep.width)  # type: ignore[union-attr]
+        good: list[tuple[ImageItem, np.ndarray]] = []
+        rejected: list[ImageItem] = []
+        for it in items:
+            try:
+                good.append((it, decode_image(it.data, size, resize=prep.resize)))  # type: ignore[union-attr]
+            except ImageDecodeError as exc:
+                logger.warning("skipped %s: %s", it.ref, exc)
+                self.count_error(f"image_{exc.reason}")
+                rejected.append(it)
+        messages: list[OutMessage] = []
+        sample_times: list[float] = []
+        if good:
+            batch = np.stack([arr for _, arr in good])
+            probs, ms = self._infer(champion, batch)
+            shadow_probs = self._infer(shadow, batch)[0] if shadow is not None else None
+            self.latency.add(ms, len(good))
+            ref = model_ref(champion)
+            labels = champion.manifest.labels or [str(i) for i in range(probs.shape[1])]
+            for i, (it, _) in enumerate(good):
+                shadow_result = None
+                if shadow is not None and shadow_probs is not None:
+                    s_labels = shadow.manifest.labels or [str(j) for j in range(shadow_probs.shape[1])]
+                    shadow_result = ShadowResult(
+                        model=model_ref(shadow), top_k=top_k(shadow_probs[i], s_labels, self.top_k)
+                    )
+                det = Detection(
+                    **self.identity.envelope(),
+                    observed_at=it.at,
+                    model=ref,
+                    source=it.source,
+                    image_ref=it.ref[:512],
+                    image_sha256=hashlib.sha256(it.data).hexdigest(),
+                    field_id=self.identity.field_id,
+                    top_k=top_k(probs[i], labels, self.top_k),
+                    inference_ms=ms,
+                    shadow=shadow_result,
+                )
+                messages.append(to_out(self.identity, det))
+                reason = self.samples.reason(det.confidence, it.requested, len(sample_times))
+                if reason is not None:
+                    sample = self._sample(it, det, reason)
+                    if sample is not None:
+                        messages.append(to_out(self.identity, sample))
+                        if reason == "low_confidence":
+                            sample_times.append(time.time())
+        seen = [it.seen_key for it in items if it.seen_key is not None]
+        self.outbox.add(messages, seen=seen, sample_at=sample_times)
+        self.processed["detection"] += len(good)
+        self.processed["rejected"] += len(rejected)
+        for it, _ in good:
+            if it.on_done:
+                it.on_done(True)
+        for it in rejected:
+            if it.on_done:
+                it.on_done(False)
+
+    def _infer(self, backend: InferenceBackend, batch: np.ndarray) -> tuple[np.ndarray, float]:
+        name = backend.manifest.inputs[0].name
+        out_name = backend.manifest.outputs[0].name
+        results = []
+        t0 = time.perf_counter()
+        for start in range(0, len(batch), backend.max_batch):
+            results.append(backend.run({name: batch[start : start + backend.max_batch]})[out_name])
+        ms = (time.perf_counter() - t0) * 1000 / len(batch)
+        return np.concatenate(results, axis=0), ms
+
+    def _sample(self, it: ImageItem, det: Detection, reason: str) -> Sample | None:
+        try:
+            width, height = image_size(it.data)
+            scale = min(1.0, self.samples.settings.max_side / max(width, height))
+            w, h = max(1, round(width * scale)), max(1, round(height * scale))
+            jpeg = encode_jpeg(decode_image(it.data, (h, w), resize="stretch"), quality=85, max_bytes=SAMPLE_JPEG_LIMIT)
+        except ImageDecodeError as exc:
+            logger.warning("cannot make a sample of %s: %s", it.ref, exc)
+            return None
+        return Sample(
+            **self.identity.envelope(),
+            observed_at=it.at,
+            reason=reason,  # type: ignore[arg-type]
+            model=det.model,
+            detection_msg_id=det.msg_id,
+            field_id=self.identity.field_id,
+            source=it.source,
+            image_ref=it.ref[:512],
+            predicted_label=det.label,
+            confidence=det.confidence,
+            width=w,
+            height=h,
+            image_jpeg=jpeg,
+        )
+
+
+class SamplePolicy:
+    """Low-confidence images go to labelling, at most ``max_per_hour`` and ``max_per_day``."""
+
+    def __init__(self, settings, outbox: Outbox, clock: Callable[[], float] = time.time) -> None:  # type: ignore[no-untyped-def]
+        self.settings = settings
+        self.outbox = outbox
+        self.clock = clock
+        self.capped = 0
+
+    def reason(self, confidence: float, requested: bool, in_batch: int) -> str | None:
+        if requested:
+            return "requested"
+        s = self.settings
+        if not s.enabled or confidence >= s.confidence_below:
+            return None
+        now = self.clock()
+        hour = self.outbox.samples_since(now - 3600) + in_batch
+        day = self.outbox.samples_since(now - 86400) + in_batch
+        if hour >= s.max_per_hour or day >= s.max_per_day:
+            self.capped += 1
+            return None
+        return "low_confidence"

@@ -1,0 +1,136 @@
+"""The scheduled yield model: the device's own sensor history as a season tensor.
+
+The manifest's :class:`~shared.manifest.SeasonPreprocessing` describes the tensor: ``time_steps``
+steps of ``time_step_days`` days from the planting date (``[yield] season_start``), one column per
+variable, float32, raw units (the graph normalises by each variable's mean and std). A variable
+takes its values from the sensor quantity of the same name (or the one mapped in
+``[yield.variables]``), aggregated per step (mean, or sum for rainfall); steps without data (the
+rest of the season, or a sensor gap) take the weather file's value when one is configured, else the
+variable's training mean, which the graph normalises to zero: "no information". Static variables
+come from ``[yield] static_values``.
+
+Layout: the model input is ``[N, T, V]`` (or ``[N, V, T]``, detected from the spec). Outputs: a
+``quantiles`` tensor ``[N, Q]`` for the manifest's quantile levels, and optionally ``expected``
+``[N, 1]``; without it the median is the expectation.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+from shared.manifest import SeasonPreprocessing
+from shared.messages import YieldEstimate, YieldQuantiles
+
+from .inference import InferenceBackend, ModelLoadError
+from .outbox import Outbox
+from .pipeline import Identity, model_ref
+
+logger = logging.getLogger(__name__)
+
+_SUMMED = ("rainfall", "precip", "rain")
+
+
+def load_weather_csv(path: Path) -> dict[str, dict[date, float]]:
+    out: dict[str, dict[date, float]] = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            try:
+                day = date.fromisoformat(row["date"])
+            except (KeyError, ValueError) as exc:
+                raise ValueError(f"{path}: every row needs a date column in YYYY-MM-DD form") from exc
+            for key, value in row.items():
+                if key == "date" or value in (None, ""):
+                    continue
+                try:
+                    out.setdefault(key, {})[day] = float(value)
+                except ValueError:
+                    continue
+    return out
+
+
+class YieldRunner:
+    def __init__(self, settings, backend: InferenceBackend, outbox: Outbox, identity: Identity) -> None:  # type: ignore[no-untyped-def]
+        prep = backend.manifest.preprocessing
+        if not isinstance(prep, SeasonPreprocessing):
+            raise ModelLoadError("wrong_task", f"model {backend.manifest.name} is not a season (yield) model")
+        self.settings = settings
+        self.backend = backend
+        self.prep = prep
+        self.outbox = outbox
+        self.identity = identity
+        self.weather = load_weather_csv(settings.weather_csv) if settings.weather_csv else {}
+
+    def season_tensor(self, now: datetime | None = None) -> tuple[np.ndarray, int]:
+        """(tensor [T, V] float32, days into the season)."""
+        now = now or datetime.now(UTC)
+        start = datetime.combine(self.settings.season_start, datetime.min.time(), tzinfo=UTC)
+        step = timedelta(days=self.prep.time_step_days)
+        steps, variables = self.prep.time_steps, self.prep.variables
+        tensor = np.empty((steps, len(variables)), dtype=np.float32)
+        edges = [start + i * step for i in range(steps + 1)]
+        for j, var in enumerate(variables):
+            if var.static:
+                tensor[:, j] = self.settings.static_values.get(var.name, var.mean)
+                continue
+            mapping = self.settings.variables.get(var.name)
+            quantity = mapping.quantity if mapping else var.name
+            aggregate = mapping.aggregate if mapping else ("sum" if any(s in var.name for s in _SUMMED) else "mean")
+            rows = self.outbox.readings(quantity, edges[0].timestamp())
+            at = np.array([r[0] for r in rows], dtype=np.float64)
+            values = np.array([r[1] for r in rows], dtype=np.float64)
+            weather = self.weather.get(var.name, {})
+            for i in range(steps):
+                lo, hi = edges[i].timestamp(), edges[i + 1].timestamp()
+                sel = values[(at >= lo) & (at < hi)] if len(at) else values[:0]
+                if sel.size and edges[i] <= now:
+                    tensor[i, j] = {"mean": np.mean, "sum": np.sum, "min": np.min, "max": np.max}[aggregate](sel)
+                    continue
+                days = [(edges[i] + timedelta(days=d)).date() for d in range(max(1, int(self.prep.time_step_days)))]
+                known = [weather[d] for d in days if d in weather]
+                tensor[i, j] = float(np.mean(known)) if known else var.mean
+        return tensor, max(0, (now - start).days)
+
+    def _input(self, tensor: np.ndarray) -> np.ndarray:
+        shape = self.backend.manifest.inputs[0].shape
+        steps, nvars = tensor.shape
+        if len(shape) == 3 and shape[1] == nvars and shape[2] == steps and steps != nvars:
+            return tensor.T[None, ...].copy()
+        return tensor[None, ...]
+
+    def run(self, now: datetime | None = None) -> YieldEstimate:
+        tensor, days = self.season_tensor(now)
+        name = self.backend.manifest.inputs[0].name
+        outputs = self.backend.run({name: self._input(tensor)})
+        levels = list(self.prep.quantiles)
+        if "quantiles" in outputs:
+            q = np.asarray(outputs["quantiles"], dtype=np.float64).reshape(-1)
+        else:
+            first = np.asarray(next(iter(outputs.values())), dtype=np.float64).reshape(-1)
+            q = first[1:] if first.size == len(levels) + 1 else first
+        if q.size != len(levels) or not np.all(np.isfinite(q)):
+            raise ModelLoadError("bad_output", f"yield model gave {q.size} quantiles for levels {levels}")
+        q = np.sort(q)  # quantile crossing is a model artefact; the ordered values are the better estimate
+
+        def at_level(level: float) -> float:
+            return float(q[int(np.argmin([abs(x - level) for x in levels]))])
+
+        has_expected = "expected" in outputs
+        expected = float(np.asarray(outputs["expected"]).reshape(-1)[0]) if has_expected else at_level(0.5)
+        season_days = self.prep.time_steps * self.prep.time_step_days
+        return YieldEstimate(
+            **self.identity.envelope(),
+            model=model_ref(self.backend),
+            field_id=self.identity.field_id,
+            crop=self.settings.crop,
+            season_start=self.settings.season_start,
+            days_into_season=min(days, 1000),
+            season_progress=min(1.0, days / season_days),
+            expected=expected,
+            quantiles=YieldQuantiles(p10=at_level(0.1), p50=at_level(0.5), p90=at_level(0.9)),
+            unit=self.prep.target_unit or "unknown",
+        )

@@ -1,0 +1,72 @@
+"""The sender against a scripted transport (a real outbox file): window, order, acks, refusals."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from edge_agent.outbox import Outbox, OutMessage
+from edge_agent.pipeline import Identity
+from edge_agent.sender import Sender
+from shared.messages import parse_device_message
+from tests.services import wait_for
+
+
+class ScriptedTransport:
+    """Connected; records publishes; the test decides each PUBACK reason code."""
+
+    def __init__(self) -> None:
+        self.connected = True
+        self.published: list[tuple[str, bytes]] = []
+        self.pending: list = []  # type: ignore[type-arg]
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        pass
+
+    def publish(self, topic, payload, qos=1, retain=False, on_ack=None):  # type: ignore[no-untyped-def]
+        with self.lock:
+            self.published.append((topic, payload))
+            self.pending.append(on_ack)
+            return len(self.published)
+
+    def subscribe(self, topic_filter, handler, retained=False) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    def stop(self, last=None, timeout=3.0) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    def ack_all(self, code: int = 0) -> int:
+        with self.lock:
+            pending, self.pending = self.pending, []
+        for cb in pending:
+            cb(code)
+        return len(pending)
+
+
+def test_window_order_acks_and_one_refusal_event(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", budget_bytes=10**9)
+    transport = ScriptedTransport()
+    sender = Sender(box, transport, Identity("farm1", "dev1"), max_inflight=4)
+    sender.start()
+    try:
+        box.add([OutMessage(f"{i:026d}", "detection", f"t/{i}", b"{}") for i in range(10)])
+        wait_for(lambda: len(transport.published) == 4, 5, what="a full window")
+        assert sender.inflight() == 4  # nothing more until acks come back
+        transport.ack_all(0)
+        wait_for(lambda: len(transport.published) == 8, 5, what="the next window")
+        assert [t for t, _ in transport.published] == [f"t/{i}" for i in range(8)]
+        transport.ack_all(135)  # not authorised: kept, marked, one event for the lot
+        wait_for(lambda: len(box.refused_rows()) == 4, 5, what="4 refused rows")
+        wait_for(lambda: any(b"publish_refused" in p for _, p in transport.published), 5, what="refusal event")
+        transport.ack_all(0)
+        wait_for(lambda: box.stats()["depth"] == 4 and sender.inflight() == 0, 5, what="the rest delivered")
+        events = [parse_device_message(p) for t, p in transport.published if t.endswith("/event")]
+        assert len(events) == 1 and events[0].details["reason_code"] == 135
+        assert box.counters()["sent"] == 4 + 2 + 1  # first window, rows 8-9, the event
+        assert sender.requeue() == 4
+        wait_for(lambda: len(transport.published) == 4 + 4 + 2 + 1 + 4, 5, what="refused rows retried")
+        transport.ack_all(0)
+        wait_for(lambda: box.stats()["depth"] == 0, 5, what="outbox empty")
+    finally:
+        sender.stop()
