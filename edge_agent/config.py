@@ -260,8 +260,13 @@ def _resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
         }
     )
     keys = [str(fix(Path(k)) or k) if (base / k).exists() else k for k in cfg.trust.public_keys]
+    tls = cfg.mqtt.tls
+    tls = tls.model_copy(
+        update={name: fix(getattr(tls, name)) or getattr(tls, name) for name in ("ca_file", "cert_file", "key_file")}
+    )
     return cfg.model_copy(
         update={
+            "mqtt": cfg.mqtt.model_copy(update={"tls": tls}),
             "data_dir": fix(cfg.data_dir) or cfg.data_dir,
             "models": [model(m) for m in cfg.models],
             "sources": sources,

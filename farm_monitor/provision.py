@@ -232,8 +232,15 @@ class Pki:
 def agent_config(farm_id: str, device_id: str, host: str, port: int, username: str) -> str:
     return f"""# Cropwatch agent config for {username}, made by `cropwatch devices provision`.
 # Copy this folder to the device as /etc/cropwatch/ and run: cropwatch agent --config /etc/cropwatch/agent.toml
+# data_dir (outbox, model slots) defaults to /var/lib/cropwatch, the systemd unit's StateDirectory.
+
+[device]
 farm_id = "{farm_id}"
 device_id = "{device_id}"
+
+[trust]
+# The model-signing public key(s) this device accepts, e.g. "cropwatch-signing.pub".
+public_keys = []
 
 [mqtt]
 host = "{host}"

@@ -246,3 +246,36 @@ def test_generated_acl_and_passwords_cover_every_device(prod_broker: ProdBroker)
         assert identity in users
     assert (prod_broker.pki / "ca.key").stat().st_mode & 0o777 == 0o600
     assert len(Pki(prod_broker.pki).devices()) == 3
+
+
+def test_provisioned_agent_config_connects_over_tls_and_reports_online(prod_broker: ProdBroker, tmp_path: Path) -> None:
+    """The folder `devices provision` writes is all a device needs: a real agent process connects with it."""
+    import json
+    import signal
+
+    from tests.services import cropwatch_cmd, cropwatch_env
+
+    folder = prod_broker.devices / "farm-a.dev-b"
+    ops = connect(prod_broker.cloud_port, prod_broker.pki, OPS_USER, "ops-pw")
+    env = cropwatch_env(CROPWATCH_MQTT__PORT=str(prod_broker.device_port), CROPWATCH_DATA_DIR=str(tmp_path / "state"))
+    check = subprocess.run(
+        cropwatch_cmd("agent", "--config", str(folder / "agent.toml"), "--check-config"),
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stderr
+    assert (folder / "mqtt.password").read_text().strip() not in check.stdout + check.stderr
+    agent = subprocess.Popen(
+        cropwatch_cmd("agent", "--config", str(folder / "agent.toml")), env=env, stderr=subprocess.PIPE
+    )
+    try:
+        assert ops.subscribe("cropwatch/v1/farm-a/dev-b/status") == 1
+
+        def online() -> bool:
+            return any(json.loads(m.payload).get("state") == "online" for m in ops.received)
+
+        wait_for(lambda: online() or agent.poll() is not None, timeout=30, what="the agent's online status")
+        assert agent.poll() is None, agent.stderr.read().decode()[-2000:] if agent.stderr else ""
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=30)
+        ops.close()
