@@ -1,0 +1,166 @@
+"""Alert rules evaluated by ingest; each alert is stored once per episode and acknowledged in the monitor.
+
+An episode is identified by ``dedup_key`` (rule, farm and subject); the partial unique index on
+open alerts turns a repeated raise into a no-op, so two ingest processes cannot double an alert.
+An alert is resolved (``resolved_at``) when its condition clears; a later recurrence is a new row.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection
+
+from shared import messages as m
+
+from .config import AlertSettings
+from .metrics import Metrics
+from .rows import Dialect, dumps
+
+logger = logging.getLogger(__name__)
+
+ALERT_COLUMNS = (
+    "rule", "dedup_key", "severity", "farm_id", "device_id", "field_id", "message", "details", "raised_at",
+)  # fmt: skip
+
+
+class AlertEngine:
+    def __init__(self, settings: AlertSettings, dialect: Dialect, metrics: Metrics) -> None:
+        self.settings = settings
+        self.d = dialect
+        self.metrics = metrics
+        self._insert = dialect.insert_ignore("alerts", ALERT_COLUMNS)
+        p = dialect.ph
+        self._resolve = f"UPDATE alerts SET resolved_at = {p} WHERE dedup_key = {p} AND resolved_at IS NULL"
+
+    def raise_alert(
+        self,
+        conn: Connection,
+        rule: str,
+        key: str,
+        severity: str,
+        farm_id: str,
+        message: str,
+        now: datetime,
+        device_id: str | None = None,
+        field_id: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> bool:
+        row = (rule, key, severity, farm_id, device_id, field_id, message, dumps(details or {}), self.d.ts(now))
+        raised = conn.exec_driver_sql(self._insert, row).rowcount > 0
+        if raised:
+            self.metrics.inc("cropwatch_alerts_raised_total", rule=rule)
+            logger.warning("alert %s (%s): %s", rule, severity, message)
+        return raised
+
+    def resolve(self, conn: Connection, key: str, now: datetime) -> bool:
+        done = conn.exec_driver_sql(self._resolve, (self.d.ts(now), key)).rowcount > 0
+        if done:
+            logger.info("alert %s resolved", key)
+        return done
+
+    # --- rules ---------------------------------------------------------------------------------
+
+    def on_statuses(self, conn: Connection, statuses: Iterable[m.Status], now: datetime) -> None:
+        """Outbox backlog: the device reports its oldest unsent message is older than the limit."""
+        rule = self.settings.outbox_backlog
+        if not rule.enabled:
+            return
+        for st in statuses:
+            if st.health is None:
+                continue
+            key = f"outbox_backlog:{st.farm_id}:{st.device_id}"
+            age = st.health.outbox_oldest_age_s
+            if age is not None and age > rule.older_than_s:
+                self.raise_alert(
+                    conn, "outbox_backlog", key, rule.severity, st.farm_id,
+                    f"{st.device_id}: {st.health.outbox_depth} messages waiting to be sent, oldest "
+                    f"{age / 3600:.1f} h old (limit {rule.older_than_s / 3600:.1f} h); check its uplink",
+                    now, device_id=st.device_id,
+                    details={"outbox_depth": st.health.outbox_depth, "outbox_oldest_age_s": age},
+                )  # fmt: skip
+            else:
+                self.resolve(conn, key, now)
+
+    def evaluate_offline(self, conn: Connection, now: datetime) -> None:
+        rule = self.settings.device_offline
+        if not rule.enabled:
+            return
+        p = self.d.ph
+        cutoff = self.d.ts(now - timedelta(seconds=rule.after_s))
+        rows = conn.exec_driver_sql(
+            "SELECT farm_id, device_id, last_seen_at, state FROM devices "
+            f"WHERE last_seen_at < {p} OR (state = 'offline' AND state_since < {p})",
+            (cutoff, cutoff),
+        ).all()
+        for farm_id, device_id, last_seen, state in rows:
+            self.raise_alert(
+                conn, "device_offline", f"device_offline:{farm_id}:{device_id}", rule.severity, farm_id,
+                f"{device_id} has been {'offline' if state == 'offline' else 'silent'} for more than "
+                f"{rule.after_s / 60:g} min (last message {last_seen})",
+                now, device_id=device_id, details={"state": state, "after_s": rule.after_s},
+            )  # fmt: skip
+        back = conn.exec_driver_sql(
+            "SELECT a.dedup_key FROM alerts a JOIN devices d ON d.farm_id = a.farm_id AND d.device_id = a.device_id "
+            f"WHERE a.rule = 'device_offline' AND a.resolved_at IS NULL AND d.last_seen_at >= {p} "
+            "AND COALESCE(d.state, 'online') <> 'offline'",
+            (cutoff,),
+        ).all()
+        for (key,) in back:
+            self.resolve(conn, key, now)
+
+    def evaluate_disease(self, conn: Connection, fields: set[tuple[str, str]], now: datetime) -> None:
+        """A disease class above P% of a field's detections in the last N hours."""
+        rule = self.settings.disease
+        if not rule.enabled:
+            return
+        p = self.d.ph
+        open_fields = conn.exec_driver_sql(
+            "SELECT DISTINCT farm_id, field_id FROM alerts WHERE rule = 'disease' AND resolved_at IS NULL"
+        ).all()
+        since = self.d.ts(now - timedelta(hours=rule.window_hours))
+        healthy = rule.healthy_pattern.lower()
+        for farm_id, field_id in sorted(fields | {(f, g) for f, g in open_fields}):
+            counts = conn.exec_driver_sql(
+                "SELECT label, COUNT(*) FROM detections "
+                f"WHERE farm_id = {p} AND field_id = {p} AND observed_at >= {p} GROUP BY label",
+                (farm_id, field_id, since),
+            ).all()
+            total = sum(n for _, n in counts)
+            firing: set[str] = set()
+            if total >= rule.min_detections:
+                for label, n in counts:
+                    share = 100.0 * n / total
+                    if healthy and healthy in label.lower():
+                        continue
+                    if share > rule.percent:
+                        firing.add(label)
+                        self.raise_alert(
+                            conn, "disease", f"disease:{farm_id}:{field_id}:{label}", rule.severity, farm_id,
+                            f"{label} in {share:.0f}% of {field_id}'s {total} detections in the last "
+                            f"{rule.window_hours:g} h (threshold {rule.percent:g}%)",
+                            now, field_id=field_id,
+                            details={"label": label, "count": n, "total": total, "percent": round(share, 2)},
+                        )  # fmt: skip
+            open_keys = conn.exec_driver_sql(
+                "SELECT dedup_key FROM alerts WHERE rule = 'disease' AND farm_id = "
+                f"{p} AND field_id = {p} AND resolved_at IS NULL",
+                (farm_id, field_id),
+            ).all()
+            prefix = f"disease:{farm_id}:{field_id}:"
+            for (key,) in open_keys:
+                if key.removeprefix(prefix) not in firing:
+                    self.resolve(conn, key, now)
+
+
+def acknowledge(conn: Connection, alert_id: int, who: str, when: datetime, dialect: Dialect) -> bool:
+    """Mark an alert acknowledged (the monitor's button calls this); False if it was already."""
+    p = dialect.ph
+    res = conn.exec_driver_sql(
+        f"UPDATE alerts SET acknowledged_at = {p}, acknowledged_by = {p} WHERE id = {p} AND acknowledged_at IS NULL",
+        (dialect.ts(when), who, alert_id),
+    )
+    return res.rowcount > 0

@@ -1,0 +1,161 @@
+"""The one config tree of the monitor side (ingest service and ``cropwatch db``).
+
+Loaded with :func:`shared.config.load_config`: ``monitor.toml``, then ``CROPWATCH_*`` environment
+overrides (``CROPWATCH_DATABASE__URL=postgresql+psycopg://...``), then ``*_file`` secrets.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from shared.ids import ID_RE
+from shared.settings import MqttSettings
+
+# Tables that retention may prune, with the column that dates a row.
+RETENTION_TABLES: dict[str, str] = {
+    "detections": "observed_at",
+    "yield_estimates": "observed_at",
+    "telemetry": "observed_at",
+    "samples": "observed_at",
+    "status_reports": "observed_at",
+    "events": "observed_at",
+    "dead_letters": "received_at",
+    "alerts": "resolved_at",
+}
+
+
+class DatabaseSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(
+        "sqlite:///var/cropwatch.db",
+        description="SQLAlchemy URL: sqlite:///path.db (default, WAL mode) or postgresql+psycopg://user@host/db.",
+    )
+    password: SecretStr | None = Field(None, description="Put into a PostgreSQL URL that has none (or password_file).")
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL", description="FULL: a committed (and so acknowledged) batch survives a power cut."
+    )
+    busy_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    timescaledb: Literal["auto", "off"] = Field(
+        "auto", description="auto: make time-series tables hypertables when the timescaledb extension exists."
+    )
+
+
+class IngestSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    shared_group: str | None = Field(
+        None, description="MQTT v5 shared subscription group; set it to run N ingest processes on one load."
+    )
+    topic_filter: str = "cropwatch/v1/+/+/+"
+    client_id: str | None = Field(
+        None,
+        description="Stable across restarts (the broker keeps the session under it) and distinct per process; "
+        "default cropwatch-ingest-HOSTNAME. mqtt.client_id, when set, wins.",
+    )
+    batch_max_messages: Annotated[int, Field(ge=1, le=50_000)] = 2000
+    batch_max_s: Annotated[float, Field(gt=0, le=60)] = 0.25
+    receive_maximum: Annotated[int, Field(ge=1, le=65535)] = Field(
+        8000,
+        description="MQTT v5 Receive Maximum: unacknowledged messages the broker may have in flight to us.",
+    )
+    dead_letter_max_bytes: Annotated[int, Field(ge=0)] = Field(4096, description="Raw bytes kept per dead letter.")
+    dead_letter_log_interval_s: Annotated[float, Field(ge=0)] = Field(
+        10.0, description="At most one log line per reason per interval; counters count every one."
+    )
+    retry_min_s: Annotated[float, Field(gt=0)] = 0.5
+    retry_max_s: Annotated[float, Field(gt=0)] = 30.0
+
+    @field_validator("shared_group")
+    @classmethod
+    def _group_is_id(cls, value: str | None) -> str | None:
+        if value is not None and not ID_RE.fullmatch(value):
+            raise ValueError("shared_group must match [a-z0-9][a-z0-9_-]{0,63}")
+        return value
+
+
+class DiseaseRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    window_hours: Annotated[float, Field(gt=0)] = 24.0
+    percent: Annotated[float, Field(gt=0, le=100)] = 30.0
+    min_detections: Annotated[int, Field(ge=1)] = 10
+    healthy_pattern: str = Field("healthy", description="Labels containing this (case-insensitive) are not disease.")
+    severity: Literal["info", "warning", "critical"] = "warning"
+
+
+class OfflineRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    after_s: Annotated[float, Field(gt=0)] = 1800.0
+    severity: Literal["info", "warning", "critical"] = "critical"
+
+
+class BacklogRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    older_than_s: Annotated[float, Field(gt=0)] = 3600.0
+    severity: Literal["info", "warning", "critical"] = "warning"
+
+
+class AlertSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    evaluate_every_s: Annotated[float, Field(gt=0)] = Field(
+        30.0, description="Disease and offline rules run at most this often (and after batches with detections)."
+    )
+    disease: DiseaseRule = Field(default_factory=DiseaseRule)
+    device_offline: OfflineRule = Field(default_factory=OfflineRule)
+    outbox_backlog: BacklogRule = Field(default_factory=BacklogRule)
+
+
+def _default_retention() -> dict[str, int]:
+    return {
+        "detections": 730,
+        "yield_estimates": 1095,
+        "telemetry": 400,
+        "samples": 90,
+        "status_reports": 30,
+        "events": 180,
+        "dead_letters": 30,
+        "alerts": 365,
+    }
+
+
+class RetentionSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    days: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=_default_retention, description="Days to keep, per table; a table left out is kept forever."
+    )
+    interval_s: Annotated[float, Field(ge=0)] = Field(3600.0, description="Periodic prune in ingest; 0 turns it off.")
+    keep_labelled_samples: bool = Field(True, description="Labelled samples are training data: never pruned.")
+    chunk_rows: Annotated[int, Field(ge=100)] = 10_000
+
+    @field_validator("days")
+    @classmethod
+    def _known_tables(cls, value: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(value) - set(RETENTION_TABLES))
+        if unknown:
+            raise ValueError(f"no retention for {', '.join(unknown)}; tables: {', '.join(RETENTION_TABLES)}")
+        return value
+
+
+class MetricsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = Field(9464, description="0 turns the HTTP endpoint off.")
+    stale_after_s: Annotated[float, Field(gt=0)] = Field(
+        60.0, description="/healthz fails when messages wait uncommitted longer than this."
+    )
+
+
+class MonitorConfig(BaseModel):
+    """``monitor.toml``."""
+
+    model_config = ConfigDict(extra="forbid")
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -1,0 +1,65 @@
+"""Engines for SQLite (WAL mode, default) and PostgreSQL, configured the same way everywhere."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+from shared.errors import ConfigError
+
+from ..config import DatabaseSettings
+
+logger = logging.getLogger(__name__)
+
+
+def utc_naive(value: datetime) -> datetime:
+    """UTC without tzinfo: how SQLite rows hold time (PostgreSQL keeps the zone)."""
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def make_engine(settings: DatabaseSettings | str, **kwargs: Any) -> Engine:
+    """An engine for ``settings.url``; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE transactions."""
+    if isinstance(settings, str):
+        settings = DatabaseSettings(url=settings)
+    try:
+        url = make_url(settings.url)
+    except Exception as exc:
+        raise ConfigError("bad_database_url", f"database.url {settings.url!r} is not a SQLAlchemy URL: {exc}") from exc
+    if settings.password is not None and url.password is None:
+        url = url.set(password=settings.password.get_secret_value())
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        database = url.database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": settings.busy_timeout_s}, **kwargs)
+        synchronous = settings.sqlite_synchronous
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # pysqlite's own transaction handling skips BEGIN before DDL and takes the write lock
+            # late (SQLITE_BUSY that no timeout cures); we issue BEGIN IMMEDIATE ourselves.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA synchronous={synchronous}")
+            cur.execute(f"PRAGMA busy_timeout={int(settings.busy_timeout_s * 1000)}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if backend == "postgresql":
+        kwargs.setdefault("pool_pre_ping", True)
+        return create_engine(url, **kwargs)
+    raise ConfigError(
+        "bad_database_url", f"database.url uses {backend!r}; use sqlite:///path.db or postgresql+psycopg://..."
+    )

@@ -1,0 +1,128 @@
+"""Numbered schema migrations recorded in ``schema_migrations``, so an upgrade keeps the data.
+
+Rules for whoever changes the schema: never edit an applied migration's effect; append a new
+numbered step (ALTER TABLE / CREATE INDEX / data copy) and update models.py to match. Step 1
+creates the tables as models.py defines them *without* secondary indexes; once a table changes
+after release, freeze its old definition inside step 1 before adding the new step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, inspect, select, text
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+from shared.ids import utcnow
+
+from .models import Base, SchemaMigration
+
+logger = logging.getLogger(__name__)
+
+# Time-series tables that become TimescaleDB hypertables, partitioned on this column.
+HYPERTABLES = {"detections": "observed_at", "telemetry": "observed_at", "status_reports": "observed_at"}
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    apply: Callable[[Connection], None]
+
+
+def _data_tables() -> list:
+    return [t for t in Base.metadata.sorted_tables if t.name != SchemaMigration.__tablename__]
+
+
+def _m1_tables(conn: Connection) -> None:
+    for table in _data_tables():
+        conn.execute(CreateTable(table, if_not_exists=True))
+
+
+def _m2_indexes(conn: Connection) -> None:
+    # The monitor aggregates a year of data for hundreds of devices by device, field and time;
+    # the partial unique index on alerts is what makes an alert fire once.
+    for table in _data_tables():
+        for index in sorted(table.indexes, key=lambda i: i.name or ""):
+            conn.execute(CreateIndex(index, if_not_exists=True))
+
+
+def _m3_timescale(conn: Connection) -> None:
+    if conn.dialect.name != "postgresql":
+        return
+    if conn.info.get("cropwatch_timescaledb") == "off":
+        return
+    available = conn.execute(text("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")).first()
+    if available is None:
+        logger.info("timescaledb extension not available; time-series tables stay plain PostgreSQL tables")
+        return
+    conn.execute(text("CREATE EXTENSION IF NOT EXISTS timescaledb"))
+    for table, column in HYPERTABLES.items():
+        # A hypertable's unique keys must contain its time column; msg_id alone stays unique in
+        # practice because a msg_id fixes its observed_at.
+        pkey = inspect(conn).get_pk_constraint(table)
+        cols = list(pkey["constrained_columns"])
+        if column not in cols:
+            conn.execute(text(f'ALTER TABLE {table} DROP CONSTRAINT "{pkey["name"]}"'))
+            conn.execute(text(f"ALTER TABLE {table} ADD PRIMARY KEY ({', '.join([*cols, column])})"))
+        conn.execute(
+            text(f"SELECT create_hypertable('{table}', '{column}', migrate_data => true, if_not_exists => true)")
+        )
+        logger.info("made %s a TimescaleDB hypertable on %s", table, column)
+
+
+MIGRATIONS: list[Migration] = [
+    Migration(1, "tables", _m1_tables),
+    Migration(2, "monitor indexes and alert de-duplication", _m2_indexes),
+    Migration(3, "timescaledb hypertables where the extension exists", _m3_timescale),
+]
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+def _ensure_version_table(conn: Connection) -> None:
+    conn.execute(CreateTable(SchemaMigration.__table__, if_not_exists=True))
+
+
+def current_version(engine: Engine) -> int:
+    with engine.connect() as conn:
+        if not inspect(conn).has_table(SchemaMigration.__tablename__):
+            return 0
+        versions = conn.execute(select(SchemaMigration.version)).scalars().all()
+        return max(versions, default=0)
+
+
+def migrate(engine: Engine, target: int | None = None, timescaledb: str = "auto") -> list[int]:
+    """Apply pending migrations up to ``target`` (default: latest); returns the versions applied.
+
+    Safe to run from several processes at once: PostgreSQL takes an advisory lock, SQLite a write
+    lock (BEGIN IMMEDIATE), and each step runs in the same transaction as its bookkeeping row.
+    """
+    target = LATEST_VERSION if target is None else target
+    applied: list[int] = []
+    with engine.begin() as conn:
+        conn.info["cropwatch_timescaledb"] = timescaledb
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(724011)"))
+        _ensure_version_table(conn)
+        done = set(conn.execute(select(SchemaMigration.version)).scalars().all())
+        newer = [v for v in done if v > LATEST_VERSION]
+        if newer:
+            raise RuntimeError(
+                f"database schema is at version {max(newer)}, newer than this Cropwatch ({LATEST_VERSION}); "
+                "upgrade Cropwatch instead of running an older one against it"
+            )
+        for migration in MIGRATIONS:
+            if migration.version in done or migration.version > target:
+                continue
+            logger.info("applying migration %d: %s", migration.version, migration.name)
+            migration.apply(conn)
+            conn.execute(
+                SchemaMigration.__table__.insert().values(
+                    version=migration.version, name=migration.name, applied_at=utcnow()
+                )
+            )
+            applied.append(migration.version)
+        conn.info.pop("cropwatch_timescaledb", None)
+    return applied

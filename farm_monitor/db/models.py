@@ -1,0 +1,305 @@
+"""The monitor database, as SQLAlchemy 2 declarative models (the current schema).
+
+Times are UTC. PostgreSQL stores ``timestamptz``; SQLite stores naive UTC text in SQLAlchemy's
+format, so both read back through these models the same way. Rows that come from a device
+message are keyed on its ``msg_id``, which makes every write idempotent. docs/database.md
+describes each table for the monitor pages and the rollout feature.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import BYTEA, JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+Json = JSON().with_variant(JSONB(), "postgresql")
+Blob = LargeBinary().with_variant(BYTEA(), "postgresql")
+Ts = DateTime(timezone=True)
+MsgIdCol = String(26)
+IdCol = String(64)
+AutoId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements only INTEGER PRIMARY KEY
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SchemaMigration(Base):
+    __tablename__ = "schema_migrations"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    applied_at: Mapped[datetime] = mapped_column(Ts)
+
+
+class Device(Base):
+    """One row per device: the latest status, kept current by ingest."""
+
+    __tablename__ = "devices"
+    farm_id: Mapped[str] = mapped_column(IdCol, primary_key=True)
+    device_id: Mapped[str] = mapped_column(IdCol, primary_key=True)
+    state: Mapped[str | None] = mapped_column(String(16))  # online | offline | None before any status
+    state_since: Mapped[datetime | None] = mapped_column(Ts)
+    status_observed_at: Mapped[datetime | None] = mapped_column(Ts)
+    last_heartbeat_at: Mapped[datetime | None] = mapped_column(Ts)
+    last_seen_at: Mapped[datetime | None] = mapped_column(Ts)
+    first_seen_at: Mapped[datetime | None] = mapped_column(Ts)
+    agent_version: Mapped[str | None] = mapped_column(String(64))
+    models: Mapped[Any | None] = mapped_column(Json)
+    health: Mapped[Any | None] = mapped_column(Json)
+    reason: Mapped[str | None] = mapped_column(String(256))
+
+
+class StatusReport(Base):
+    """Every status message (heartbeat history); short retention."""
+
+    __tablename__ = "status_reports"
+    msg_id: Mapped[str] = mapped_column(MsgIdCol, primary_key=True)
+    farm_id: Mapped[str] = mapped_column(IdCol)
+    device_id: Mapped[str] = mapped_column(IdCol)
+    observed_at: Mapped[datetime] = mapped_column(Ts)
+    received_at: Mapped[datetime] = mapped_column(Ts)
+    state: Mapped[str] = mapped_column(String(16))
+    since: Mapped[datetime] = mapped_column(Ts)
+    agent_version: Mapped[str] = mapped_column(String(64))
+    models: Mapped[Any | None] = mapped_column(Json)
+    health: Mapped[Any | None] = mapped_column(Json)
+    reason: Mapped[str | None] = mapped_column(String(256))
+
+    __table_args__ = (Index("ix_status_reports_device_time", "farm_id", "device_id", "observed_at"),)
+
+
+class Detection(Base):
+    __tablename__ = "detections"
+    msg_id: Mapped[str] = mapped_column(MsgIdCol, primary_key=True)
+    farm_id: Mapped[str] = mapped_column(IdCol)
+    device_id: Mapped[str] = mapped_column(IdCol)
+    field_id: Mapped[str | None] = mapped_column(IdCol)
+    observed_at: Mapped[datetime] = mapped_column(Ts)
+    received_at: Mapped[datetime] = mapped_column(Ts)
+    model_name: Mapped[str] = mapped_column(IdCol)
+    model_version: Mapped[str] = mapped_column(String(64))
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    model_variant: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(IdCol)
+    image_ref: Mapped[str] = mapped_column(String(512))
+    image_sha256: Mapped[str | None] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(128))
+    confidence: Mapped[float] = mapped_column(Float)
+    top_k: Mapped[Any] = mapped_column(Json)
+    inference_ms: Mapped[float | None] = mapped_column(Float)
+    shadow: Mapped[Any | None] = mapped_column(Json)
+
+    __table_args__ = (
+        Index("ix_detections_device_time", "farm_id", "device_id", "observed_at"),
+        Index("ix_detections_field_time", "field_id", "observed_at"),
+        Index("ix_detections_farm_time", "farm_id", "observed_at"),
+    )
+
+
+class YieldEstimate(Base):
+    __tablename__ = "yield_estimates"
+    msg_id: Mapped[str] = mapped_column(MsgIdCol, primary_key=True)
+    farm_id: Mapped[str] = mapped_column(IdCol)
+    device_id: Mapped[str] = mapped_column(IdCol)
+    field_id: Mapped[str | None] = mapped_column(IdCol)
+    observed_at: Mapped[datetime] = mapped_column(Ts)
+    received_at: Mapped[datetime] = mapped_column(Ts)
+    model_name: Mapped[str] = mapped_column(IdCol)
+    model_version: Mapped[str] = mapped_column(String(64))
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    crop: Mapped[str | None] = mapped_column(IdCol)
+    season_start: Mapped[date] = mapped_column(Date)
+    days_into_season: Mapped[int] = mapped_column(Integer)
+    season_progress: Mapped[float] = mapped_column(Float)
+    expected: Mapped[float] = mapped_column(Float)
+    p10: Mapped[float] = mapped_column(Float)
+    p50: Mapped[float] = mapped_column(Float)
+    p90: Mapped[float] = mapped_column(Float)
+    unit: Mapped[str] = mapped_column(String(32))
+
+    __table_args__ = (
+        Index("ix_yield_device_time", "farm_id", "device_id", "observed_at"),
+        Index("ix_yield_field_time", "field_id", "observed_at"),
+    )
+
+
+class TelemetryReading(Base):
+    """One row per sensor reading; a telemetry message with 4 readings makes 4 rows."""
+
+    __tablename__ = "telemetry"
+    msg_id: Mapped[str] = mapped_column(MsgIdCol, primary_key=True)
+    reading_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    farm_id: Mapped[str] = mapped_column(IdCol)
+    device_id: Mapped[str] = mapped_column(IdCol)
+    field_id: Mapped[str | None] = mapped_column(IdCol)
+    observed_at: Mapped[datetime] = mapped_column(Ts)
+    received_at: Mapped[datetime] = mapped_column(Ts)
+    sensor: Mapped[str] = mapped_column(IdCol)
+    quantity: Mapped[str] = mapped_column(String(32))
+    value: Mapped[float] = mapped_column(Float)
+    unit: Mapped[str] = mapped_column(String(16))
+
+    __table_args__ = (
+        Index("ix_telemetry_device_time", "farm_id", "device_id", "observed_at"),
+        Index("ix_telemetry_field_quantity_time", "field_id", "quantity", "observed_at"),
+    )
+
+
+class SampleRow(Base):
+    """An image sent for labelling, with its JPEG bytes."""
+
+    __tablename__ = "samples"
+    msg_id: Mapped[str] = mapped_column(MsgIdCol, primary_key=True)
+    farm_id: Mapped[str] = mapped_column(IdCol)
+    device_id: Mapped[str] = mapped_column(IdCol)
+    field_id: Mapped[str | None] = mapped_column(IdCol)
+    observed_at: Mapped[datetime] = mapped_column(Ts)
+    received_at: Mapped[datetime] = mapped_column(Ts)
+    reason: Mapped[str] = mapped_column(String(32))
+    model_name: Mapped[str | None] = mapped_column(IdCol)
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    detection_msg_id: Mapped[str | None] = mapped_column(MsgIdCol)
+    source: Mapped[str | None] = mapped_column(IdCol)
+    image_ref: Mapped[str | None] = mapped_column(String(512))
+    predicted_label: Mapped[str | None] = mapped_column(String(128))
+    confidence: Mapped[float | None] = mapped_column(Float)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    image_size: Mapped[int] = mapped_column(Integer)
+    image_jpeg: Mapped[bytes] = mapped_column(Blob)
+
+    __table_args__ = (
+        Index("ix_samples_device_time", "farm_id", "device_id", "observed_at"),
+        Index("ix_samples_field_time", "field_id", "observed_at"),
+    )
+
+
+class LabelRow(Base):
+    """A person's label for a sample (the monitor's labelling queue writes these)."""
+
+    __tablename__ = "labels"
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    sample_msg_id: Mapped[str] = mapped_column(MsgIdCol, ForeignKey("samples.msg_id", ondelete="CASCADE"))
+    label: Mapped[str] = mapped_column(String(128))
+    labelled_by: Mapped[str] = mapped_column(String(128))
+    labelled_at: Mapped[datetime] = mapped_column(Ts)
+    note: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_labels_sample", "sample_msg_id"),)
+
+
+class ModelRow(Base):
+    """A model version known to the monitor (the rollout feature registers these)."""
+
+    __tablename__ = "models"
+    name: Mapped[str] = mapped_column(IdCol, primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    task: Mapped[str | None] = mapped_column(String(64))
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    manifest: Mapped[Any | None] = mapped_column(Json)
+    created_at: Mapped[datetime | None] = mapped_column(Ts)
+    registered_at: Mapped[datetime] = mapped_column(Ts)
+
+
+class DeviceModel(Base):
+    """Per device and model name: what rollout wants (desired_*) and what the device reports (active_*)."""
+
+    __tablename__ = "device_models"
+    farm_id: Mapped[str] = mapped_column(IdCol, primary_key=True)
+    device_id: Mapped[str] = mapped_column(IdCol, primary_key=True)
+    model_name: Mapped[str] = mapped_column(IdCol, primary_key=True)
+    role: Mapped[str] = mapped_column(String(16), primary_key=True, server_default="champion")
+    desired_version: Mapped[str | None] = mapped_column(String(64))
+    desired_at: Mapped[datetime | None] = mapped_column(Ts)
+    desired_by: Mapped[str | None] = mapped_column(String(128))
+    active_version: Mapped[str | None] = mapped_column(String(64))
+    active_sha256: Mapped[str | None] = mapped_column(String(64))
+    active_variant: Mapped[str | None] = mapped_column(String(16))
+    state: Mapped[str | None] = mapped_column(String(16))
+    state_since: Mapped[datetime | None] = mapped_column(Ts)
+    reported_at: Mapped[datetime | None] = mapped_column(Ts)
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+    msg_id: Mapped[str] = mapped_column(MsgIdCol, primary_key=True)
+    farm_id: Mapped[str] = mapped_column(IdCol)
+    device_id: Mapped[str] = mapped_column(IdCol)
+    observed_at: Mapped[datetime] = mapped_column(Ts)
+    received_at: Mapped[datetime] = mapped_column(Ts)
+    level: Mapped[str] = mapped_column(String(16))
+    code: Mapped[str] = mapped_column(IdCol)
+    message: Mapped[str] = mapped_column(Text)
+    details: Mapped[Any | None] = mapped_column(Json)
+
+    __table_args__ = (
+        Index("ix_events_device_time", "farm_id", "device_id", "observed_at"),
+        Index("ix_events_level_time", "level", "observed_at"),
+    )
+
+
+class Alert(Base):
+    """An alert raised once per episode (``dedup_key`` is unique among unresolved alerts)."""
+
+    __tablename__ = "alerts"
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    rule: Mapped[str] = mapped_column(String(32))
+    dedup_key: Mapped[str] = mapped_column(String(300))
+    severity: Mapped[str] = mapped_column(String(16))
+    farm_id: Mapped[str] = mapped_column(IdCol)
+    device_id: Mapped[str | None] = mapped_column(IdCol)
+    field_id: Mapped[str | None] = mapped_column(IdCol)
+    message: Mapped[str] = mapped_column(Text)
+    details: Mapped[Any | None] = mapped_column(Json)
+    raised_at: Mapped[datetime] = mapped_column(Ts)
+    resolved_at: Mapped[datetime | None] = mapped_column(Ts)
+    acknowledged_at: Mapped[datetime | None] = mapped_column(Ts)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(128))
+
+    __table_args__ = (
+        Index(
+            "ux_alerts_open",
+            "dedup_key",
+            unique=True,
+            sqlite_where=text("resolved_at IS NULL"),
+            postgresql_where=text("resolved_at IS NULL"),
+        ),
+        Index("ix_alerts_farm_time", "farm_id", "raised_at"),
+    )
+
+
+class DeadLetter(Base):
+    """A payload that could not be stored, with why; ``digest`` makes a redelivered one a no-op."""
+
+    __tablename__ = "dead_letters"
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    received_at: Mapped[datetime] = mapped_column(Ts)
+    topic: Mapped[str] = mapped_column(Text)
+    farm_id: Mapped[str | None] = mapped_column(String(64))
+    device_id: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text)
+    payload_size: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[bytes] = mapped_column(Blob)
+
+    __table_args__ = (Index("ix_dead_letters_reason_time", "reason", "received_at"),)
+
+
+TABLES = Base.metadata.tables

@@ -1,0 +1,404 @@
+"""The ingest pipeline: validate, batch, write idempotently, then acknowledge.
+
+The transport hands every PUBLISH to :meth:`Ingestor.submit` (on its network thread) without
+acknowledging it. :meth:`Ingestor.run` takes batches bounded by size and time, validates each
+payload against the shared schemas and its topic, writes all rows of the batch plus its dead
+letters in one transaction (``INSERT ... ON CONFLICT DO NOTHING`` keyed on ``msg_id``), and only
+after the commit asks the transport to send the PUBACKs. A crash anywhere before the commit
+leaves the messages unacknowledged, so the broker redelivers them; the unique keys make the
+redelivery a no-op when the commit did happen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from shared import messages as m
+from shared.errors import MessageError, TopicError
+from shared.topics import Topic, parse_topic
+
+from . import rows as r
+from .alerts import AlertEngine
+from .config import MonitorConfig
+from .metrics import Metrics
+from .retention import prune
+
+logger = logging.getLogger(__name__)
+
+# (topic, payload, mid, qos, connection generation, monotonic receive time)
+Item = tuple[str, bytes, int, int, int, float]
+AckFn = Callable[[list[Item]], None]
+
+_TOPIC_CACHE_MAX = 50_000
+
+
+@dataclass
+class Batch:
+    rows: dict[str, list[tuple]] = field(default_factory=lambda: defaultdict(list))
+    seen: dict[tuple[str, str], Any] = field(default_factory=dict)  # (farm, device) -> received
+    statuses: list[tuple[m.Status, Any]] = field(default_factory=list)
+    fields: set[tuple[str, str]] = field(default_factory=set)
+    dead: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    received: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    newest_observed: datetime | None = None
+
+
+class Ingestor:
+    def __init__(self, config: MonitorConfig, engine: Engine, metrics: Metrics, ack: AckFn | None = None) -> None:
+        self.cfg = config
+        self.engine = engine
+        self.metrics = metrics
+        self.ack = ack
+        self.d = r.Dialect(engine)
+        self.alerts = AlertEngine(config.alerts, self.d, metrics)
+        self._sql = {table: self.d.insert_ignore(table) for table in r.COLUMNS}
+        self._sql_seen, self._sql_status, self._sql_models = self._device_sql()
+        self._pending: list[Item] = []
+        self._cond = threading.Condition()
+        self._topics: dict[str, Topic | TopicError] = {}
+        self._last_dead_log: dict[str, float] = {}
+        self._suppressed: dict[str, int] = defaultdict(int)
+        self._dirty_fields: set[tuple[str, str]] = set()
+        self._last_alert_eval = float("-inf")
+        self._last_prune = float("-inf")
+        self.last_commit: float | None = None
+        self.db_ok = True
+        self.batches = 0
+
+    # --- called by the transport ---------------------------------------------------------------
+
+    def submit(self, topic: str, payload: bytes, mid: int, qos: int, generation: int) -> None:
+        item = (topic, payload, mid, qos, generation, time.monotonic())
+        with self._cond:
+            self._pending.append(item)
+            n = len(self._pending)
+            if n == 1 or n >= self.cfg.ingest.batch_max_messages:
+                self._cond.notify()
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def oldest_pending_age(self) -> float:
+        with self._cond:
+            return time.monotonic() - self._pending[0][5] if self._pending else 0.0
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def _take(self, stop: threading.Event) -> list[Item]:
+        limit = self.cfg.ingest.batch_max_messages
+        max_wait = self.cfg.ingest.batch_max_s
+        with self._cond:
+            while True:
+                n = len(self._pending)
+                if n >= limit:
+                    break
+                if n and (stop.is_set() or time.monotonic() - self._pending[0][5] >= max_wait):
+                    break
+                if stop.is_set():
+                    return []
+                timeout = max_wait - (time.monotonic() - self._pending[0][5]) if n else min(max_wait, 0.2)
+                self._cond.wait(max(timeout, 0.001))
+            batch, self._pending = self._pending[:limit], self._pending[limit:]
+            return batch
+
+    def run(self, stop: threading.Event) -> None:
+        """Process batches until ``stop`` is set and everything received has been committed."""
+        while True:
+            items = self._take(stop)
+            if items:
+                if not self.process(items, stop):
+                    return  # stopping while the database is down: leave the rest to redelivery
+            else:
+                self.periodic()
+            if stop.is_set() and not self.pending():
+                self.periodic(force_alerts=True)
+                return
+            if items:
+                self.periodic()
+
+    def process(self, items: list[Item], stop: threading.Event | None = None) -> bool:
+        """Validate, commit and acknowledge one batch, retrying while the database is unavailable."""
+        t0 = time.perf_counter()
+        batch = self.prepare(items)
+        delay = self.cfg.ingest.retry_min_s
+        while True:
+            try:
+                self._commit(batch)
+                break
+            except OperationalError:
+                self.db_ok = False
+                self.metrics.inc("cropwatch_ingest_db_errors_total")
+                logger.exception("database unavailable; retrying batch of %d in %.1f s", len(items), delay)
+            except DBAPIError:
+                # One row the database refuses must not poison the batch: write message by message.
+                self.metrics.inc("cropwatch_ingest_db_errors_total")
+                logger.exception("database refused a batch of %d; writing it one message at a time", len(items))
+                self._commit_one_by_one(items)
+                break
+            if stop is not None and stop.wait(delay):
+                logger.warning("stopping with %d uncommitted messages; the broker will redeliver them", len(items))
+                return False
+            if stop is None:
+                time.sleep(delay)
+            delay = min(delay * 2, self.cfg.ingest.retry_max_s)
+        self.db_ok = True
+        self._acknowledge(items)
+        self._account(items, batch, time.perf_counter() - t0)
+        return True
+
+    def _acknowledge(self, items: list[Item]) -> None:
+        if self.ack is not None:
+            self.ack(items)
+
+    def _account(self, items: list[Item], batch: Batch, seconds: float) -> None:
+        mt = self.metrics
+        now_mono = time.monotonic()
+        self.batches += 1
+        self.last_commit = now_mono
+        mt.observe_batch(seconds)
+        for kind, n in batch.received.items():
+            mt.inc("cropwatch_ingest_received_total", n, kind=kind)
+        for reason, n in batch.dead.items():
+            mt.inc("cropwatch_ingest_dead_letters_total", n, reason=reason)
+        mt.set("cropwatch_ingest_lag_seconds", now_mono - items[0][5])
+        if batch.newest_observed is not None:
+            mt.set(
+                "cropwatch_ingest_observed_lag_seconds",
+                max(0.0, (datetime.now(UTC) - batch.newest_observed).total_seconds()),
+            )
+        mt.set("cropwatch_ingest_pending_messages", self.pending())
+
+    # --- validation ------------------------------------------------------------------------------
+
+    def _topic(self, topic: str) -> Topic | TopicError:
+        parsed = self._topics.get(topic)
+        if parsed is None:
+            try:
+                parsed = parse_topic(topic)
+            except TopicError as err:
+                parsed = err
+            if len(self._topics) >= _TOPIC_CACHE_MAX:
+                self._topics.clear()  # random topics from a misbehaving client must not grow memory
+            self._topics[topic] = parsed
+        return parsed
+
+    def prepare(self, items: list[Item]) -> Batch:
+        batch = Batch()
+        d = self.d
+        received_dt = datetime.now(UTC)
+        received = d.ts(received_dt)
+        rows = batch.rows
+        seen = batch.seen
+        newest: datetime | None = None
+        for topic, payload, *_ in items:
+            parsed = self._topic(topic)
+            if isinstance(parsed, TopicError):
+                self._dead(batch, topic, payload, "bad_topic", str(parsed), None, received)
+                continue
+            if parsed.category != "device":
+                self._dead(batch, topic, payload, "bad_topic", "not a device-to-cloud topic", parsed, received)
+                continue
+            kind = parsed.kind or ""
+            try:
+                msg: Any = m.parse_device_message(payload, kind)
+            except MessageError as err:
+                self._dead(batch, topic, payload, err.reason, str(err), parsed, received)
+                continue
+            if msg.farm_id != parsed.farm_id or msg.device_id != parsed.device_id:
+                self._dead(
+                    batch, topic, payload, "topic_mismatch",
+                    f"payload says {msg.farm_id}/{msg.device_id} but was published on {topic}; "
+                    "a device may publish only under its own ids",
+                    parsed, received,
+                )  # fmt: skip
+                continue
+            try:
+                if kind == "detection":
+                    rows["detections"].append(r.detection_row(d, msg, received))
+                    if msg.field_id is not None:
+                        batch.fields.add((msg.farm_id, msg.field_id))
+                elif kind == "telemetry":
+                    rows["telemetry"].extend(r.telemetry_rows(d, msg, received))
+                elif kind == "status":
+                    rows["status_reports"].append(r.status_row(d, msg, received))
+                    batch.statuses.append((msg, received))
+                elif kind == "sample":
+                    rows["samples"].append(r.sample_row(d, msg, received))
+                elif kind == "yield":
+                    rows["yield_estimates"].append(r.yield_row(d, msg, received))
+                else:
+                    rows["events"].append(r.event_row(d, msg, received))
+            except Exception as exc:  # a bug here must cost one message, not the daemon
+                logger.exception("could not turn a valid %s message into rows", kind)
+                self._dead(batch, topic, payload, "internal_error", repr(exc)[:500], parsed, received)
+                continue
+            batch.received[kind] += 1
+            seen[(msg.farm_id, msg.device_id)] = received
+            obs = msg.observed_at
+            if newest is None or obs > newest:
+                newest = obs
+        batch.newest_observed = newest
+        return batch
+
+    def _dead(
+        self, batch: Batch, topic: str, payload: bytes, reason: str, detail: str, parsed: Topic | None, received: Any
+    ) -> None:
+        batch.dead[reason] += 1
+        batch.received["invalid"] += 1
+        digest = hashlib.sha256(topic.encode("utf-8", "replace") + b"\0" + payload).hexdigest()
+        keep = payload[: self.cfg.ingest.dead_letter_max_bytes]
+        batch.rows["dead_letters"].append(
+            (
+                digest, received, topic[:1024], parsed.farm_id if parsed else None,
+                parsed.device_id if parsed else None, reason, detail[:2000], len(payload), keep,
+            )
+        )  # fmt: skip
+        now = time.monotonic()
+        interval = self.cfg.ingest.dead_letter_log_interval_s
+        last = self._last_dead_log.get(reason)
+        if last is None or now - last >= interval:
+            extra = self._suppressed.pop(reason, 0)
+            logger.warning(
+                "dead letter (%s) on %s: %s%s",
+                reason, topic[:200], detail[:300], f" [{extra} more like it not logged]" if extra else "",
+            )  # fmt: skip
+            self._last_dead_log[reason] = now
+        else:
+            self._suppressed[reason] += 1
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def _device_sql(self) -> tuple[str, str, str]:
+        p = self.d.ph
+        seen = (
+            f"INSERT INTO devices (farm_id, device_id, first_seen_at, last_seen_at) VALUES ({p}, {p}, {p}, {p}) "
+            "ON CONFLICT (farm_id, device_id) DO UPDATE SET "
+            "first_seen_at = COALESCE(devices.first_seen_at, excluded.first_seen_at), "
+            "last_seen_at = CASE WHEN devices.last_seen_at IS NULL OR excluded.last_seen_at > devices.last_seen_at "
+            "THEN excluded.last_seen_at ELSE devices.last_seen_at END"
+        )
+        cols = (
+            "farm_id, device_id, state, state_since, status_observed_at, last_heartbeat_at, agent_version, "
+            "models, health, reason"
+        )
+        # Newer status wins; the last will (offline) is composed when the device connected, so it
+        # is older than the heartbeats before it and must win over an online state anyway.
+        status = (
+            f"INSERT INTO devices ({cols}) VALUES ({', '.join([p] * 10)}) "
+            "ON CONFLICT (farm_id, device_id) DO UPDATE SET "
+            "state_since = CASE WHEN devices.state = excluded.state THEN devices.state_since "
+            "ELSE excluded.state_since END, "
+            "state = excluded.state, status_observed_at = excluded.status_observed_at, "
+            "last_heartbeat_at = CASE WHEN excluded.state = 'online' THEN excluded.status_observed_at "
+            "ELSE devices.last_heartbeat_at END, "
+            "agent_version = excluded.agent_version, models = excluded.models, "
+            "health = COALESCE(excluded.health, devices.health), reason = excluded.reason "
+            "WHERE devices.status_observed_at IS NULL OR excluded.status_observed_at > devices.status_observed_at "
+            "OR (excluded.state = 'offline' AND devices.state = 'online')"
+        )
+        models = (
+            "INSERT INTO device_models (farm_id, device_id, model_name, role, active_version, active_sha256, "
+            f"active_variant, state, state_since, reported_at) VALUES ({', '.join([p] * 10)}) "
+            "ON CONFLICT (farm_id, device_id, model_name, role) DO UPDATE SET "
+            "state_since = CASE WHEN COALESCE(device_models.active_version, '') = excluded.active_version "
+            "AND COALESCE(device_models.state, '') = excluded.state "
+            "THEN COALESCE(device_models.state_since, excluded.state_since) ELSE excluded.state_since END, "
+            "active_version = excluded.active_version, active_sha256 = excluded.active_sha256, "
+            "active_variant = excluded.active_variant, state = excluded.state, reported_at = excluded.reported_at "
+            "WHERE device_models.reported_at IS NULL OR excluded.reported_at > device_models.reported_at"
+        )
+        return seen, status, models
+
+    def _commit(self, batch: Batch) -> None:
+        d = self.d
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            for table, rows in batch.rows.items():
+                if rows:
+                    res = conn.exec_driver_sql(self._sql[table], rows)
+                    if table != "dead_letters" and res.rowcount is not None and res.rowcount >= 0:
+                        self.metrics.inc("cropwatch_ingest_stored_rows_total", res.rowcount, table=table)
+            if batch.statuses:
+                status_rows = []
+                model_rows = []
+                for st, received in sorted(batch.statuses, key=lambda s: s[0].observed_at):
+                    observed = d.ts(st.observed_at)
+                    since = d.ts(st.since) if st.state == "online" else received
+                    health = r.dumps(st.health.model_dump(mode="json")) if st.health is not None else None
+                    status_rows.append(
+                        (
+                            st.farm_id, st.device_id, st.state, since, observed,
+                            observed if st.state == "online" else None, st.agent_version,
+                            r.status_models_json(st), health, st.reason,
+                        )
+                    )  # fmt: skip
+                    for a in st.models:
+                        model_rows.append(
+                            (
+                                st.farm_id, st.device_id, a.name, a.role, a.version, a.sha256, a.variant, a.state,
+                                observed, observed,
+                            )
+                        )  # fmt: skip
+                conn.exec_driver_sql(self._sql_status, status_rows)
+                if model_rows:
+                    conn.exec_driver_sql(self._sql_models, model_rows)
+                self.alerts.on_statuses(conn, [s for s, _ in batch.statuses], now)
+            if batch.seen:
+                conn.exec_driver_sql(
+                    self._sql_seen, [(f, dev, rec, rec) for (f, dev), rec in sorted(batch.seen.items())]
+                )
+        self._dirty_fields |= batch.fields
+
+    def _commit_one_by_one(self, items: list[Item]) -> None:
+        for item in items:
+            single = self.prepare([item])
+            try:
+                self._commit(single)
+            except OperationalError:
+                raise
+            except DBAPIError as exc:
+                topic, payload = item[0], item[1]
+                logger.exception("database refused the message on %s; keeping it as a dead letter", topic)
+                dead = Batch()
+                self._dead(dead, topic, payload, "db_rejected", str(exc.orig)[:500], None, self.d.ts(datetime.now(UTC)))
+                self._commit(dead)
+
+    # --- periodic jobs ---------------------------------------------------------------------------
+
+    def periodic(self, force_alerts: bool = False) -> None:
+        now_mono = time.monotonic()
+        acfg = self.cfg.alerts
+        try:
+            if force_alerts or now_mono - self._last_alert_eval >= acfg.evaluate_every_s:
+                self._last_alert_eval = now_mono
+                fields, self._dirty_fields = self._dirty_fields, set()
+                now = datetime.now(UTC)
+                with self.engine.begin() as conn:
+                    self.alerts.evaluate_disease(conn, fields, now)
+                    self.alerts.evaluate_offline(conn, now)
+        except Exception:
+            self.metrics.inc("cropwatch_ingest_job_errors_total", job="alerts")
+            logger.exception("alert evaluation failed; will try again")
+        rcfg = self.cfg.retention
+        try:
+            if rcfg.interval_s > 0 and now_mono - self._last_prune >= rcfg.interval_s:
+                self._last_prune = now_mono
+                deleted = prune(self.engine, rcfg, datetime.now(UTC))
+                for table, n in deleted.items():
+                    if n:
+                        self.metrics.inc("cropwatch_pruned_rows_total", n, table=table)
+        except Exception:
+            self.metrics.inc("cropwatch_ingest_job_errors_total", job="retention")
+            logger.exception("retention prune failed; will try again")

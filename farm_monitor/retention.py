@@ -1,0 +1,88 @@
+"""Retention per table (``cropwatch db prune`` and ingest's periodic job) and database size."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, inspect, text
+
+from .config import RETENTION_TABLES, RetentionSettings
+from .rows import Dialect
+
+logger = logging.getLogger(__name__)
+
+
+def prune(engine: Engine, settings: RetentionSettings, now: datetime, dry_run: bool = False) -> dict[str, int]:
+    """Delete rows older than each table's retention, in chunks so writers are never blocked long.
+
+    Returns rows deleted (or, with ``dry_run``, rows that would be) per table.
+    """
+    d = Dialect(engine)
+    p = d.ph
+    out: dict[str, int] = {}
+    for table, days in settings.days.items():
+        column = RETENTION_TABLES[table]
+        cutoff = d.ts(now - timedelta(days=days))
+        where = f"{column} < {p}"
+        if table == "alerts":
+            where = f"resolved_at IS NOT NULL AND {where}"
+        if table == "samples" and settings.keep_labelled_samples:
+            where += " AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.sample_msg_id = samples.msg_id)"
+        key = "id" if table in ("alerts", "dead_letters") else "msg_id"
+        if dry_run:
+            with engine.connect() as conn:
+                out[table] = conn.exec_driver_sql(f"SELECT COUNT(*) FROM {table} WHERE {where}", (cutoff,)).scalar_one()
+            continue
+        deleted = 0
+        # Chunked by key so one prune of a year's backlog does not hold the write lock for minutes.
+        chunk = (
+            f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} WHERE {where} LIMIT {settings.chunk_rows})"
+        )
+        while True:
+            with engine.begin() as conn:
+                n = conn.exec_driver_sql(chunk, (cutoff,)).rowcount
+            deleted += n
+            if n < settings.chunk_rows:
+                break
+        out[table] = deleted
+        if deleted:
+            logger.info("pruned %d rows from %s older than %d days", deleted, table, days)
+    return out
+
+
+@dataclass
+class TableSize:
+    table: str
+    rows: int
+    bytes: int | None
+
+
+def database_size(engine: Engine) -> tuple[int, list[TableSize]]:
+    """Total bytes on disk (SQLite: file + WAL; PostgreSQL: this schema's tables) and per table."""
+    tables = sorted(inspect(engine).get_table_names())
+    sizes: list[TableSize] = []
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            per_table: dict[str, int] = {}
+            try:
+                for name, size in conn.exec_driver_sql("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name"):
+                    per_table[name] = int(size)
+            except Exception:  # dbstat is a compile-time option of SQLite
+                logger.debug("sqlite dbstat not available; per-table bytes unknown")
+            for t in tables:
+                rows = conn.exec_driver_sql(f'SELECT COUNT(*) FROM "{t}"').scalar_one()
+                sizes.append(TableSize(t, rows, per_table.get(t) if per_table else None))
+            path = engine.url.database or ""
+            total = 0
+            for suffix in ("", "-wal", "-shm"):
+                if path and os.path.exists(path + suffix):
+                    total += os.path.getsize(path + suffix)
+            return total, sizes
+        for t in tables:
+            rows = conn.exec_driver_sql(f'SELECT COUNT(*) FROM "{t}"').scalar_one()
+            size = conn.execute(text("SELECT pg_total_relation_size(CAST(:t AS regclass))"), {"t": t}).scalar_one()
+            sizes.append(TableSize(t, rows, int(size)))
+        return sum(s.bytes or 0 for s in sizes), sizes
