@@ -109,7 +109,9 @@ async def _serve_amqtt(host: str, port: int, data_dir: Path) -> None:
 
 
 def main(argv: list[str], prog: str = "cropwatch broker") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=1883, help="TCP port (default 1883)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where sessions persist")

@@ -118,7 +118,7 @@ class MetricsServer:
                 self.wfile.write(body)
 
             def log_message(self, format: str, *args: Any) -> None:
-                logger.debug("metrics http: " + format, *args)
+                logger.debug("metrics http: %s", format % args)
 
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
