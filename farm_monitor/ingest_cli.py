@@ -112,7 +112,7 @@ def run(cfg: MonitorConfig, stop: threading.Event | None = None) -> int:
         cfg.ingest.batch_max_s,
     )
     try:
-        ingestor.run(stop)
+        ingestor.run(stop, transport.poll)
     finally:
         transport.pause()
         transport.stop()

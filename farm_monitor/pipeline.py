@@ -65,7 +65,6 @@ class Ingestor:
         self._sql = {table: self.d.insert_ignore(table) for table in r.COLUMNS}
         self._sql_seen, self._sql_status, self._sql_models = self._device_sql()
         self._pending: list[Item] = []
-        self._cond = threading.Condition()
         self._topics: dict[str, Topic | TopicError] = {}
         self._last_dead_log: dict[str, float] = {}
         self._suppressed: dict[str, int] = defaultdict(int)
@@ -76,59 +75,66 @@ class Ingestor:
         self.db_ok = True
         self.batches = 0
 
-    # --- called by the transport ---------------------------------------------------------------
+    # --- called by the transport (from poll, on the ingest thread) ------------------------------
 
     def submit(self, topic: str, payload: bytes, mid: int, qos: int, generation: int) -> None:
-        item = (topic, payload, mid, qos, generation, time.monotonic())
-        with self._cond:
-            self._pending.append(item)
-            n = len(self._pending)
-            if n == 1 or n >= self.cfg.ingest.batch_max_messages:
-                self._cond.notify()
+        self._pending.append((topic, payload, mid, qos, generation, time.monotonic()))
 
     def pending(self) -> int:
-        with self._cond:
-            return len(self._pending)
+        return len(self._pending)
 
     def oldest_pending_age(self) -> float:
-        with self._cond:
-            return time.monotonic() - self._pending[0][5] if self._pending else 0.0
+        pending = self._pending
+        return time.monotonic() - pending[0][5] if pending else 0.0
 
     # --- the loop --------------------------------------------------------------------------------
 
-    def _take(self, stop: threading.Event) -> list[Item]:
-        limit = self.cfg.ingest.batch_max_messages
-        max_wait = self.cfg.ingest.batch_max_s
-        with self._cond:
-            while True:
-                n = len(self._pending)
-                if n >= limit:
-                    break
-                if n and (stop.is_set() or time.monotonic() - self._pending[0][5] >= max_wait):
-                    break
-                if stop.is_set():
-                    return []
-                timeout = max_wait - (time.monotonic() - self._pending[0][5]) if n else min(max_wait, 0.2)
-                self._cond.wait(max(timeout, 0.001))
-            batch, self._pending = self._pending[:limit], self._pending[limit:]
-            return batch
+    def _due(self, stopping: bool) -> bool:
+        pending = self._pending
+        if not pending:
+            return False
+        if stopping or len(pending) >= self.cfg.ingest.batch_max_messages:
+            return True
+        return time.monotonic() - pending[0][5] >= self.cfg.ingest.batch_max_s
 
-    def run(self, stop: threading.Event) -> None:
-        """Process batches until ``stop`` is set and everything received has been committed."""
+    def _take(self) -> list[Item]:
+        limit = self.cfg.ingest.batch_max_messages
+        batch, self._pending = self._pending[:limit], self._pending[limit:]
+        return batch
+
+    def run(self, stop: threading.Event, poll: Callable[[float], None]) -> None:
+        """Pump the transport and commit batches until ``stop`` is set and all received is committed.
+
+        ``poll(timeout)`` runs the transport, which calls :meth:`submit` for each message.
+        """
+        max_s = self.cfg.ingest.batch_max_s
         while True:
-            items = self._take(stop)
-            if items:
-                if not self.process(items, stop):
-                    return  # stopping while the database is down: leave the rest to redelivery
-            else:
-                self.periodic()
-            if stop.is_set() and not self.pending():
+            stopping = stop.is_set()
+            if not stopping:
+                age = self.oldest_pending_age()
+                poll(max(0.0, min(max_s - age, 0.05)) if self._pending else 0.1)
+            if self._due(stopping) and not self.process(self._take(), stop, poll):
+                return  # stopping while the database is down: leave the rest to redelivery
+            self.periodic()
+            if stopping and not self._pending:
                 self.periodic(force_alerts=True)
                 return
-            if items:
-                self.periodic()
 
-    def process(self, items: list[Item], stop: threading.Event | None = None) -> bool:
+    def _wait(self, seconds: float, stop: threading.Event | None, poll: Callable[[float], None] | None) -> bool:
+        """Wait while keeping the connection alive; True if asked to stop."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if stop is not None and stop.is_set():
+                return True
+            if poll is not None:
+                poll(min(left, 0.1))
+            else:
+                time.sleep(min(left, 0.1))
+        return stop is not None and stop.is_set()
+
+    def process(
+        self, items: list[Item], stop: threading.Event | None = None, poll: Callable[[float], None] | None = None
+    ) -> bool:
         """Validate, commit and acknowledge one batch, retrying while the database is unavailable."""
         t0 = time.perf_counter()
         batch = self.prepare(items)
@@ -147,11 +153,9 @@ class Ingestor:
                 logger.exception("database refused a batch of %d; writing it one message at a time", len(items))
                 self._commit_one_by_one(items)
                 break
-            if stop is not None and stop.wait(delay):
+            if self._wait(delay, stop, poll):
                 logger.warning("stopping with %d uncommitted messages; the broker will redeliver them", len(items))
                 return False
-            if stop is None:
-                time.sleep(delay)
             delay = min(delay * 2, self.cfg.ingest.retry_max_s)
         self.db_ok = True
         self._acknowledge(items)

@@ -6,8 +6,9 @@
   which ingest does after the batch holding the message is committed;
 * MQTT v5 Receive Maximum bounds what the broker sends before we acknowledge (backpressure);
 * optional shared subscription ``$share/GROUP/...`` so N ingest processes split the load;
-* paho's automatic reconnect with exponential backoff; the subscription is renewed on every
-  connect, and every callback is wrapped so an exception is logged, counted and survived.
+* reconnect with exponential backoff (``mqtt.reconnect_min_s`` .. ``reconnect_max_s``); the
+  subscription is renewed on every connect, and every callback is wrapped so an exception is
+  logged, counted and survived.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import functools
 import logging
 import socket
 import ssl
+import struct
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -38,9 +41,64 @@ class Transport(Protocol):
     """What ingest needs from a transport."""
 
     def subscribe(self, handler: MessageHandler) -> None: ...
+    def poll(self, timeout: float) -> None: ...
     def ack(self, items: list[tuple]) -> None: ...
     def pause(self) -> None: ...
     def stop(self) -> None: ...
+
+
+_U16 = struct.Struct("!H")
+_PUBACK = struct.Struct("!BBH")
+_PUBACK_BYTE = 0x40
+
+
+class _IngestClient(mqtt.Client):
+    """paho's client with a lean receive path and batched acknowledgements.
+
+    paho builds an ``MQTTMessage`` and decodes MQTT v5 properties for every PUBLISH, which
+    costs more than validating and storing the message. Ingest needs only topic, payload,
+    packet id and QoS, so QoS 0/1 PUBLISH packets are decoded here (properties skipped: ingest
+    announces no topic aliases, so none can arrive) and handed to ``fast_deliver``. The PUBACKs
+    of a committed batch go out as one write. Both use paho 2.x internals (``_handle_publish``,
+    ``_in_packet``, ``_packet_queue``); the tests exercise them against a real Mosquitto, and
+    paho is pinned below 3.
+    """
+
+    fast_deliver: Callable[[bytes, bytes, int, int], None] | None = None
+
+    def _handle_publish(self) -> mqtt.MQTTErrorCode:
+        header = self._in_packet["command"]
+        qos = (header & 0x06) >> 1
+        deliver = self.fast_deliver
+        if deliver is None or qos == 2 or self._protocol != mqtt.MQTTv5:
+            return super()._handle_publish()
+        packet = self._in_packet["packet"]
+        try:
+            (topic_len,) = _U16.unpack_from(packet, 0)
+            pos = 2 + topic_len
+            topic = bytes(packet[2:pos])
+            mid = 0
+            if qos:
+                (mid,) = _U16.unpack_from(packet, pos)
+                pos += 2
+            props_len, shift = 0, 0
+            while True:
+                byte = packet[pos]
+                pos += 1
+                props_len |= (byte & 0x7F) << shift
+                if not byte & 0x80:
+                    break
+                shift += 7
+            pos += props_len
+        except (struct.error, IndexError):
+            return mqtt.MQTTErrorCode.MQTT_ERR_PROTOCOL
+        deliver(topic, bytes(packet[pos:]), mid, qos)
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def ack_many(self, mids: list[int]) -> None:
+        if mids:
+            data = b"".join([_PUBACK.pack(_PUBACK_BYTE, 2, mid) for mid in mids])
+            self._packet_queue(_PUBACK_BYTE, data, 0, 0)
 
 
 def _guarded(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -69,6 +127,7 @@ class MqttTransport:
         shared_group: str | None = None,
         receive_maximum: int = 8000,
         qos: int = 1,
+        max_burst: int = 1000,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -82,7 +141,11 @@ class MqttTransport:
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self._lock = threading.Lock()
-        self.client = mqtt.Client(
+        self._received = 0
+        self.max_burst = max_burst
+        self._delay = settings.reconnect_min_s
+        self._next_attempt = 0.0
+        self.client = _IngestClient(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=mqtt.MQTTv5,
@@ -102,18 +165,16 @@ class MqttTransport:
             )
             if tls.insecure_skip_verify:
                 self.client.tls_insecure_set(True)
-        self.client.reconnect_delay_set(
-            max(1, round(settings.reconnect_min_s)), max(1, round(settings.reconnect_max_s))
-        )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
+        self.client.fast_deliver = self._on_publish
 
     # --- interface -------------------------------------------------------------------------------
 
     def subscribe(self, handler: MessageHandler) -> None:
-        """Connect (retrying in the background) and deliver every message to ``handler``."""
+        """Deliver every message to ``handler`` from :meth:`poll`; connects on the first poll."""
         self._handler = handler
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.settings.session_expiry_s
@@ -122,7 +183,45 @@ class MqttTransport:
         self.client.connect_async(
             self.settings.host, self.settings.port, self.settings.keepalive_s, clean_start=False, properties=props
         )
-        self.client.loop_start()
+
+    def poll(self, timeout: float) -> None:
+        """Run the network for up to ``timeout`` seconds: read what arrived, send acks, keep alive.
+
+        Ingest drives the network from its own thread instead of paho's background thread: with
+        two threads the one doing I/O waits for the GIL after every recv (a convoy that halves the
+        rate), and acknowledging from the writing thread needs no locks.
+        """
+        if self.client.socket() is None:
+            self._maybe_reconnect(timeout)
+            return
+        rc = self.client.loop(timeout)
+        # paho reads one packet per select(); drain whatever is already buffered without selecting.
+        for _ in range(self.max_burst):
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                break
+            before = self._received
+            rc = self.client.loop_read()
+            if self._received == before:
+                break
+        if rc != mqtt.MQTT_ERR_SUCCESS and self.client.socket() is None and self._accepting:
+            self._schedule_reconnect()
+
+    def _schedule_reconnect(self) -> None:
+        self._next_attempt = time.monotonic() + self._delay
+        logger.info("reconnecting in %.1f s", self._delay)
+        self._delay = min(self._delay * 2, self.settings.reconnect_max_s)
+
+    def _maybe_reconnect(self, timeout: float) -> None:
+        wait = self._next_attempt - time.monotonic()
+        if wait > 0:
+            time.sleep(min(wait, timeout))
+            return
+        try:
+            self.client.reconnect()
+        except (OSError, mqtt.WebsocketConnectionError) as exc:
+            self.metrics.inc("cropwatch_ingest_connect_failures_total")
+            logger.warning("cannot reach broker %s: %s", self.settings.url, exc)
+            self._schedule_reconnect()
 
     def ack(self, items: list[tuple]) -> None:
         """Send the PUBACKs for committed messages received on the current connection.
@@ -132,22 +231,23 @@ class MqttTransport:
         """
         with self._lock:
             generation = self._generation
-        for item in items:
-            mid, qos, gen = item[2], item[3], item[4]
-            if qos and gen == generation:
-                self.client.ack(mid, qos)
+        mids = [item[2] for item in items if item[3] == 1 and item[4] == generation]
+        if self.client.socket() is not None:
+            self.client.ack_many(mids)
 
     def pause(self) -> None:
         """Stop taking messages (before a shutdown flush); new arrivals stay unacknowledged."""
         self._accepting = False
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
         """Disconnect after the queued PUBACKs; the session stays on the broker for the next start."""
         self._accepting = False
-        try:
-            self.client.disconnect()
-        finally:
-            self.client.loop_stop()
+        if self.client.socket() is None:
+            return
+        self.client.disconnect()
+        deadline = time.monotonic() + timeout
+        while self.client.socket() is not None and time.monotonic() < deadline:
+            self.client.loop(0.05)
 
     # --- paho callbacks --------------------------------------------------------------------------
 
@@ -159,6 +259,7 @@ class MqttTransport:
             return
         with self._lock:
             self._generation += 1
+        self._delay = self.settings.reconnect_min_s
         self.metrics.inc("cropwatch_ingest_connects_total")
         self.metrics.set("cropwatch_ingest_mqtt_connected", 1)
         logger.info("connected to %s (session present: %s)", self.settings.url, flags.session_present)
@@ -186,6 +287,13 @@ class MqttTransport:
         logger.info("subscribed to %s", self.topic)
 
     @_guarded("message")
+    def _on_publish(self, topic: bytes, payload: bytes, mid: int, qos: int) -> None:
+        if not self._accepting or self._handler is None:
+            return
+        self._received += 1
+        self._handler(topic.decode("utf-8", "replace"), payload, mid, qos, self._generation)
+
+    @_guarded("message")
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         if not self._accepting or self._handler is None:
             return
@@ -193,4 +301,5 @@ class MqttTransport:
             topic = msg.topic
         except UnicodeDecodeError:
             topic = msg._topic.decode("utf-8", "replace")
+        self._received += 1
         self._handler(topic, msg.payload, msg.mid, msg.qos, self._generation)
