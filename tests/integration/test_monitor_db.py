@@ -1,0 +1,175 @@
+"""The monitor database without a broker: migrations, alerts, retention, size, ORM read-back."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import inspect, select
+from sqlalchemy.orm import Session
+
+from farm_monitor import db_cli
+from farm_monitor.alerts import acknowledge
+from farm_monitor.config import MonitorConfig
+from farm_monitor.db import LATEST_VERSION, current_version, make_engine, migrate
+from farm_monitor.db.models import Detection, Device, DeviceModel
+from farm_monitor.metrics import Metrics
+from farm_monitor.pipeline import Ingestor
+from farm_monitor.rows import Dialect, detection_row
+from shared import messages as m
+from shared.examples import example_messages
+from shared.topics import device_topic
+from tests.integration.ingest_helpers import query
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
+
+
+def _ingestor(url: str, **alerts: object) -> Ingestor:
+    cfg = MonitorConfig.model_validate({"database": {"url": url}, "alerts": alerts, "retention": {"interval_s": 0}})
+    engine = make_engine(cfg.database)
+    migrate(engine)
+    return Ingestor(cfg, engine, Metrics())
+
+
+def _feed(ing: Ingestor, *msgs: m.Envelope) -> None:
+    items = [
+        (device_topic(x.farm_id, x.device_id, x.kind), x.to_json(), i, 1, 0, time.monotonic())
+        for i, x in enumerate(msgs)
+    ]
+    assert ing.process(items)
+
+
+def _detection(label: str, field: str = "north-field", **kw: object) -> m.Detection:
+    base = example_messages(farm_id="f1", device_id="gw-01", fixed=False)["detection"]
+    other = "Tomato___healthy" if label != "Tomato___healthy" else "Tomato___Late_blight"
+    top = [m.LabelScore(label=label, probability=0.9), m.LabelScore(label=other, probability=0.1)]
+    return base.model_copy(update={"msg_id": m.new_msg_id(), "top_k": top, "field_id": field, **kw})
+
+
+def _status(outbox_age: float | None, state: str = "online", **kw: object) -> m.Status:
+    now = datetime.now(UTC)
+    return m.Status(
+        farm_id="f1",
+        device_id="gw-01",
+        state=state,
+        since=now - timedelta(hours=1),
+        agent_version="0.2.0",
+        models=[m.ActiveModel(name="leaf-disease", version="1.3.0", sha256="a" * 64)],
+        health=m.Health(uptime_s=3600, outbox_depth=40 if outbox_age else 0, outbox_oldest_age_s=outbox_age),
+        **kw,
+    )
+
+
+def test_migrations_upgrade_a_database_keeping_its_data(db_url):
+    engine = make_engine(db_url)
+    assert migrate(engine, target=1) == [1]
+    assert current_version(engine) == 1
+    det = example_messages(farm_id="f1", device_id="gw-01", fixed=False)["detection"]
+    d = Dialect(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(d.insert_ignore("detections"), [detection_row(d, det, d.ts(datetime.now(UTC)))])
+    assert "ix_detections_field_time" not in {i["name"] for i in inspect(engine).get_indexes("detections")}
+
+    assert db_cli.main(["--url", db_url, "migrate"]) == 0
+    assert current_version(engine) == LATEST_VERSION
+    names = {i["name"] for i in inspect(engine).get_indexes("detections")}
+    assert {"ix_detections_device_time", "ix_detections_field_time"} <= names
+    with Session(engine) as session:
+        row = session.scalars(select(Detection)).one()
+        assert (row.msg_id, row.label, row.model_version) == (det.msg_id, "Tomato___Late_blight", "1.2.0")
+        assert row.top_k[0]["probability"] == 0.87
+        assert row.observed_at.replace(tzinfo=UTC) == det.observed_at.replace(microsecond=row.observed_at.microsecond)
+    assert migrate(engine) == []  # idempotent
+    engine.dispose()
+
+
+def test_alerts_fire_once_resolve_and_can_be_acknowledged(db_url):
+    ing = _ingestor(
+        db_url, disease={"percent": 30, "min_detections": 5, "window_hours": 24}, outbox_backlog={"older_than_s": 3600}
+    )
+    _feed(ing, *[_detection("Tomato___Late_blight") for _ in range(6)])
+    ing.periodic(force_alerts=True)
+    _feed(ing, *[_detection("Tomato___Late_blight") for _ in range(6)])
+    ing.periodic(force_alerts=True)
+    ing.periodic(force_alerts=True)
+    rows = query(db_url, "SELECT rule, field_id, severity, resolved_at FROM alerts WHERE rule = 'disease'")
+    assert rows == [("disease", "north-field", "warning", None)]
+
+    # healthy detections bring the share under 30%: the episode resolves; a new outbreak is a new alert
+    _feed(ing, *[_detection("Tomato___healthy") for _ in range(40)])
+    ing.periodic(force_alerts=True)
+    assert query(db_url, "SELECT COUNT(*) FROM alerts WHERE rule = 'disease' AND resolved_at IS NULL") == [(0,)]
+
+    _feed(ing, _status(7200.0))
+    _feed(ing, _status(7300.0))
+    backlog = query(db_url, "SELECT id, device_id, resolved_at FROM alerts WHERE rule = 'outbox_backlog'")
+    assert len(backlog) == 1 and backlog[0][1:] == ("gw-01", None)
+    with ing.engine.begin() as conn:
+        assert acknowledge(conn, backlog[0][0], "ana", datetime.now(UTC), ing.d) is True
+        assert acknowledge(conn, backlog[0][0], "bob", datetime.now(UTC), ing.d) is False
+    assert query(db_url, "SELECT acknowledged_by FROM alerts WHERE rule = 'outbox_backlog'") == [("ana",)]
+    _feed(ing, _status(None))
+    assert query(db_url, "SELECT COUNT(*) FROM alerts WHERE rule = 'outbox_backlog' AND resolved_at IS NULL") == [(0,)]
+
+    # offline: nothing heard for longer than the rule's limit (evaluated at a later "now")
+    later = datetime.now(UTC) + timedelta(hours=2)
+    for _ in range(3):
+        with ing.engine.begin() as conn:
+            ing.alerts.evaluate_offline(conn, later)
+    assert query(db_url, "SELECT device_id FROM alerts WHERE rule = 'device_offline'") == [("gw-01",)]
+    assert ing.metrics.total("cropwatch_alerts_raised_total") == 3
+    ing.engine.dispose()
+
+
+def test_device_row_follows_the_latest_status_and_the_last_will(sqlite_url):
+    ing = _ingestor(sqlite_url)
+    online = _status(None)
+    _feed(ing, online)
+    older = online.model_copy(update={"msg_id": m.new_msg_id(), "observed_at": online.observed_at - timedelta(hours=3)})
+    _feed(ing, older.model_copy(update={"agent_version": "0.0.1"}))  # late replay of an old heartbeat is ignored
+    with Session(ing.engine) as s:
+        dev = s.get(Device, ("f1", "gw-01"))
+        assert (dev.state, dev.agent_version, dev.health["outbox_depth"]) == ("online", "0.2.0", 0)
+        model = s.scalars(select(DeviceModel)).one()
+        assert (model.model_name, model.active_version, model.state) == ("leaf-disease", "1.3.0", "active")
+    # the will is composed at connect time (older than the heartbeats) and must still win
+    will = _status(None, state="offline").model_copy(
+        update={"msg_id": m.new_msg_id(), "observed_at": online.observed_at - timedelta(minutes=30), "health": None}
+    )
+    _feed(ing, will)
+    with Session(ing.engine) as s:
+        dev = s.get(Device, ("f1", "gw-01"))
+        assert dev.state == "offline" and dev.health is not None and dev.last_heartbeat_at is not None
+    ing.engine.dispose()
+
+
+def test_prune_deletes_by_retention_and_keeps_labelled_samples(db_url, capsys):
+    ing = _ingestor(db_url)
+    old = datetime.now(UTC) - timedelta(days=500)
+    ex = example_messages(farm_id="f1", device_id="gw-01", fixed=False)
+    tele_old = ex["telemetry"].model_copy(update={"msg_id": m.new_msg_id(), "observed_at": old})
+    tele_new = ex["telemetry"].model_copy(update={"msg_id": m.new_msg_id()})
+    sample_old = ex["sample"].model_copy(update={"msg_id": m.new_msg_id(), "observed_at": old})
+    sample_labelled = ex["sample"].model_copy(update={"msg_id": m.new_msg_id(), "observed_at": old})
+    _feed(ing, tele_old, tele_new, sample_old, sample_labelled)
+    d = ing.d
+    with ing.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO labels (sample_msg_id, label, labelled_by, labelled_at) "
+            f"VALUES ({d.ph}, {d.ph}, {d.ph}, {d.ph})",
+            (sample_labelled.msg_id, "Tomato___Late_blight", "ana", d.ts(datetime.now(UTC))),
+        )
+    assert db_cli.main(["--url", db_url, "prune", "--dry-run"]) == 0
+    assert "telemetry        would delete 4 rows" in capsys.readouterr().out
+    assert query(db_url, "SELECT COUNT(*) FROM telemetry") == [(8,)]
+    assert db_cli.main(["--url", db_url, "prune"]) == 0
+    assert query(db_url, "SELECT DISTINCT msg_id FROM telemetry") == [(tele_new.msg_id,)]
+    assert query(db_url, "SELECT msg_id FROM samples") == [(sample_labelled.msg_id,)]
+    assert db_cli.main(["--url", db_url, "size"]) == 0
+    out = capsys.readouterr().out
+    assert "telemetry" in out and "total on disk" in out
+    ing.engine.dispose()
