@@ -69,21 +69,38 @@ class AlertEngine:
         rule = self.settings.outbox_backlog
         if not rule.enabled:
             return
+        latest: dict[tuple[str, str], m.Status] = {}
         for st in statuses:
-            if st.health is None:
-                continue
-            key = f"outbox_backlog:{st.farm_id}:{st.device_id}"
-            age = st.health.outbox_oldest_age_s
+            if st.health is not None:
+                latest[(st.farm_id, st.device_id)] = st
+        clear: list[str] = []
+        for (farm_id, device_id), st in latest.items():
+            key = f"outbox_backlog:{farm_id}:{device_id}"
+            health = st.health
+            assert health is not None
+            age = health.outbox_oldest_age_s
             if age is not None and age > rule.older_than_s:
                 self.raise_alert(
-                    conn, "outbox_backlog", key, rule.severity, st.farm_id,
-                    f"{st.device_id}: {st.health.outbox_depth} messages waiting to be sent, oldest "
+                    conn, "outbox_backlog", key, rule.severity, farm_id,
+                    f"{device_id}: {health.outbox_depth} messages waiting to be sent, oldest "
                     f"{age / 3600:.1f} h old (limit {rule.older_than_s / 3600:.1f} h); check its uplink",
-                    now, device_id=st.device_id,
-                    details={"outbox_depth": st.health.outbox_depth, "outbox_oldest_age_s": age},
+                    now, device_id=device_id,
+                    details={"outbox_depth": health.outbox_depth, "outbox_oldest_age_s": age},
                 )  # fmt: skip
             else:
-                self.resolve(conn, key, now)
+                clear.append(key)
+        if clear:
+            # One query for the batch: almost every heartbeat clears nothing.
+            p = self.d.ph
+            open_keys = {
+                k
+                for (k,) in conn.exec_driver_sql(
+                    f"SELECT dedup_key FROM alerts WHERE rule = {p} AND resolved_at IS NULL", ("outbox_backlog",)
+                )
+            }
+            for key in clear:
+                if key in open_keys:
+                    self.resolve(conn, key, now)
 
     def evaluate_offline(self, conn: Connection, now: datetime) -> None:
         rule = self.settings.device_offline

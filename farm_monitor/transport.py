@@ -65,6 +65,28 @@ class _IngestClient(mqtt.Client):
     """
 
     fast_deliver: Callable[[bytes, bytes, int, int], None] | None = None
+    _rbuf: bytes = b""
+    _rpos: int = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        # paho reads a packet in 3-4 recv() calls (type byte, length bytes, body); one large
+        # recv() serves many packets instead.
+        if self._rpos >= len(self._rbuf):
+            data = super()._sock_recv(max(bufsize, 262_144))
+            if len(data) <= bufsize:
+                return data
+            self._rbuf, self._rpos = data, 0
+        end = self._rpos + bufsize
+        out = self._rbuf[self._rpos : end]
+        self._rpos = min(end, len(self._rbuf))
+        return out
+
+    def buffered(self) -> bool:
+        return self._rpos < len(self._rbuf)
+
+    def _sock_close(self) -> None:
+        self._rbuf, self._rpos = b"", 0
+        super()._sock_close()
 
     def _handle_publish(self) -> mqtt.MQTTErrorCode:
         header = self._in_packet["command"]
@@ -201,7 +223,7 @@ class MqttTransport:
                 break
             before = self._received
             rc = self.client.loop_read()
-            if self._received == before:
+            if self._received == before and not self.client.buffered():
                 break
         if rc != mqtt.MQTT_ERR_SUCCESS and self.client.socket() is None and self._accepting:
             self._schedule_reconnect()

@@ -108,7 +108,6 @@ class Detection(Base):
     __table_args__ = (
         Index("ix_detections_device_time", "farm_id", "device_id", "observed_at"),
         Index("ix_detections_field_time", "field_id", "observed_at"),
-        Index("ix_detections_farm_time", "farm_id", "observed_at"),
     )
 
 
@@ -248,10 +247,7 @@ class EventRow(Base):
     message: Mapped[str] = mapped_column(Text)
     details: Mapped[Any | None] = mapped_column(Json)
 
-    __table_args__ = (
-        Index("ix_events_device_time", "farm_id", "device_id", "observed_at"),
-        Index("ix_events_level_time", "level", "observed_at"),
-    )
+    __table_args__ = (Index("ix_events_device_time", "farm_id", "device_id", "observed_at"),)
 
 
 class Alert(Base):
