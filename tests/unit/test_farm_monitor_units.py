@@ -1,0 +1,87 @@
+"""Fast checks of the monitor's config, metrics text and row conversion (no services)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from farm_monitor.config import MonitorConfig
+from farm_monitor.metrics import Metrics
+from farm_monitor.rows import COLUMNS, _sqlite_ts, detection_row, telemetry_rows
+from shared.config import load_config
+from shared.errors import ConfigError
+from shared.examples import example_messages
+
+
+def test_config_defaults_and_env_overrides(tmp_path):
+    path = tmp_path / "monitor.toml"
+    path.write_text('[ingest]\nshared_group = "ingest"\n[retention.days]\ntelemetry = 30\n')
+    cfg = load_config(MonitorConfig, path, environ={"CROPWATCH_DATABASE__URL": "postgresql+psycopg://db/x"})
+    assert cfg.database.url == "postgresql+psycopg://db/x"
+    assert cfg.ingest.shared_group == "ingest" and cfg.retention.days == {"telemetry": 30}
+    assert cfg.database.sqlite_synchronous == "FULL"
+
+
+@pytest.mark.parametrize(
+    ("toml", "needle"),
+    [
+        ('[ingest]\nshared_group = "Bad/Group"\n', "shared_group"),
+        ("[retention.days]\nsamplez = 3\n", "samplez"),
+        ("[ingest]\nbatch_max_messages = 0\n", "batch_max_messages"),
+        ("[alerts.disease]\npercent = 150\n", "percent"),
+    ],
+)
+def test_config_errors_name_the_bad_key(tmp_path, toml, needle):
+    path = tmp_path / "monitor.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as err:
+        load_config(MonitorConfig, path, environ={})
+    assert needle in str(err.value)
+
+
+def test_metrics_render_prometheus_text():
+    mt = Metrics()
+    mt.inc("cropwatch_ingest_dead_letters_total", 2, reason="non_finite")
+    mt.inc("cropwatch_ingest_dead_letters_total", reason="non_finite")
+    mt.set("cropwatch_ingest_lag_seconds", 0.25)
+    mt.observe_batch(0.03)
+    mt.observe_batch(20.0)
+    text = mt.render()
+    assert 'cropwatch_ingest_dead_letters_total{reason="non_finite"} 3' in text
+    assert "# TYPE cropwatch_ingest_lag_seconds gauge" in text
+    assert 'cropwatch_ingest_batch_seconds_bucket{le="0.05"} 1' in text
+    assert 'cropwatch_ingest_batch_seconds_bucket{le="+Inf"} 2' in text
+    assert mt.total("cropwatch_ingest_dead_letters_total") == 3
+
+
+def test_sqlite_times_are_utc_in_sqlalchemy_format():
+    cest = timezone(timedelta(hours=2))
+    assert _sqlite_ts(datetime(2026, 6, 14, 11, 30, 0, 5, tzinfo=cest)) == "2026-06-14 09:30:00.000005"
+    assert _sqlite_ts(datetime(2026, 6, 14, 9, 30, tzinfo=UTC)) == "2026-06-14 09:30:00.000000"
+
+
+class _Pg:
+    name = "postgresql"
+    ph = "%s"
+
+    @staticmethod
+    def ts(v):
+        return v
+
+    date = ts
+
+
+def test_rows_match_their_column_lists():
+    ex = example_messages(fixed=True)
+    row = detection_row(_Pg, ex["detection"], "now")
+    assert len(row) == len(COLUMNS["detections"])
+    as_dict = dict(zip(COLUMNS["detections"], row, strict=True))
+    assert (as_dict["label"], as_dict["confidence"], as_dict["model_version"]) == (
+        "Tomato___Late_blight",
+        0.87,
+        "1.2.0",
+    )
+    rows = telemetry_rows(_Pg, ex["telemetry"], "now")
+    assert [r[1] for r in rows] == [0, 1, 2, 3]
+    assert all(len(r) == len(COLUMNS["telemetry"]) for r in rows)
