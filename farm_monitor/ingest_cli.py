@@ -55,12 +55,21 @@ def run(cfg: MonitorConfig, stop: threading.Event | None = None) -> int:
     from .transport import MqttTransport
 
     stop = stop or threading.Event()
+    from sqlalchemy.exc import OperationalError
+
     try:
         engine = make_engine(cfg.database)
         applied = migrate(engine, timescaledb=cfg.database.timescaledb)
     except ConfigError as exc:
         logger.error("%s", exc)
         return 2
+    except OperationalError as exc:
+        logger.error(
+            "cannot open the database %s: %s; check [database] url and that it is running",
+            cfg.database.url.split("@")[-1],
+            exc.orig,
+        )
+        return 1
     if applied:
         logger.info("database migrated to version %d", applied[-1])
     metrics = Metrics()

@@ -72,6 +72,7 @@ class Ingestor:
         self._last_alert_eval = float("-inf")
         self._last_prune = float("-inf")
         self.last_commit: float | None = None
+        self._started = time.monotonic()
         self.db_ok = True
         self.batches = 0
 
@@ -397,9 +398,13 @@ class Ingestor:
                 self._last_alert_eval = now_mono
                 fields, self._dirty_fields = self._dirty_fields, set()
                 now = datetime.now(UTC)
+                # Right after a restart every device looks silent until the broker's backlog is in;
+                # judge silence only once ingest itself has been listening that long.
+                listening = now_mono - self._started >= acfg.device_offline.after_s
                 with self.engine.begin() as conn:
                     self.alerts.evaluate_disease(conn, fields, now)
-                    self.alerts.evaluate_offline(conn, now)
+                    if listening:
+                        self.alerts.evaluate_offline(conn, now)
         except Exception:
             self.metrics.inc("cropwatch_ingest_job_errors_total", job="alerts")
             logger.exception("alert evaluation failed; will try again")
