@@ -165,7 +165,7 @@ def run_ingest(port: int, url: str, client_id: str, n: int, timeout: float) -> t
             "alerts": {"evaluate_every_s": 5},
         }
     )
-    engine = make_engine(cfg.database)
+    engine = make_engine(cfg.database, writer=True)
     migrate(engine)
     metrics = Metrics()
     transport = MqttTransport(cfg.mqtt, FILTER, metrics, client_id=client_id, receive_maximum=8000)

@@ -51,7 +51,7 @@ def main(argv: list[str], prog: str = "cropwatch db") -> int:
         cfg = load_config(MonitorConfig, args.config)
         if args.url:
             cfg.database.url = args.url
-        engine = make_engine(cfg.database)
+        engine = make_engine(cfg.database, writer=True)
     except ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2

@@ -58,7 +58,7 @@ def run(cfg: MonitorConfig, stop: threading.Event | None = None) -> int:
     from sqlalchemy.exc import OperationalError
 
     try:
-        engine = make_engine(cfg.database)
+        engine = make_engine(cfg.database, writer=True)
         applied = migrate(engine, timescaledb=cfg.database.timescaledb)
     except ConfigError as exc:
         logger.error("%s", exc)

@@ -22,8 +22,14 @@ def utc_naive(value: datetime) -> datetime:
     return value.astimezone(UTC).replace(tzinfo=None)
 
 
-def make_engine(settings: DatabaseSettings | str, **kwargs: Any) -> Engine:
-    """An engine for ``settings.url``; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE transactions."""
+def make_engine(settings: DatabaseSettings | str, writer: bool = False, **kwargs: Any) -> Engine:
+    """An engine for ``settings.url``; SQLite gets WAL, a busy timeout and foreign keys.
+
+    ``writer=True`` (ingest, ``cropwatch db``) makes SQLite transactions ``BEGIN IMMEDIATE``: they
+    take the write lock up front, so two writers queue on the busy timeout instead of failing
+    when one upgrades a read to a write. Readers (the monitor pages) keep the default, deferred
+    transactions, which never block the writer in WAL mode.
+    """
     if isinstance(settings, str):
         settings = DatabaseSettings(url=settings)
     try:
@@ -42,8 +48,7 @@ def make_engine(settings: DatabaseSettings | str, **kwargs: Any) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-            # pysqlite's own transaction handling skips BEGIN before DDL and takes the write lock
-            # late (SQLITE_BUSY that no timeout cures); we issue BEGIN IMMEDIATE ourselves.
+            # pysqlite's own transaction handling skips BEGIN before DDL; we issue BEGIN ourselves.
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
@@ -52,9 +57,11 @@ def make_engine(settings: DatabaseSettings | str, **kwargs: Any) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
+        begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
+
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.exec_driver_sql(begin)
 
         return engine
     if backend == "postgresql":

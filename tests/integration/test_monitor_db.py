@@ -30,7 +30,7 @@ def db_url(request: pytest.FixtureRequest) -> str:
 
 def _ingestor(url: str, **alerts: object) -> Ingestor:
     cfg = MonitorConfig.model_validate({"database": {"url": url}, "alerts": alerts, "retention": {"interval_s": 0}})
-    engine = make_engine(cfg.database)
+    engine = make_engine(cfg.database, writer=True)
     migrate(engine)
     return Ingestor(cfg, engine, Metrics())
 
@@ -172,4 +172,18 @@ def test_prune_deletes_by_retention_and_keeps_labelled_samples(db_url, capsys):
     assert db_cli.main(["--url", db_url, "size"]) == 0
     out = capsys.readouterr().out
     assert "telemetry" in out and "total on disk" in out
+    ing.engine.dispose()
+
+
+def test_dead_letters_are_counted_each_but_logged_at_a_limited_rate(sqlite_url, caplog):
+    ing = _ingestor(sqlite_url)
+    topic = device_topic("f1", "gw-01", "detection")
+    now = time.monotonic()
+    items = [(topic, b"{not json " + str(i).encode(), i, 1, 0, now) for i in range(5)]
+    with caplog.at_level("WARNING", logger="farm_monitor.pipeline"):
+        assert ing.process(items)
+    lines = [r for r in caplog.records if "dead letter (invalid_json)" in r.getMessage()]
+    assert len(lines) == 1
+    assert ing.metrics.get("cropwatch_ingest_dead_letters_total", reason="invalid_json") == 5
+    assert query(sqlite_url, "SELECT COUNT(*) FROM dead_letters WHERE reason = 'invalid_json'") == [(5,)]
     ing.engine.dispose()
