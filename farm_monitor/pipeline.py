@@ -47,7 +47,7 @@ _TOPIC_CACHE_MAX = 50_000
 class Batch:
     rows: dict[str, list[tuple]] = field(default_factory=lambda: defaultdict(list))
     seen: dict[tuple[str, str], Any] = field(default_factory=dict)  # (farm, device) -> received
-    statuses: list[tuple[m.Status, Any]] = field(default_factory=list)
+    statuses: list[tuple[m.Status, Any, tuple]] = field(default_factory=list)  # message, received, row
     fields: set[tuple[str, str]] = field(default_factory=set)
     dead: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     received: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -237,8 +237,9 @@ class Ingestor:
                 elif kind == "telemetry":
                     rows["telemetry"].extend(r.telemetry_rows(d, msg, received))
                 elif kind == "status":
-                    rows["status_reports"].append(r.status_row(d, msg, received))
-                    batch.statuses.append((msg, received))
+                    row = r.status_row(d, msg, received)
+                    rows["status_reports"].append(row)
+                    batch.statuses.append((msg, received, row))
                 elif kind == "sample":
                     rows["samples"].append(r.sample_row(d, msg, received))
                 elif kind == "yield":
@@ -327,7 +328,6 @@ class Ingestor:
         return seen, status, models
 
     def _commit(self, batch: Batch) -> None:
-        d = self.d
         now = datetime.now(UTC)
         with self.engine.begin() as conn:
             for table, rows in batch.rows.items():
@@ -338,15 +338,14 @@ class Ingestor:
             if batch.statuses:
                 status_rows = []
                 model_rows = []
-                for st, received in batch.statuses:  # arrival order: the last will must land after the heartbeats
-                    observed = d.ts(st.observed_at)
-                    since = d.ts(st.since) if st.state == "online" else received
-                    health = r.dumps(st.health.model_dump(mode="json")) if st.health is not None else None
+                for st, received, row in batch.statuses:  # arrival order: a last will lands after heartbeats
+                    observed, models_json, health = row[3], row[8], row[9]
+                    since = row[6] if st.state == "online" else received
                     status_rows.append(
                         (
                             st.farm_id, st.device_id, st.state, since, observed,
-                            observed if st.state == "online" else None, st.agent_version,
-                            r.status_models_json(st), health, st.reason,
+                            observed if st.state == "online" else None, st.agent_version, models_json, health,
+                            st.reason,
                         )
                     )  # fmt: skip
                     for a in st.models:
@@ -359,7 +358,7 @@ class Ingestor:
                 conn.exec_driver_sql(self._sql_status, status_rows)
                 if model_rows:
                     conn.exec_driver_sql(self._sql_models, model_rows)
-                self.alerts.on_statuses(conn, [s for s, _ in batch.statuses], now)
+                self.alerts.on_statuses(conn, [s for s, _, _ in batch.statuses], now)
             if batch.seen:
                 conn.exec_driver_sql(
                     self._sql_seen, [(f, dev, rec, rec) for (f, dev), rec in sorted(batch.seen.items())]

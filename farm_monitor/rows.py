@@ -13,11 +13,15 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
+from pydantic import TypeAdapter
 from sqlalchemy import Engine
 
 from shared import messages as m
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# pydantic's Rust serializers: 3-4x faster than model_dump + json for the nested parts.
+_TOP_K = TypeAdapter(list[m.LabelScore])
+_MODELS = TypeAdapter(list[m.ActiveModel])
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "detections": (
@@ -63,7 +67,9 @@ KIND_TABLE = {
 
 def _sqlite_ts(value: datetime) -> str:
     # SQLAlchemy's SQLite DateTime storage format, in UTC.
-    if value.tzinfo is not None:
+    if value.tzinfo is UTC:  # what the shared schemas produce
+        value = value.replace(tzinfo=None)
+    elif value.tzinfo is not None:
         value = value.astimezone(UTC).replace(tzinfo=None)
     return value.isoformat(" ", "microseconds")
 
@@ -98,7 +104,7 @@ def model_ref_json(ref: m.ModelRef | None) -> dict[str, Any] | None:
 
 
 def top_k_json(top_k: list[m.LabelScore]) -> str:
-    return _dumps([{"label": s.label, "probability": s.probability} for s in top_k])
+    return _TOP_K.dump_json(top_k).decode()
 
 
 def detection_row(d: Dialect, msg: m.Detection, received: Any) -> tuple:
@@ -106,7 +112,7 @@ def detection_row(d: Dialect, msg: m.Detection, received: Any) -> tuple:
     top = msg.top_k[0]
     shadow = None
     if msg.shadow is not None:
-        shadow = _dumps(msg.shadow.model_dump(mode="json"))
+        shadow = msg.shadow.model_dump_json()
     return (
         msg.msg_id, msg.farm_id, msg.device_id, msg.field_id, d.ts(msg.observed_at), received, ref.name,
         ref.version, ref.sha256, ref.variant, msg.source, msg.image_ref, msg.image_sha256, top.label,
@@ -139,11 +145,12 @@ def sample_row(d: Dialect, msg: m.Sample, received: Any) -> tuple:
 
 
 def status_models_json(msg: m.Status) -> str:
-    return _dumps([a.model_dump(mode="json") for a in msg.models])
+    return _MODELS.dump_json(msg.models).decode()
 
 
 def status_row(d: Dialect, msg: m.Status, received: Any) -> tuple:
-    health = _dumps(msg.health.model_dump(mode="json")) if msg.health is not None else None
+    """A status_reports row; the device upsert reuses its ``models`` and ``health`` JSON."""
+    health = msg.health.model_dump_json() if msg.health is not None else None
     return (
         msg.msg_id, msg.farm_id, msg.device_id, d.ts(msg.observed_at), received, msg.state, d.ts(msg.since),
         msg.agent_version, status_models_json(msg), health, msg.reason,
