@@ -49,6 +49,7 @@ from farm_monitor.pipeline import Ingestor  # noqa: E402
 from farm_monitor.transport import MqttTransport  # noqa: E402
 from shared.examples import example_messages  # noqa: E402
 from shared.ids import new_msg_id  # noqa: E402
+from shared.messages import parse_device_message  # noqa: E402
 from shared.topics import device_topic  # noqa: E402
 
 FILTER = "cropwatch/v1/+/+/+"
@@ -210,6 +211,52 @@ def run_ingest(
     return received, end - (first[0] if first else end), cpu, ingestor
 
 
+def cpu_breakdown(port: int, messages: list[tuple[str, bytes, str]], tmpdir: Path) -> None:
+    """CPU per message of each ingest stage, measured one at a time in this process."""
+    n = len(messages)
+    metrics = Metrics()
+    cfg = MonitorConfig.model_validate({"mqtt": {"port": port}})
+    transport = MqttTransport(cfg.mqtt, FILTER, metrics, client_id="bench-rx-only")
+    got: list[tuple] = []
+    transport.subscribe(lambda *a: got.append(a))
+    acked = 0
+    c0 = time.process_time()
+    deadline = time.monotonic() + 120
+    while len(got) < n and time.monotonic() < deadline:
+        transport.poll(0.05)
+        if len(got) - acked >= 2000:
+            transport.ack([(None, None, g[2], g[3], g[4]) for g in got[acked:]])
+            acked = len(got)
+    receive = (time.process_time() - c0) / max(len(got), 1)
+    transport.stop()
+    cfg = MonitorConfig.model_validate(
+        {"database": {"url": f"sqlite:///{tmpdir / 'stages.db'}"}, "alerts": {"evaluate_every_s": 1000}}
+    )
+    engine = make_engine(cfg.database, writer=True)
+    migrate(engine)
+    ing = Ingestor(cfg, engine, Metrics())
+    now = time.monotonic()
+    items = [(t, p, i, 1, 0, now) for i, (t, p, _) in enumerate(messages)]
+    c0 = time.process_time()
+    for _t, p, _ in messages:
+        parse_device_message(p)
+    validate = (time.process_time() - c0) / n
+    c0 = time.process_time()
+    batches = [ing.prepare(items[i : i + 2000]) for i in range(0, n, 2000)]
+    prepare = (time.process_time() - c0) / n
+    c0 = time.process_time()
+    for batch in batches:
+        ing._commit(batch)
+    commit = (time.process_time() - c0) / n
+    engine.dispose()
+    print()
+    print("CPU per message by stage (this process, one stage at a time):")
+    print(f"  receive (paho, lean decode, batched PUBACKs) {receive * 1e6:6.1f} us")
+    print(f"  validate (shared.messages.parse_device_message) {validate * 1e6:6.1f} us")
+    print(f"  rows (topic checks, conversion), without validate {max(prepare - validate, 0) * 1e6:6.1f} us")
+    print(f"  write + commit (SQLite executemany, FULL sync) {commit * 1e6:6.1f} us")
+
+
 def stored_ids(url: str) -> tuple[list[str], int]:
     engine = make_engine(url)
     ids: list[str] = []
@@ -248,6 +295,7 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=60_000)
     parser.add_argument("--timeout", type=float, default=300.0, help="per consumer")
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--breakdown", action="store_true", help="also measure CPU per message by stage")
     parser.add_argument("--batch", type=int, help="ingest.batch_max_messages (default: the config default)")
     parser.add_argument("--receive-maximum", type=int, help="ingest.receive_maximum (default: the config default)")
     args = parser.parse_args()
@@ -276,6 +324,8 @@ def main() -> int:
             consumers = ["bench-mosquitto-sub", "bench-ingest-sqlite"] + (
                 ["bench-ingest-pg"] if pg_url and not args.no_postgres else []
             )
+            if args.breakdown:
+                consumers.append("bench-rx-only")
             for cid in consumers:
                 register_session(port, cid)
             pub_s = publish(port, messages)
@@ -297,6 +347,9 @@ def main() -> int:
                 dups = len(ids) - len(unique)
                 results.append((label, received, secs, cpu, len(unique), lost, dups + dead))
                 print(f"{label}: {ing.batches} batches", flush=True)
+
+            if args.breakdown:
+                cpu_breakdown(port, messages, tmpdir)
 
         with mosquitto(tmpdir / "default-broker", shipped=False) as port:
             register_session(port, "bench-defaults")

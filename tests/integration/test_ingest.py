@@ -258,3 +258,25 @@ def test_metrics_endpoint_reports_prometheus_text(own_broker, sqlite_url):
         "cropwatch_ingest_mqtt_connected",
     ):
         assert name in text, name
+
+
+def test_database_outage_is_retried_and_nothing_is_lost(own_broker, sqlite_url):
+    import sqlite3
+
+    cfg = config(sqlite_url, own_broker, retry_min_s=0.05, retry_max_s=0.2)
+    cfg.database.busy_timeout_s = 0.05
+    with ingest_thread(cfg) as base:
+        blocker = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock: every commit fails
+        try:
+            messages = make_messages(50, seed=61)
+            publish_all(own_broker, [(t, p) for t, p, _ in messages])
+            wait_for(lambda: metric(base, "cropwatch_ingest_db_errors_total") >= 2, timeout=30, what="retries")
+            report = health(base)
+            assert report["database_ok"] is False and report["ok"] is False
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        wait_for(lambda: len(stored_ids(sqlite_url)) >= 50, timeout=30, what="stored after the outage")
+        wait_for(lambda: health(base).get("database_ok"), timeout=10)
+    assert set(stored_ids(sqlite_url)) == {m for _, _, m in messages}
