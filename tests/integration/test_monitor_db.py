@@ -84,6 +84,9 @@ def test_migrations_upgrade_a_database_keeping_its_data(db_url):
         assert row.top_k[0]["probability"] == 0.87
         assert row.observed_at.replace(tzinfo=UTC) == det.observed_at.replace(microsecond=row.observed_at.microsecond)
     assert migrate(engine) == []  # idempotent
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     engine.dispose()
 
 

@@ -85,3 +85,26 @@ def test_rows_match_their_column_lists():
     rows = telemetry_rows(_Pg, ex["telemetry"], "now")
     assert [r[1] for r in rows] == [0, 1, 2, 3]
     assert all(len(r) == len(COLUMNS["telemetry"]) for r in rows)
+
+
+def test_a_failing_message_handler_is_logged_counted_and_survived(caplog):
+    from farm_monitor.transport import MqttTransport
+    from shared.settings import MqttSettings
+
+    metrics = Metrics()
+    transport = MqttTransport(MqttSettings(), "cropwatch/v1/+/+/+", metrics, client_id="unit", shared_group="grp")
+    assert transport.topic == "$share/grp/cropwatch/v1/+/+/+"
+    calls = []
+
+    def handler(*args):
+        calls.append(args)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+
+    transport._handler = handler
+    with caplog.at_level("ERROR", logger="farm_monitor.transport"):
+        assert transport._on_publish(b"cropwatch/v1/f/d/event", b"{}", 7, 1) is None
+    transport._on_publish(b"cropwatch/v1/f/d/event", b"{}", 8, 1)
+    assert [c[2] for c in calls] == [7, 8]
+    assert metrics.get("cropwatch_ingest_callback_errors_total", callback="message") == 1
+    assert any("callback failed" in r.getMessage() for r in caplog.records)
