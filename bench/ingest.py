@@ -25,12 +25,14 @@ import os
 import random
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,7 +111,7 @@ def make_messages(n: int, seed: int = 7) -> list[tuple[str, bytes, str]]:
     return out
 
 
-def register_session(port: int, client_id: str) -> None:
+def register_session(port: int, client_id: str, topic_filter: str = FILTER) -> None:
     """A persistent QoS 1 subscription that the broker keeps (and queues for) while we are away."""
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     props = Properties(PacketTypes.CONNECT)
@@ -118,7 +120,7 @@ def register_session(port: int, client_id: str) -> None:
     c.on_subscribe = lambda *a: done.set()
     c.connect("127.0.0.1", port, clean_start=False, properties=props)
     c.loop_start()
-    c.subscribe(FILTER, qos=1)
+    c.subscribe(topic_filter, qos=1)
     if not done.wait(10):
         raise RuntimeError("subscription not acknowledged")
     c.disconnect()
@@ -257,6 +259,58 @@ def cpu_breakdown(port: int, messages: list[tuple[str, bytes, str]], tmpdir: Pat
     print(f"  write + commit (SQLite executemany, FULL sync) {commit * 1e6:6.1f} us")
 
 
+def run_scale_out(port: int, url: str, processes: int, n: int, tmpdir: Path, timeout: float) -> tuple[int, float]:
+    """N ``cropwatch ingest`` processes on one shared subscription; (received, seconds of draining)."""
+    engine = make_engine(url, writer=True)
+    migrate(engine)
+    engine.dispose()
+    procs, ports = [], []
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for i in range(processes):
+        mport = free_port()
+        conf = tmpdir / f"scale-{i}.toml"
+        conf.write_text(
+            f'[database]\nurl = "{url}"\n[mqtt]\nport = {port}\nsession_expiry_s = 3600\n'
+            f'[ingest]\nclient_id = "bench-so-{i}"\nshared_group = "bench"\n'
+            f"[metrics]\nport = {mport}\n[retention]\ninterval_s = 0\n[alerts]\nevaluate_every_s = 5\n"
+        )
+        log = (tmpdir / f"scale-{i}.log").open("wb")
+        procs.append(
+            subprocess.Popen([sys.executable, "-m", "shared.cli", "ingest", "--config", str(conf)], env=env,
+                             stdout=log, stderr=subprocess.STDOUT)
+        )  # fmt: skip
+        ports.append(mport)
+
+    def received() -> float:
+        total = 0.0
+        for mport in ports:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=1) as resp:
+                    for line in resp.read().decode().splitlines():
+                        if line.startswith("cropwatch_ingest_received_total"):
+                            total += float(line.rsplit(" ", 1)[1])
+            except OSError:
+                pass
+        return total
+
+    first = None
+    got = 0.0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = received()
+        if got and first is None:
+            first = time.perf_counter()
+        if got >= n:
+            break
+        time.sleep(0.05)
+    end = time.perf_counter()
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        proc.wait(60)
+    return int(got), end - (first or end)
+
+
 def stored_ids(url: str) -> tuple[list[str], int]:
     engine = make_engine(url)
     ids: list[str] = []
@@ -296,6 +350,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="per consumer")
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--breakdown", action="store_true", help="also measure CPU per message by stage")
+    parser.add_argument(
+        "--scale-out", type=int, default=0, metavar="N", help="also run N ingest processes on a shared subscription"
+    )
     parser.add_argument("--batch", type=int, help="ingest.batch_max_messages (default: the config default)")
     parser.add_argument("--receive-maximum", type=int, help="ingest.receive_maximum (default: the config default)")
     args = parser.parse_args()
@@ -328,6 +385,9 @@ def main() -> int:
                 consumers.append("bench-rx-only")
             for cid in consumers:
                 register_session(port, cid)
+            scale_out = args.scale_out if pg_url and not args.no_postgres else 0
+            for i in range(scale_out):
+                register_session(port, f"bench-so-{i}", f"$share/bench/{FILTER}")
             pub_s = publish(port, messages)
             print(f"published at QoS 1 in {pub_s:.1f} s ({n / pub_s:,.0f} msg/s); draining each backlog", flush=True)
 
@@ -348,6 +408,24 @@ def main() -> int:
                 results.append((label, received, secs, cpu, len(unique), lost, dups + dead))
                 print(f"{label}: {ing.batches} batches", flush=True)
 
+            if scale_out:
+                with pg_schema() as so_url:
+                    assert so_url is not None
+                    received, secs = run_scale_out(port, so_url, scale_out, n, tmpdir, args.timeout)
+                    ids, dead = stored_ids(so_url)
+                unique = set(ids)
+                label = f"{scale_out} x ingest -> PostgreSQL"
+                results.append(
+                    (
+                        label,
+                        received,
+                        secs,
+                        float("nan"),
+                        len(unique),
+                        len(published - unique),
+                        dead + len(ids) - len(unique),
+                    )
+                )
             if args.breakdown:
                 cpu_breakdown(port, messages, tmpdir)
 

@@ -100,7 +100,15 @@ def run(cfg: MonitorConfig, stop: threading.Event | None = None) -> int:
 
     server = None
     if cfg.metrics.port:
-        server = MetricsServer(cfg.metrics.host, cfg.metrics.port, metrics, health)
+        try:
+            server = MetricsServer(cfg.metrics.host, cfg.metrics.port, metrics, health)
+        except OSError as exc:
+            logger.error(
+                "cannot serve metrics on %s:%d (%s); change [metrics] port, or set it to 0 to turn metrics off",
+                cfg.metrics.host, cfg.metrics.port, exc.strerror,
+            )  # fmt: skip
+            engine.dispose()
+            return 2
         server.start()
 
     def on_signal(signum: int, _frame: Any) -> None:
