@@ -108,3 +108,17 @@ def test_a_failing_message_handler_is_logged_counted_and_survived(caplog):
     assert [c[2] for c in calls] == [7, 8]
     assert metrics.get("cropwatch_ingest_callback_errors_total", callback="message") == 1
     assert any("callback failed" in r.getMessage() for r in caplog.records)
+
+
+def test_only_the_transport_module_of_ingest_imports_paho():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "farm_monitor"
+    importing = sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*.py")
+        if re.search(r"^\s*(import paho|from paho)", p.read_text(), flags=re.MULTILINE)
+    )
+    # demo.py is the demo farm's device simulator (a publisher), not part of the ingest service
+    assert [p for p in importing if p != "demo.py"] == ["transport.py"]
