@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared import messages as m
 from shared.errors import MessageError, TopicError
@@ -41,6 +41,8 @@ Item = tuple[str, bytes, int, int, int, float]
 AckFn = Callable[[list[Item]], None]
 
 _TOPIC_CACHE_MAX = 50_000
+# The database cannot be reached: retry the same batch later, never dead-letter it.
+_OUTAGE = (OperationalError, InterfaceError)
 
 
 @dataclass
@@ -140,20 +142,25 @@ class Ingestor:
         t0 = time.perf_counter()
         batch = self.prepare(items)
         delay = self.cfg.ingest.retry_min_s
+        split = False
         while True:
             try:
-                self._commit(batch)
+                if split:
+                    self._commit_one_by_one(items, batch)
+                else:
+                    self._commit(batch)
                 break
-            except OperationalError:
+            except _OUTAGE:
                 self.db_ok = False
                 self.metrics.inc("cropwatch_ingest_db_errors_total")
                 logger.exception("database unavailable; retrying batch of %d in %.1f s", len(items), delay)
-            except DBAPIError:
-                # One row the database refuses must not poison the batch: write message by message.
+            except Exception:
+                # One message the database (or a bug) refuses must not poison the batch: store
+                # message by message and keep the refused one as a dead letter.
                 self.metrics.inc("cropwatch_ingest_db_errors_total")
-                logger.exception("database refused a batch of %d; writing it one message at a time", len(items))
-                self._commit_one_by_one(items)
-                break
+                logger.exception("a batch of %d failed; writing it one message at a time", len(items))
+                split = True
+                continue
             if self._wait(delay, stop, poll):
                 logger.warning("stopping with %d uncommitted messages; the broker will redeliver them", len(items))
                 return False
@@ -373,19 +380,24 @@ class Ingestor:
         """
         return conn.exec_driver_sql(self._sql[table], rows).rowcount
 
-    def _commit_one_by_one(self, items: list[Item]) -> None:
+    def _commit_one_by_one(self, items: list[Item], batch: Batch) -> None:
+        """Commit each message alone; one that still fails becomes a ``db_rejected`` dead letter."""
         for item in items:
             single = self.prepare([item])
             try:
                 self._commit(single)
-            except OperationalError:
+            except _OUTAGE:
                 raise
-            except DBAPIError as exc:
+            except Exception as exc:
                 topic, payload = item[0], item[1]
-                logger.exception("database refused the message on %s; keeping it as a dead letter", topic)
+                logger.exception("could not store the message on %s; keeping it as a dead letter", topic)
+                detail = str(getattr(exc, "orig", None) or exc)[:500]
                 dead = Batch()
-                self._dead(dead, topic, payload, "db_rejected", str(exc.orig)[:500], None, self.d.ts(datetime.now(UTC)))
+                parsed = self._topic(topic)
+                where = parsed if isinstance(parsed, Topic) else None
+                self._dead(dead, topic, payload, "db_rejected", detail, where, self.d.ts(datetime.now(UTC)))
                 self._commit(dead)
+                batch.dead["db_rejected"] += 1
 
     # --- periodic jobs ---------------------------------------------------------------------------
 

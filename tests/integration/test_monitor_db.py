@@ -190,3 +190,17 @@ def test_dead_letters_are_counted_each_but_logged_at_a_limited_rate(sqlite_url, 
     assert ing.metrics.get("cropwatch_ingest_dead_letters_total", reason="invalid_json") == 5
     assert query(sqlite_url, "SELECT COUNT(*) FROM dead_letters WHERE reason = 'invalid_json'") == [(5,)]
     ing.engine.dispose()
+
+
+def test_a_message_the_database_refuses_becomes_a_dead_letter_not_a_stuck_batch(postgres_url):
+    ing = _ingestor(postgres_url)
+    with ing.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE events ADD CONSTRAINT no_boom CHECK (code <> 'boom')")
+    ex = example_messages(farm_id="f1", device_id="gw-01", fixed=False)
+    refused = ex["event"].model_copy(update={"msg_id": m.new_msg_id(), "code": "boom"})
+    fine = [_detection("Tomato___healthy") for _ in range(3)]
+    _feed(ing, fine[0], refused, *fine[1:])
+    assert {r[0] for r in query(postgres_url, "SELECT msg_id FROM detections")} == {d.msg_id for d in fine}
+    assert query(postgres_url, "SELECT reason, farm_id FROM dead_letters") == [("db_rejected", "f1")]
+    assert ing.metrics.get("cropwatch_ingest_dead_letters_total", reason="db_rejected") == 1
+    ing.engine.dispose()
