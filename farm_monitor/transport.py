@@ -174,6 +174,7 @@ class MqttTransport:
             transport=settings.transport,
             manual_ack=True,
         )
+        self.client.connect_timeout = settings.connect_timeout_s
         if settings.username:
             password = settings.password.get_secret_value() if settings.password else None
             self.client.username_pw_set(settings.username, password)

@@ -141,8 +141,13 @@ def metrics_text(base: str) -> str:
 
 
 def metric(base: str, name: str) -> float:
+    """Sum of a metric's series; 0 while the endpoint is not up yet."""
+    try:
+        text = metrics_text(base)
+    except OSError:
+        return 0.0
     total = 0.0
-    for line in metrics_text(base).splitlines():
+    for line in text.splitlines():
         if line.startswith(name + "{") or line.startswith(name + " "):
             total += float(line.rsplit(" ", 1)[1])
     return total

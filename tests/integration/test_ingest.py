@@ -280,3 +280,27 @@ def test_database_outage_is_retried_and_nothing_is_lost(own_broker, sqlite_url):
         wait_for(lambda: len(stored_ids(sqlite_url)) >= 50, timeout=30, what="stored after the outage")
         wait_for(lambda: health(base).get("database_ok"), timeout=10)
     assert set(stored_ids(sqlite_url)) == {m for _, _, m in messages}
+
+
+def test_ingest_started_before_the_broker_connects_when_it_comes_up(own_broker, sqlite_url):
+    import threading
+
+    from farm_monitor.ingest_cli import run
+
+    own_broker.stop()
+    cfg = config(sqlite_url, own_broker)
+    base = f"http://127.0.0.1:{cfg.metrics.port}"
+    stop = threading.Event()
+    thread = threading.Thread(target=run, args=(cfg, stop), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: metric(base, "cropwatch_ingest_connect_failures_total") >= 2, timeout=30, what="retries")
+        assert health(base)["ok"] is False
+        own_broker.start()
+        wait_for(lambda: health(base).get("subscribed"), timeout=30, what="subscription once the broker is up")
+        messages = make_messages(20, seed=71)
+        publish_all(own_broker, [(t, p) for t, p, _ in messages])
+        wait_for(lambda: len(stored_ids(sqlite_url)) >= 20, timeout=30)
+    finally:
+        stop.set()
+        thread.join(30)
