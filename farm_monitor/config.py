@@ -45,7 +45,9 @@ class DatabaseSettings(BaseModel):
 class IngestSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     shared_group: str | None = Field(
-        None, description="MQTT v5 shared subscription group; set it to run N ingest processes on one load."
+        "ingest",
+        description="MQTT v5 shared subscription group: N ingest processes with the same group split the load. "
+        "Empty for a plain subscription.",
     )
     topic_filter: str = "cropwatch/v1/+/+/+"
     client_id: str | None = Field(
@@ -69,6 +71,8 @@ class IngestSettings(BaseModel):
     @field_validator("shared_group")
     @classmethod
     def _group_is_id(cls, value: str | None) -> str | None:
+        if value == "":
+            return None
         if value is not None and not ID_RE.fullmatch(value):
             raise ValueError("shared_group must match [a-z0-9][a-z0-9_-]{0,63}")
         return value

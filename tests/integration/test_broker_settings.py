@@ -97,6 +97,31 @@ def test_shipped_queue_settings_keep_what_the_defaults_drop(tmp_path):
         proc.wait(10)
 
 
-def test_shipped_monitor_config_is_valid():
-    cfg = load_config(MonitorConfig, REPO / "deploy" / "farm_monitor" / "monitor.toml", environ={})
+def test_shipped_monitor_config_is_valid(tmp_path):
+    secret = tmp_path / "pg.password"
+    secret.write_text("pw\n")
+    text = (
+        (REPO / "deploy" / "compose" / "monitor.toml")
+        .read_text()
+        .replace("/run/secrets/postgres_password", str(secret))
+    )
+    (tmp_path / "monitor.toml").write_text(text)
+    cfg = load_config(MonitorConfig, tmp_path / "monitor.toml", environ={})
     assert cfg.retention.days["telemetry"] == 400 and cfg.retention.days["samples"] == 90
+    assert cfg.ingest.shared_group == "ingest" and cfg.database.password.get_secret_value() == "pw"
+
+
+def test_the_queue_snippet_agrees_with_the_production_broker_config():
+    def settings(path: Path) -> dict[str, str]:
+        out = {}
+        for line in path.read_text().splitlines():
+            parts = line.split("#", 1)[0].split()
+            if len(parts) >= 2:
+                out[parts[0]] = " ".join(parts[1:])
+        return out
+
+    snippet = settings(SNIPPET_DIR / "cropwatch-queues.conf")
+    production = settings(REPO / "deploy" / "mosquitto" / "mosquitto.conf")
+    assert snippet["max_queued_messages"] == "0"
+    for key in ("max_queued_messages", "max_queued_bytes", "max_packet_size", "persistent_client_expiration"):
+        assert snippet[key] == production[key], key
