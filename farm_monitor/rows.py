@@ -55,15 +55,6 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     ),
 }  # fmt: skip
 
-KIND_TABLE = {
-    "detection": "detections",
-    "yield": "yield_estimates",
-    "telemetry": "telemetry",
-    "sample": "samples",
-    "status": "status_reports",
-    "event": "events",
-}
-
 
 def _sqlite_ts(value: datetime) -> str:
     # SQLAlchemy's SQLite DateTime storage format, in UTC.
@@ -92,15 +83,6 @@ class Dialect:
         marks = ", ".join([self.ph] * len(cols))
         # No conflict target: any unique key (msg_id, digest, the open-alert index) makes a repeat a no-op.
         return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks}) ON CONFLICT DO NOTHING"
-
-    def ts_opt(self, value: datetime | None) -> Any:
-        return None if value is None else self.ts(value)
-
-
-def model_ref_json(ref: m.ModelRef | None) -> dict[str, Any] | None:
-    if ref is None:
-        return None
-    return {"name": ref.name, "version": ref.version, "sha256": ref.sha256, "variant": ref.variant}
 
 
 def top_k_json(top_k: list[m.LabelScore]) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +14,6 @@ from shared.errors import ConfigError
 from ..config import DatabaseSettings
 
 logger = logging.getLogger(__name__)
-
-
-def utc_naive(value: datetime) -> datetime:
-    """UTC without tzinfo: how SQLite rows hold time (PostgreSQL keeps the zone)."""
-    return value.astimezone(UTC).replace(tzinfo=None)
 
 
 def make_engine(settings: DatabaseSettings | str, writer: bool = False, **kwargs: Any) -> Engine:
