@@ -1,12 +1,12 @@
 """The ingest pipeline: validate, batch, write idempotently, then acknowledge.
 
-The transport hands every PUBLISH to :meth:`Ingestor.submit` (on its network thread) without
-acknowledging it. :meth:`Ingestor.run` takes batches bounded by size and time, validates each
-payload against the shared schemas and its topic, writes all rows of the batch plus its dead
-letters in one transaction (``INSERT ... ON CONFLICT DO NOTHING`` keyed on ``msg_id``), and only
-after the commit asks the transport to send the PUBACKs. A crash anywhere before the commit
-leaves the messages unacknowledged, so the broker redelivers them; the unique keys make the
-redelivery a no-op when the commit did happen.
+The transport hands every PUBLISH to :meth:`Ingestor.submit` without acknowledging it (from its
+``poll``, which :meth:`Ingestor.run` calls on its own thread: one thread does it all). ``run``
+takes batches bounded by size and time, validates each payload against the shared schemas and
+its topic, writes all rows of the batch plus its dead letters in one transaction (``INSERT ...
+ON CONFLICT DO NOTHING`` keyed on ``msg_id``), and only after the commit asks the transport to
+send the PUBACKs. A crash anywhere before the commit leaves the messages unacknowledged, so the
+broker redelivers them; the unique keys make the redelivery a no-op when the commit did happen.
 """
 
 from __future__ import annotations
@@ -227,6 +227,10 @@ class Ingestor:
                 msg: Any = m.parse_device_message(payload, kind)
             except MessageError as err:
                 self._dead(batch, topic, payload, err.reason, str(err), parsed, received)
+                continue
+            except Exception as exc:  # the contract raises only MessageError; anything else is a bug
+                logger.exception("validating a payload on %s failed unexpectedly", topic)
+                self._dead(batch, topic, payload, "internal_error", repr(exc)[:500], parsed, received)
                 continue
             if msg.farm_id != parsed.farm_id or msg.device_id != parsed.device_id:
                 self._dead(
