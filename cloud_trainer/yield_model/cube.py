@@ -133,7 +133,7 @@ class SeasonCube:
         """sha256 over the model-ready arrays and their names: the training-data fingerprint."""
         a = self.arrays()
         h = hashlib.sha256()
-        h.update("|".join(self.channel_names() + ["#"] + self.static_names()).encode())
+        h.update("|".join([*self.channel_names(), "#", *self.static_names()]).encode())
         for arr in (a.dynamic, a.static, a.target):
             h.update(np.ascontiguousarray(arr).tobytes())
         h.update("|".join(a.sample_ids.tolist()).encode())
@@ -169,7 +169,8 @@ def write_cube(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
 
         if tmp.exists():
             shutil.rmtree(tmp)
-        ds.to_zarr(tmp, mode="w")
+        # Zarr v2: readable by every Zarr library, and its string arrays have a settled encoding.
+        ds.to_zarr(tmp, mode="w", zarr_format=2, consolidated=True)
         if p.exists():
             shutil.rmtree(p)
         os.replace(tmp, p)
@@ -183,8 +184,9 @@ def infer_spec(ds: xr.Dataset) -> CubeSpec:
     """The spec of a cube already in the convention: roles from ``cropwatch_role`` or from dims and dtype."""
     target = str(ds.attrs.get("cropwatch_target", "yield"))
     kinds: dict[str, list[dict[str, Any]]] = {"dynamic": [], "static": [], "categorical": [], "histogram": []}
-    for name, var in ds.data_vars.items():
-        name = str(name)
+    # Sorted, so the channel order does not depend on how a store orders its variables (Zarr sorts them).
+    for name in sorted(str(n) for n in ds.data_vars):
+        var = ds[name]
         if name == target:
             continue
         role = var.attrs.get(ROLE_ATTR)
@@ -285,12 +287,14 @@ def _as_dates(var: xr.DataArray) -> np.ndarray | None:
     return None
 
 
-def _offsets(ds: xr.Dataset, spec: CubeSpec, years: np.ndarray | None) -> tuple[np.ndarray, bool]:
-    """Day offsets since the season start for each (sample, step); second value: shared by all samples."""
+def _offsets(
+    ds: xr.Dataset, spec: CubeSpec, years: np.ndarray | None
+) -> tuple[np.ndarray, bool, np.ndarray | None]:
+    """Day offsets since the season start per (sample, step), whether all samples share them, and the years."""
     n, t = ds.sizes[spec.sample_dim], ds.sizes[spec.time_dim]
     coord_name = spec.time_coord or (spec.time_dim if spec.time_dim in ds.variables else None)
     if coord_name is None:
-        return np.arange(t, dtype=np.float64) * spec.time_step_days, True
+        return np.arange(t, dtype=np.float64) * spec.time_step_days, True, years
     _require(ds, coord_name, coord_name, "missing_variable", "time coordinate")
     coord = ds[coord_name]
     if spec.time_dim not in coord.dims or not set(coord.dims) <= {spec.sample_dim, spec.time_dim}:
@@ -304,7 +308,7 @@ def _offsets(ds: xr.Dataset, spec: CubeSpec, years: np.ndarray | None) -> tuple[
     dates = _as_dates(coord)
     if dates is None:
         values = np.asarray(coord.values, dtype=np.float64)
-        return (values, True) if values.ndim == 1 else (values, False)
+        return values, values.ndim == 1, years
     if spec.season_start is None:
         raise CubeError(
             "no_season_start",
@@ -316,8 +320,8 @@ def _offsets(ds: xr.Dataset, spec: CubeSpec, years: np.ndarray | None) -> tuple[
     if spec.fixed_start is not None:
         month, day = spec.fixed_start
         if years is None:
-            first = dates if dates.ndim == 1 else dates[:, 0]
-            years = np.broadcast_to(first.astype("datetime64[Y]").astype(int) + 1970, (n,))
+            first = dates[:1] if dates.ndim == 1 else dates[:, 0]
+            years = np.broadcast_to(first.astype("datetime64[Y]").astype(int) + 1970, (n,)).copy()
         starts = np.array([np.datetime64(f"{int(y):04d}-{month:02d}-{day:02d}") for y in years])
     else:
         _require(ds, spec.season_start, spec.season_start, "missing_variable", "season start variable")
@@ -330,12 +334,12 @@ def _offsets(ds: xr.Dataset, spec: CubeSpec, years: np.ndarray | None) -> tuple[
             )
         starts = _as_dates(start_var)
         if starts is None:
-            raise CubeError(
-                "wrong_dims", spec.season_start, f"season start {spec.season_start!r} does not hold dates"
-            )
+            raise CubeError("wrong_dims", spec.season_start, f"season start {spec.season_start!r} does not hold dates")
+        if years is None:
+            years = starts.astype("datetime64[Y]").astype(int) + 1970
     grid = dates[None, :] if dates.ndim == 1 else dates
     offsets = (grid - starts[:, None]).astype("timedelta64[D]").astype(np.float64)
-    return offsets, False
+    return offsets, False, years
 
 
 def _bin_onto_grid(values: np.ndarray, idx: np.ndarray, t_out: int) -> np.ndarray:
@@ -425,7 +429,7 @@ def _build(ds: xr.Dataset, spec: CubeSpec) -> SeasonCube:
     if spec.year and spec.year in ds.variables and ds[spec.year].dims == (sd,):
         years = np.asarray(ds[spec.year].values).astype(np.int64)
 
-    offsets, shared = _offsets(ds, spec, years)
+    offsets, shared, years = _offsets(ds, spec, years)
     n, t_in = ds.sizes[sd], ds.sizes[td]
     steps = np.floor(offsets / spec.time_step_days + 1e-6).astype(np.int64)
     t_out = spec.time_steps or int(steps.max()) + 1
@@ -433,8 +437,6 @@ def _build(ds: xr.Dataset, spec: CubeSpec) -> SeasonCube:
         raise CubeError("time_axis_mismatch", td, f"no time step of {td!r} falls on or after the season start")
     identity = shared and np.array_equal(steps, np.arange(t_in)) and t_out <= t_in
     report["alignment"] = "as_is" if identity else "binned_by_day_offset"
-    if years is None and not shared and spec.season_start and spec.fixed_start is None:
-        years = _as_dates(ds[spec.season_start]).astype("datetime64[Y]").astype(int) + 1970
 
     data_vars: dict[str, Any] = {}
     units: dict[str, str] = {spec.target_name: _unit(ds[spec.target], spec.target_unit)}
@@ -475,9 +477,7 @@ def _build(ds: xr.Dataset, spec: CubeSpec) -> SeasonCube:
     data_vars[spec.target_name] = xr.Variable(
         ("sample",), target_values[keep].astype(np.float32), {"units": units[spec.target_name], ROLE_ATTR: "target"}
     )
-    sample_ids = (
-        np.asarray(ds[sd].values).astype(str) if sd in ds.coords else np.array([f"s{i}" for i in range(n)])
-    )
+    sample_ids = np.asarray(ds[sd].values).astype(str) if sd in ds.coords else np.array([f"s{i}" for i in range(n)])
     coords: dict[str, Any] = {
         "sample": ("sample", sample_ids),
         "time": ("time", np.arange(t_out, dtype=np.float32) * np.float32(spec.time_step_days)),

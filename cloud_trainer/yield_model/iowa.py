@@ -112,7 +112,11 @@ def build_iowa_cube(source: str | os.PathLike[str], season_start: str = SEASON_S
         data_vars,
         coords={
             "sample": ("sample", np.array(samples)),
-            "time": ("time", np.arange(days, dtype=np.float32), {"units": "days", "long_name": "days since season start"}),
+            "time": (
+                "time",
+                np.arange(days, dtype=np.float32),
+                {"units": "days", "long_name": "days since season start"},
+            ),
             "season_year": ("sample", np.array(sample_years, np.int64)),
         },
         attrs={

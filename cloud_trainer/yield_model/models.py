@@ -97,7 +97,9 @@ class SeasonNet(nn.Module):
         steps = torch.arange(1, t + 1, dtype=season.dtype, device=season.device)
         return (observed * steps).amax(dim=1) / float(t)
 
-    def head_output(self, season: torch.Tensor, static: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def head_output(
+        self, season: torch.Tensor, static: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw head output ``[N, 1 + Q]`` in normalised target units, and the season progress."""
         observed = ~torch.isnan(season)
         x = torch.where(observed, (season - self.x_mean) / self.x_std, torch.zeros_like(season))

@@ -106,9 +106,7 @@ def _flatten(raw: dict) -> dict:
         items = out.get(kind)
         if isinstance(items, dict):
             # [dynamic] ndvi = "NDVI"  or  [dynamic.ndvi] source = "NDVI"
-            out[kind] = [
-                {"name": k, "source": v} if isinstance(v, str) else {"name": k, **v} for k, v in items.items()
-            ]
+            out[kind] = [{"name": k, "source": v} if isinstance(v, str) else {"name": k, **v} for k, v in items.items()]
         elif isinstance(items, list):
             out[kind] = [{"name": v} if isinstance(v, str) else v for v in items]
     return out

@@ -156,7 +156,9 @@ def generate(cfg: SynthConfig) -> xr.Dataset:
     data_vars["yield"] = (("sample",), y.astype(np.float32), {"units": "t ha-1", ROLE_ATTR: "target"})
     for name in ("yield_expected", "gdd", "f_heat", "f_water", "f_disease"):
         data_vars[name] = (("sample",), truth[name].astype(np.float32), {ROLE_ATTR: "diagnostic"})
-    planting = np.array([np.datetime64(f"{y_:04d}-01-01") + int(d) - 1 for y_, d in zip(year, planting_doy, strict=True)])
+    planting = np.array(
+        [np.datetime64(f"{y_:04d}-01-01") + int(d) - 1 for y_, d in zip(year, planting_doy, strict=True)]
+    )
     ds = xr.Dataset(
         data_vars,
         coords={

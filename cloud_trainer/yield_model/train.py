@@ -390,7 +390,7 @@ def _config(args, cube: SeasonCube, split, norm, model_args, world: int) -> dict
         "split": {
             k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in split.items() if k not in ("train", "val")
         }
-        | {"n_train": int(len(split["train"])), "n_val": int(len(split["val"])), "n_test": int(len(split["test"]))},
+        | {"n_train": len(split["train"]), "n_val": len(split["val"]), "n_test": len(split["test"])},
         "test_samples": [str(s) for s in cube.ds["sample"].values[split["test"]]],
         "training_data_fingerprint": cube.fingerprint(),
         "world_size": world,
@@ -527,8 +527,10 @@ def main_cli(argv: list[str] | None = None, prog: str = "cropwatch train yield")
     if report:
         full = report["full_season"]
         n = report["network"][full]
-        print(f"test ({report['split'].get('test_year', 'random split')}): network RMSE {n['rmse']:.4g} "
-              f"MAE {n['mae']:.4g} R2 {n['r2']:.3f} coverage10-90 {n.get('coverage_10_90', 0):.2f}")
+        print(
+            f"test ({report['split'].get('test_year', 'random split')}): network RMSE {n['rmse']:.4g} "
+            f"MAE {n['mae']:.4g} R2 {n['r2']:.3f} coverage10-90 {n.get('coverage_10_90', 0):.2f}"
+        )
         for name, per in report["baselines"].items():
             b = per[full]
             print(f"  {name:<18} RMSE {b['rmse']:.4g} MAE {b['mae']:.4g} R2 {b['r2']:.3f}")
