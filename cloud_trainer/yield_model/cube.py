@@ -287,9 +287,7 @@ def _as_dates(var: xr.DataArray) -> np.ndarray | None:
     return None
 
 
-def _offsets(
-    ds: xr.Dataset, spec: CubeSpec, years: np.ndarray | None
-) -> tuple[np.ndarray, bool, np.ndarray | None]:
+def _offsets(ds: xr.Dataset, spec: CubeSpec, years: np.ndarray | None) -> tuple[np.ndarray, bool, np.ndarray | None]:
     """Day offsets since the season start per (sample, step), whether all samples share them, and the years."""
     n, t = ds.sizes[spec.sample_dim], ds.sizes[spec.time_dim]
     coord_name = spec.time_coord or (spec.time_dim if spec.time_dim in ds.variables else None)

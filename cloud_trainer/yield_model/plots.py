@@ -34,15 +34,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     hi = np.array([float(r["q90"]) for r in last]) if "q90" in last[0] else None
     fig, ax = plt.subplots(figsize=(5.5, 5))
     if lo is not None and hi is not None:
-        ax.errorbar(
-            actual,
-            expected,
-            yerr=[expected - lo, hi - expected],
-            fmt="none",
-            ecolor="0.75",
-            lw=1,
-            label="10-90% interval",
-        )
+        ax.vlines(actual, lo, hi, colors="0.75", lw=1, label="10-90% interval")
     ax.scatter(actual, expected, s=14, label="network (full season)")
     bounds = [min(actual.min(), expected.min()), max(actual.max(), expected.max())]
     ax.plot(bounds, bounds, "k--", lw=1, label="perfect")

@@ -20,10 +20,11 @@ import xarray as xr
 
 from .cube import CUBE_ATTR, ROLE_ATTR
 
-CROPS = {"corn": {"y_max": 12.0, "gdd_opt": 1450.0}, "soy": {"y_max": 4.0, "gdd_opt": 1380.0}}
+# Optimal growing degree days per season day, so the response holds for any season length.
+CROPS = {"corn": {"y_max": 12.0, "gdd_per_day": 12.0}, "soy": {"y_max": 4.0, "gdd_per_day": 11.5}}
 GDD_BASE_C = 10.0
 GDD_CAP_C = 30.0
-GDD_WIDTH = 450.0
+GDD_WIDTH_PER_DAY = 3.75
 DISEASE_LOSS = 0.6
 
 
@@ -56,9 +57,9 @@ def response(
     days = tmax.shape[1]
     tmean = np.clip((tmax + tmin) / 2.0, GDD_BASE_C, GDD_CAP_C)
     gdd = (tmean - GDD_BASE_C).sum(axis=1)
-    gdd_opt = np.array([CROPS[c]["gdd_opt"] for c in crop])
+    gdd_opt = np.array([CROPS[c]["gdd_per_day"] for c in crop]) * days
     y_max = np.array([CROPS[c]["y_max"] for c in crop])
-    f_heat = np.exp(-(((gdd - gdd_opt) / GDD_WIDTH) ** 2))
+    f_heat = np.exp(-(((gdd - gdd_opt) / (GDD_WIDTH_PER_DAY * days)) ** 2))
     f_water = (water_stress * flowering_weights(days)[None, :]).sum(axis=1)
     # Disease late in the season costs less than disease during grain fill; weight by the second half.
     late = np.linspace(0.5, 1.5, days)[None, :]
@@ -98,11 +99,12 @@ def generate(cfg: SynthConfig) -> xr.Dataset:
     area_of_field = rng.uniform(4.0, 80.0, size=n_f)
     crop, awc, area = crop_of_field[field_idx], awc_of_field[field_idx], area_of_field[field_idx]
 
-    # Regional weather per year plus a field-level share, so a held-out year is a real new season.
-    year_temp = rng.normal(0.0, 1.8, size=n_s)[year - cfg.first_year]
-    year_rain = rng.lognormal(0.0, 0.35, size=n_s)[year - cfg.first_year]
-    temp_anom = year_temp + rng.normal(0.0, 1.2, size=n)
-    rain_mult = year_rain * rng.lognormal(0.0, 0.3, size=n)
+    # Regional weather per year plus a larger field-level share: a held-out year is a new season, yet
+    # still inside the range the training years cover (fields differ more than years do).
+    year_temp = rng.normal(0.0, 0.7, size=n_s)[year - cfg.first_year]
+    year_rain = rng.lognormal(0.0, 0.2, size=n_s)[year - cfg.first_year]
+    temp_anom = year_temp + rng.normal(0.0, 1.5, size=n)
+    rain_mult = year_rain * rng.lognormal(0.0, 0.35, size=n)
     planting_doy = rng.integers(110, 141, size=n)
 
     day = np.arange(t)[None, :]
