@@ -78,7 +78,7 @@ def test_network_clearly_beats_the_training_mean_and_sharpens_with_the_season(ru
 
 def test_export_parity_signed_manifest_and_self_test(run_dir, keys, tmp_path):
     private, public = keys
-    manifest, path = export.export_run(run_dir, private, out_dir=tmp_path, version="1.0.0")
+    _, path = export.export_run(run_dir, private, out_dir=tmp_path, version="1.0.0")
     loaded = ModelManifest.load(path)
     verify_manifest(loaded, TrustedKeys([load_public_key(str(public))]))
     onnx_path = tmp_path / loaded.file("fp32").path
