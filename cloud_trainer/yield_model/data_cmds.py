@@ -47,6 +47,7 @@ def synth_yield_main(argv: list[str] | None = None, prog: str = "cropwatch data 
     p.add_argument("--sensor-noise", type=float, default=1.0, help="scale of sensor noise (0: exact sensors)")
     p.add_argument("--gap-fraction", type=float, default=0.05, help="share of sensor days missing")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--histogram-bins", type=int, default=0, help="also write per-day NDVI pixel histograms")
     args = p.parse_args(argv)
     if args.fields < 1 or args.seasons < 1 or args.days < 8:
         p.error("--fields and --seasons must be >= 1 and --days >= 8")
@@ -60,6 +61,7 @@ def synth_yield_main(argv: list[str] | None = None, prog: str = "cropwatch data 
         sensor_noise=args.sensor_noise,
         gap_fraction=args.gap_fraction,
         seed=args.seed,
+        histogram_bins=args.histogram_bins,
     )
     write_cube(generate(cfg), args.out)
     print(_summary(args.out))

@@ -31,8 +31,12 @@ class SeasonNet(nn.Module):
         hidden: int = 32,
         quantiles: Sequence[float] = (0.1, 0.5, 0.9),
         dropout: float = 0.1,
+        hist_vars: int = 0,
+        hist_bins: int = 0,
     ) -> None:
         super().__init__()
+        if hist_vars * hist_bins > n_channels:
+            raise ValueError(f"{hist_vars} histogram variables x {hist_bins} bins exceed {n_channels} channels")
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
         qs = sorted(float(q) for q in quantiles)
@@ -41,6 +45,9 @@ class SeasonNet(nn.Module):
         self.arch, self.hidden = arch, hidden
         self.n_channels, self.n_static, self.time_steps = n_channels, n_static, time_steps
         self.quantiles = qs
+        # Histogram channels come last, variable-major: [var0 bin0..binB-1, var1 bin0.., ...].
+        self.hist_vars, self.hist_bins = hist_vars, hist_bins
+        self.n_plain = n_channels - hist_vars * hist_bins
         # The quantile nearest 0.5 is predicted directly; the others as positive steps from it, so they never cross.
         self.mid = min(range(len(qs)), key=lambda i: abs(qs[i] - 0.5))
         self.register_buffer("x_mean", torch.zeros(n_channels))
@@ -51,6 +58,15 @@ class SeasonNet(nn.Module):
         self.register_buffer("y_std", torch.ones(()))
         in_ch = 2 * n_channels + 1  # values, observed-masks, position in season
         if arch == "cnn":
+            if hist_vars:
+                # You et al. 2017: a 2D CNN over (time, bin) of the histograms, bands (and masks) as channels.
+                in_ch = 2 * self.n_plain + 1
+                self.hist_encoder = nn.Sequential(
+                    nn.Conv2d(2 * hist_vars, hidden, (5, 3), padding=(2, 1)),
+                    nn.GELU(),
+                    nn.Conv2d(hidden, hidden, (5, 3), stride=(2, 1), padding=(2, 1)),
+                    nn.GELU(),
+                )
             self.encoder = nn.Sequential(
                 nn.Conv1d(in_ch, hidden, 7, padding=3),
                 nn.GELU(),
@@ -59,7 +75,7 @@ class SeasonNet(nn.Module):
                 nn.Conv1d(hidden, hidden, 5, stride=2, padding=2),
                 nn.GELU(),
             )
-            enc_out = 2 * hidden
+            enc_out = 2 * hidden * (2 if hist_vars else 1)
         else:
             self.proj = nn.Linear(in_ch, hidden)
             rnn = nn.GRU if arch == "gru" else nn.LSTM
@@ -108,7 +124,16 @@ class SeasonNet(nn.Module):
         position = position.view(1, t, 1).expand(n, t, 1)
         feats = torch.cat([x, observed.to(season.dtype), position], dim=-1)
         progress = self.progress(season)
-        if self.arch == "cnn":
+        if self.arch == "cnn" and self.hist_vars:
+            p = self.n_plain
+            plain = torch.cat([x[..., :p], observed[..., :p].to(season.dtype), position], dim=-1)
+            h = self.encoder(plain.transpose(1, 2))
+            hv, hb = self.hist_vars, self.hist_bins
+            hist = torch.cat([x[..., p:], observed[..., p:].to(season.dtype)], dim=-1)
+            hist = hist.reshape(n, t, 2 * hv, hb).permute(0, 2, 1, 3)  # [N, 2H, T, B]
+            g = self.hist_encoder(hist).flatten(2)
+            encoded = torch.cat([h.mean(dim=-1), h.amax(dim=-1), g.mean(dim=-1), g.amax(dim=-1)], dim=1)
+        elif self.arch == "cnn":
             h = self.encoder(feats.transpose(1, 2))
             encoded = torch.cat([h.mean(dim=-1), h.amax(dim=-1)], dim=1)
         else:
@@ -152,6 +177,8 @@ class SeasonNet(nn.Module):
             "arch": self.arch,
             "hidden": self.hidden,
             "quantiles": self.quantiles,
+            "hist_vars": self.hist_vars,
+            "hist_bins": self.hist_bins,
         }
 
 

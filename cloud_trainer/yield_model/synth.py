@@ -38,6 +38,7 @@ class SynthConfig:
     sensor_noise: float = 1.0
     gap_fraction: float = 0.05
     seed: int = 0
+    histogram_bins: int = 0
 
 
 def flowering_weights(days: int) -> np.ndarray:
@@ -85,6 +86,17 @@ def _gaps(rng: np.random.Generator, shape: tuple[int, int], fraction: float) -> 
             start = int(rng.integers(0, t))
             mask[i, start : start + int(rng.integers(1, 8))] = True
     return mask
+
+
+def _pixel_histograms(rng: np.random.Generator, field_ndvi: np.ndarray, bins: int) -> np.ndarray:
+    """Per-day NDVI histograms of 50 pixels spread around the field value (as You et al. 2017 feed a CNN)."""
+    n, t = field_ndvi.shape
+    pixels = field_ndvi[..., None] + rng.normal(0.0, 0.08, size=(n, t, 50))
+    edges = np.linspace(-0.1, 1.0, bins + 1)
+    idx = np.clip(np.digitize(pixels, edges) - 1, 0, bins - 1)
+    hist = np.stack([(idx == b).mean(axis=-1) for b in range(bins)], axis=-1).astype(np.float32)
+    hist[np.isnan(field_ndvi)] = np.nan  # no pass, no histogram
+    return hist
 
 
 def generate(cfg: SynthConfig) -> xr.Dataset:
@@ -152,6 +164,12 @@ def generate(cfg: SynthConfig) -> xr.Dataset:
     for name, (values, unit) in observed.items():
         gappy = np.where(_gaps(rng, (n, t), cfg.gap_fraction), np.nan, values).astype(np.float32)
         data_vars[name] = (("sample", "time"), gappy, {"units": unit, ROLE_ATTR: "dynamic"})
+    if cfg.histogram_bins:
+        data_vars["ndvi_hist"] = (
+            ("sample", "time", "bin"),
+            _pixel_histograms(rng, data_vars["ndvi"][1], cfg.histogram_bins),
+            {"units": "1", ROLE_ATTR: "histogram"},
+        )
     data_vars["area"] = (("sample",), area.astype(np.float32), {"units": "ha", ROLE_ATTR: "static"})
     data_vars["soil_awc"] = (("sample",), awc.astype(np.float32), {"units": "mm", ROLE_ATTR: "static"})
     data_vars["crop"] = (("sample",), crop.astype(str), {ROLE_ATTR: "categorical", "levels": sorted(CROPS)})

@@ -270,6 +270,8 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int, 
         "hidden": args.hidden,
         "quantiles": quantiles,
         "dropout": args.dropout,
+        "hist_vars": len(cube.histogram),
+        "hist_bins": int(cube.ds.sizes["bin"]) if cube.histogram else 0,
     }
     config = _config(args, cube, split, norm, model_args, world)
     if is_main:

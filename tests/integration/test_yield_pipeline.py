@@ -156,3 +156,36 @@ def test_a_renamed_cube_trains_through_the_spec_alone(synth_cube, tmp_path):
     manifest, _ = export.export_run(out, None, version="0.0.2")
     assert [v.name for v in manifest.preprocessing.variables] == ["ndvi", "soil_moisture", "awc"]
     assert manifest.preprocessing.target_unit == "t/ha" and manifest.inputs[0].shape == ["batch", 60, 2]
+
+
+def test_ddp_two_processes_with_gloo(synth_cube, tmp_path):
+    """torchrun with two CPU processes: gloo backend, sharded sampler, one report from rank 0."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.services import free_port
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port())]
+    cmd += ["-m", "cloud_trainer.yield_model.train", "--cube", str(synth_cube), "--output-dir", str(out)]
+    cmd += ["--epochs", "2", "--no-plots", *FAST]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2
+    assert [h["epoch"] for h in json.loads((out / "report.json").read_text())["history"]] == [1, 2]
+
+
+def test_histogram_cnn_trains_and_exports_with_parity(tmp_path):
+    cube = tmp_path / "hist.zarr"
+    args = [str(cube), "--fields", "12", "--seasons", "2", "--days", "40", "--histogram-bins", "6"]
+    assert data_cmds.synth_yield_main(args) == 0
+    out = tmp_path / "run"
+    assert train.main_cli(["--cube", str(cube), "--output-dir", str(out), "--epochs", "2", "--no-plots", *FAST]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["hist_vars"] == 1 and config["model"]["hist_bins"] == 6
+    assert config["channels"][-6:] == [f"ndvi_hist[{b}]" for b in range(6)]
+    manifest, _ = export.export_run(out, None, version="0.0.3")
+    assert manifest.inputs[0].shape == ["batch", 40, 12]
+    assert manifest.files[0].metrics["parity_max_abs_diff"] <= 1e-4

@@ -237,3 +237,16 @@ def test_spec_errors_name_the_key():
         parse_spec("target = ")
     with pytest.raises(SpecError, match="repeated: ndvi"):
         parse_spec('dynamic = ["ndvi"]\nstatic = ["ndvi"]')
+
+
+def test_histogram_variables_become_one_channel_per_bin(synth):
+    hist = np.random.default_rng(0).random((12, 30, 4)).astype(np.float32)
+    ds = synth.assign(red_hist=(("sample", "time", "bin"), hist, {"units": "1"}))
+    cube = load_cube(ds)
+    names = cube.channel_names()
+    assert names[-4:] == ["red_hist[0]", "red_hist[1]", "red_hist[2]", "red_hist[3]"]
+    np.testing.assert_array_equal(cube.arrays().dynamic[..., -4:], hist)
+    # A spec maps the user's bin dimension name.
+    user = ds.rename({"bin": "bucket", "red_hist": "B04_hist"})
+    spec = parse_spec('bin_dim = "bucket"\ndynamic = ["ndvi"]\n[histogram]\nred_hist = "B04_hist"')
+    assert load_cube(user, spec).channel_names() == ["ndvi", *names[-4:]]

@@ -62,3 +62,14 @@ def test_aggregates_and_metrics():
     m = metrics(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 4.0]), np.zeros(3), np.full(3, 2.5))
     assert m["rmse"] == pytest.approx(np.sqrt(1 / 3)) and m["mae"] == pytest.approx(1 / 3)
     assert m["r2"] == pytest.approx(0.5) and m["coverage_10_90"] == pytest.approx(2 / 3)
+
+
+def test_histogram_cnn_branch():
+    net = SeasonNet(n_channels=2 + 2 * 5, n_static=0, time_steps=16, hidden=8, hist_vars=2, hist_bins=5).eval()
+    season = torch.rand(3, 16, 12)
+    season[0, 8:] = float("nan")
+    expected, q, progress = net(season)
+    assert expected.shape == (3,) and q.shape == (3, 3) and torch.isfinite(q).all()
+    assert progress.tolist() == [0.5, 1.0, 1.0]
+    with pytest.raises(ValueError, match="exceed"):
+        SeasonNet(n_channels=4, n_static=0, time_steps=16, hist_vars=1, hist_bins=5)
