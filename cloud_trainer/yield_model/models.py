@@ -33,6 +33,7 @@ class SeasonNet(nn.Module):
         dropout: float = 0.1,
         hist_vars: int = 0,
         hist_bins: int = 0,
+        wide: bool = True,
     ) -> None:
         super().__init__()
         if hist_vars * hist_bins > n_channels:
@@ -81,6 +82,9 @@ class SeasonNet(nn.Module):
             rnn = nn.GRU if arch == "gru" else nn.LSTM
             self.rnn = rnn(hidden, hidden, batch_first=True)
             enc_out = hidden
+        # Wide-and-deep: a linear path from the static features straight to the outputs carries
+        # per-field (or per-county) levels that a small deep head learns slowly from few seasons.
+        self.wide = nn.Linear(n_static, 1 + len(qs)) if wide and n_static else None
         self.head = nn.Sequential(
             nn.Linear(enc_out + n_static + 1, hidden),
             nn.GELU(),
@@ -145,13 +149,18 @@ class SeasonNet(nn.Module):
                 _, (hn, _) = self.rnn(z, (h0, torch.zeros_like(h0)))
             encoded = hn[-1]
         parts = [encoded]
+        s = None
         if self.n_static:
             if static is None:
                 raise ValueError("this model needs the static tensor")
-            s = (static - self.s_mean) / self.s_std
-            parts.append(torch.where(torch.isnan(s), torch.zeros_like(s), s))
+            s = (static - self.s_mean[: self.n_static]) / self.s_std[: self.n_static]
+            s = torch.where(torch.isnan(s), torch.zeros_like(s), s)
+            parts.append(s)
         parts.append(progress.unsqueeze(1))
-        return self.head(torch.cat(parts, dim=1)), progress
+        raw = self.head(torch.cat(parts, dim=1))
+        if self.wide is not None and s is not None:
+            raw = raw + self.wide(s)
+        return raw, progress
 
     def quantiles_from(self, raw: torch.Tensor) -> torch.Tensor:
         q = raw[:, 1:]
@@ -179,6 +188,7 @@ class SeasonNet(nn.Module):
             "quantiles": self.quantiles,
             "hist_vars": self.hist_vars,
             "hist_bins": self.hist_bins,
+            "wide": self.wide is not None,
         }
 
 

@@ -51,11 +51,12 @@ def get_args_parser(prog: str = "cropwatch train yield") -> argparse.ArgumentPar
     p.add_argument("--arch", choices=ARCHS, default="cnn")
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--no-wide", action="store_true", help="no linear path from static features to the outputs")
+    p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--patience", type=int, default=12, help="early stopping: epochs without validation gain")
+    p.add_argument("--patience", type=int, default=15, help="early stopping: epochs without validation gain")
     p.add_argument("--quantiles", default="0.1,0.5,0.9")
     p.add_argument("--min-progress", type=float, default=0.2, help="earliest random season cut (fraction)")
     p.add_argument("--full-season-prob", type=float, default=0.3, help="share of training seasons left whole")
@@ -272,6 +273,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int, 
         "dropout": args.dropout,
         "hist_vars": len(cube.histogram),
         "hist_bins": int(cube.ds.sizes["bin"]) if cube.histogram else 0,
+        "wide": not args.no_wide,
     }
     config = _config(args, cube, split, norm, model_args, world)
     if is_main:
