@@ -34,6 +34,7 @@ class SeasonNet(nn.Module):
         hist_vars: int = 0,
         hist_bins: int = 0,
         wide: bool = True,
+        log_target: bool = False,
     ) -> None:
         super().__init__()
         if hist_vars * hist_bins > n_channels:
@@ -48,6 +49,8 @@ class SeasonNet(nn.Module):
         self.quantiles = qs
         # Histogram channels come last, variable-major: [var0 bin0..binB-1, var1 bin0.., ...].
         self.hist_vars, self.hist_bins = hist_vars, hist_bins
+        # Yield is a product of factors (potential x heat x water x disease): in log space they add up.
+        self.log_target = log_target
         self.n_plain = n_channels - hist_vars * hist_bins
         # The quantile nearest 0.5 is predicted directly; the others as positive steps from it, so they never cross.
         self.mid = min(range(len(qs)), key=lambda i: abs(qs[i] - 0.5))
@@ -176,6 +179,8 @@ class SeasonNet(nn.Module):
             return raw, progress
         expected = raw[:, 0] * self.y_std + self.y_mean
         quantiles = self.quantiles_from(raw) * self.y_std + self.y_mean
+        if self.log_target:
+            expected, quantiles = torch.exp(expected), torch.exp(quantiles)
         return expected, quantiles, progress
 
     def model_args(self) -> dict:
@@ -189,7 +194,12 @@ class SeasonNet(nn.Module):
             "hist_vars": self.hist_vars,
             "hist_bins": self.hist_bins,
             "wide": self.wide is not None,
+            "log_target": self.log_target,
         }
+
+    def normalise_target(self, target: torch.Tensor) -> torch.Tensor:
+        t = torch.log(target) if self.log_target else target
+        return (t - self.y_mean) / self.y_std
 
 
 def pinball_loss(pred: torch.Tensor, target: torch.Tensor, quantiles: Sequence[float]) -> torch.Tensor:
@@ -208,7 +218,7 @@ class YieldLoss(nn.Module):
         self.quantile_weight = quantile_weight
 
     def forward(self, model: SeasonNet, raw: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        y = (target - model.y_mean) / model.y_std
+        y = model.normalise_target(target)
         mse = F.mse_loss(raw[:, 0], y)
         return mse + self.quantile_weight * pinball_loss(model.quantiles_from(raw), y, self.quantiles)
 

@@ -52,6 +52,9 @@ def get_args_parser(prog: str = "cropwatch train yield") -> argparse.ArgumentPar
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--no-wide", action="store_true", help="no linear path from static features to the outputs")
+    p.add_argument(
+        "--log-target", action="store_true", help="fit log(yield): for multiplicative responses; yields must be > 0"
+    )
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -130,7 +133,7 @@ def split_indices(arrays: SeasonArrays, args: argparse.Namespace) -> dict[str, A
     return {"train": train, "val": val, "test": test, **how}
 
 
-def normalisation(arrays: SeasonArrays, train: np.ndarray) -> dict[str, Any]:
+def normalisation(arrays: SeasonArrays, train: np.ndarray, log_target: bool = False) -> dict[str, Any]:
     x = arrays.dynamic[train]
     s = arrays.static[train]
     x_mean = np.nan_to_num(np.nanmean(x, axis=(0, 1)))
@@ -140,7 +143,11 @@ def normalisation(arrays: SeasonArrays, train: np.ndarray) -> dict[str, Any]:
     # A constant channel would divide by zero inside the graph; scale 1 leaves it centred and harmless.
     x_std = np.where(x_std > 1e-6, x_std, 1.0)
     s_std = np.where(s_std > 1e-6, s_std, 1.0)
-    y = arrays.target[train]
+    y = arrays.target[train].astype(np.float64)
+    if log_target:
+        if (arrays.target <= 0).any():
+            raise SystemExit("--log-target needs every yield > 0; the cube has zero or negative yields")
+        y = np.log(y)
     return {
         "x_mean": x_mean.astype(float).tolist(),
         "x_std": x_std.astype(float).tolist(),
@@ -262,7 +269,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int, 
     cube = load_cube(args.cube, spec, lazy=True if args.lazy else None)
     arrays = cube.arrays()
     split = split_indices(arrays, args)
-    norm = normalisation(arrays, split["train"])
+    norm = normalisation(arrays, split["train"], args.log_target)
     model_args = {
         "n_channels": arrays.dynamic.shape[2],
         "n_static": arrays.static.shape[1],
@@ -274,6 +281,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int, 
         "hist_vars": len(cube.histogram),
         "hist_bins": int(cube.ds.sizes["bin"]) if cube.histogram else 0,
         "wide": not args.no_wide,
+        "log_target": args.log_target,
     }
     config = _config(args, cube, split, norm, model_args, world)
     if is_main:
@@ -392,7 +400,9 @@ def _config(args, cube: SeasonCube, split, norm, model_args, world: int) -> dict
         "model": model_args,
         "normalisation": norm,
         "split": {
-            k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in split.items() if k not in ("train", "val")
+            k: (v.tolist() if isinstance(v, np.ndarray) else v)
+            for k, v in split.items()
+            if k not in ("train", "val", "test")
         }
         | {"n_train": len(split["train"]), "n_val": len(split["val"]), "n_test": len(split["test"])},
         "test_samples": [str(s) for s in cube.ds["sample"].values[split["test"]]],

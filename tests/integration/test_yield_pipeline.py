@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from shared.manifest import (
     verify_artifact,
     verify_manifest,
 )
+from shared.messages import ModelRef, YieldEstimate, YieldQuantiles, parse_device_message
 
 torch.set_num_threads(1)
 FAST = ["--threads", "1", "--quiet", "--hidden", "16", "--batch-size", "16"]
@@ -100,6 +102,21 @@ def test_export_parity_signed_manifest_and_self_test(run_dir, keys, tmp_path):
     for name, want in loaded.file("fp32").expected_outputs.items():
         np.testing.assert_allclose(got[name], want.to_array(), atol=loaded.file("fp32").atol)
     np.testing.assert_allclose(got["season_progress"], [0.5, 1.0])
+
+    # What the edge agent sends from these outputs must be a valid YieldEstimate message.
+    pre = loaded.preprocessing
+    msg = YieldEstimate(
+        farm_id="farm1",
+        device_id="dev1",
+        model=ModelRef(name=loaded.name, version=loaded.version, sha256=loaded.sha256),
+        season_start=date(2021, 5, 1),
+        days_into_season=round(float(got["season_progress"][0]) * pre.time_steps * pre.time_step_days),
+        season_progress=float(got["season_progress"][0]),
+        expected=float(got["yield"][0]),
+        quantiles=YieldQuantiles(**dict(zip(("p10", "p50", "p90"), map(float, got["quantiles"][0]), strict=True))),
+        unit=pre.target_unit,
+    )
+    assert parse_device_message(msg.to_json()).days_into_season == 30
 
     # Parity with torch on real test seasons at a batch size the export never saw.
     _, model = export.load_run(run_dir)

@@ -73,3 +73,11 @@ def test_histogram_cnn_branch():
     assert progress.tolist() == [0.5, 1.0, 1.0]
     with pytest.raises(ValueError, match="exceed"):
         SeasonNet(n_channels=4, n_static=0, time_steps=16, hist_vars=1, hist_bins=5)
+
+
+def test_log_target_outputs_positive_yields_and_fits_in_log_space():
+    net = SeasonNet(n_channels=2, n_static=0, time_steps=10, hidden=8, log_target=True).eval()
+    net.set_normalisation(np.zeros(2), np.ones(2), np.zeros(0), np.ones(0), y_mean=np.log(5.0), y_std=0.5)
+    expected, q, _ = net(torch.randn(3, 10, 2))
+    assert (expected > 0).all() and (q > 0).all()
+    assert net.normalise_target(torch.tensor([5.0])).item() == pytest.approx(0.0, abs=1e-6)
