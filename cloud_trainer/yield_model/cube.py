@@ -363,6 +363,40 @@ def _unit(var: xr.DataArray, override: str | None) -> str:
     return str(var.attrs.get("units", var.attrs.get("unit", "")))
 
 
+YEAR_VAR = "__cropwatch_season_year"
+
+
+def _stack_years(ds: xr.Dataset, spec: CubeSpec) -> tuple[xr.Dataset, CubeSpec]:
+    """(field, year) targets over multi-year series: one sample per field-year, each year's season cut later."""
+    sd, yd = spec.sample_dim, spec.year_dim
+    assert yd is not None
+    if yd not in ds.dims:
+        raise CubeError("missing_dim", yd, f"the cube has no dimension {yd!r} (dims: {', '.join(map(str, ds.dims))})")
+    target = ds[spec.target]
+    if set(target.dims) != {sd, yd}:
+        raise CubeError(
+            "wrong_dims",
+            spec.target_name,
+            f"target {spec.target!r} has dims {_dims_text(target)}; with year_dim it must be ({sd}, {yd})",
+        )
+    frame = xr.zeros_like(target, dtype=np.int8)
+    out = {}
+    for name, var in ds.data_vars.items():
+        if sd in var.dims or yd in var.dims:
+            var, _ = xr.broadcast(var, frame)
+            out[str(name)] = var.transpose(sd, yd, ...).stack(__sample=(sd, yd))
+    # Coordinates along the time axis (calendar dates) travel unchanged.
+    coords = {str(k): v for k, v in ds.coords.items() if sd not in v.dims and yd not in v.dims}
+    stacked = xr.Dataset(out).drop_vars([sd, yd, "__sample"], errors="ignore")
+    fields = np.repeat(np.asarray(ds[sd].values if sd in ds.coords else np.arange(ds.sizes[sd])), ds.sizes[yd])
+    year_values = ds[yd].values if yd in ds.coords else np.arange(ds.sizes[yd])
+    years = np.tile(np.asarray(year_values).astype(np.int64), ds.sizes[sd])
+    ids = np.array([f"{f}-{y}" for f, y in zip(fields, years, strict=True)])
+    stacked = stacked.assign_coords(coords).rename({"__sample": sd}).assign_coords({sd: ids})
+    stacked[YEAR_VAR] = ((sd,), years)
+    return stacked, spec.model_copy(update={"year": YEAR_VAR, "year_dim": None})
+
+
 def _build(ds: xr.Dataset, spec: CubeSpec) -> SeasonCube:
     sd, td = spec.sample_dim, spec.time_dim
     for dim, key in ((sd, "sample_dim"), (td, "time_dim")):
@@ -374,6 +408,8 @@ def _build(ds: xr.Dataset, spec: CubeSpec) -> SeasonCube:
                 f"set {key} in the mapping spec",
             )
     _require(ds, spec.target, spec.target_name, "missing_target", "target variable")
+    if spec.year_dim:
+        ds, spec = _stack_years(ds, spec)
 
     if spec.inputs_listed():
         dynamic, static = list(spec.dynamic), list(spec.static)

@@ -55,6 +55,11 @@ class CubeSpec(BaseModel):
     year: str | None = Field(
         "season_year", description="Variable or coordinate (per sample) holding the season's year, for year splits."
     )
+    year_dim: str | None = Field(
+        None,
+        description="A year dimension of the target, as in (field, year): each field-year becomes one sample, "
+        "cut from multi-year time series by season_start; needs time_steps.",
+    )
     align: Literal["days_since_planting", "days_since_season_start"] = "days_since_planting"
     time_step_days: Annotated[float, Field(gt=0, le=366)] = 1.0
     time_steps: Annotated[int, Field(ge=0, le=4096)] = 0
@@ -81,6 +86,12 @@ class CubeSpec(BaseModel):
             raise ValueError(f"variable names must be unique; repeated: {', '.join(dupes)}")
         if self.target_name in names:
             raise ValueError(f"the target name {self.target_name!r} is also used by an input variable")
+        return self
+
+    @model_validator(mode="after")
+    def _year_dim_needs_window(self) -> CubeSpec:
+        if self.year_dim and not (self.time_steps and self.season_start):
+            raise ValueError("year_dim needs time_steps and season_start, to cut each year's season out of the series")
         return self
 
     @property

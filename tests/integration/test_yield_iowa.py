@@ -36,3 +36,35 @@ def test_iowa_cube_builds_and_trains_with_a_year_split(team_data, tmp_path):
     report = json.loads((run / "report.json").read_text())
     assert report["split"]["test_year"] == 2022 and report["split"]["train_years"] == [2017, 2018, 2019, 2020, 2021]
     assert report["split"]["n_test"] == int((a.years == 2022).sum())
+
+
+def test_raw_iowa_files_map_through_a_spec_alone(team_data, tmp_path):
+    """Multi-year county series + (county, year) yields, used as they are: the spec cuts the seasons."""
+    import xarray as xr
+
+    from cloud_trainer.yield_model.iowa import build_iowa_cube, read_yields
+    from cloud_trainer.yield_model.spec import parse_spec
+
+    src = team_data / "yield_iowa"
+    weather = xr.open_dataset(src / "hrrr_iowa_county_daily_2017_2022.nc")
+    yields = read_yields(src / "iowa_county_yields_2017_2022.csv")
+    years = list(range(2017, 2023))
+    corn = np.array([[yields.get((int(f), y), (np.nan,))[0] for y in years] for f in weather["fips"].values])
+    raw = weather.assign(corn=(("fips", "year"), corn.astype(np.float32), {"units": "bu/acre"}))
+    raw = raw.assign_coords(year=years)
+    spec = parse_spec(
+        'sample_dim = "fips"\ntime_dim = "time"\nyear_dim = "year"\ntarget = "corn"\n'
+        'season_start = "05-01"\ntime_steps = 153\nalign = "days_since_season_start"\n'
+        'dynamic = ["precipitation", "vapor_pressure_deficit", "avg_temperature"]'
+    )
+    cube = load_cube(raw, spec)
+    reference = load_cube(build_iowa_cube(src))
+    assert cube.n_samples == reference.n_samples == 188
+    mine = cube.ds.sortby("sample")
+    ref = reference.ds.sortby("sample")
+    assert mine["sample"].values.tolist() == ref["sample"].values.tolist()
+    np.testing.assert_array_equal(mine["season_year"].values, ref["season_year"].values)
+    np.testing.assert_allclose(mine["precipitation"].values, ref["precip"].values, rtol=1e-6)
+    np.testing.assert_allclose(mine["vapor_pressure_deficit"].values, ref["vpd"].values, rtol=1e-6)
+    np.testing.assert_allclose(mine["avg_temperature"].values - 273.15, ref["tavg"].values, atol=1e-3)
+    np.testing.assert_allclose(mine["yield"].values, ref["corn_yield"].values)

@@ -206,3 +206,12 @@ def test_histogram_cnn_trains_and_exports_with_parity(tmp_path):
     manifest, _ = export.export_run(out, None, version="0.0.3")
     assert manifest.inputs[0].shape == ["batch", 40, 12]
     assert manifest.files[0].metrics["parity_max_abs_diff"] <= 1e-4
+
+
+@pytest.mark.gpu
+def test_trains_on_cuda_and_exports_with_parity(synth_cube, tmp_path):
+    out = tmp_path / "cuda"
+    args = ["--cube", str(synth_cube), "--output-dir", str(out), "--epochs", "3", "--device", "cuda", "--no-plots"]
+    assert train.main_cli([*args, *FAST]) == 0
+    manifest, _ = export.export_run(out, None, version="0.0.4")
+    assert manifest.files[0].metrics["parity_max_abs_diff"] <= 1e-4

@@ -250,3 +250,28 @@ def test_histogram_variables_become_one_channel_per_bin(synth):
     user = ds.rename({"bin": "bucket", "red_hist": "B04_hist"})
     spec = parse_spec('bin_dim = "bucket"\ndynamic = ["ndvi"]\n[histogram]\nred_hist = "B04_hist"')
     assert load_cube(user, spec).channel_names() == ["ndvi", *names[-4:]]
+
+
+def test_year_dim_cuts_one_season_per_field_year():
+    dates = np.arange(np.datetime64("2020-01-01"), np.datetime64("2022-01-01"))
+    doy = np.array([(d - d.astype("datetime64[Y]")).astype(int) + 1 for d in dates], dtype=np.float32)
+    ds = xr.Dataset(
+        {
+            "t2m": (("site", "date"), np.stack([doy, doy + 1000])),
+            "yld": (("site", "yr"), np.array([[1.0, 2.0], [3.0, np.nan]], np.float32)),
+        },
+        coords={"site": ["a", "b"], "date": dates.astype("datetime64[ns]"), "yr": [2020, 2021]},
+    )
+    spec = parse_spec(
+        'sample_dim = "site"\ntime_dim = "date"\nyear_dim = "yr"\ntarget = "yld"\nseason_start = "05-01"\n'
+        "time_steps = 10"
+    )
+    cube = load_cube(ds, spec)
+    a = cube.arrays()
+    assert a.sample_ids.tolist() == ["a-2020", "a-2021", "b-2020"] and a.years.tolist() == [2020, 2021, 2020]
+    # 1 May is day 122 in leap-year 2020 and day 121 in 2021.
+    np.testing.assert_array_equal(a.dynamic[:, 0, 0], [122, 121, 1122])
+    np.testing.assert_array_equal(a.target, [1.0, 2.0, 3.0])
+    assert cube.report["samples_without_target"] == 1
+    with pytest.raises(SpecError, match="year_dim needs time_steps"):
+        parse_spec('year_dim = "yr"\nseason_start = "05-01"')
