@@ -23,9 +23,10 @@ def _summary(path: Path) -> str:
     cube = load_cube(path)
     y = cube.arrays().target
     gaps = sum(v["missing"] for v in cube.report["nan_gaps"].values())
+    static = cube.static + [f"{c} ({len(levels)} levels)" for c, levels in cube.categorical.items()]
     return (
         f"{path}: {cube.n_samples} samples x {cube.time_steps} steps of {cube.time_step_days:g} d; "
-        f"inputs {', '.join(cube.channel_names())}; static {', '.join(cube.static_names()) or 'none'}; "
+        f"inputs {', '.join(cube.channel_names())}; static {', '.join(static) or 'none'}; "
         f"target {cube.target} [{cube.target_unit}] mean {np.mean(y):.3g} sd {np.std(y):.3g}; "
         f"{gaps} gap steps; {cube.report['samples_without_target']} samples without target"
     )
