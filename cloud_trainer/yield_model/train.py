@@ -311,6 +311,9 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int, 
         scheduler.load_state_dict(ckpt["scheduler"])
         state = ckpt["state"]
         generator.set_state(ckpt["generator"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        # A resumed run may be given more epochs: stretch the cosine over the new total.
+        scheduler.T_max = max(args.epochs, 1)
         logger.info("resumed from %s at epoch %d", ckpt_path, state["epoch"])
 
     train_set = tensors(arrays, split["train"])
@@ -320,7 +323,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int, 
         batch_size=args.batch_size,
         shuffle=sampler is None,
         sampler=sampler,
-        generator=torch.Generator().manual_seed(args.seed),
+        generator=torch.Generator(),
         drop_last=len(train_set) > args.batch_size,
     )
     started = time.time()
@@ -329,6 +332,8 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int, 
     for epoch in outer:
         if sampler is not None:
             sampler.set_epoch(epoch)
+        # Shuffle order by epoch number, so a resumed run sees the batches an unbroken one would have.
+        loader.generator.manual_seed(args.seed * 100_003 + epoch)
         loss = train_one_epoch(
             ddp_model, criterion, optimizer, loader, device, epoch, args, generator, is_main and not args.quiet
         )
@@ -354,6 +359,7 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int, 
                     "scheduler": scheduler.state_dict(),
                     "state": state,
                     "generator": generator.get_state(),
+                    "torch_rng": torch.get_rng_state(),
                     "model_args": model_args,
                 },
                 ckpt_path,

@@ -143,6 +143,8 @@ def test_resume_continues_where_it_stopped(synth_cube, tmp_path):
     assert train.main_cli([*args, "--epochs", "4", "--resume"]) == 0
     history = json.loads((out / "report.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["state"]["epoch"] == 4 and ckpt["scheduler"]["T_max"] == 4
 
 
 def test_gru_trains_and_exports_with_parity(synth_cube, tmp_path):
