@@ -152,11 +152,13 @@ def generate(cfg: SynthConfig) -> xr.Dataset:
     ndvi = 0.15 + 0.7 * canopy[None, :] * (0.5 + 0.5 * water_stress) * (1.0 - 0.8 * disease)
 
     s = cfg.sensor_noise
+    # Names a field device can compute from its own telemetry: <telemetry quantity>.<daily aggregate>;
+    # disease_pressure from its detections; ndvi comes from imagery (docs/yield-model.md).
     observed = {
-        "tmax": (tmax + rng.normal(0, 0.5 * s, (n, t)), "degC"),
-        "tmin": (tmin + rng.normal(0, 0.5 * s, (n, t)), "degC"),
-        "precip": (np.maximum(precip + rng.normal(0, 0.3 * s, (n, t)) * wet, 0.0), "mm"),
-        "soil_moisture": (0.05 + 0.35 * water / awc[:, None] + rng.normal(0, 0.01 * s, (n, t)), "m3 m-3"),
+        "air_temperature.max": (tmax + rng.normal(0, 0.5 * s, (n, t)), "degC"),
+        "air_temperature.min": (tmin + rng.normal(0, 0.5 * s, (n, t)), "degC"),
+        "rainfall.sum": (np.maximum(precip + rng.normal(0, 0.3 * s, (n, t)) * wet, 0.0), "mm"),
+        "soil_moisture.mean": (0.05 + 0.35 * water / awc[:, None] + rng.normal(0, 0.01 * s, (n, t)), "m3 m-3"),
         "disease_pressure": (np.clip(rng.binomial(40, disease) / 40.0, 0, 1), "1"),
         "ndvi": (ndvi + rng.normal(0, 0.02 * s, (n, t)), "1"),
     }

@@ -167,7 +167,7 @@ def test_a_renamed_cube_trains_through_the_spec_alone(synth_cube, tmp_path):
     user.to_netcdf(tmp_path / "user.nc")
     (tmp_path / "map.toml").write_text(
         '[cube]\nsample_dim = "plot"\ntime_dim = "das"\ntarget = "grain"\ntarget_unit = "t/ha"\nyear = "campaign"\n'
-        '[dynamic]\nndvi = "NDVI_S2"\nsoil_moisture = "soil_moisture"\n[static]\nawc = "soil_awc"\n'
+        '[dynamic]\nndvi = "NDVI_S2"\nsoil_moisture = "soil_moisture.mean"\n[static]\nawc = "soil_awc"\n'
     )
     out = tmp_path / "run"
     args = ["--cube", str(tmp_path / "user.nc"), "--spec", str(tmp_path / "map.toml"), "--output-dir", str(out)]

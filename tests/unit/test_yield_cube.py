@@ -25,7 +25,14 @@ def _err(ds: xr.Dataset, spec_text: str | None = None) -> CubeError:
 def test_canonical_cube_loads_with_inputs_by_role_and_gap_counts(synth):
     cube = load_cube(synth)
     # Sorted by name, so the order does not depend on the file format.
-    assert cube.channel_names() == ["disease_pressure", "ndvi", "precip", "soil_moisture", "tmax", "tmin"]
+    assert cube.channel_names() == [
+        "air_temperature.max",
+        "air_temperature.min",
+        "disease_pressure",
+        "ndvi",
+        "rainfall.sum",
+        "soil_moisture.mean",
+    ]
     assert cube.static_names() == ["area", "soil_awc", "crop=corn", "crop=soy"]
     # Diagnostics (the noise-free answer) must never leak into the inputs.
     assert "yield_expected" not in cube.channel_names() + cube.static_names()
@@ -51,9 +58,9 @@ def test_wrong_dims_are_named(synth):
     bad = bad.rename({"yield_": "yield"})
     e = _err(bad)
     assert e.reason == "wrong_dims" and e.variable == "yield" and "(sample, time)" in str(e)
-    e = _err(synth, 'static = ["ndvi"]\ndynamic = ["tmax"]')
+    e = _err(synth, 'static = ["ndvi"]\ndynamic = ["rainfall.sum"]')
     assert e.reason == "wrong_dims" and e.variable == "ndvi"
-    e = _err(synth, 'dynamic = ["tmax", "area"]')
+    e = _err(synth, 'dynamic = ["rainfall.sum", "area"]')
     assert e.reason == "wrong_dims" and e.variable == "area"
 
 
@@ -103,12 +110,12 @@ year = "campaign"
 align = "days_since_planting"
 
 [dynamic]
+"air_temperature.max" = "TX"
+"air_temperature.min" = "TN"
 disease_pressure = "dis_frac"
 ndvi = "NDVI"
-precip = { source = "RR", unit = "mm" }
-soil_moisture = "SWC"
-tmax = "TX"
-tmin = "TN"
+"rainfall.sum" = { source = "RR", unit = "mm" }
+"soil_moisture.mean" = "SWC"
 
 [static]
 area = "area_ha"
@@ -120,7 +127,8 @@ crop = { source = "culture", levels = ["corn", "soy"] }
 
 
 def _renamed(ds: xr.Dataset) -> xr.Dataset:
-    names = {"tmax": "TX", "tmin": "TN", "precip": "RR", "soil_moisture": "SWC", "disease_pressure": "dis_frac"}
+    names = {"air_temperature.max": "TX", "air_temperature.min": "TN", "rainfall.sum": "RR"}
+    names |= {"soil_moisture.mean": "SWC", "disease_pressure": "dis_frac"}
     names |= {"ndvi": "NDVI", "area": "area_ha", "soil_awc": "AWC", "crop": "culture", "yield": "grain_t_ha"}
     out = ds.drop_vars(["yield_expected", "gdd", "f_heat", "f_water", "f_disease"]).rename(names)
     out = out.rename({"sample": "plot", "time": "das", "season_year": "campaign"})
@@ -140,7 +148,7 @@ def test_spec_carries_renamed_dims_and_variables(synth):
     np.testing.assert_array_equal(a.static, b.static)
     np.testing.assert_array_equal(a.target, b.target)
     np.testing.assert_array_equal(a.years, b.years)
-    assert cube.units["precip"] == "mm" and cube.target_unit == "t ha-1"
+    assert cube.units["rainfall.sum"] == "mm" and cube.target_unit == "t ha-1"
 
 
 def test_spec_naming_only_dims_takes_other_variables_as_inputs(synth):

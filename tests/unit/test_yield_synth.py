@@ -41,7 +41,7 @@ def test_generated_cube_is_deterministic_noisy_and_gappy():
     y, truth = a["yield"].values, a["yield_expected"].values
     assert 0 < np.abs(y - truth).mean() < 0.1 * truth.mean(), "noise is present but small"
     assert np.corrcoef(y, truth)[0, 1] > 0.95
-    gaps = float(a["soil_moisture"].isnull().mean())
+    gaps = float(a["soil_moisture.mean"].isnull().mean())
     assert 0.03 < gaps < 0.2
     assert set(np.unique(a["crop"].values)) <= set(CROPS)
     assert generate(SynthConfig(fields=20, seasons=2, days=60, seed=8))["yield"].values.tolist() != y.tolist()
