@@ -236,6 +236,15 @@ def truncate_seasons(
     return season.masked_fill(hidden.unsqueeze(-1), float("nan"))
 
 
+def drop_channels(season: torch.Tensor, generator: torch.Generator, prob: float) -> torch.Tensor:
+    """Blank whole variables of some seasons, so the model copes with a device that lacks a source."""
+    if prob <= 0:
+        return season
+    n, _, c = season.shape
+    dropped = (torch.rand(n, 1, c, generator=generator) < prob).to(season.device)
+    return season.masked_fill(dropped, float("nan"))
+
+
 def truncate_to(season: torch.Tensor | np.ndarray, fraction: float):
     """The season as it looked ``fraction`` of the way through (the rest NaN)."""
     t = season.shape[1]

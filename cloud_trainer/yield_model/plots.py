@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
+from shared.fsutil import atomic_write_bytes
+
 logger = logging.getLogger(__name__)
+
+
+def _save(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
@@ -45,7 +54,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     ax.legend(fontsize=8)
     fig.tight_layout()
     written.append(out_dir / "pred_vs_actual.png")
-    fig.savefig(written[-1], dpi=110)
+    _save(fig, written[-1])
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -60,7 +69,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     ax.legend(fontsize=8)
     fig.tight_layout()
     written.append(out_dir / "error_vs_progress.png")
-    fig.savefig(written[-1], dpi=110)
+    _save(fig, written[-1])
     plt.close(fig)
 
     history = report.get("history", [])
@@ -75,7 +84,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         fig.legend(fontsize=8)
         fig.tight_layout()
         written.append(out_dir / "training_curve.png")
-        fig.savefig(written[-1], dpi=110)
+        _save(fig, written[-1])
         plt.close(fig)
     logger.info("plots written to %s", out_dir)
     return written

@@ -32,7 +32,7 @@ from shared.fsutil import atomic_write_bytes, atomic_write_text
 
 from . import baselines
 from .cube import SeasonArrays, SeasonCube, load_cube
-from .models import ARCHS, SeasonNet, YieldLoss, build_model, truncate_seasons, truncate_to
+from .models import ARCHS, SeasonNet, YieldLoss, build_model, drop_channels, truncate_seasons, truncate_to
 from .spec import load_spec
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,12 @@ def get_args_parser(prog: str = "cropwatch train yield") -> argparse.ArgumentPar
     p.add_argument("--quantiles", default="0.1,0.5,0.9")
     p.add_argument("--min-progress", type=float, default=0.2, help="earliest random season cut (fraction)")
     p.add_argument("--full-season-prob", type=float, default=0.3, help="share of training seasons left whole")
+    p.add_argument(
+        "--channel-dropout",
+        type=float,
+        default=0.0,
+        help="chance that a training season loses a whole variable (robustness to devices without that source)",
+    )
     p.add_argument(
         "--progress-points", default="0.25,0.5,0.75,1.0", help="season fractions at which val/test are scored"
     )
@@ -184,7 +190,8 @@ def train_one_epoch(
     total, count = 0.0, 0
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not show_progress, file=sys.stderr)
     for season, static, target in bar:
-        season = truncate_seasons(season, generator, args.min_progress, args.full_season_prob).to(device)
+        season = truncate_seasons(season, generator, args.min_progress, args.full_season_prob)
+        season = drop_channels(season, generator, args.channel_dropout).to(device)
         static, target = static.to(device), target.to(device)
         # Through the (DDP) wrapper's forward, so gradient sync hooks run; the loss wants the head's raw output.
         raw, _ = model(season, static, normalised=True)

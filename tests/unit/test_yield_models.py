@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cloud_trainer.yield_model.baselines import metrics, season_aggregates
-from cloud_trainer.yield_model.models import SeasonNet, pinball_loss, truncate_seasons, truncate_to
+from cloud_trainer.yield_model.models import SeasonNet, drop_channels, pinball_loss, truncate_seasons, truncate_to
 
 torch.set_num_threads(1)
 
@@ -81,3 +81,13 @@ def test_log_target_outputs_positive_yields_and_fits_in_log_space():
     expected, q, _ = net(torch.randn(3, 10, 2))
     assert (expected > 0).all() and (q > 0).all()
     assert net.normalise_target(torch.tensor([5.0])).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_channel_dropout_blanks_whole_variables():
+    g = torch.Generator().manual_seed(0)
+    x = torch.ones(400, 10, 3)
+    out = drop_channels(x, g, 0.25)
+    blank = torch.isnan(out).all(dim=1)  # [N, C]: a variable is either whole or gone
+    assert torch.equal(torch.isnan(out).any(dim=1), blank)
+    assert 0.15 < blank.float().mean().item() < 0.35
+    assert drop_channels(x, g, 0.0) is x
