@@ -59,14 +59,14 @@ def get_args_parser(prog: str = "cropwatch train yield") -> argparse.ArgumentPar
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--patience", type=int, default=15, help="early stopping: epochs without validation gain")
+    p.add_argument("--patience", type=int, default=30, help="early stopping: epochs without validation gain")
     p.add_argument("--quantiles", default="0.1,0.5,0.9")
     p.add_argument("--min-progress", type=float, default=0.2, help="earliest random season cut (fraction)")
     p.add_argument("--full-season-prob", type=float, default=0.3, help="share of training seasons left whole")
     p.add_argument(
         "--channel-dropout",
         type=float,
-        default=0.0,
+        default=0.2,
         help="chance that a training season loses a whole variable (robustness to devices without that source)",
     )
     p.add_argument(
