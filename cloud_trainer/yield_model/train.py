@@ -447,7 +447,16 @@ def build_report(model, arrays, cube, split, device, points, args, state) -> dic
             "mae": n["mae"] < b["mae"],
             "r2": n["r2"] > b["r2"],
         }
+    # A device may lack a source: the full-season test error with each variable blanked out.
+    without = {}
+    n_plain = len(cube.dynamic)
+    for c, name in enumerate(cube.channel_names()[:n_plain]):
+        season = arrays.dynamic[test].copy()
+        season[:, :, c] = np.nan
+        out = predict(model, season, arrays.static[test], device)
+        without[name] = baselines.metrics(arrays.target[test], out["expected"])["rmse"]
     return {
+        "network_rmse_without_variable": without,
         "task": TASK,
         "target": cube.target,
         "target_unit": cube.target_unit,
@@ -501,6 +510,8 @@ def write_report(out_dir: Path, report: dict[str, Any], cube: SeasonCube) -> Non
         row = [frac, f"{report['network'][frac]['rmse']:.4g}"]
         row += [f"{report['baselines'][b][frac]['rmse']:.4g}" for b in report["baselines"]]
         lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "## Network test RMSE (full season) with one variable missing throughout", ""]
+    lines += [f"- without {k}: {v:.4g}" for k, v in report.get("network_rmse_without_variable", {}).items()]
     gaps = cube.report.get("nan_gaps", {})
     lines += ["", "## Gaps in the cube (masked, not filled)", ""]
     lines += [f"- {k}: {v['missing']} missing steps ({100 * v['fraction']:.2f}%)" for k, v in gaps.items()]

@@ -75,6 +75,9 @@ def test_network_clearly_beats_the_training_mean_and_sharpens_with_the_season(ru
     assert net["1"]["rmse"] < net["0.25"]["rmse"], "a full season must forecast better than its first quarter"
     assert 0.4 <= net["1"]["coverage_10_90"] <= 1.0
     assert set(report["baselines"]) == {"training_mean", "ridge_aggregates", "gbr_aggregates"}
+    without = report["network_rmse_without_variable"]
+    assert set(without) == set(json.loads((run_dir / "config.json").read_text())["channels"])
+    assert all(np.isfinite(v) for v in without.values())
     assert "Does the network beat each baseline" in (run_dir / "report.md").read_text()
 
 
