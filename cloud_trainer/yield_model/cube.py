@@ -200,6 +200,10 @@ def infer_spec(ds: xr.Dataset) -> CubeSpec:
                 role = "histogram"
             elif dims == {"sample"}:
                 role = "static" if np.issubdtype(var.dtype, np.number) else "categorical"
+            elif "sample" not in dims:
+                # Grid mappings, time bounds and other per-file metadata: not about any sample.
+                logger.info("ignoring %r %s: it does not run along the sample dimension", name, tuple(var.dims))
+                continue
             else:
                 # Left in so validation reports it with its dims rather than silently dropping it.
                 role = "dynamic"

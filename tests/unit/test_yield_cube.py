@@ -283,3 +283,10 @@ def test_year_dim_cuts_one_season_per_field_year():
     assert cube.report["samples_without_target"] == 1
     with pytest.raises(SpecError, match="year_dim needs time_steps"):
         parse_spec('year_dim = "yr"\nseason_start = "05-01"')
+
+
+def test_metadata_variables_off_the_sample_axis_are_ignored(synth):
+    ds = synth.assign(crs=((), 0), time_bnds=(("time", "nv"), np.zeros((30, 2))))
+    cube = load_cube(ds, parse_spec('target = "yield"'))
+    assert "crs" not in cube.channel_names() and "time_bnds" not in cube.channel_names()
+    assert "ndvi" in cube.channel_names()
