@@ -84,7 +84,8 @@ class SeasonNet(nn.Module):
             self.proj = nn.Linear(in_ch, hidden)
             rnn = nn.GRU if arch == "gru" else nn.LSTM
             self.rnn = rnn(hidden, hidden, batch_first=True)
-            enc_out = hidden
+            # The last state plus the mean of all states: the mean gives every step a short gradient path.
+            enc_out = 2 * hidden
         # Wide-and-deep: a linear path from the static features straight to the outputs carries
         # per-field (or per-county) levels that a small deep head learns slowly from few seasons.
         self.wide = nn.Linear(n_static, 1 + len(qs)) if wide and n_static else None
@@ -147,10 +148,10 @@ class SeasonNet(nn.Module):
             h0 = torch.zeros(1, n, self.hidden, device=season.device, dtype=season.dtype)
             z = self.proj(feats)
             if self.arch == "gru":
-                _, hn = self.rnn(z, h0)
+                states, hn = self.rnn(z, h0)
             else:
-                _, (hn, _) = self.rnn(z, (h0, torch.zeros_like(h0)))
-            encoded = hn[-1]
+                states, (hn, _) = self.rnn(z, (h0, torch.zeros_like(h0)))
+            encoded = torch.cat([hn[-1], states.mean(dim=1)], dim=1)
         parts = [encoded]
         s = None
         if self.n_static:
