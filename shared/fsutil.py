@@ -8,6 +8,16 @@ import tempfile
 from pathlib import Path
 
 
+def _read_umask() -> int:
+    # os.umask can only be read by setting it; do it once at import, before threads exist.
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+_UMASK = _read_umask()
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int | None = None) -> Path:
     """Write ``data`` so that ``path`` holds either the old or the new content after a crash."""
     target = Path(path)
@@ -15,8 +25,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int | No
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            if mode is not None:
-                os.fchmod(fh.fileno(), mode)
+            # mkstemp makes 0600 files; without an explicit mode, give what open() would (umask).
+            os.fchmod(fh.fileno(), mode if mode is not None else 0o666 & ~_UMASK)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

@@ -88,3 +88,19 @@ def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(DaemonConfig, tmp_path / "nope.toml", environ={})
     assert err.value.reason == "missing_file"
+
+
+def test_atomic_writes_use_the_umask_unless_given_a_mode(tmp_path: Path) -> None:
+    from shared.fsutil import atomic_write_text
+
+    from shared import fsutil
+
+    old = fsutil._UMASK
+    fsutil._UMASK = 0o022
+    try:
+        assert atomic_write_text(tmp_path / "a.json", "{}").stat().st_mode & 0o777 == 0o644
+        assert atomic_write_text(tmp_path / "b.key", "k", mode=0o600).stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / "a.json").read_text() == "{}"
+        assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    finally:
+        fsutil._UMASK = old
