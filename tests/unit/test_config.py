@@ -91,9 +91,8 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_atomic_writes_use_the_umask_unless_given_a_mode(tmp_path: Path) -> None:
-    from shared.fsutil import atomic_write_text
-
     from shared import fsutil
+    from shared.fsutil import atomic_write_text
 
     old = fsutil._UMASK
     fsutil._UMASK = 0o022
