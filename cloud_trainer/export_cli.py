@@ -34,8 +34,10 @@ def run_task(run_dir: Path) -> str:
 def main(argv: list[str], prog: str) -> int:
     positional = [a for a in argv if not a.startswith("-")]
     if not positional or any(a in ("-h", "--help") for a in argv[:1]):
-        print(f"usage: {prog} RUN_DIR [options]\n\nExports with the run's own exporter; "
-              f"'{prog} RUN_DIR --help' lists its options. Tasks: {', '.join(EXPORTERS)}")
+        print(
+            f"usage: {prog} RUN_DIR [options]\n\nExports with the run's own exporter; "
+            f"'{prog} RUN_DIR --help' lists its options. Tasks: {', '.join(EXPORTERS)}"
+        )
         return 0 if argv else 2
     try:
         task = run_task(Path(positional[0]))

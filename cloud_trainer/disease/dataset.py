@@ -92,7 +92,7 @@ def _read_csv(csv_path: Path) -> list[Sample]:
                 raise DatasetError(f"{csv_path}:{line_no}: empty path or label")
             p = Path(row["path"])
             full = p if p.is_absolute() else root / p
-            rel = p.as_posix() if not p.is_absolute() else p.as_posix()
+            rel = p.as_posix()
             samples.append(Sample(full, row["label"], rel))
     return samples
 

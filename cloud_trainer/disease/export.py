@@ -36,7 +36,7 @@ from shared.manifest import (
 )
 
 from . import dataset as ds
-from .models import DiseaseNet, arch_spec, build_model
+from .models import DiseaseNet, build_model
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +243,12 @@ def export_run(
 
     fp32_path = export_onnx(loaded.model, out_dir / f"{stem}.onnx", size)
     parity = check_parity(loaded.model, fp32_path, test_images[:32])
-    logger.info("fp32 ONNX %s: onnx.checker ok, max |ort - torch| = %.2e on %d test images", fp32_path, parity, min(32, len(test_images)))
+    logger.info(
+        "fp32 ONNX %s: onnx.checker ok, max |ort - torch| = %.2e on %d test images",
+        fp32_path,
+        parity,
+        min(32, len(test_images)),
+    )
 
     fp32_session = ort_session(fp32_path)
     fp32_probs = run_ort(fp32_session, test_images)
@@ -251,9 +256,14 @@ def export_run(
     self_test = TensorData.seeded("uint8", [2, size, size, 3], seed=f"{name}:{version}:self-test")
     self_in = self_test.to_array()
     files = [
-        _model_file("fp32", fp32_path, fp32_session, self_in, {"test_accuracy": fp32_acc, "parity_max_abs_diff": parity})
+        _model_file(
+            "fp32", fp32_path, fp32_session, self_in, {"test_accuracy": fp32_acc, "parity_max_abs_diff": parity}
+        )
     ]
-    notes = {"exporter": f"torch {torch.__version__} dynamo, opset {OPSET}", "parity": f"max abs diff {parity:.2e} vs torch"}
+    notes = {
+        "exporter": f"torch {torch.__version__} dynamo, opset {OPSET}",
+        "parity": f"max abs diff {parity:.2e} vs torch",
+    }
     if int8:
         rng = np.random.default_rng(0)
         train = list(split["train"])
@@ -266,7 +276,8 @@ def export_run(
         one = test_images[:1]
         speed = latency_ms(fp32_session, one) / max(latency_ms(int8_session, one), 1e-9)
         summary = (
-            f"test accuracy int8 {int8_acc:.4f} vs fp32 {fp32_acc:.4f} ({drop:+.2f} points drop, budget {int8_budget_points}); "
+            f"test accuracy int8 {int8_acc:.4f} vs fp32 {fp32_acc:.4f} "
+            f"({drop:+.2f} points drop, budget {int8_budget_points}); "
             f"batch-1 speed int8/fp32 {speed:.2f}x on the export machine, 1 thread"
         )
         if drop <= int8_budget_points:
@@ -351,6 +362,9 @@ def main(argv: list[str], prog: str) -> int:
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    # The ONNX optimiser narrates every folded constant at INFO; only its warnings matter here.
+    for noisy in ("onnxscript", "onnx_ir", "torch.onnx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
     key = None
@@ -364,7 +378,6 @@ def main(argv: list[str], prog: str) -> int:
             return 2
         key = args.key
     try:
-        arch_spec(json.loads((args.run_dir / "run.json").read_text())["arch"]) if (args.run_dir / "run.json").is_file() else None
         manifest, path = export_run(
             args.run_dir,
             args.out,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import logging
 import math
 from pathlib import Path
@@ -36,7 +37,7 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     correct = (probs.argmax(axis=1) == labels).astype(np.float64)
     edges = np.linspace(0.0, 1.0, bins + 1)
     ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         in_bin = (conf > lo) & (conf <= hi)
         if in_bin.any():
             ece += in_bin.mean() * abs(conf[in_bin].mean() - correct[in_bin].mean())
@@ -57,7 +58,9 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
         c, d = b - g * (b - a), a + g * (b - a)
     t = math.exp((a + b) / 2)
     if t <= T_MIN * 1.01 or t >= T_MAX * 0.99:
-        logger.warning("temperature %.3f is at its bound [%s, %s]; the validation split may be too small", t, T_MIN, T_MAX)
+        logger.warning(
+            "temperature %.3f is at its bound [%s, %s]; the validation split may be too small", t, T_MIN, T_MAX
+        )
     return float(t)
 
 
@@ -84,7 +87,12 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[
         "ece": expected_calibration_error(probs, labels),
         "mean_confidence": float(probs.max(axis=1).mean()) if len(labels) else 0.0,
         "per_class": {
-            c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+            c: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i, c in enumerate(classes)
         },
         "confusion_matrix": cm.tolist(),

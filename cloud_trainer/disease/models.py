@@ -86,7 +86,8 @@ class LoadReport:
     def summary(self) -> str:
         text = f"pretrained weights from {self.source}: loaded {self.loaded}/{self.total_target} tensors"
         if self.skipped:
-            text += f"; skipped {len(self.skipped)} ({'; '.join(self.skipped[:4])}{' ...' if len(self.skipped) > 4 else ''})"
+            more = " ..." if len(self.skipped) > 4 else ""
+            text += f"; skipped {len(self.skipped)} ({'; '.join(self.skipped[:4])}{more})"
         if self.missing:
             text += f"; {len(self.missing)} left at initialisation ({', '.join(self.missing[:4])})"
         return text

@@ -74,7 +74,9 @@ def _background(rng: random.Random, size: int) -> Image.Image:
     base = _jitter(rng, base, 30)
     gen = np.random.default_rng(rng.getrandbits(32))
     # Mostly luminance texture with a little colour, like soil or foliage out of focus.
-    low = gen.normal(0, 1, (size // 8 + 1, size // 8 + 1, 1)) + 0.3 * gen.normal(0, 1, (size // 8 + 1, size // 8 + 1, 3))
+    low = gen.normal(0, 1, (size // 8 + 1, size // 8 + 1, 1)) + 0.3 * gen.normal(
+        0, 1, (size // 8 + 1, size // 8 + 1, 3)
+    )
     noise = np.asarray(
         Image.fromarray(((low * 20) + 128).clip(0, 255).astype(np.uint8)).resize((size, size), Image.BILINEAR),
         dtype=np.float32,

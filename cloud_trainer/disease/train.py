@@ -16,7 +16,6 @@ import argparse
 import csv
 import datetime as dt
 import io
-import json
 import logging
 import math
 import os
@@ -61,7 +60,7 @@ def get_args_parser(prog: str = "cropwatch train disease") -> argparse.ArgumentP
         "--backbone-lr-scale",
         type=float,
         default=None,
-        help="backbone lr = lr x this (default 0.1 with pretrained weights, 1 without): "
+        help="backbone lr = lr x this (default 0.3 with pretrained weights, 1 without): "
         "a few hundred photos should adjust ImageNet features, not overwrite them",
     )
     p.add_argument("--weight-decay", type=float, default=0.02)
@@ -290,7 +289,7 @@ def main(args: argparse.Namespace) -> int:
     # Scale the learning rate with the global batch so one recipe serves 1 or N processes.
     lr = args.lr * world * args.batch_size / 16
     pretrained = load_report.loaded > 0
-    scale = args.backbone_lr_scale if args.backbone_lr_scale is not None else (0.1 if pretrained else 1.0)
+    scale = args.backbone_lr_scale if args.backbone_lr_scale is not None else (0.3 if pretrained else 1.0)
     head = list(model.backbone.get_classifier().parameters())
     head_ids = {id(p_) for p_ in head}
     if pretrained:
@@ -303,9 +302,7 @@ def main(args: argparse.Namespace) -> int:
         {"params": head, "lr": lr},
     ]
     optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda e: _lr_factor(e, args.epochs, args.warmup_epochs)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: _lr_factor(e, args.epochs, args.warmup_epochs))
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
 
     start_epoch, best_loss, bad_epochs, history = 0, float("inf"), 0, []
@@ -319,10 +316,14 @@ def main(args: argparse.Namespace) -> int:
         start_epoch, best_loss, bad_epochs = ckpt["epoch"] + 1, ckpt["best_loss"], ckpt["bad_epochs"]
         history = ckpt["history"]
         if is_main:
-            logger.info("resumed from %s after epoch %d (best val loss %.4f)", resume_path, ckpt["epoch"] + 1, best_loss)
+            logger.info(
+                "resumed from %s after epoch %d (best val loss %.4f)", resume_path, ckpt["epoch"] + 1, best_loss
+            )
 
     ce = nn.CrossEntropyLoss()
-    end_epoch = args.epochs if args.stop_after_epochs is None else min(args.epochs, start_epoch + args.stop_after_epochs)
+    end_epoch = (
+        args.epochs if args.stop_after_epochs is None else min(args.epochs, start_epoch + args.stop_after_epochs)
+    )
     for epoch in range(start_epoch, end_epoch):
         if bad_epochs >= args.patience:
             break
@@ -432,7 +433,9 @@ def finish(run, model, data, fp, spec, size, config, load_report, val_loader, te
         "pretrained": load_report.summary(),
         "best epoch": best["epoch"] + 1,
     }
-    atomic_write_text(eval_dir / "report.md", M.report_markdown(run.name, test_m, val_m, temperature, test_raw["ece"], extra))
+    atomic_write_text(
+        eval_dir / "report.md", M.report_markdown(run.name, test_m, val_m, temperature, test_raw["ece"], extra)
+    )
     save_checkpoint(
         run / "model.pt",
         {

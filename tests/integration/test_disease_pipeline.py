@@ -25,7 +25,10 @@ TINY = ["--image-size", "32", "--batch-size", "8", "--threads", "1", "--quiet", 
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("disease")
     data = base / "leaves"
-    assert data_cli.main(["synth-leaves", str(data), "--classes", "3", "--per-class", "8", "--size", "40", "--quiet"], "t") == 0
+    assert (
+        data_cli.main(["synth-leaves", str(data), "--classes", "3", "--per-class", "8", "--size", "40", "--quiet"], "t")
+        == 0
+    )
     # One unreadable file in the data folder: it must be skipped and listed, not crash the run.
     (data / "Synthetic_leaf___Blight" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     run = base / "run"
@@ -35,14 +38,26 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )
     assert rc == 0
     _priv, pub, _kid = generate_keypair(base / "keys")
-    rc = export_cli.main([str(run), "--key", str(base / "keys" / "cropwatch-signing.key"), "--version", "1.0.0", "--threads", "1"], "cropwatch export")
+    rc = export_cli.main(
+        [str(run), "--key", str(base / "keys" / "cropwatch-signing.key"), "--version", "1.0.0", "--threads", "1"],
+        "cropwatch export",
+    )
     assert rc == 0
     return {"base": base, "data": data, "run": run, "pub": pub, "export": run / "export"}
 
 
 def test_run_folder_holds_config_split_metrics_and_report(tiny_run: dict[str, Path]) -> None:
     run = tiny_run["run"]
-    for name in ("config.json", "split.csv", "dataset.json", "history.csv", "checkpoint.pt", "best.pt", "model.pt", "run.json"):
+    for name in (
+        "config.json",
+        "split.csv",
+        "dataset.json",
+        "history.csv",
+        "checkpoint.pt",
+        "best.pt",
+        "model.pt",
+        "run.json",
+    ):
         assert (run / name).is_file(), name
     dataset = json.loads((run / "dataset.json").read_text())
     assert dataset["skipped_count"] == 1 and dataset["skipped"][0]["path"].endswith("broken.jpg")
@@ -73,7 +88,9 @@ def test_manifest_is_signed_and_describes_the_files(tiny_run: dict[str, Path]) -
     variants = {f.variant for f in manifest.files}
     assert "fp32" in variants
     # int8 is either shipped with its measured accuracy or dropped with the reason written down.
-    assert ("int8" in variants and "test_accuracy" in manifest.file("int8").metrics) or manifest.notes["int8"].startswith("dropped")
+    assert ("int8" in variants and "test_accuracy" in manifest.file("int8").metrics) or manifest.notes[
+        "int8"
+    ].startswith("dropped")
     tampered = manifest.model_copy(update={"labels": list(reversed(manifest.labels))})
     with pytest.raises(Exception, match="does not match"):
         verify_manifest(tampered, TrustedKeys.from_sources([str(tiny_run["pub"])]))
@@ -89,7 +106,9 @@ def test_onnx_matches_torch_on_real_images_with_dynamic_batch(tiny_run: dict[str
     data = ds.load_dataset(tiny_run["data"])
     images = np.stack([ds.eval_array(s, 32) for s in data.samples[:5]])
     manifest = ModelManifest.load(tiny_run["export"] / "manifest.json")
-    sess = ort.InferenceSession(str(tiny_run["export"] / manifest.file("fp32").path), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        str(tiny_run["export"] / manifest.file("fp32").path), providers=["CPUExecutionProvider"]
+    )
     for batch in (images[:1], images):
         got = sess.run(None, {"image": batch})[0]
         assert got.shape == (len(batch), 3)
@@ -167,12 +186,28 @@ def test_export_of_a_folder_that_is_no_run(tmp_path: Path, capsys: pytest.Captur
 
 def test_train_with_a_one_image_class_names_it(tmp_path: Path) -> None:
     data = tmp_path / "d"
-    assert data_cli.main(["synth-leaves", str(data), "--classes", "2", "--per-class", "4", "--size", "24", "--quiet"], "t") == 0
+    assert (
+        data_cli.main(["synth-leaves", str(data), "--classes", "2", "--per-class", "4", "--size", "24", "--quiet"], "t")
+        == 0
+    )
     lonely = data / "Potato___Early_blight"
     lonely.mkdir()
     (lonely / "one.jpg").write_bytes(next(data.glob("*/*.jpg")).read_bytes())
     proc = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "train", "disease", "--data", str(data), "--out", str(tmp_path / "r"), "--epochs", "1", *TINY],
+        [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "train",
+            "disease",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "r"),
+            "--epochs",
+            "1",
+            *TINY,
+        ],
         env=cropwatch_env(),
         capture_output=True,
         text=True,

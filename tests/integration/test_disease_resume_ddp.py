@@ -15,13 +15,30 @@ from tests.services import cropwatch_env
 
 torch.set_num_threads(1)
 
-TINY = ["--arch", "resnet18", "--image-size", "32", "--batch-size", "4", "--threads", "1", "--quiet", "--pretrained", "none", "--patience", "99"]
+TINY = [
+    "--arch",
+    "resnet18",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--threads",
+    "1",
+    "--quiet",
+    "--pretrained",
+    "none",
+    "--patience",
+    "99",
+]
 
 
 @pytest.fixture(scope="module")
 def leaves(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("leaves") / "d"
-    assert data_cli.main(["synth-leaves", str(data), "--classes", "2", "--per-class", "8", "--size", "36", "--quiet"], "t") == 0
+    assert (
+        data_cli.main(["synth-leaves", str(data), "--classes", "2", "--per-class", "8", "--size", "36", "--quiet"], "t")
+        == 0
+    )
     return data
 
 
@@ -33,7 +50,8 @@ def test_resume_continues_where_it_stopped(leaves: Path, tmp_path: Path) -> None
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert train_cli.main(["disease", "--data", str(leaves), "--out", str(straight), "--epochs", "3", *TINY], "t") == 0
     rc = train_cli.main(
-        ["disease", "--data", str(leaves), "--out", str(resumed), "--epochs", "3", "--stop-after-epochs", "2", *TINY], "t"
+        ["disease", "--data", str(leaves), "--out", str(resumed), "--epochs", "3", "--stop-after-epochs", "2", *TINY],
+        "t",
     )
     assert rc == 0
     assert not (resumed / "run.json").exists()  # paused, not finished
@@ -53,7 +71,10 @@ def test_resume_continues_where_it_stopped(leaves: Path, tmp_path: Path) -> None
 
 
 def test_resume_from_missing_checkpoint_is_an_error(leaves: Path, tmp_path: Path) -> None:
-    rc = train_cli.main(["disease", "--data", str(leaves), "--out", str(tmp_path / "x"), "--epochs", "1", "--resume", "auto", *TINY], "t")
+    rc = train_cli.main(
+        ["disease", "--data", str(leaves), "--out", str(tmp_path / "x"), "--epochs", "1", "--resume", "auto", *TINY],
+        "t",
+    )
     assert rc == 2
 
 

@@ -11,7 +11,11 @@ from PIL import Image
 from cloud_trainer.disease import dataset as ds
 
 # PlantVillage style, with the punctuation real folder names carry.
-CLASSES = ["Orange___Haunglongbing_(Citrus_greening)", "Corn___Cercospora_leaf_spot Gray_leaf_spot", "Pepper,_bell___healthy"]
+CLASSES = [
+    "Orange___Haunglongbing_(Citrus_greening)",
+    "Corn___Cercospora_leaf_spot Gray_leaf_spot",
+    "Pepper,_bell___healthy",
+]
 
 
 def _jpeg(colour: tuple[int, int, int], size: int = 20) -> bytes:
