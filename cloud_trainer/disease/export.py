@@ -277,7 +277,7 @@ def export_run(
         speed = latency_ms(fp32_session, one) / max(latency_ms(int8_session, one), 1e-9)
         summary = (
             f"test accuracy int8 {int8_acc:.4f} vs fp32 {fp32_acc:.4f} "
-            f"({drop:+.2f} points drop, budget {int8_budget_points}); "
+            f"({-drop:+.2f} points against fp32, budget -{int8_budget_points}); "
             f"batch-1 speed int8/fp32 {speed:.2f}x on the export machine, 1 thread"
         )
         if drop <= int8_budget_points:

@@ -100,10 +100,10 @@ def init_distributed(device_arg: str) -> tuple[int, int, int, torch.device]:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device_arg == "auto":
         device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    elif device_arg == "cuda" and world > 1:
-        device = torch.device(f"cuda:{local}")
     else:
         device = torch.device(device_arg)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", local)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
