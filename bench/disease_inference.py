@@ -28,16 +28,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 TARGET_ARCHS = ("tf_efficientnet_lite0", "mobilenetv3_large_100")
 
 
-def _time(fn, min_seconds: float, min_runs: int = 5) -> float:
-    """Median seconds per call over at least ``min_runs`` calls and ``min_seconds`` of wall time."""
-    fn()  # warm-up: allocations, kernel selection
-    times = []
+def _time_interleaved(fns: dict, min_seconds: float, min_rounds: int = 7, warmup: int = 3) -> dict[str, float]:
+    """Median seconds per call of each function, called in turn round after round.
+
+    Interleaving puts every backend under the same background load (the CPU may be shared), and
+    the median drops the rounds that another process interrupted.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):  # allocations, kernel and thread-pool start-up
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
     start = time.perf_counter()
-    while len(times) < min_runs or time.perf_counter() - start < min_seconds:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    while len(next(iter(times.values()))) < min_rounds or time.perf_counter() - start < min_seconds * len(fns):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def main() -> int:
@@ -71,28 +78,34 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        synth.generate(tmp / "leaves", classes=4, per_class=8, size=args.size, progress=False)
-        images = np.stack([decode_image(f.read_bytes(), args.size) for f in sorted((tmp / "leaves").glob("*/*.jpg"))])
         if args.run:
             loaded = load_run(args.run)
             models = {loaded.info["arch"]: loaded.model}
             args.size = loaded.image_size
         else:
             models = {a: build_probability_model(a, num_classes=9) for a in (args.arch or sorted(MODEL_REGISTRY))}
+        synth.generate(tmp / "leaves", classes=4, per_class=8, size=args.size, progress=False)
+        images = np.stack([decode_image(f.read_bytes(), args.size) for f in sorted((tmp / "leaves").glob("*/*.jpg"))])
         rows = []
         for arch, model in models.items():
             print(f"[{arch}] exporting and quantising ...", file=sys.stderr, flush=True)
             fp32 = export_onnx(model, tmp / f"{arch}.onnx", args.size)
             int8 = quantize_int8(fp32, tmp / f"{arch}.int8.onnx", images)
-            sessions = {"ort fp32": ort_session(fp32, args.threads), "ort int8": ort_session(int8, args.threads)}
+            # No spinning: idle onnxruntime threads would otherwise steal the CPU from the next
+            # backend in the interleaved rounds.
+            sessions = {
+                "ort fp32": ort_session(fp32, args.threads, spin=False),
+                "ort int8": ort_session(int8, args.threads, spin=False),
+            }
             for batch in args.batches:
                 x = np.resize(images, (batch, args.size, args.size, 3)).astype(np.uint8)
                 xt = torch.from_numpy(x)
-                with torch.inference_mode():
-                    base = _time(lambda m=model, t=xt: m(t), args.seconds)
-                cells = {"torch eager": base}
+                fns = {"torch eager": lambda m=model, t=xt: m(t)}
                 for name, sess in sessions.items():
-                    cells[name] = _time(lambda s=sess, b=x: s.run([OUTPUT_NAME], {INPUT_NAME: b}), args.seconds)
+                    fns[name] = lambda s=sess, b=x: s.run([OUTPUT_NAME], {INPUT_NAME: b})
+                with torch.inference_mode():
+                    cells = _time_interleaved(fns, args.seconds)
+                base = cells["torch eager"]
                 for name, sec in cells.items():
                     rows.append(
                         (arch, batch, name, sec * 1000 / batch, batch / sec, base / sec, cells["ort fp32"] / sec)

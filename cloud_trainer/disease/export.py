@@ -121,12 +121,14 @@ def export_onnx(model: ProbabilityModel, path: Path, image_size: int) -> Path:
     return path
 
 
-def ort_session(path: Path, threads: int = 1):
+def ort_session(path: Path, threads: int = 1, spin: bool = True):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 

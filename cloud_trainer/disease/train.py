@@ -241,7 +241,6 @@ def main(args: argparse.Namespace) -> int:
     if is_main:
         ds.save_split(split_path, split)
         ds.write_json(run / "dataset.json", ds.dataset_summary(data, fp))
-        ds.write_json(run / "config.json", config)
         logger.info(
             "data %s: %d images in %d classes (%s), %d skipped; split train %d / val %d / test %d",
             args.data,
@@ -304,6 +303,16 @@ def main(args: argparse.Namespace) -> int:
     optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: _lr_factor(e, args.epochs, args.warmup_epochs))
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    config.update(
+        {
+            "lr_head": lr,
+            "lr_backbone": lr * scale,
+            "pretrained_loaded": load_report.as_dict(),
+            "head_zero_init": pretrained,
+        }
+    )
+    if is_main:
+        ds.write_json(run / "config.json", config)
 
     start_epoch, best_loss, bad_epochs, history = 0, float("inf"), 0, []
     if resume_path is not None:
