@@ -30,9 +30,11 @@ from shared.manifest import (
     ModelManifest,
     TensorData,
     TensorSpec,
+    TrustedKeys,
     load_private_key,
     sha256_file,
     sign_manifest,
+    verify_manifest,
 )
 
 from . import dataset as ds
@@ -329,7 +331,10 @@ def export_run(
         notes={**notes, "arch": info["arch"]},
     )
     if key_path is not None:
-        manifest = sign_manifest(manifest, load_private_key(key_path))
+        private = load_private_key(key_path)
+        manifest = sign_manifest(manifest, private)
+        # Verify as an agent would, before anything leaves this machine.
+        verify_manifest(manifest, TrustedKeys([private.public_key()]))
     manifest_path = manifest.save(out_dir / "manifest.json")
     return manifest, manifest_path
 
