@@ -232,14 +232,18 @@ def make_torch_dataset(samples: list[Sample], class_to_idx: dict[str, int], size
     from torch.utils.data import Dataset
     from torchvision.transforms import v2
 
-    # Field photos: any orientation, uneven light, some defocus, leaf not centred or not filling
-    # the frame. Hue shifts stay small because colour is part of the diagnosis (yellowing, rust).
+    # Field photos: any orientation (a leaf seen from above has no "up"), uneven light, some
+    # defocus, the leaf off-centre, filling the frame or small in it. Hue shifts stay small
+    # because colour is part of the diagnosis (yellowing, rust).
+    surround = 96  # a neutral grey-brown for pixels the zoom-out and rotation reveal
     train_tf = v2.Compose(
         [
+            v2.RandomApply([v2.RandomZoomOut(fill=surround, side_range=(1.0, 1.6))], p=0.25),
             v2.RandomResizedCrop(size, scale=(0.35, 1.0), ratio=(0.75, 1.333), antialias=True),
             v2.RandomHorizontalFlip(),
             v2.RandomVerticalFlip(),
-            v2.RandomApply([v2.RandomRotation(30)], p=0.5),
+            v2.RandomApply([v2.RandomRotation((90, 90))], p=0.5),
+            v2.RandomApply([v2.RandomRotation(30, fill=surround)], p=0.5),
             v2.ColorJitter(brightness=0.35, contrast=0.3, saturation=0.3, hue=0.02),
             v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.25),
         ]
