@@ -28,22 +28,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 TARGET_ARCHS = ("tf_efficientnet_lite0", "mobilenetv3_large_100")
 
 
-def _time_interleaved(fns: dict, min_seconds: float, min_rounds: int = 7, warmup: int = 3) -> dict[str, float]:
-    """Median seconds per call of each function, called in turn round after round.
+def _time_interleaved(fns: dict, min_seconds: float, min_rounds: int = 5, block: int = 8) -> dict[str, float]:
+    """Median seconds per call of each function, run in blocks, backend after backend, round after round.
 
-    Interleaving puts every backend under the same background load (the CPU may be shared), and
-    the median drops the rounds that another process interrupted.
+    Alternating blocks puts every backend under the same background load (the CPU may be shared);
+    the first call of each block is dropped, so one backend's idle threads (onnxruntime spins a
+    moment after a run, as it does in the agent) do not bill the next backend; the median drops
+    calls that another process interrupted.
     """
-    for fn in fns.values():
-        for _ in range(warmup):  # allocations, kernel and thread-pool start-up
-            fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     start = time.perf_counter()
-    while len(next(iter(times.values()))) < min_rounds or time.perf_counter() - start < min_seconds * len(fns):
+    rounds = 0
+    while rounds < min_rounds or time.perf_counter() - start < min_seconds * len(fns):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - t0)
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        rounds += 1
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
@@ -91,12 +94,7 @@ def main() -> int:
             print(f"[{arch}] exporting and quantising ...", file=sys.stderr, flush=True)
             fp32 = export_onnx(model, tmp / f"{arch}.onnx", args.size)
             int8 = quantize_int8(fp32, tmp / f"{arch}.int8.onnx", images)
-            # No spinning: idle onnxruntime threads would otherwise steal the CPU from the next
-            # backend in the interleaved rounds.
-            sessions = {
-                "ort fp32": ort_session(fp32, args.threads, spin=False),
-                "ort int8": ort_session(int8, args.threads, spin=False),
-            }
+            sessions = {"ort fp32": ort_session(fp32, args.threads), "ort int8": ort_session(int8, args.threads)}
             for batch in args.batches:
                 x = np.resize(images, (batch, args.size, args.size, 3)).astype(np.uint8)
                 xt = torch.from_numpy(x)

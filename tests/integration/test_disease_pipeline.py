@@ -215,3 +215,15 @@ def test_train_with_a_one_image_class_names_it(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "'Potato___Early_blight' has 1" in proc.stderr
+
+
+def test_int8_over_budget_is_dropped_with_the_reason(tiny_run: dict[str, Path]) -> None:
+    out = tiny_run["base"] / "export-strict"
+    key = str(tiny_run["base"] / "keys" / "cropwatch-signing.key")
+    # A budget below zero cannot be met: int8 must go, and the manifest must say why.
+    args = [str(tiny_run["run"]), "--key", key, "--out", str(out), "--int8-budget", "-100", "--threads", "1"]
+    assert export_cli.main(args, "cropwatch export") == 0
+    manifest = ModelManifest.load(out / "manifest.json")
+    assert [f.variant for f in manifest.files] == ["fp32"]
+    assert manifest.notes["int8"].startswith("dropped (over the accuracy budget)")
+    assert not list(out.glob("*.int8.onnx"))
