@@ -32,15 +32,17 @@ def run_task(run_dir: Path) -> str:
 
 
 def main(argv: list[str], prog: str) -> int:
-    positional = [a for a in argv if not a.startswith("-")]
-    if not positional or any(a in ("-h", "--help") for a in argv[:1]):
+    if not argv or argv[0] in ("-h", "--help"):
         print(
             f"usage: {prog} RUN_DIR [options]\n\nExports with the run's own exporter; "
             f"'{prog} RUN_DIR --help' lists its options. Tasks: {', '.join(EXPORTERS)}"
         )
         return 0 if argv else 2
+    if argv[0].startswith("-"):
+        print(f"{prog}: RUN_DIR comes first (the exporter and its options depend on the run's task)", file=sys.stderr)
+        return 2
     try:
-        task = run_task(Path(positional[0]))
+        task = run_task(Path(argv[0]))
     except ValueError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
