@@ -94,3 +94,15 @@ def test_ddp_two_cpu_processes_with_gloo(leaves: Path, tmp_path: Path) -> None:
     assert "[rank 0]" in proc.stderr and "epoch 2/2" in proc.stderr
     # rank 1 writes nothing of its own: one history, one checkpoint
     assert len((run / "history.csv").read_text().splitlines()) == 3
+
+
+def test_trains_from_a_label_csv(leaves: Path, tmp_path: Path) -> None:
+    # The form the monitor's labelling queue exports: path,label rows beside the images.
+    run = tmp_path / "csv-run"
+    rc = train_cli.main(
+        ["disease", "--data", str(leaves / "labels.csv"), "--out", str(run), "--epochs", "1", *TINY], "t"
+    )
+    assert rc == 0
+    dataset = json.loads((run / "dataset.json").read_text())
+    assert dataset["source"] == "csv" and dataset["images"] == 16 and dataset["synthetic"] is True
+    assert json.loads((run / "run.json").read_text())["data"].endswith("labels.csv")
