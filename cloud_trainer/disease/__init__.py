@@ -1,0 +1,1 @@
+"""Leaf-disease model: synthetic data, datasets, timm models, training, evaluation, ONNX export."""
