@@ -1,7 +1,8 @@
 """``cropwatch data SUBCOMMAND``: dataset builders, each in its own module.
 
-Each entry maps a subcommand to a module exposing ``main(argv, prog) -> int``; modules are
-imported only when their subcommand runs, so one missing dependency does not break the others.
+Each entry maps a subcommand to ``module:function`` with the signature ``(argv, prog) -> int``;
+modules are imported only when their subcommand runs, so one missing dependency does not break
+the others.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import importlib
 import sys
 
-# subcommand -> (module, one-line help)
+# subcommand -> (module:function, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "synth-leaves": ("cloud_trainer.disease.synth", "draw synthetic leaf photos with lesions into class folders"),
+    "synth-leaves": ("cloud_trainer.disease.synth:main", "draw synthetic leaf photos with lesions into class folders"),
+    "synth-yield": ("cloud_trainer.yield_model.data_cmds:synth_yield_main", "synthetic season cube with a known yield"),
+    "iowa-cube": ("cloud_trainer.yield_model.data_cmds:iowa_cube_main", "Iowa county-season cube from the team data"),
 }
 
 
@@ -25,5 +28,6 @@ def main(argv: list[str], prog: str) -> int:
     if name not in SUBCOMMANDS:
         print(f"{prog}: unknown subcommand {name!r}; choose from {', '.join(SUBCOMMANDS)}", file=sys.stderr)
         return 2
-    module = importlib.import_module(SUBCOMMANDS[name][0])
-    return int(module.main(argv[1:], prog=f"{prog} {name}") or 0)
+    module_name, _, function = SUBCOMMANDS[name][0].partition(":")
+    entry = getattr(importlib.import_module(module_name), function or "main")
+    return int(entry(argv[1:], f"{prog} {name}") or 0)

@@ -1,7 +1,8 @@
 """``cropwatch export RUN_DIR``: export a training run with the exporter of its task.
 
 The task is read from ``RUN_DIR/run.json`` (key ``task``), which every trainer writes when a run
-finishes. Each exporter module exposes ``main(argv, prog) -> int`` and receives the full argv.
+finishes. Each exporter is ``module:function`` with the signature ``(argv, prog) -> int`` and receives the
+full argv (RUN_DIR first).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from pathlib import Path
 
 # task in run.json -> exporter module
 EXPORTERS: dict[str, str] = {
-    "disease_classification": "cloud_trainer.disease.export",
-    "yield_forecast": "cloud_trainer.yield_model.export",
+    "disease_classification": "cloud_trainer.disease.export:main",
+    "yield_forecast": "cloud_trainer.yield_model.export:main_cli",
 }
 
 
@@ -46,7 +47,7 @@ def main(argv: list[str], prog: str) -> int:
     except ValueError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
-    module_name = EXPORTERS[task]
+    module_name, _, function = EXPORTERS[task].partition(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -54,4 +55,4 @@ def main(argv: list[str], prog: str) -> int:
             print(f"{prog}: exporting {task} runs is not implemented yet in this version", file=sys.stderr)
             return 3
         raise
-    return int(module.main(argv, prog) or 0)
+    return int(getattr(module, function or "main")(argv, prog) or 0)

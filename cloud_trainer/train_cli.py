@@ -1,7 +1,7 @@
 """``cropwatch train TASK``: dispatch to the trainer of each model family.
 
 ``disease`` is :mod:`cloud_trainer.disease.train`; ``yield`` is ``cloud_trainer.yield_model.train``
-when that module exists. Each trainer exposes ``cli(argv, prog) -> int``, or ``main(argv, prog)``.
+Each entry names ``module:function`` with the signature ``(argv, prog) -> int``.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ import sys
 
 # task -> (module, one-line help)
 TASKS: dict[str, tuple[str, str]] = {
-    "disease": ("cloud_trainer.disease.train", "leaf-disease image classifier (timm backbone)"),
-    "yield": ("cloud_trainer.yield_model.train", "season yield forecaster from a weather cube"),
+    "disease": ("cloud_trainer.disease.train:cli", "leaf-disease image classifier (timm backbone)"),
+    "yield": ("cloud_trainer.yield_model.train:main_cli", "season yield forecaster from a season cube"),
 }
 
 
-def _entry(module_name: str):
-    module = importlib.import_module(module_name)
-    return getattr(module, "cli", None) or module.main
+def _entry(spec: str):
+    module_name, _, function = spec.partition(":")
+    return getattr(importlib.import_module(module_name), function or "main")
 
 
 def main(argv: list[str], prog: str) -> int:
@@ -31,9 +31,10 @@ def main(argv: list[str], prog: str) -> int:
     if task not in TASKS:
         print(f"{prog}: unknown task {task!r}; choose from {', '.join(TASKS)}", file=sys.stderr)
         return 2
-    module_name = TASKS[task][0]
+    spec = TASKS[task][0]
+    module_name = spec.partition(":")[0]
     try:
-        entry = _entry(module_name)
+        entry = _entry(spec)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
             print(f"{prog} {task}: not implemented yet in this version of Cropwatch", file=sys.stderr)

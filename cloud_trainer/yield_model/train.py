@@ -390,6 +390,13 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world: int, 
         from .plots import plot_run
 
         plot_run(out_dir)
+    # Written last: `cropwatch export` takes a run folder with run.json as a finished run.
+    run_info = {
+        "task": TASK,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "test": report.get("test"),
+    }
+    atomic_write_text(out_dir / "run.json", json.dumps(run_info, indent=2, default=str))
     return report
 
 

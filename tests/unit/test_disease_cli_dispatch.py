@@ -15,7 +15,7 @@ def test_train_dispatches_to_the_task_module(monkeypatch: pytest.MonkeyPatch) ->
     fake = types.ModuleType("fake_trainer")
     fake.cli = lambda argv, prog: seen.update(argv=argv, prog=prog) or 0  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "fake_trainer", fake)
-    monkeypatch.setitem(train_cli.TASKS, "disease", ("fake_trainer", "x"))
+    monkeypatch.setitem(train_cli.TASKS, "disease", ("fake_trainer:cli", "x"))
     assert train_cli.main(["disease", "--epochs", "1"], "cropwatch train") == 0
     assert seen == {"argv": ["--epochs", "1"], "prog": "cropwatch train disease"}
 
@@ -23,7 +23,7 @@ def test_train_dispatches_to_the_task_module(monkeypatch: pytest.MonkeyPatch) ->
 def test_train_task_without_module_says_not_implemented(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setitem(train_cli.TASKS, "yield", ("cloud_trainer.no_such_module.train", "x"))
+    monkeypatch.setitem(train_cli.TASKS, "yield", ("cloud_trainer.no_such_module.train:cli", "x"))
     assert train_cli.main(["yield"], "cropwatch train") == 3
     assert "not implemented" in capsys.readouterr().err
     assert train_cli.main(["weeds"], "cropwatch train") == 2
@@ -34,7 +34,7 @@ def test_export_routes_by_the_runs_task(tmp_path: Path, monkeypatch: pytest.Monk
     fake = types.ModuleType("fake_yield_export")
     fake.main = lambda argv, prog: seen.update(argv=argv) or 0  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "fake_yield_export", fake)
-    monkeypatch.setitem(export_cli.EXPORTERS, "yield_forecast", "fake_yield_export")
+    monkeypatch.setitem(export_cli.EXPORTERS, "yield_forecast", "fake_yield_export:main")
     (tmp_path / "run.json").write_text(json.dumps({"task": "yield_forecast"}))
     assert export_cli.main([str(tmp_path), "--version", "2"], "cropwatch export") == 0
     assert seen["argv"] == [str(tmp_path), "--version", "2"]
@@ -48,4 +48,6 @@ def test_export_rejects_unknown_task(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_data_lists_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
     assert data_cli.main(["--help"], "cropwatch data") == 0
-    assert "synth-leaves" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    for name in ("synth-leaves", "synth-yield", "iowa-cube"):
+        assert name in out
