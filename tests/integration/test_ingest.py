@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import subprocess
+import threading
 
 import pytest
 
@@ -95,20 +96,25 @@ def test_sigkill_while_batches_commit_loses_nothing_and_stores_once(own_broker, 
     path = write_toml(tmp_path / "monitor.toml", cfg)
     base = f"http://127.0.0.1:{cfg.metrics.port}"
     log = tmp_path / "ingest.log"
-    messages = make_messages(2000, seed=7)
+    total = 5000
+    messages = make_messages(total, seed=7)
     proc = start_ingest_process(path, log)
+    # Publishing runs beside ingest, so the kill lands while messages are still arriving.
+    publisher = threading.Thread(target=publish_all, args=(own_broker, [(t, p) for t, p, _ in messages]))
     try:
         wait_for(lambda: health(base).get("subscribed"), timeout=30, what="ingest to subscribe")
-        publish_all(own_broker, [(t, p) for t, p, _ in messages])
+        publisher.start()
         wait_for(lambda: len(stored_ids(sqlite_url)) >= 300, timeout=30, what="some batches committed")
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
+        if publisher.is_alive():
+            publisher.join(60)
     at_kill = len(stored_ids(sqlite_url))
-    assert at_kill < 2000, "the kill came too late to test anything"
+    assert at_kill < total, "the kill came too late to test anything"
     proc = start_ingest_process(path, log)
     try:
-        wait_for(lambda: len(stored_ids(sqlite_url)) >= 2000, timeout=60, what="all 2000 after the restart")
+        wait_for(lambda: len(stored_ids(sqlite_url)) >= total, timeout=60, what="every message after the restart")
         wait_for(lambda: health(base).get("pending_messages") == 0, timeout=10)
         redelivered = metric(base, "cropwatch_ingest_received_total")
         proc.send_signal(signal.SIGTERM)
@@ -117,10 +123,10 @@ def test_sigkill_while_batches_commit_loses_nothing_and_stores_once(own_broker, 
         if proc.poll() is None:
             proc.kill()
     ids = stored_ids(sqlite_url)
-    assert len(ids) == 2000 and set(ids) == {m for _, _, m in messages}
+    assert len(ids) == total and set(ids) == {m for _, _, m in messages}
     assert query(sqlite_url, "SELECT COUNT(*) FROM dead_letters") == [(0,)]
     print(f"\nkill during commits: {at_kill} stored at SIGKILL; after restart {redelivered:.0f} delivered "
-          f"({redelivered - (2000 - at_kill):.0f} of them already stored), 2000 stored once, 0 lost")  # fmt: skip
+          f"({redelivered - (total - at_kill):.0f} of them already stored), {total} stored once, 0 lost")  # fmt: skip
 
 
 def _bad_inputs() -> list[tuple[str, str, bytes]]:
