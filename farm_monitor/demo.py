@@ -1,37 +1,83 @@
-"""``cropwatch demo``: the demo farm on one machine, on embedded defaults.
+"""``cropwatch demo``: a demo farm on this machine, on embedded defaults.
 
-It runs the parts of Cropwatch that exist in this version and says which ones do not yet:
-a broker (the one given by --broker, else an embedded one on a free port), a simulated field
-device that publishes one message of every kind over MQTT v5 at QoS 1, and a cloud-side
-subscriber that validates each one with the shared schemas and prints what arrived.
+What runs, each as its own process, all stopped by Ctrl-C:
+
+1. an MQTT v5 broker (``cropwatch broker``: Mosquitto with persistence) on a free port, unless
+   ``--broker`` names one;
+2. the disease model: synthetic leaves are drawn, EfficientNet-Lite0 is fine-tuned from the
+   offline ImageNet weights, exported to signed ONNX and imported into a registry folder, which
+   ``cropwatch registry serve`` serves; a second run reuses all of it;
+3. ``cropwatch ingest`` storing every message in SQLite (``var/demo/cropwatch.db``);
+4. simulated field devices, each a real ``cropwatch agent`` with a watched folder (the demo drops
+   held-out synthetic leaf photos into it, like a camera trap) and simulated soil/air sensors;
+5. the farm monitor at http://localhost:8501 when this version has it.
+
+The console shows progress throughout and then live counts from the database.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 logger = logging.getLogger(__name__)
 
 FARM_ID = "demo-farm"
-DEVICES = ("gw-north", "gw-south", "gw-orchard")
-NOT_YET = {
-    "cropwatch agent": "field agent with ONNX inference and outbox",
-    "cropwatch ingest": "MQTT to database",
-    "cropwatch monitor": "Streamlit farm monitor on http://localhost:8501",
-    "cropwatch train / export": "disease and yield models",
-}
+DEVICE_IDS = ("gw-north", "gw-south", "gw-orchard", "gw-east", "gw-west")
+FIELDS = ("north-field", "south-field", "orchard", "east-field", "west-field")
+MODEL_NAME = "leaf-disease"
+MODEL_VERSION = "0.1.0-demo"
+CLASSES, PER_CLASS, FIELD_PHOTOS_PER_CLASS, IMAGE_SIZE, EPOCHS = 6, 40, 8, 128, 10
+
+
+@dataclass
+class Stack:
+    """The processes the demo started, stopped in reverse order."""
+
+    logs: Path
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,  # Ctrl-C reaches the demo only; it stops the children in order
+        )
+        self.procs.append((name, proc))
+        return proc
+
+    def dead(self) -> list[str]:
+        return [name for name, proc in self.procs if proc.poll() is not None]
+
+    def stop(self) -> None:
+        for _name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for name, proc in reversed(self.procs):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.warning("%s did not stop in time; killing it", name)
+                proc.kill()
+                proc.wait()
 
 
 def _free_port() -> int:
@@ -40,134 +86,358 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_port(host: str, port: int, deadline_s: float) -> bool:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return True
-        except OSError:
-            time.sleep(0.05)
+def _port_open(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+        return True
     return False
 
 
-def _start_broker(data_dir: Path) -> tuple[subprocess.Popen[bytes], str, int]:
-    port = _free_port()
-    cmd = [sys.executable, "-m", "shared.cli", "broker", "--port", str(port), "--data-dir", str(data_dir)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    if not _wait_port("127.0.0.1", port, 20):
-        proc.kill()
-        err = proc.stderr.read().decode() if proc.stderr else ""
-        raise RuntimeError(f"the embedded broker did not start: {err}")
-    return proc, "127.0.0.1", port
+def _wait(condition, timeout: float, what: str, stack: Stack) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        dead = stack.dead()
+        if dead:
+            raise RuntimeError(f"{', '.join(dead)} stopped; see {stack.logs}/{dead[0]}.log")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}; logs in {stack.logs}")
+        time.sleep(0.1)
 
 
-def run(host: str, port: int, rounds: int) -> int:
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
+def _run_step(console, title: str, args: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """A one-off command whose progress bars the user should see."""
+    console.rule(title)
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "shared.cli", *args], check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"'cropwatch {' '.join(args)}' failed with exit code {result.returncode}")
+    console.print(f"[green]done[/green] in {time.monotonic() - started:.0f} s")
+
+
+def build_model(root: Path, console) -> tuple[Path, Path, Path]:  # type: ignore[no-untyped-def]
+    """Public signing key, exported manifest and held-out field photos; built once, reused after."""
+    keys, manifest = root / "keys", root / "run" / "export" / "manifest.json"
+    field_photos = root / "field-photos"
+    if not (keys / "cropwatch-signing.key").exists():
+        _run_step(console, "signing key", ["keys", "generate", "--out", str(keys)])
+    public_key = keys / "cropwatch-signing.pub"
+    if manifest.exists() and field_photos.is_dir():
+        console.print(f"reusing the model from the first run: {manifest}")
+        return public_key, manifest, field_photos
+    leaves = root / "synthetic-leaves"
+    if not leaves.is_dir():
+        _run_step(
+            console,
+            f"drawing {CLASSES} x {PER_CLASS} synthetic leaves (marked synthetic)",
+            [
+                "data",
+                "synth-leaves",
+                str(leaves),
+                *f"--classes {CLASSES} --per-class {PER_CLASS} --size {IMAGE_SIZE} --seed 1".split(),
+            ],
+        )
+    if not field_photos.is_dir():
+        tmp = root / "field-photos.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        _run_step(
+            console,
+            "drawing held-out 'field photos' for the simulated camera traps",
+            [
+                "data",
+                "synth-leaves",
+                str(tmp),
+                *f"--classes {CLASSES} --per-class {FIELD_PHOTOS_PER_CLASS} --size 320 --seed 2 --quiet".split(),
+            ],
+        )
+        tmp.rename(field_photos)
+    run = root / "run"
+    if not (run / "run.json").exists():
+        shutil.rmtree(run, ignore_errors=True)
+        _run_step(
+            console,
+            "fine-tuning EfficientNet-Lite0 from the offline ImageNet weights (CPU, a few minutes)",
+            [
+                "train",
+                "disease",
+                "--data",
+                str(leaves),
+                "--arch",
+                "tf_efficientnet_lite0",
+                "--epochs",
+                str(EPOCHS),
+                "--image-size",
+                str(IMAGE_SIZE),
+                "--batch-size",
+                "16",
+                "--out",
+                str(run),
+                "--patience",
+                "3",
+            ],
+        )
+    _run_step(
+        console,
+        "exporting signed ONNX (fp32 + int8) and checking it against torch",
+        [
+            "export",
+            str(run),
+            "--key",
+            str(keys / "cropwatch-signing.key"),
+            "--name",
+            MODEL_NAME,
+            "--version",
+            MODEL_VERSION,
+        ],
+    )
+    return public_key, manifest, field_photos
+
+
+def agent_toml(
+    root: Path, device_id: str, field_id: str, host: str, port: int, public_key: Path, manifest: Path
+) -> Path:
+    folder = root / "agents" / device_id
+    (folder / "inbox").mkdir(parents=True, exist_ok=True)
+    text = f"""# made by cropwatch demo
+data_dir = "state"
+shutdown_deadline_s = 10.0
+
+[device]
+farm_id = "{FARM_ID}"
+device_id = "{device_id}"
+field_id = "{field_id}"
+
+[mqtt]
+host = "{host}"
+port = {port}
+
+[trust]
+public_keys = ["{public_key}"]
+
+[[models]]
+manifest = "{manifest}"
+threads = 1
+batch_size = 4
+
+[[sources]]
+type = "folder"
+name = "trap"
+path = "inbox"
+after = "delete"
+scan_interval_s = 1.0
+settle_s = 0.2
+
+[[sources]]
+type = "sensors"
+name = "soil"
+interval_s = 15.0
+
+[sources.reader]
+kind = "simulated"
+seed = {abs(hash(device_id)) % 1000}
+
+[[sources.channels]]
+sensor = "soil1"
+quantity = "soil_moisture"
+unit = "%"
+
+[[sources.channels]]
+sensor = "air1"
+quantity = "air_temperature"
+unit = "degC"
+
+[samples]
+confidence_below = 0.7
+max_per_hour = 20
+
+[heartbeat]
+interval_s = 10.0
+
+[log]
+format = "text"
+"""
+    path = folder / "agent.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def monitor_toml(root: Path, host: str, port: int) -> Path:
+    path = root / "monitor.toml"
+    path.write_text(
+        f"""# made by cropwatch demo
+[database]
+url = "sqlite:///{root / "cropwatch.db"}"
+
+[mqtt]
+host = "{host}"
+port = {port}
+
+[metrics]
+port = 0
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def counts(db: Path) -> dict[str, int]:
+    import sqlite3
+
+    out = {"detections": 0, "telemetry": 0, "samples": 0, "devices": 0}
+    if not db.exists():
+        return out
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as conn:
+        for table in out:
+            with contextlib.suppress(sqlite3.Error):
+                out[table] = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+    return out
+
+
+def by_class(db: Path) -> list[tuple[str, int]]:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as conn:
+        try:
+            return conn.execute("SELECT label, COUNT(*) FROM detections GROUP BY label ORDER BY 2 DESC").fetchall()
+        except sqlite3.Error:
+            return []
+
+
+def run_demo(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from shared import messages as m
-    from shared import topics
-    from shared.examples import example_messages
-
     console = Console()
-    counts: dict[str, int] = {}
-    rejected: list[str] = []
-    lock = threading.Lock()
+    root: Path = args.data_dir.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    stack = Stack(root / "logs")
+    started = time.monotonic()
+    stop_requested = False
 
-    def on_message(_c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
-        try:
-            t = topics.parse_topic(msg.topic)
-            m.parse_device_message(msg.payload, expected_kind=t.kind)
-        except (ValueError, m.MessageError) as exc:
-            rejected.append(f"{msg.topic}: {exc}")
-            return
-        with lock:
-            counts[t.kind or "?"] = counts.get(t.kind or "?", 0) + 1
+    def on_signal(_signum: int, _frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
 
-    def connect(client_id: str) -> mqtt.Client:
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        ready = threading.Event()
-        c.on_connect = lambda *_a: ready.set()
-        c.connect(host, port)
-        c.loop_start()
-        if not ready.wait(10):
-            raise RuntimeError(f"could not connect to the broker at {host}:{port} with MQTT v5")
-        return c
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        if args.model_manifest:
+            public_key, manifest, photos = (
+                args.trusted_key.resolve(),
+                args.model_manifest.resolve(),
+                args.photos.resolve(),
+            )
+        else:
+            public_key, manifest, photos = build_model(root, console)
+        console.rule("starting the farm")
+        if args.broker:
+            url = urlparse(args.broker)
+            host, port = url.hostname or "127.0.0.1", url.port or 1883
+        else:
+            host, port = "127.0.0.1", _free_port()
+            stack.start("broker", ["broker", "--port", str(port), "--data-dir", str(root / "broker")])
+            _wait(lambda: _port_open(host, port), 30, "the broker", stack)
+        console.print(f"broker      mqtt://{host}:{port}")
 
-    cloud = connect("demo-cloud")
-    cloud.on_message = on_message
-    subscribed = threading.Event()
-    cloud.on_subscribe = lambda *_a: subscribed.set()
-    cloud.subscribe(topics.device_filter(FARM_ID), qos=1)
-    subscribed.wait(10)
+        registry = root / "registry"
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "shared.cli",
+                "models",
+                "--registry",
+                str(registry),
+                "import",
+                str(manifest),
+                "--trusted-key",
+                str(public_key),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        registry_port = _free_port()
+        stack.start("registry", ["registry", "serve", "--root", str(registry), "--port", str(registry_port)])
+        console.print(f"registry    http://127.0.0.1:{registry_port}/index.json")
 
-    sent = 0
-    with console.status("simulated devices publishing") as status:
-        devices = {d: connect(f"demo-{d}") for d in DEVICES}
-        for r in range(rounds):
-            for device, client in devices.items():
-                for kind, msg in example_messages(FARM_ID, device, fixed=False).items():
-                    if kind not in m.DEVICE_KINDS:
-                        continue
-                    info = client.publish(topics.device_topic(FARM_ID, device, kind), msg.to_json(), qos=1)
-                    info.wait_for_publish(10)
-                    sent += 1
-            status.update(f"round {r + 1}/{rounds}: {sent} messages published")
-        deadline = time.monotonic() + 10
-        while sum(counts.values()) + len(rejected) < sent and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for client in [*devices.values(), cloud]:
-            client.loop_stop()
-            client.disconnect()
+        stack.start("ingest", ["ingest", "--config", str(monitor_toml(root, host, port))])
+        console.print(f"ingest      -> {root / 'cropwatch.db'}")
+        devices = DEVICE_IDS[: args.devices]
+        inboxes = []
+        for device_id, field_id in zip(devices, FIELDS, strict=False):
+            config = agent_toml(root, device_id, field_id, host, port, public_key, manifest)
+            stack.start(f"agent-{device_id}", ["agent", "--config", str(config)])
+            inboxes.append(config.parent / "inbox")
+        console.print(f"agents      {', '.join(devices)} (farm {FARM_ID})")
 
-    table = Table(title=f"demo farm '{FARM_ID}': messages validated by the cloud side")
-    table.add_column("kind")
-    table.add_column("received", justify="right")
-    for kind in m.DEVICE_KINDS:
-        table.add_row(kind, str(counts.get(kind, 0)))
-    console.print(table)
-    console.print(f"sent {sent}, received {sum(counts.values())}, rejected {len(rejected)} over MQTT v5 at QoS 1")
-    console.print("[bold]Not in this version yet[/bold] (later releases add them to the demo):")
-    for cmd, what in NOT_YET.items():
-        console.print(f"  {cmd:<26} {what}")
-    return 0 if sum(counts.values()) == sent and not rejected else 1
+        if importlib.util.find_spec("farm_monitor.app_cli") is not None and not args.no_monitor:
+            stack.start("monitor", ["monitor", "--config", str(root / "monitor.toml"), "--port", "8501"])
+            console.print("monitor     http://localhost:8501")
+        else:
+            console.print("monitor     not in this version yet; the database is", root / "cropwatch.db")
+        console.print(f"logs        {stack.logs}")
+
+        pictures = sorted(p for p in photos.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        if not pictures:
+            raise RuntimeError(f"no photos in {photos}")
+        rng = random.Random(7)
+        first_detection: float | None = None
+        last_drop = 0.0
+        last_print = 0.0
+        while not stop_requested:
+            dead = stack.dead()
+            if dead:
+                raise RuntimeError(f"{', '.join(dead)} stopped; see {stack.logs}/{dead[0]}.log")
+            now = time.monotonic()
+            if now - last_drop >= args.photo_interval:
+                for inbox in inboxes:
+                    # Copied under a hidden name, then renamed: the agent never sees half a photo.
+                    src = rng.choice(pictures)
+                    name = f"{src.stem}-{int(now * 1000)}{src.suffix}"
+                    shutil.copyfile(src, inbox / f".{name}.part")
+                    os.replace(inbox / f".{name}.part", inbox / name)
+                last_drop = now
+            c = counts(root / "cropwatch.db")
+            if first_detection is None and c["detections"] > 0:
+                first_detection = now
+                console.print(f"[bold green]first detection stored[/bold green] {now - started:.0f} s after start")
+            if now - last_print >= 10 or (first_detection == now):
+                table = Table(title=f"{FARM_ID}: {now - started:.0f} s", show_edge=False)
+                for name in c:
+                    table.add_column(name, justify="right")
+                table.add_row(*(str(v) for v in c.values()))
+                console.print(table)
+                last_print = now
+            if first_detection is not None and args.duration and now - first_detection >= args.duration:
+                break
+            time.sleep(0.5)
+        console.rule("stopping")
+        classes = by_class(root / "cropwatch.db")
+        if classes:
+            console.print("detections by class: " + ", ".join(f"{label} {n}" for label, n in classes))
+        return 0 if first_detection is not None or stop_requested else 1
+    except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
+        console.print(f"[red]demo failed:[/red] {exc}")
+        return 1
+    finally:
+        stack.stop()
+        console.print("all demo processes stopped")
 
 
 def main(argv: list[str], prog: str = "cropwatch demo") -> int:
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--broker", help="use this broker (mqtt://host:port) instead of starting one")
-    parser.add_argument("--rounds", type=int, default=3, help="messages of each kind per device")
-    parser.add_argument("--data-dir", type=Path, default=Path("var/demo"), help="where the demo keeps its state")
+    parser.add_argument("--broker", help="use this MQTT v5 broker (mqtt://host:port) instead of starting one")
+    parser.add_argument("--data-dir", type=Path, default=Path("var/demo"), help="state of the demo (reused)")
+    parser.add_argument("--devices", type=int, default=3, choices=range(1, len(DEVICE_IDS) + 1))
+    parser.add_argument("--photo-interval", type=float, default=5.0, help="seconds between photos per device")
+    parser.add_argument("--duration", type=float, help="stop this many seconds after the first detection")
+    parser.add_argument("--no-monitor", action="store_true", help="do not start the web monitor")
+    parser.add_argument("--model-manifest", type=Path, help=argparse.SUPPRESS)  # tests: a prepared model
+    parser.add_argument("--trusted-key", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--photos", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    broker_proc = None
-    if args.broker:
-        url = urlparse(args.broker)
-        host, port = url.hostname or "127.0.0.1", url.port or 1883
-    else:
-        if not (shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto")):
-            print(
-                f"{prog}: needs MQTT v5; install mosquitto (apt-get install mosquitto) or pass --broker",
-                file=sys.stderr,
-            )
-            return 1
-        args.data_dir.mkdir(parents=True, exist_ok=True)
-        broker_dir = Path(tempfile.mkdtemp(prefix="broker-", dir=args.data_dir))
-        broker_proc, host, port = _start_broker(broker_dir)
-        print(f"embedded broker on mqtt://{host}:{port}")
-    try:
-        return run(host, port, args.rounds)
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        if broker_proc is not None:
-            broker_proc.send_signal(signal.SIGTERM)
-            try:
-                broker_proc.wait(10)
-            except subprocess.TimeoutExpired:
-                broker_proc.kill()
+    if not args.broker and not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
+        print(f"{prog}: needs an MQTT v5 broker: install mosquitto or pass --broker", file=sys.stderr)
+        return 1
+    return run_demo(args)
