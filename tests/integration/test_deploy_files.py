@@ -64,3 +64,32 @@ def test_cloud_compose_scales_ingest_on_a_shared_subscription() -> None:
     assert (
         REPO / "deploy" / "compose" / mounted.split(":")[0]
     ).resolve() == REPO / "deploy" / "mosquitto" / "mosquitto.conf"
+
+
+def test_torchrun_script_trains_with_two_cpu_processes(tmp_path: Path) -> None:
+    """The shipped multi-node launcher, as one node with two CPU processes (gloo)."""
+    import json
+    import os
+
+    from tests.services import cropwatch_cmd, cropwatch_env, free_port
+
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun is not installed (trainer extra)")
+    cube = tmp_path / "cube.nc"
+    subprocess.run(
+        cropwatch_cmd("data", "synth-yield", str(cube), "--fields", "12", "--seasons", "3", "--days", "40"),
+        env=cropwatch_env(), check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    env = cropwatch_env(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), NNODES="1", NODE_RANK="0", GPUS_PER_NODE="2",
+        TASK="yield", DATA=str(cube), OUT=str(tmp_path / "run"), OMP_NUM_THREADS="1",
+    )  # fmt: skip
+    result = subprocess.run(
+        ["bash", str(REPO / "deploy" / "training" / "torchrun-multinode.sh"), "--epochs", "2", "--quiet",
+         "--no-plots", "--threads", "1"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["task"] == "yield_forecast"
+    assert os.path.exists(tmp_path / "run" / "run.json")
