@@ -91,5 +91,5 @@ def test_torchrun_script_trains_with_two_cpu_processes(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["task"] == "yield_forecast"
+    assert config["task"] == "yield_forecast" and config["world_size"] == 2
     assert os.path.exists(tmp_path / "run" / "run.json")
