@@ -1,0 +1,46 @@
+"""The Streamlit entry script: login gate, then one page per file under ``views/`` via st.navigation.
+
+Run it with ``cropwatch monitor --config monitor.toml`` (which sets CROPWATCH_CONFIG).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from farm_monitor.app.ui import SESSION_USER, current_user
+
+VIEWS = Path(__file__).parent / "views"
+
+st.set_page_config(page_title="Cropwatch farm monitor", page_icon="🌱", layout="wide")
+
+user = current_user()
+if user is None:
+    nav = st.navigation([st.Page(VIEWS / "login.py", title="Log in", icon="🔑")], position="hidden")
+else:
+    pages = {
+        "Farm": [
+            st.Page(VIEWS / "overview.py", title="Overview", icon="🗺️", default=True),
+            st.Page(VIEWS / "field.py", title="Field", icon="🌾"),
+            st.Page(VIEWS / "detections.py", title="Detections", icon="🔬"),
+            st.Page(VIEWS / "alerts.py", title="Alerts", icon="🚨"),
+        ],
+        "Fleet": [
+            st.Page(VIEWS / "devices.py", title="Devices", icon="📡"),
+            st.Page(VIEWS / "device.py", title="Device", icon="🔧"),
+            st.Page(VIEWS / "models.py", title="Models", icon="🧠"),
+        ],
+    }
+    if user.can("layout") or user.can("users"):
+        pages["Admin"] = [
+            st.Page(VIEWS / "farm_layout.py", title="Farm layout", icon="📐"),
+            st.Page(VIEWS / "users.py", title="Users", icon="👥"),
+        ]
+    nav = st.navigation(pages)
+    with st.sidebar:
+        st.caption(f"Signed in as **{user.username}** ({user.role})")
+        if st.button("Log out", key="cw_logout"):
+            st.session_state.pop(SESSION_USER, None)
+            st.rerun()
+nav.run()
