@@ -256,6 +256,18 @@ def sample_labels(sql: Sql, farm: str, devs: list[str], since: datetime) -> list
     return list(df["predicted_label"])
 
 
+def detection_labels(sql: Sql, farm: str, devs: list[str], since: datetime) -> list[str]:
+    """Classes the farm's models reported (the choices when correcting a label)."""
+    if not devs:
+        return []
+    df = sql.frame(
+        "SELECT DISTINCT label FROM detections WHERE farm_id = :f AND device_id IN :d AND observed_at >= :t ORDER BY 1",
+        {"f": farm, "d": devs, "t": sql.ts(since)},
+        ("d",),
+    )
+    return list(df["label"])
+
+
 def alerts(
     sql: Sql, farm: str, open_only: bool, rules: list[str], severities: list[str], limit: int = 500
 ) -> pd.DataFrame:

@@ -115,6 +115,7 @@ class Data:
     samples = staticmethod(_cached(q.samples))
     sample_images = staticmethod(_cached(q.sample_images))
     sample_labels = staticmethod(_cached(q.sample_labels))
+    detection_labels = staticmethod(_cached(q.detection_labels))
     alerts = staticmethod(_cached(q.alerts))
     device_history = staticmethod(_cached(q.device_history))
     device_models = staticmethod(_cached(q.device_models))

@@ -55,7 +55,12 @@ def render() -> None:
         return
     st.caption(f"The {len(rows)} newest matching samples.")
     images = Data.sample_images(farm, list(rows["msg_id"]))
-    classes = sorted(set(Data.sample_labels(farm, devs, now - timedelta(days=365))) | set(rows["label"].dropna()))
+    month = now - timedelta(days=30)
+    classes = sorted(
+        set(Data.sample_labels(farm, devs, month))
+        | set(Data.detection_labels(farm, devs, month))
+        | set(rows["label"].dropna())
+    )
     can_label = user.can("label")
     if not can_label:
         st.caption("Read-only: labelling is for agronomists.")
