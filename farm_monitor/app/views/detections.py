@@ -74,10 +74,10 @@ def render() -> None:
                 f"**{r.predicted_label or '?'}** · {conf}  \n{r.device_id} · {r.field_id or '—'} · "
                 f"{r.observed_at:%Y-%m-%d %H:%M}"
             )
-            if r.label:
+            if isinstance(r.label, str):
                 st.caption(f"Label: **{r.label}** ({r.labelled})")
             if can_label:
-                current = r.label or r.predicted_label
+                current = r.label if isinstance(r.label, str) else r.predicted_label
                 options = classes if current in classes else [*classes, current]
                 choice = st.selectbox(
                     "Label", options, index=options.index(current) if current in options else 0,

@@ -9,7 +9,7 @@ from farm_monitor.app.ui import SESSION_USER, guarded, users
 
 
 def render() -> None:
-    st.title("🌱 Cropwatch")
+    st.title("Cropwatch")
     st.write("Fields, devices, detections and yield outlook for your farm.")
     with st.form("login"):
         username = st.text_input("User name", key="login_user")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 
 import pandas as pd
@@ -95,8 +96,10 @@ def draw_map(farm: str, fleet: pd.DataFrame, risk: pd.DataFrame) -> None:
             "No field polygons or device locations for this farm yet: an admin can add them on the Farm layout page."
         )
     else:
-        lon = sum(c[0] for c in coords) / len(coords)
-        lat = sum(c[1] for c in coords) / len(coords)
+        lons, lats = [c[0] for c in coords], [c[1] for c in coords]
+        lon, lat = (min(lons) + max(lons)) / 2, (min(lats) + max(lats)) / 2
+        span = max(max(lons) - min(lons), max(lats) - min(lats), 1e-4)
+        zoom = max(1.0, min(18.0, math.log2(360 / span) - 1.5))  # the whole farm fits the map
         layers = [
             pdk.Layer(
                 "PolygonLayer",
@@ -124,7 +127,7 @@ def draw_map(farm: str, fleet: pd.DataFrame, risk: pd.DataFrame) -> None:
         st.pydeck_chart(
             pdk.Deck(
                 layers=layers,
-                initial_view_state=pdk.ViewState(longitude=lon, latitude=lat, zoom=13),
+                initial_view_state=pdk.ViewState(longitude=lon, latitude=lat, zoom=zoom),
                 map_style=None,
                 tooltip={"text": "{tip}"},
             ),
