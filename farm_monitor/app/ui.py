@@ -165,9 +165,9 @@ def pick_farm(user: User, key: str = "farm") -> str | None:
 
 
 def field_ids(farm: str, lay: FarmLayout) -> list[str]:
-    """Fields from the layout plus any field that reports in the last year but is not in it."""
+    """Fields from the layout plus any field that reported detections this week but is not in it."""
     fields = [f.properties.field_id for f in lay.for_farm(farm).fields]
-    since = minute_now() - timedelta(days=365)
+    since = minute_now() - timedelta(days=7)
     extra = [f for f in Data.field_risk(farm, Data.device_ids(farm), since)["field_id"] if f and f not in fields]
     return fields + sorted(extra)
 

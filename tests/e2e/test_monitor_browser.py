@@ -101,7 +101,9 @@ def _idle_with_title(drv: object, title: str) -> bool:
 
 def _charts_drawn(drv: object) -> bool:
     charts = drv.find_elements(By.CSS_SELECTOR, '[data-testid="stVegaLiteChart"], [data-testid="stArrowVegaLiteChart"]')
-    return all(c.find_elements(By.CSS_SELECTOR, "canvas, svg") for c in charts)
+    # Streamlit shows grey skeletons while a chart's JavaScript chunk loads
+    loading = drv.find_elements(By.CSS_SELECTOR, '[data-testid="stSkeleton"]')
+    return not loading and all(c.find_elements(By.CSS_SELECTOR, "canvas, svg") for c in charts)
 
 
 def test_log_in_open_every_page_and_correct_a_label(monitor: tuple[World, str], browser: object) -> None:
