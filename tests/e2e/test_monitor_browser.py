@@ -106,6 +106,17 @@ def _charts_drawn(drv: object) -> bool:
     return not loading and all(c.find_elements(By.CSS_SELECTOR, "canvas, svg") for c in charts)
 
 
+def _shot(drv: object, name: str) -> None:
+    """A screenshot of the whole page: the window grows to the content's height for the shot."""
+    width, height = drv.get_window_size()["width"], drv.get_window_size()["height"]
+    full = drv.execute_script(
+        "const m = document.querySelector('[data-testid=\"stMain\"]') || document.body; return m.scrollHeight;"
+    )
+    drv.set_window_size(width, max(height, min(int(full) + 40, 5000)))
+    drv.save_screenshot(str(SHOTS / f"{name}.png"))
+    drv.set_window_size(width, height)
+
+
 def test_log_in_open_every_page_and_correct_a_label(monitor: tuple[World, str], browser: object) -> None:
     world, url = monitor
     drv = browser
@@ -130,7 +141,7 @@ def test_log_in_open_every_page_and_correct_a_label(monitor: tuple[World, str], 
         if title == "Detections":
             wait_for(lambda: drv.find_elements(By.CSS_SELECTOR, '[data-testid="stImage"] img'), 30, 0.2, "gallery")
         wait_for(lambda: _charts_drawn(drv), 30, 0.3, f"charts on {title}")
-        drv.save_screenshot(str(SHOTS / f"{i:02d}-{title.lower().replace(' ', '-')}.png"))
+        _shot(drv, f"{i:02d}-{title.lower().replace(' ', '-')}")
         body = drv.find_element(By.TAG_NAME, "body").text
         assert "Traceback" not in body
 
@@ -158,7 +169,7 @@ def test_log_in_open_every_page_and_correct_a_label(monitor: tuple[World, str], 
     assert [tuple(r) for r in rows] == [("Tomato___healthy", "admin")]
     wait_for(lambda: _idle_with_title(drv, "Detections"), 60, 0.3, "detections after saving")
     wait_for(lambda: "Label: Tomato___healthy" in drv.find_element(By.TAG_NAME, "body").text, 30, 0.3, "label shown")
-    drv.save_screenshot(str(SHOTS / "10-detections-labelled.png"))
+    _shot(drv, "10-detections-labelled")
 
     # readable on a phone: the overview at a phone's width
     drv.set_window_size(412, 915)
@@ -170,5 +181,5 @@ def test_log_in_open_every_page_and_correct_a_label(monitor: tuple[World, str], 
     wait_for(lambda: _idle_with_title(drv, "Overview"), 60, 0.3, "overview on a phone")
     wait_for(lambda: drv.find_elements(By.CSS_SELECTOR, '[data-testid="stMetric"]'), 30, 0.2, "KPIs on a phone")
     assert "secret" not in drv.find_element(By.TAG_NAME, "body").text
-    drv.save_screenshot(str(SHOTS / "11-overview-phone.png"))
+    _shot(drv, "11-overview-phone")
     drv.set_window_size(1280, 1100)

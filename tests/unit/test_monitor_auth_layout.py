@@ -107,3 +107,15 @@ def test_replace_farm_keeps_other_farms_and_refuses_foreign_features() -> None:
 )
 def test_risk_level(n: int, share: float, level: str) -> None:
     assert risk_level(n, share, min_detections=10, alert_percent=30.0) == level
+
+
+def test_monitor_check_config_shows_the_app_section(tmp_path: Path, capsys) -> None:
+    from farm_monitor.app_cli import main as monitor_main
+
+    cfg = tmp_path / "monitor.toml"
+    cfg.write_text('[app]\nport = 8600\nusers_file = "u.json"\n')
+    assert monitor_main(["--config", str(cfg), "--check-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["app"]["port"] == 8600
+    cfg.write_text("[app]\nbogus = 1\n")
+    assert monitor_main(["--config", str(cfg), "--check-config"]) == 2
+    assert "bogus" in capsys.readouterr().err
