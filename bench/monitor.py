@@ -252,6 +252,9 @@ def time_pages(config: Path, runs: int) -> dict[str, tuple[float, float]]:
     from streamlit.testing.v1 import AppTest
 
     set_log_level("error")
+    # AppTest runs scripts without a browser session; Streamlit warns about that on every run
+    for name in ("streamlit.runtime.scriptrunner_utils.script_run_context", "streamlit.runtime.caching.cache_data_api"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     os.environ["CROPWATCH_CONFIG"] = str(config)
     st.cache_resource.clear()
     out = {}
