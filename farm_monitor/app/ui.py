@@ -43,7 +43,9 @@ def config() -> MonitorConfig:
 
 @st.cache_resource(show_spinner=False)
 def _engine(url: str) -> Engine:
-    return make_engine(url, pool_pre_ping=True) if not url.startswith("sqlite") else make_engine(url)
+    # keyed by URL; built from the settings so database.password(_file) applies
+    settings = config().database
+    return make_engine(settings if settings.url == url else url)
 
 
 def engine() -> Engine:
