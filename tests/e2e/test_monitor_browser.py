@@ -103,7 +103,15 @@ def _charts_drawn(drv: object) -> bool:
     charts = drv.find_elements(By.CSS_SELECTOR, '[data-testid="stVegaLiteChart"], [data-testid="stArrowVegaLiteChart"]')
     # Streamlit shows grey skeletons while a chart's JavaScript chunk loads
     loading = drv.find_elements(By.CSS_SELECTOR, '[data-testid="stSkeleton"]')
-    return not loading and all(c.find_elements(By.CSS_SELECTOR, "canvas, svg") for c in charts)
+    # a data grid is drawn when its cells' accessible table exists; a map when deck.gl has its canvas
+    grids = drv.find_elements(By.CSS_SELECTOR, '[data-testid="stDataFrame"]')
+    maps = drv.find_elements(By.CSS_SELECTOR, '[data-testid="stDeckGlJsonChart"]')
+    return (
+        not loading
+        and all(c.find_elements(By.CSS_SELECTOR, "canvas, svg") for c in charts)
+        and all(g.find_elements(By.CSS_SELECTOR, "table") for g in grids)
+        and all(m.find_elements(By.CSS_SELECTOR, "canvas") for m in maps)
+    )
 
 
 def _shot(drv: object, name: str) -> None:
