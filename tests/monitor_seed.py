@@ -141,6 +141,18 @@ def _messages(farm: str, devices: dict[str, str], now: datetime, secret: bool) -
     return out
 
 
+def _registry(root: Path) -> None:
+    """A registry with one signed (tiny) classifier, as 'cropwatch models import' leaves it."""
+    from cloud_trainer.registry import Registry
+    from shared.manifest import TrustedKeys, load_public_key
+    from tests.edge_models import build_classifier
+
+    built = build_classifier(root / "build", name="leaf-disease", version="1.2.0")
+    Registry(root / "registry").import_version(
+        built.manifest_path, TrustedKeys([load_public_key(str(built.public_key))])
+    )
+
+
 def seed(root: Path, db_url: str | None = None) -> World:
     """Database, layout, users and config under ``root``; returns where everything is."""
     root.mkdir(parents=True, exist_ok=True)
@@ -171,6 +183,7 @@ def seed(root: Path, db_url: str | None = None) -> World:
         alerts.raise_alert(conn, "device_offline", "device_offline:farm-a:gw-a2", "critical", "farm-a",
                            "gw-a2 has been offline for 2 h", now, device_id="gw-a2")  # fmt: skip
     engine.dispose()
+    _registry(root)
     users = UsersFile(users_file)
     users.add("admin", PASSWORD, "admin", ["*"])
     users.add("agro", PASSWORD, "agronomist", ["*"])

@@ -107,6 +107,16 @@ def test_farmer_sees_only_their_farm(world: World) -> None:
         acknowledge_alert(engine, a_user, b_alert)
 
 
+def test_models_page_lists_registry_versions_and_device_state(world: World) -> None:
+    at = page("models", "agro")
+    registry, summary, per_device = (df.value for df in at.dataframe)
+    assert list(registry["name"]) == ["leaf-disease"] and list(registry["version"]) == ["1.2.0"]
+    assert sorted(per_device["device_id"]) == ["gw-a1", "gw-a2", "gw-a3"]
+    assert set(per_device["active_version"]) == {"1.2.0"}
+    assert list(summary["devices"]) == [3]
+    assert any("Rollout is not available" in i.value for i in at.info)
+
+
 def test_admin_sees_both_farms(world: World) -> None:
     at = page("overview", "admin")
     assert at.selectbox(key="cw_farm_select_farm").options == ["farm-a", "farm-b"]
