@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -141,6 +142,36 @@ class UsersFile:
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return None
         return _user(username.strip().lower(), rec) if rec else None
+
+
+class LoginThrottle:
+    """After ``max_failures`` wrong passwords for a name, refuse it for ``lock_s`` (per server process).
+
+    Kept per user name, not per browser session, because a new session costs an attacker nothing.
+    """
+
+    def __init__(self, max_failures: int = 5, lock_s: float = 60.0) -> None:
+        self.max_failures = max_failures
+        self.lock_s = lock_s
+        self._failures: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def wait_s(self, username: str, now: float) -> float:
+        """Seconds until ``username`` may try again (0: now)."""
+        with self._lock:
+            recent = [t for t in self._failures.get(username, []) if now - t < self.lock_s]
+            self._failures[username] = recent
+            if len(recent) < self.max_failures:
+                return 0.0
+            return self.lock_s - (now - recent[-self.max_failures])
+
+    def failed(self, username: str, now: float) -> None:
+        with self._lock:
+            self._failures.setdefault(username, []).append(now)
+
+    def succeeded(self, username: str) -> None:
+        with self._lock:
+            self._failures.pop(username, None)
 
 
 def _user(name: str, rec: dict) -> User:

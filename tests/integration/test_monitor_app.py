@@ -117,6 +117,15 @@ def test_models_page_lists_registry_versions_and_device_state(world: World) -> N
     assert any("Rollout is not available" in i.value for i in at.info)
 
 
+def test_overview_kpis_and_what_needs_attention(world: World) -> None:
+    at = page("overview", "farmer-a")
+    kpis = {m.label: m.value for m in at.metric}
+    assert kpis["Devices online"] == "2" and kpis["Offline or silent"] == "1" and kpis["Open alerts"] == "2"
+    attention = next(md.value for md in at.markdown if "Needs attention" in md.value)
+    assert "gw-a2 has been offline" in attention and "Late_blight" in attention
+    assert any("gw-a3" in w.value for w in at.warning)  # reports, but not in the layout
+
+
 def test_admin_sees_both_farms(world: World) -> None:
     at = page("overview", "admin")
     assert at.selectbox(key="cw_farm_select_farm").options == ["farm-a", "farm-b"]

@@ -119,3 +119,18 @@ def test_monitor_check_config_shows_the_app_section(tmp_path: Path, capsys) -> N
     cfg.write_text("[app]\nbogus = 1\n")
     assert monitor_main(["--config", str(cfg), "--check-config"]) == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def test_login_throttle_locks_a_name_after_repeated_failures() -> None:
+    from farm_monitor.app.auth import LoginThrottle
+
+    t = LoginThrottle(max_failures=3, lock_s=60)
+    for i in range(3):
+        assert t.wait_s("ann", 100.0 + i) == 0
+        t.failed("ann", 100.0 + i)
+    assert t.wait_s("ann", 103.0) == pytest.approx(57.0)
+    assert t.wait_s("bob", 103.0) == 0
+    assert t.wait_s("ann", 161.0) == 0  # the oldest failure has aged out
+    t.failed("ann", 161.0)
+    t.succeeded("ann")
+    assert t.wait_s("ann", 162.0) == 0

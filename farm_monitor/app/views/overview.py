@@ -12,6 +12,8 @@ import streamlit as st
 from farm_monitor.app.risk import RISK_COLOURS, STATUS_COLOURS, risk_level
 from farm_monitor.app.ui import Data, config, day_start, guarded, layout, minute_now, pick_farm, require_user
 
+ICONS = {"critical": ":red[:material/error:]", "warning": ":orange[:material/warning:]", "info": ":material/info:"}
+
 
 def render() -> None:
     user = require_user()
@@ -49,6 +51,13 @@ def render() -> None:
                 "No devices have reported for this farm yet. Provision one with `cropwatch devices provision`, "
                 "start it with `cropwatch agent --config agent.toml` and run `cropwatch ingest` "
                 "(see docs/edge-agent.md)."
+            )
+        if k["open_alerts"]:
+            top = Data.alerts(farm, True, [], [], 5)
+            st.markdown(
+                "**Needs attention**  \n"
+                + "  \n".join(f"{ICONS.get(r.severity, '')} {r.message}" for r in top.itertuples())
+                + ("  \n…more on the Alerts page" if k["open_alerts"] > len(top) else "")
             )
         risk = Data.field_risk(farm, devs, now - timedelta(hours=cfg.app.risk_window_hours))
         draw_map(farm, fleet, risk)
