@@ -37,6 +37,8 @@ def streamlit_command(cfg: MonitorConfig, host: str, port: int) -> list[str]:
         "--server.port", str(port), "--server.address", host, "--server.headless", "true",
         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
         "--client.toolbarMode", "minimal", "--theme.base", "light",
+        # pages catch their own errors; anything that escapes still shows no traceback to users
+        "--client.showErrorDetails", "none",
     ]  # fmt: skip
 
 

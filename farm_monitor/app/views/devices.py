@@ -28,7 +28,8 @@ def render() -> None:
         col.metric(s.capitalize(), int(counts.get(s, 0)))
     st.dataframe(
         fleet[["device_id", "status", "state_since", "last_heartbeat_at", "last_seen_at", "outbox_depth",
-               "outbox_oldest_age_s", "dropped", "models", "agent_version", "in_layout", "reason"]],
+               "outbox_oldest_age_s", "dropped", "cpu_percent", "temperature_c", "models", "agent_version", "in_layout",
+               "reason"]],
         hide_index=True, width="stretch",
         column_config={
             "state_since": st.column_config.DatetimeColumn("since", format="YYYY-MM-DD HH:mm"),
