@@ -83,6 +83,20 @@ def test_every_page_renders_for_every_role(world: World, name: str, user: str) -
         assert at.title[0].value.lower().replace(" ", "_") == name
 
 
+def test_fleet_table_opens_a_device_page(world: World) -> None:
+    at = AppTest.from_file(str(APP / "main.py"), default_timeout=60)
+    at.session_state["cw_username"] = "farmer-a"
+    at.run()
+    at.switch_page("views/devices.py").run()
+    assert at.title[0].value == "Devices"
+    at.selectbox(key="fleet_open_pick").set_value("gw-a2").run()
+    at.button(key="fleet_open").click().run()
+    assert not at.exception
+    assert at.title[0].value == "Device"
+    assert at.selectbox(key="dev_pick").value == "gw-a2"
+    assert at.metric[0].value == "offline"
+
+
 def test_pages_need_a_login(world: World) -> None:
     at = page("detections", None)
     assert any("log in" in w.value for w in at.warning)

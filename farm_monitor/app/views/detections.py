@@ -45,7 +45,7 @@ def render() -> None:
     rows = Data.samples(
         farm, devs, since, field=None if field == "(all)" else field, device=None if device == "(all)" else device,
         label=None if label == "(all)" else label, min_conf=lo, max_conf=hi, unlabelled_only=unlabelled,
-        limit=config().app.gallery_size,
+        limit=st.session_state.get("det_limit", config().app.gallery_size),
     )  # fmt: skip
     if rows.empty:
         st.info(
@@ -54,6 +54,7 @@ def render() -> None:
         )
         return
     st.caption(f"The {len(rows)} newest matching samples.")
+    more = len(rows) >= st.session_state.get("det_limit", config().app.gallery_size)
     images = Data.sample_images(farm, list(rows["msg_id"]))
     month = now - timedelta(days=30)
     classes = sorted(
@@ -92,6 +93,9 @@ def render() -> None:
                         clear_after_write()
                         st.toast(f"Saved label {choice}")
                         st.rerun()
+    if more and st.button("Show more", key="det_more"):
+        st.session_state["det_limit"] = len(rows) + config().app.gallery_size
+        st.rerun()
 
 
 guarded(render)
