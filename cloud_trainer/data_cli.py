@@ -15,6 +15,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth-leaves": ("cloud_trainer.disease.synth:main", "draw synthetic leaf photos with lesions into class folders"),
     "synth-yield": ("cloud_trainer.yield_model.data_cmds:synth_yield_main", "synthetic season cube with a known yield"),
     "iowa-cube": ("cloud_trainer.yield_model.data_cmds:iowa_cube_main", "Iowa county-season cube from the team data"),
+    "export-labels": (
+        "farm_monitor.labels:export_labels_main",
+        "monitor labels: class folders + CSV",
+    ),
 }
 
 

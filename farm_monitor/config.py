@@ -152,6 +152,29 @@ class MetricsSettings(BaseModel):
     )
 
 
+class AppSettings(BaseModel):
+    """``[app]``: the Streamlit farm monitor (``cropwatch monitor``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    users_file: str = Field(
+        "var/monitor-users.json", description="Users and argon2 password hashes; managed with 'cropwatch users'."
+    )
+    farm_file: str = Field(
+        "var/farm.geojson", description="Farm layout: GeoJSON fields (crop, planting date) and device locations."
+    )
+    registry: str | None = Field(None, description="Model registry folder shown on the Models page.")
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8501
+    cache_ttl_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        30.0, description="Query results are reused this long; live data is at most this old."
+    )
+    refresh_s: Annotated[float, Field(ge=5, le=3600)] = Field(30.0, description="Overview live refresh interval.")
+    risk_window_hours: Annotated[float, Field(gt=0)] = Field(
+        72.0, description="Field disease risk = share of disease detections over this window."
+    )
+    gallery_size: Annotated[int, Field(ge=1, le=200)] = 24
+
+
 class MonitorConfig(BaseModel):
     """``monitor.toml``."""
 
@@ -162,4 +185,5 @@ class MonitorConfig(BaseModel):
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    app: AppSettings = Field(default_factory=AppSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

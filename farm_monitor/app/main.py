@@ -1,0 +1,46 @@
+"""The Streamlit entry script: login gate, then one page per file under ``views/`` via st.navigation.
+
+Run it with ``cropwatch monitor --config monitor.toml`` (which sets CROPWATCH_CONFIG).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from farm_monitor.app.ui import SESSION_USER, current_user
+
+VIEWS = Path(__file__).parent / "views"
+
+st.set_page_config(page_title="Cropwatch farm monitor", page_icon=":material/eco:", layout="wide")
+
+user = current_user()
+if user is None:
+    nav = st.navigation([st.Page(VIEWS / "login.py", title="Log in", icon=":material/login:")], position="hidden")
+else:
+    pages = {
+        "Farm": [
+            st.Page(VIEWS / "overview.py", title="Overview", icon=":material/map:", default=True),
+            st.Page(VIEWS / "field.py", title="Field", icon=":material/grass:"),
+            st.Page(VIEWS / "detections.py", title="Detections", icon=":material/photo_library:"),
+            st.Page(VIEWS / "alerts.py", title="Alerts", icon=":material/notifications:"),
+        ],
+        "Fleet": [
+            st.Page(VIEWS / "devices.py", title="Devices", icon=":material/router:"),
+            st.Page(VIEWS / "device.py", title="Device", icon=":material/sensors:"),
+            st.Page(VIEWS / "models.py", title="Models", icon=":material/model_training:"),
+        ],
+    }
+    if user.can("layout") or user.can("users"):
+        pages["Admin"] = [
+            st.Page(VIEWS / "farm_layout.py", title="Farm layout", icon=":material/edit_location:"),
+            st.Page(VIEWS / "users.py", title="Users", icon=":material/group:"),
+        ]
+    nav = st.navigation(pages)
+    with st.sidebar:
+        st.caption(f"Signed in as **{user.username}** ({user.role})")
+        if st.button("Log out", key="cw_logout"):
+            st.session_state.pop(SESSION_USER, None)
+            st.rerun()
+nav.run()

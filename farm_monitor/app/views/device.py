@@ -1,0 +1,56 @@
+"""Device: one device's status, heartbeats, detections and events over time."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import streamlit as st
+
+from farm_monitor.app.ui import Data, config, dt, guarded, minute_now, pick_farm, require_user
+
+
+def render() -> None:
+    user = require_user()
+    st.title("Device")
+    farm = pick_farm(user)
+    if farm is None:
+        return
+    now = minute_now()
+    fleet = Data.devices(farm, now, config().alerts.device_offline.after_s)
+    if fleet.empty:
+        st.info("No devices have reported for this farm yet; see the Devices page for how to start one.")
+        return
+    ids = list(fleet["device_id"])
+    wanted = st.query_params.get("device")
+    device = st.selectbox("Device", ids, index=ids.index(wanted) if wanted in ids else 0, key="dev_pick")
+    st.query_params["device"] = device
+    row = fleet[fleet["device_id"] == device].iloc[0]
+    c = st.columns(3)
+    c[0].metric("Status", row["status"], help=f"since {dt(row['state_since'])}")
+    c[1].metric("Outbox depth", "—" if row["outbox_depth"] is None else int(row["outbox_depth"]))
+    c[2].metric("Dropped", int(row["dropped"] or 0))
+    st.caption(
+        f"Last heartbeat {dt(row['last_heartbeat_at'])} · last seen {dt(row['last_seen_at'])} · "
+        f"agent {row['agent_version'] or '?'} · models {row['models'] or '—'}"
+    )
+    days = st.selectbox("Period", [1, 7, 30], index=1, format_func=lambda d: f"{d} days", key="dev_days")
+    hist = Data.device_history(farm, device, now - timedelta(days=days))
+    st.subheader("Heartbeats per hour")
+    if hist["heartbeats"].empty:
+        st.info("No status reports in this period (status history is kept 30 days).")
+    else:
+        st.bar_chart(hist["heartbeats"].set_index("hour")[["heartbeats"]], height=180)
+    st.subheader("Detections per day")
+    if hist["detections"].empty:
+        st.info("No detections in this period.")
+    else:
+        det = hist["detections"].pivot_table(index="day", columns="label", values="n", aggfunc="sum").fillna(0)
+        st.bar_chart(det, height=220)
+    st.subheader("Events")
+    if hist["events"].empty:
+        st.info("No events in this period.")
+    else:
+        st.dataframe(hist["events"], hide_index=True, width="stretch")
+
+
+guarded(render)

@@ -1,0 +1,234 @@
+"""The farm monitor's pages under Streamlit's AppTest, over a real SQLite file seeded by ingest's code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from streamlit.testing.v1 import AppTest
+
+from farm_monitor.app.actions import acknowledge_alert, label_sample, save_farm_layout
+from farm_monitor.app.auth import PermissionDenied, UsersFile
+from farm_monitor.db import make_engine
+from tests.monitor_seed import PASSWORD, World, seed
+
+APP = Path(__file__).resolve().parents[2] / "farm_monitor" / "app"
+PAGES = ["overview", "field", "detections", "alerts", "devices", "device", "models", "farm_layout", "users"]
+ROLES = ["farmer-a", "agro", "admin"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    w = seed(tmp_path_factory.mktemp("monitor"))
+    UsersFile(w.config.app.users_file).add("agro-a", PASSWORD, "agronomist", ["farm-a"])
+    return w
+
+
+@pytest.fixture(autouse=True)
+def _config_env(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CROPWATCH_CONFIG", str(world.config_path))
+
+
+def page(name: str, user: str | None) -> AppTest:
+    at = AppTest.from_file(str(APP / "views" / f"{name}.py"), default_timeout=60)
+    if user:
+        at.session_state["cw_username"] = user
+    return at.run()
+
+
+def text_of(at: AppTest) -> str:
+    """Everything the page sent to the browser (widget options, tables, markdown), as text."""
+    out: list[str] = []
+
+    def walk(node: object) -> None:
+        proto = getattr(node, "proto", None)
+        if proto is not None:
+            out.append(str(proto))
+        children = getattr(node, "children", None)
+        if isinstance(children, dict):
+            for child in children.values():
+                walk(child)
+
+    walk(at._tree)
+    return "\n".join(out)
+
+
+def test_login_wrong_then_right_password(world: World) -> None:
+    at = AppTest.from_file(str(APP / "main.py"), default_timeout=60).run()
+    assert not at.exception
+    at.text_input(key="login_user").input("agro")
+    at.text_input(key="login_password").input("wrong password")
+    at.button[0].click().run()
+    assert any("Wrong user name or password" in e.value for e in at.error)
+    assert "cw_username" not in at.session_state
+    at.text_input(key="login_password").input(PASSWORD)
+    at.button[0].click().run()
+    assert at.session_state["cw_username"] == "agro"
+    assert not at.exception
+    assert [t.value for t in at.title] == ["Overview"]
+
+
+@pytest.mark.parametrize("user", ROLES)
+@pytest.mark.parametrize("name", PAGES)
+def test_every_page_renders_for_every_role(world: World, name: str, user: str) -> None:
+    at = page(name, user)
+    assert not at.exception, at.exception
+    errors = [e.value for e in at.error]
+    if name in ("farm_layout", "users") and user != "admin":
+        assert errors and "Only admins" in errors[0]
+    else:
+        assert not errors, errors
+        assert at.title[0].value.lower().replace(" ", "_") == name
+
+
+def test_fleet_table_opens_a_device_page(world: World) -> None:
+    at = AppTest.from_file(str(APP / "main.py"), default_timeout=60)
+    at.session_state["cw_username"] = "farmer-a"
+    at.run()
+    at.switch_page("views/devices.py").run()
+    assert at.title[0].value == "Devices"
+    at.selectbox(key="fleet_open_pick").set_value("gw-a2").run()
+    at.button(key="fleet_open").click().run()
+    assert not at.exception
+    assert at.title[0].value == "Device"
+    assert at.selectbox(key="dev_pick").value == "gw-a2"
+    assert at.metric[0].value == "offline"
+
+
+def test_pages_need_a_login(world: World) -> None:
+    at = page("detections", None)
+    assert any("log in" in w.value for w in at.warning)
+    assert not at.image
+
+
+def test_farmer_sees_only_their_farm(world: World) -> None:
+    for name in PAGES[:7]:
+        at = page(name, "farmer-a")
+        assert at.selectbox(key=f"cw_farm_select_{'farm'}").options == ["farm-a"]
+        body = text_of(at)
+        assert "secret" not in body, f"farm-b data on {name}"
+    # an agronomist of farm-a is refused farm-b's sample even when calling the action directly
+    engine = make_engine(world.db_url)
+    with engine.connect() as conn:
+        b_sample = conn.execute(text("SELECT msg_id FROM samples WHERE farm_id = 'farm-b' LIMIT 1")).scalar()
+        b_alert = conn.execute(text("SELECT id FROM alerts WHERE farm_id = 'farm-b'")).scalar()
+    a_user = UsersFile(world.config.app.users_file).get("agro-a")
+    with pytest.raises(PermissionDenied):
+        label_sample(engine, a_user, b_sample, "Tomato___healthy")
+    with pytest.raises(PermissionDenied):
+        acknowledge_alert(engine, a_user, b_alert)
+
+
+def test_models_page_lists_registry_versions_and_device_state(world: World) -> None:
+    at = page("models", "agro")
+    registry, summary, per_device = (df.value for df in at.dataframe)
+    assert list(registry["name"]) == ["leaf-disease"] and list(registry["version"]) == ["1.2.0"]
+    assert sorted(per_device["device_id"]) == ["gw-a1", "gw-a2", "gw-a3"]
+    assert set(per_device["active_version"]) == {"1.2.0"}
+    assert list(summary["devices"]) == [3]
+    assert any("Rollout is not available" in i.value for i in at.info)
+
+
+def test_overview_kpis_and_what_needs_attention(world: World) -> None:
+    at = page("overview", "farmer-a")
+    kpis = {m.label: m.value for m in at.metric}
+    assert kpis["Devices online"] == "2" and kpis["Offline or silent"] == "1" and kpis["Open alerts"] == "2"
+    attention = next(md.value for md in at.markdown if "Needs attention" in md.value)
+    assert "gw-a2 has been offline" in attention and "Late_blight" in attention
+    assert any("gw-a3" in w.value for w in at.warning)  # reports, but not in the layout
+
+
+def test_admin_sees_both_farms(world: World) -> None:
+    at = page("overview", "admin")
+    assert at.selectbox(key="cw_farm_select_farm").options == ["farm-a", "farm-b"]
+
+
+def test_farmer_cannot_label_or_acknowledge(world: World) -> None:
+    at = page("detections", "farmer-a")
+    assert len(at.image) > 0
+    assert not [b for b in at.button if (b.key or "").startswith("save_")]
+    assert any("Read-only" in c.value for c in at.caption)
+    at = page("alerts", "farmer-a")
+    assert not [b for b in at.button if b.key == "al_ack"]
+    farmer = UsersFile(world.config.app.users_file).get("farmer-a")
+    engine = make_engine(world.db_url)
+    with engine.connect() as conn:
+        sample = conn.execute(text("SELECT msg_id FROM samples WHERE farm_id = 'farm-a' LIMIT 1")).scalar()
+    with pytest.raises(PermissionDenied):
+        label_sample(engine, farmer, sample, "Tomato___healthy")
+
+
+def test_agronomist_corrects_a_label(world: World) -> None:
+    at = page("detections", "agro")
+    first = at.selectbox(key="det_field")  # filters render
+    assert first.options[0] == "(all)"
+    saves = [b for b in at.button if (b.key or "").startswith("save_")]
+    assert saves
+    msg_id = saves[0].key.removeprefix("save_")
+    at.selectbox(key=f"lab_{msg_id}").set_value("Tomato___healthy")
+    at.button(key=f"save_{msg_id}").click().run()
+    assert not at.exception and not at.error
+    engine = make_engine(world.db_url)
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT label, labelled_by, labelled_at FROM labels WHERE sample_msg_id = :m"), {"m": msg_id}
+        ).one()
+    assert row.label == "Tomato___healthy" and row.labelled_by == "agro" and row.labelled_at
+    assert any("Tomato___healthy" in c.value and "agro" in c.value for c in at.caption)
+
+
+def test_agronomist_acknowledges_an_alert(world: World) -> None:
+    at = page("alerts", "agro")
+    pick = at.multiselect(key="al_ack_pick")
+    offline = next(o for o in pick.options if "gw-a2" in o)
+    pick.set_value([offline]).run()
+    at.button(key="al_ack").click().run()
+    assert not at.exception and not at.error
+    engine = make_engine(world.db_url)
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT acknowledged_by, acknowledged_at FROM alerts WHERE device_id = 'gw-a2'")).one()
+    assert row.acknowledged_by == "agro" and row.acknowledged_at is not None
+
+
+def test_layout_is_admin_only_and_validated(world: World, tmp_path: Path) -> None:
+    users = UsersFile(world.config.app.users_file)
+    path = tmp_path / "farm.geojson"
+    path.write_text(Path(world.config.app.farm_file).read_text())
+    doc = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [-93.599, 42.001]},
+         "properties": {"kind": "device", "farm_id": "farm-a", "device_id": "gw-a3"}}]}  # fmt: skip
+    with pytest.raises(PermissionDenied):
+        save_farm_layout(str(path), users.get("agro"), "farm-a", doc)
+    saved = save_farm_layout(str(path), users.get("admin"), "farm-a", doc)
+    assert [d.properties.device_id for d in saved.for_farm("farm-a").devices] == ["gw-a3"]
+    assert saved.for_farm("farm-b").fields, "another farm's part is kept"
+    on_disk = json.loads(path.read_text())
+    assert len(on_disk["features"]) == 3
+
+
+def test_empty_database_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    users = tmp_path / "users.json"
+    UsersFile(users).add("boss", PASSWORD, "admin", ["*"])
+    cfg = tmp_path / "monitor.toml"
+    cfg.write_text(f'[database]\nurl = "sqlite:///{tmp_path / "m.db"}"\n[app]\nusers_file = "{users}"\n'
+                   f'farm_file = "{tmp_path / "farm.geojson"}"\n')  # fmt: skip
+    from farm_monitor.db import migrate
+
+    migrate(make_engine(f"sqlite:///{tmp_path / 'm.db'}", writer=True))
+    monkeypatch.setenv("CROPWATCH_CONFIG", str(cfg))
+    at = page("overview", "boss")
+    assert not at.exception
+    assert any("cropwatch agent" in i.value for i in at.info)
+
+
+def test_broken_layout_file_is_an_error_in_the_page(world: World, tmp_path: Path, monkeypatch) -> None:
+    bad = tmp_path / "bad.geojson"
+    bad.write_text('{"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {"kind": "x"}}]}')
+    cfg = tmp_path / "monitor.toml"
+    cfg.write_text(world.config_path.read_text().replace(world.config.app.farm_file, str(bad)))
+    monkeypatch.setenv("CROPWATCH_CONFIG", str(cfg))
+    at = page("overview", "admin")
+    assert not at.exception
+    assert any("farm layout file cannot be read" in e.value for e in at.error)
