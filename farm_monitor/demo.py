@@ -10,7 +10,7 @@ What runs, each as its own process, all stopped by Ctrl-C:
 3. ``cropwatch ingest`` storing every message in SQLite (``var/demo/cropwatch.db``);
 4. simulated field devices, each a real ``cropwatch agent`` with a watched folder (the demo drops
    held-out synthetic leaf photos into it, like a camera trap) and simulated soil/air sensors;
-5. the farm monitor at http://localhost:8501 when this version has it.
+5. the farm monitor at http://localhost:8501, with demo logins printed.
 
 The console shows progress throughout and then live counts from the database.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import logging
 import os
 import random
@@ -272,10 +271,65 @@ port = {port}
 
 [metrics]
 port = 0
+
+[app]
+users_file = "{root / "monitor-users.json"}"
+farm_file = "{root / "farm.geojson"}"
+registry = "{root / "registry"}"
+refresh_s = 10
+cache_ttl_s = 5
 """,
         encoding="utf-8",
     )
     return path
+
+
+def farm_layout(root: Path, devices: tuple[str, ...]) -> Path:
+    """Demo fields near Ames, Iowa: one square field per device, the device in its middle."""
+    import json
+
+    features = []
+    for i, device_id in enumerate(devices):
+        lon, lat = -93.62 + 0.012 * (i % 3), 42.03 + 0.009 * (i // 3)
+        d = 0.004
+        ring = [[lon - d, lat - d], [lon + d, lat - d], [lon + d, lat + d], [lon - d, lat + d], [lon - d, lat - d]]
+        field_id = FIELDS[i]
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {"kind": "field", "farm_id": FARM_ID, "field_id": field_id,
+                               "name": field_id.replace("-", " ").title(), "crop": "tomato",
+                               "planting_date": "2026-04-20"},
+            }
+        )  # fmt: skip
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Point", "coordinates": [lon, lat]},
+                "properties": {"kind": "device", "farm_id": FARM_ID, "device_id": device_id, "field_id": field_id},
+            }
+        )
+    path = root / "farm.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}, indent=1), encoding="utf-8")
+    return path
+
+
+DEMO_USERS = (("agronomist", "agronomist"), ("farmer", "farmer"), ("admin", "admin"))
+DEMO_PASSWORD = "cropwatch-demo"
+
+
+def demo_users(root: Path) -> None:
+    if (root / "monitor-users.json").exists():
+        return
+    for name, role in DEMO_USERS:
+        subprocess.run(
+            [sys.executable, "-m", "shared.cli", "users", "--file", str(root / "monitor-users.json"), "add", name,
+             "--role", role, "--farm", FARM_ID, "--password-env", "CROPWATCH_DEMO_PASSWORD"],
+            env={**os.environ, "CROPWATCH_DEMO_PASSWORD": DEMO_PASSWORD},
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
 
 
 def counts(db: Path) -> dict[str, int]:
@@ -368,11 +422,14 @@ def run_demo(args: argparse.Namespace) -> int:
             inboxes.append(config.parent / "inbox")
         console.print(f"agents      {', '.join(devices)} (farm {FARM_ID})")
 
-        if importlib.util.find_spec("farm_monitor.app_cli") is not None and not args.no_monitor:
-            stack.start("monitor", ["monitor", "--config", str(root / "monitor.toml"), "--port", "8501"])
-            console.print("monitor     http://localhost:8501")
-        else:
-            console.print("monitor     not in this version yet; the database is", root / "cropwatch.db")
+        if not args.no_monitor:
+            farm_layout(root, devices)
+            demo_users(root)
+            stack.start("monitor", ["monitor", "--config", str(root / "monitor.toml"), "--port", str(args.port)])
+            console.print(
+                f"monitor     [bold]http://localhost:{args.port}[/bold]  log in as agronomist (or farmer, admin), "
+                f"password {DEMO_PASSWORD}"
+            )
         console.print(f"logs        {stack.logs}")
 
         pictures = sorted(p for p in photos.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
@@ -434,6 +491,7 @@ def main(argv: list[str], prog: str = "cropwatch demo") -> int:
     parser.add_argument("--photo-interval", type=float, default=5.0, help="seconds between photos per device")
     parser.add_argument("--duration", type=float, help="stop this many seconds after the first detection")
     parser.add_argument("--no-monitor", action="store_true", help="do not start the web monitor")
+    parser.add_argument("--port", type=int, default=8501, help="web monitor port (default 8501)")
     parser.add_argument("--model-manifest", type=Path, help=argparse.SUPPRESS)  # tests: a prepared model
     parser.add_argument("--trusted-key", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--photos", type=Path, help=argparse.SUPPRESS)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
+import urllib.request
 from pathlib import Path
 
 from tests.edge_models import build_classifier
-from tests.services import cropwatch_cmd, cropwatch_env, missing_service, mosquitto_binary
+from tests.services import cropwatch_cmd, cropwatch_env, free_port, missing_service, mosquitto_binary, wait_for
 
 
 def test_demo_farm_stores_detections_and_stops_cleanly(tmp_path: Path, team_data: Path) -> None:
@@ -16,7 +17,8 @@ def test_demo_farm_stores_detections_and_stops_cleanly(tmp_path: Path, team_data
     # A prepared tiny model stands in for the demo's fine-tuning, which the trainer tests cover.
     model = build_classifier(tmp_path / "model", name="leaf-disease", version="0.0.1")
     photos = team_data / "leaf_sample"
-    result = subprocess.run(
+    port = free_port()
+    proc = subprocess.Popen(
         cropwatch_cmd(
             "demo",
             "--data-dir",
@@ -26,8 +28,9 @@ def test_demo_farm_stores_detections_and_stops_cleanly(tmp_path: Path, team_data
             "--photo-interval",
             "1",
             "--duration",
-            "4",
-            "--no-monitor",
+            "6",
+            "--port",
+            str(port),
             "--model-manifest",
             str(model.manifest_path),
             "--trusted-key",
@@ -36,13 +39,24 @@ def test_demo_farm_stores_detections_and_stops_cleanly(tmp_path: Path, team_data
             str(photos),
         ),
         env=cropwatch_env(COLUMNS="120"),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=240,
     )
-    out = result.stdout + result.stderr
-    assert result.returncode == 0, out[-4000:]
+
+    def monitor_up() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    served = wait_for(lambda: monitor_up() or proc.poll() is not None, timeout=120, what="the monitor to serve")
+    assert monitor_up() or (served and proc.poll() is None), "the monitor never answered"
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out[-4000:]
     assert "first detection stored" in out and "all demo processes stopped" in out
+    assert "password cropwatch-demo" in out
     with sqlite3.connect(tmp_path / "demo" / "cropwatch.db") as conn:
         detections = conn.execute("SELECT COUNT(*), COUNT(DISTINCT device_id) FROM detections").fetchone()
         model_versions = {row[0] for row in conn.execute("SELECT DISTINCT model_version FROM detections")}
