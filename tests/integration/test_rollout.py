@@ -104,7 +104,10 @@ def test_fleet_percent_then_all_status_and_cli_rollback(  # type: ignore[no-unty
         running(fleet_doc(tmp_path, mqtt_broker.port, farm, fleet[2], built["1.0.0"])) as c,
     ):
         agents = [a, b, c]
-        cli = [*base, "publish", NAME, "2.0.0", "--farm", farm, "--broker", mqtt_broker.url, "--base-url", url]
+        cli = [*base, "publish", NAME, "--farm", farm, "--broker", mqtt_broker.url, "--base-url", url]
+        # What the fleet runs now is the first entry of the farm's history (devices on it ignore it).
+        assert models_cli.main([*cli[:4], "1.0.0", *cli[4:]]) == 0
+        cli = [*cli[:4], "2.0.0", *cli[4:]]
         assert models_cli.main([*cli, "--percent", "34"]) == 0
         first = rollout.read_history(registry, farm, NAME)[-1]["msg_id"]
         wait_for(lambda: all(ag.updater._seen.get(NAME) == first for ag in agents), 20, what="all saw the 34% message")
