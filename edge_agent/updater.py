@@ -55,8 +55,8 @@ logger = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
 DOWNLOAD_ATTEMPTS = 3
-# Fault injection for the crash-safety tests: CROPWATCH_CRASH_AT=<step> ends the process at that step.
-CRASH_ENV = "CROPWATCH_CRASH_AT"
+# Fault injection for the crash-safety tests: CW_FAULT_CRASH_AT=<step> ends the process at that step.
+CRASH_ENV = "CW_FAULT_CRASH_AT"  # not CROPWATCH_*: those are config overrides
 CRASH_STEPS = ("downloaded", "verified", "staged", "trial_written", "swapped", "committed")
 
 

@@ -250,7 +250,7 @@ def test_kill_at_every_step_leaves_one_verified_model(  # type: ignore[no-untype
 
     def start(step: str, crash: bool) -> subprocess.Popen[bytes]:
         config = tmp_path / step / "agent.toml"
-        env = {"CROPWATCH_CRASH_AT": step} if crash else {}
+        env = {"CW_FAULT_CRASH_AT": step} if crash else {}
         log = open(tmp_path / step / ("crash.log" if crash else "agent.log"), "ab")  # noqa: SIM115
         return subprocess.Popen(cropwatch_cmd("agent", "--config", str(config)), env=cropwatch_env(**env),
                                 stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
