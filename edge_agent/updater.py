@@ -159,6 +159,8 @@ class ModelUpdater:
         # Per model name: the latest update that is not the serving model (downloading ... rolled_back).
         self.pending: dict[str, ActiveModel] = {}
         self._seen: dict[str, str] = {}
+        # Per model name: (msg_id, how it ended: a reject reason, "not_selected", "current", "trial", "active").
+        self.outcome: dict[str, tuple[str, str]] = {}
         self._lock = threading.RLock()
         self._queue: queue.Queue[DesiredModel | None] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -284,6 +286,7 @@ class ModelUpdater:
         try:
             self._check(d)
         except UpdateRejected as exc:
+            self.outcome[name] = (d.msg_id, exc.reason)
             if exc.reason == "not_selected" or exc.reason == "current":
                 logger.info("desired %s %s: %s", name, version, exc)
                 return
@@ -296,12 +299,14 @@ class ModelUpdater:
         except UpdateRejected as exc:
             logger.warning("update %s %s rejected: %s", name, version, exc)
             self.agent.count_error(f"update_{exc.reason}")
+            self.outcome[name] = (d.msg_id, exc.reason)
             if exc.reason in ("download_failed", "download_timeout"):
                 with self._lock:
                     self._seen.pop(name, None)  # retried when the retained message comes again
             self._report(name, version, sha, "rejected", exc.reason, level="warning")
             return
         self._start_trial(d, backend)
+        self.outcome[name] = (d.msg_id, "trial" if self.trial is not None else "active")
 
     def _check(self, d: DesiredModel) -> None:
         from .daemon import AGENT_VERSION
