@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from shared.messages import RolloutPolicy
 from shared.rollout import bucket, is_newer, selects
 
@@ -15,7 +17,7 @@ def chosen(percent: float, name: str = "leafnet") -> set[str]:
 def test_raising_the_percent_only_adds_devices() -> None:
     steps = [chosen(p) for p in (0, 10, 34, 50, 100)]
     assert steps[0] == set() and steps[-1] == set(DEVICES)
-    for smaller, larger in zip(steps, steps[1:], strict=False):
+    for smaller, larger in itertools.pairwise(steps):
         assert smaller <= larger
     # Roughly the asked share (400 devices: a hash, not an exact quota).
     assert 20 <= len(steps[1]) <= 60 and 160 <= len(steps[3]) <= 240
