@@ -84,6 +84,9 @@ class UpdateSettings(BaseModel):
     timeout_s: PositiveSeconds = 30.0
     download_deadline_s: PositiveSeconds = 3600.0
     token: SecretStr | None = Field(None, description="Bearer token for the registry; or token_file.")
+    # Artifact URLs come in the (unsigned) message envelope: with this set, the token goes only to
+    # URLs under the registry's address, never to a host someone else put in a message.
+    token_url_prefix: str | None = Field(None, description="e.g. https://models.example.org/")
     # After a swap the new model is on trial: committed once this long has passed (and at least
     # health_min_images images went through it) with no more errors than the old one had.
     health_window_s: PositiveSeconds = 600.0

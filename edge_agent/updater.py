@@ -194,7 +194,12 @@ class ModelUpdater:
         return base.model_copy(update={"manifest": manifest_path})
 
     def boot(self) -> None:
-        """Roll back an uncommitted trial, then serve the committed version (if any) instead of the config's."""
+        """Roll back an uncommitted trial, then serve the committed version (if any) instead of the config's.
+
+        Also run after a config reload has put the config's models back in the pipeline.
+        """
+        with self._lock:
+            self.trial = None  # a reload replaced the pipeline's models; the slots below say what serves
         for name in self.store.names():
             state = self.store.read(name)
             if state["trial"] is not None:
@@ -208,6 +213,7 @@ class ModelUpdater:
                 continue
             champion = self.agent.pipeline.champion
             candidates = [state["active"], state["previous"]]
+            loaded = False
             for version in [v for v in candidates if v]:
                 try:
                     backend = load_backend(
@@ -223,7 +229,12 @@ class ModelUpdater:
                     state.update(active=version, previous=None)
                     self.store.write(name, state)
                 self._replace(champion, backend)
+                loaded = True
                 break
+            if not loaded:
+                logger.error("no slot version of %s loads; the config's model serves", name)
+                state.update(active=None, previous=None)
+                self.store.write(name, state)
 
     def _replace(self, old: InferenceBackend | None, new: InferenceBackend) -> None:
         pipe = self.agent.pipeline
@@ -335,7 +346,14 @@ class ModelUpdater:
         champion = self.agent.pipeline.champion
         with self._lock:
             if self.trial is not None:
-                self._rollback("superseded by a newer desired model")
+                if self.trial.backend.manifest.version == d.version:
+                    # e.g. 10% -> 50%: the trial goes on, and a rollback now holds for this message too
+                    self.trial.msg_id = d.msg_id
+                    state = self.store.read(d.model_name)
+                    state["trial_msg_id"] = d.msg_id
+                    self.store.write(d.model_name, state)
+                    raise UpdateRejected("current", "this version is already on trial")
+                self._rollback(f"superseded by desired version {d.version}")
                 champion = self.agent.pipeline.champion
         if champion is not None and champion.manifest.name != d.model_name:
             raise UpdateRejected("not_selected", f"this device runs {champion.manifest.name}, not {d.model_name}")
@@ -372,10 +390,10 @@ class ModelUpdater:
             staging = self.store.staging_dir(name, version)
             staging.mkdir(parents=True, exist_ok=True)
             self._report(name, version, m.sha256, "downloading")
-            token = self.settings.token.get_secret_value() if self.settings.token else None
             deadline = time.monotonic() + self.settings.download_deadline_s
             for art in wanted:
                 part = staging / (m.file(art.variant).path + ".part")
+                token = self._token_for(art.url)
                 for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
                     try:
                         download(art.url, part, art.size, token, self.settings.timeout_s, deadline)
@@ -425,6 +443,13 @@ class ModelUpdater:
                 "labels_mismatch", f"{name} {version} has {len(m.labels)} labels but the model outputs {width} scores"
             )
         return backend
+
+    def _token_for(self, url: str) -> str | None:
+        """The bearer token, only for the registry's URLs when ``token_url_prefix`` says which they are."""
+        s = self.settings
+        if s.token is None or (s.token_url_prefix and not url.startswith(s.token_url_prefix)):
+            return None
+        return s.token.get_secret_value()
 
     @staticmethod
     def _output_width(backend: InferenceBackend) -> int:

@@ -107,7 +107,13 @@ def fleet_doc(tmp: Path, port: int, farm: str, device: str, v1: BuiltModel, **up
             "models": [{"manifest": str(v1.manifest_path), "threads": 1, "variants": ["fp32"]}],
         },
         sources=[{"type": "folder", "name": "drop", "path": str(inbox), "settle_s": 0, "scan_interval_s": 0.1}],
-        updates={"token": TOKEN, "health_window_s": 0.5, "timeout_s": 5, **updates},
+        updates={
+            "token": TOKEN,
+            "token_url_prefix": "http://127.0.0.1:",
+            "health_window_s": 0.5,
+            "timeout_s": 5,
+            **updates,
+        },
     )
     doc["device"] = {"farm_id": farm, "device_id": device}
     doc["samples"] = {"enabled": False}

@@ -217,6 +217,10 @@ def test_a_failing_new_model_is_rolled_back_by_the_agent(
         rollout.publish(registry, NAME, "3.0.0", farm, url, publisher(mqtt_broker))
         wait_for(lambda: events(rec, device, "model_trial"), 20, what="3.0.0 on trial")
         assert active_version(agent) == "3.0.0"
+        # The same version published again (10% -> 50%, say) leaves the trial alone.
+        again = rollout.publish(registry, NAME, "3.0.0", farm, url, publisher(mqtt_broker))
+        wait_for(lambda: agent.updater.outcome.get(NAME) == (again.msg_id, "current"), 20, what="republish seen")
+        assert agent.updater.trial is not None and active_version(agent) == "3.0.0"
         # The trial fails this image; the old model, still loaded, serves it.
         assert served_by(rec, doc, 0) == "1.0.0"
         wait_for(lambda: events(rec, device, "model_rolled_back"), 10, what="automatic rollback")
