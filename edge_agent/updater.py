@@ -208,7 +208,14 @@ class ModelUpdater:
                 state["trial"] = None
                 self.store.write(name, state)
                 logger.warning("model %s %s was on trial and never committed: rolled back at boot", name, trial)
-                self._report(name, trial, None, "rolled_back", "uncommitted_at_boot", level="warning")
+                trial_dir = self.store.version_dir(name, trial)
+                try:
+                    sha = ModelManifest.load(trial_dir / "manifest.json").sha256
+                except ManifestError:
+                    sha = None
+                if trial not in (state["active"], state["previous"]):
+                    shutil.rmtree(trial_dir, ignore_errors=True)
+                self._report(name, trial, sha, "rolled_back", "uncommitted_at_boot", level="warning")
             if state["active"] is None:
                 continue
             champion = self.agent.pipeline.champion

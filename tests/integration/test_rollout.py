@@ -305,7 +305,11 @@ def test_kill_at_every_step_leaves_one_verified_model(  # type: ignore[no-untype
         assert state["trial"] is None
         if version == "1.0.0":
             assert state["active"] is None and "2.0.0" in state["failed"]  # the config's model serves
-            assert events(rec, docs[step]["device"]["device_id"], "model_rolled_back")
+            assert not (slots / "versions" / "2.0.0").exists()
+            device = docs[step]["device"]["device_id"]
+            wait_for(lambda d=device: events(rec, d, "model_rolled_back"), 10, what=f"{step}: rolled_back event")
+            [back] = events(rec, device, "model_rolled_back")
+            assert back.details["reason"] == "uncommitted_at_boot"
         else:
             assert state["active"] == "2.0.0"
             manifest = ModelManifest.load(slots / "versions" / "2.0.0" / "manifest.json")
