@@ -59,6 +59,9 @@ def main(argv: list[str], prog: str = "cropwatch models") -> int:
     st.add_argument("--farm", required=True)
     st.add_argument("--db", required=True, help="monitor database URL (sqlite:///... or postgresql+psycopg://...)")
     st.add_argument("--json", action="store_true")
+    for p in (ls, show, imp, ret, pub, rb, pro, st):
+        # Also accepted after the action (`models publish ... --registry DIR`), as operators tend to write it.
+        p.add_argument("--registry", type=Path, default=argparse.SUPPRESS, help="registry folder")
     args = parser.parse_args(argv)
     registry = Registry(args.registry)
 
