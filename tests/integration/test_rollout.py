@@ -187,6 +187,7 @@ def test_attacks_are_rejected_while_the_old_model_serves(  # type: ignore[no-unt
             "too_large": crafted(base, huge, [Artifact.model_validate(a.model_dump()) for a in huge_art]),
             "downgrade": rollout.build_desired(registry, NAME, "0.9.0", farm, url, RolloutPolicy()).to_json(),
             "expired": crafted(base, expired_manifest(v2.manifest, key, "2.6.0")),
+            "agent_too_old": crafted(base, resign(v2.manifest, key, version="2.7.0", min_agent_version="99.0")),
         }
         outcomes = {}
         for i, (reason, payload) in enumerate(attacks.items()):
