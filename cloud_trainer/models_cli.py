@@ -1,4 +1,4 @@
-"""``cropwatch models``: the model registry (list, show, import, retire)."""
+"""``cropwatch models``: the registry (list, show, import, retire) and rollout (publish, rollback, promote, status)."""
 
 from __future__ import annotations
 
@@ -38,14 +38,35 @@ def main(argv: list[str], prog: str = "cropwatch models") -> int:
     ret.add_argument("name")
     ret.add_argument("version")
     ret.add_argument("--reason", required=True)
-    for action in ROLLOUT_ACTIONS:
-        sub.add_parser(action, help="rollout (not in this version yet)").add_argument("rest", nargs=argparse.REMAINDER)
+    pub = sub.add_parser("publish", help="make a version the farm's desired model (retained MQTT message)")
+    pub.add_argument("name")
+    pub.add_argument("version")
+    pub.add_argument("--devices", nargs="+", help="only these device ids")
+    pub.add_argument("--group", help="only devices in this rollout group ([device] groups in agent.toml)")
+    pub.add_argument("--percent", type=float, default=100.0, help="share of devices, chosen by a stable hash")
+    pub.add_argument("--mode", choices=["active", "shadow"], default="active")
+    rb = sub.add_parser("rollback", help="make the previously published version desired again")
+    rb.add_argument("name")
+    pro = sub.add_parser("promote", help="widen the current publish to every device of the farm")
+    pro.add_argument("name")
+    for p in (pub, rb, pro):
+        p.add_argument("--farm", required=True)
+        p.add_argument("--broker", required=True, help="mqtt://[user@]host:1883 or mqtts://...")
+        p.add_argument("--ca-file", help="CA certificate for mqtts://")
+        p.add_argument("--base-url", required=p is pub, help="where agents download from (cropwatch registry serve)")
+    st = sub.add_parser("status", help="rollout table from the monitor database")
+    st.add_argument("name")
+    st.add_argument("--farm", required=True)
+    st.add_argument("--db", required=True, help="monitor database URL (sqlite:///... or postgresql+psycopg://...)")
+    st.add_argument("--json", action="store_true")
+    for p in (ls, show, imp, ret, pub, rb, pro, st):
+        # Also accepted after the action (`models publish ... --registry DIR`), as operators tend to write it.
+        p.add_argument("--registry", type=Path, default=argparse.SUPPRESS, help="registry folder")
     args = parser.parse_args(argv)
     registry = Registry(args.registry)
 
     if args.action in ROLLOUT_ACTIONS:
-        print(f"{prog} {args.action}: not implemented yet in this version of Cropwatch", file=sys.stderr)
-        return 3
+        return _rollout(args, registry, prog)
     try:
         if args.action == "list":
             entries = registry.entries(args.name)
@@ -78,6 +99,46 @@ def main(argv: list[str], prog: str = "cropwatch models") -> int:
             entry = registry.retire(args.name, args.version, args.reason)
             print(f"retired {entry.name} {entry.version}: {args.reason}")
     except (RegistryError, ManifestError, FileNotFoundError) as exc:
+        print(f"{prog} {args.action}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _rollout(args: argparse.Namespace, registry: Registry, prog: str) -> int:
+    import os
+
+    from shared.messages import RolloutPolicy
+
+    from . import rollout
+    from .mqtt_publish import PublishError, publish_retained
+
+    def publisher(topic: str, payload: bytes) -> None:
+        publish_retained(
+            args.broker, topic, payload, ca_file=args.ca_file, password=os.environ.get("CROPWATCH_MQTT_PASSWORD")
+        )
+
+    try:
+        if args.action == "status":
+            rows = rollout.rollout_status(args.db, args.farm, args.name, registry)
+            if args.json:
+                print(json.dumps(rows))
+            elif not rows:
+                print(f"no devices of farm {args.farm} in {args.db}")
+            else:
+                header = ["device", "desired", "active", "state", "since"]
+                print(_table([[r[h] for h in header] for r in rows], header))
+            return 0
+        if args.action == "publish":
+            policy = RolloutPolicy(mode=args.mode, percent=args.percent, devices=args.devices, group=args.group)
+            d = rollout.publish(registry, args.name, args.version, args.farm, args.base_url, publisher, policy)
+            print(f"published {d.model_name} {d.version} to farm {d.farm_id} ({policy.percent:g}%, msg {d.msg_id})")
+        elif args.action == "rollback":
+            d = rollout.rollback(registry, args.name, args.farm, publisher, args.base_url)
+            print(f"rolled back {d.model_name} on farm {d.farm_id} to {d.version} (was {d.previous_version})")
+        elif args.action == "promote":
+            d = rollout.promote(registry, args.name, args.farm, publisher, args.base_url)
+            print(f"promoted {d.model_name} {d.version} to every device of farm {d.farm_id}")
+    except (RegistryError, ManifestError, PublishError, ValueError) as exc:
         print(f"{prog} {args.action}: {exc}", file=sys.stderr)
         return 1
     return 0

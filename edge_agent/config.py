@@ -11,7 +11,7 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from shared.config import load_config
 from shared.fields import Id
@@ -26,6 +26,7 @@ class DeviceSettings(BaseModel):
     farm_id: Id
     device_id: Id
     field_id: Id | None = None
+    groups: list[Id] = Field(default_factory=list, description="Rollout groups this device belongs to.")
 
 
 class OutboxSettings(BaseModel):
@@ -70,6 +71,26 @@ class TrustSettings(BaseModel):
     model_config = STRICT
     public_keys: list[str] = Field(default_factory=list, description="PEM files or base64 Ed25519 public keys.")
     require_signature: bool = True
+
+
+class UpdateSettings(BaseModel):
+    """Over-the-air model updates from the farm's retained desired-model messages (docs/rollout.md)."""
+
+    model_config = STRICT
+    enabled: bool = True
+    # A signed manifest may still name a file bigger than this device should ever fetch.
+    max_download_mb: Annotated[float, Field(gt=0)] = 512.0
+    # Per socket operation, and for the whole download (a stalled link must not hold the update forever).
+    timeout_s: PositiveSeconds = 30.0
+    download_deadline_s: PositiveSeconds = 3600.0
+    token: SecretStr | None = Field(None, description="Bearer token for the registry; or token_file.")
+    # Artifact URLs come in the (unsigned) message envelope: with this set, the token goes only to
+    # URLs under the registry's address, never to a host someone else put in a message.
+    token_url_prefix: str | None = Field(None, description="e.g. https://models.example.org/")
+    # After a swap the new model is on trial: committed once this long has passed (and at least
+    # health_min_images images went through it) with no more errors than the old one had.
+    health_window_s: PositiveSeconds = 600.0
+    health_min_images: Annotated[int, Field(ge=0)] = 0
 
 
 class SampleSettings(BaseModel):
@@ -218,6 +239,7 @@ class AgentConfig(BaseModel):
     models: list[ModelSettings] = Field(default_factory=list, max_length=4)
     sources: list[SourceSettings] = Field(default_factory=list)
     samples: SampleSettings = Field(default_factory=SampleSettings)
+    updates: UpdateSettings = Field(default_factory=UpdateSettings)
     yield_model: YieldSettings = Field(default_factory=YieldSettings, alias="yield")
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
     log: LogSettings = Field(default_factory=LogSettings)

@@ -30,7 +30,7 @@ from shared.errors import ConfigError
 from shared.ids import utcnow
 from shared.manifest import TrustedKeys
 from shared.messages import ActiveModel, Event, Health, Status
-from shared.topics import command_topic, device_topic
+from shared.topics import command_topic, device_topic, fleet_model_topic
 
 from .commands import CommandActions, CommandHandler
 from .config import AgentConfig, load_agent_config
@@ -42,6 +42,7 @@ from .pipeline import Identity, Pipeline, SamplePolicy, to_out
 from .sender import Sender
 from .sources import ImageItem, ReadingsItem, Source, build_source
 from .systemd import Notifier
+from .updater import ModelUpdater
 from .yield_runner import YieldRunner
 
 logger = logging.getLogger(__name__)
@@ -145,6 +146,7 @@ class Agent:
         self.pipeline: Pipeline = None  # type: ignore[assignment]
         self.sender: Sender = None  # type: ignore[assignment]
         self.transport = None
+        self.updater: ModelUpdater | None = None
         self._next: dict[str, float] = {}
         self._claims: set[tuple[str, str]] = set()
         self._claims_lock = threading.Lock()
@@ -175,6 +177,8 @@ class Agent:
             top = cfg.models[0].top_k if cfg.models else 3
             self.pipeline = Pipeline(self.identity, self.outbox, self.samples, self.count_error, cfg.queue_size, top)
             self._load_models(cfg)
+            self.updater = ModelUpdater(self)
+            self.updater.boot()
             self.transport = self._make_transport()
             self.sender = Sender(self.outbox, self.transport, self.identity, cfg.outbox.max_inflight, self.count_error)
             handler = CommandHandler(
@@ -190,6 +194,10 @@ class Agent:
             )
             cmd_filter = command_topic(cfg.device.farm_id, cfg.device.device_id, "ping").rsplit("/", 1)[0] + "/+"
             self.transport.subscribe(cmd_filter, handler.handle, retained=False)
+            # Retained: the desired model is state, and a device that was offline must still see it.
+            fleet_filter = fleet_model_topic(cfg.device.farm_id, "any").rsplit("/", 1)[0] + "/+"
+            self.transport.subscribe(fleet_filter, self.updater.on_message, retained=True)
+            self.updater.start()
             now = time.monotonic()
             # Timers before the transport starts: its connect callback adds the "online" one.
             self._next.update(heartbeat=now + cfg.heartbeat.interval_s, ttl=now + TTL_SWEEP_S)
@@ -299,13 +307,17 @@ class Agent:
         )
 
     def status_message(self, state: str, reason: str | None = None, health: Health | None = None) -> Status:
-        models = [
+        # An update in progress (or refused) comes before the serving model of the same name, so a
+        # reader that keeps one row per model name (ingest's device_models) ends on the serving one.
+        models = list(self.updater.pending.values()) if self.updater is not None else []
+        models += [
             ActiveModel(
                 name=b.manifest.name,
                 version=b.manifest.version,
                 sha256=b.manifest.file(b.variant).sha256,  # type: ignore[arg-type]
                 variant=b.variant,  # type: ignore[arg-type]
                 role="shadow" if b is self.pipeline.shadow else "champion",
+                state=self.updater.model_state(b) if self.updater is not None else "active",  # type: ignore[arg-type]
             )
             for b in self.models
         ]
@@ -384,6 +396,11 @@ class Agent:
             self._next["ttl"] = now + TTL_SWEEP_S
             self.outbox.expire()
             self.outbox.prune_state()
+        if self._next.get("model_health", 1e18) <= now:
+            self._next.pop("model_health", None)
+            again = self.updater.check_health() if self.updater is not None else None
+            if again is not None:
+                self._next["model_health"] = now + again
         if self._next.get("yield", 1e18) <= now:
             self._next["yield"] = now + self.cfg.yield_model.interval_s
             self.run_yield()
@@ -428,6 +445,8 @@ class Agent:
             s.stop()
         if new.models != self.cfg.models or new.yield_model != self.cfg.yield_model or new.trust != self.cfg.trust:
             self._load_models(new)
+            if self.updater is not None:
+                self.updater.boot()  # the committed over-the-air version still wins over the config's
             self._wake_for("online")
         self.cfg = self.cfg.model_copy(
             update={k: getattr(new, k) for k in ("models", "sources", "samples", "yield_model", "heartbeat", "log",
@@ -450,6 +469,8 @@ class Agent:
         logger.info("stopping: finishing queued work (deadline %.0f s)", self.cfg.shutdown_deadline_s)
         for s in self.sources:
             s.stop()
+        if self.updater is not None:
+            self.updater.stop()
         if self.pipeline is not None:
             left = self.pipeline.pending()
             if not self.pipeline.stop(max(0.1, (deadline - time.monotonic()) * 0.7)):

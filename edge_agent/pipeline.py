@@ -129,15 +129,38 @@ class Pipeline:
         self.queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
         self.champion: InferenceBackend | None = None
         self.shadow: InferenceBackend | None = None
+        # While a new champion is on trial the one it replaced stays loaded: a batch the trial
+        # fails on is served by the fallback, so an update never leaves a gap in results.
+        self.fallback: InferenceBackend | None = None
+        # (model name, version) -> images through it, and images it failed on; the rollout's health window.
+        self.model_counts: dict[tuple[str, str], list[int]] = {}
+        self.on_model_failure: Callable[[InferenceBackend], None] | None = None
         self.latency = LatencyStats()
         self.processed = Counter[str]()
         self._models_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.busy = threading.Event()
 
-    def set_models(self, champion: InferenceBackend | None, shadow: InferenceBackend | None = None) -> None:
+    def set_models(
+        self,
+        champion: InferenceBackend | None,
+        shadow: InferenceBackend | None = None,
+        fallback: InferenceBackend | None = None,
+    ) -> None:
         with self._models_lock:
-            self.champion, self.shadow = champion, shadow
+            self.champion, self.shadow, self.fallback = champion, shadow, fallback
+
+    def counts(self, backend: InferenceBackend) -> tuple[int, int]:
+        """(images, failed) seen by this model version in this process."""
+        with self._models_lock:
+            total, failed = self.model_counts.get((backend.manifest.name, backend.manifest.version), [0, 0])
+        return total, failed
+
+    def _count(self, backend: InferenceBackend, total: int, failed: int) -> None:
+        with self._models_lock:
+            entry = self.model_counts.setdefault((backend.manifest.name, backend.manifest.version), [0, 0])
+            entry[0] += total
+            entry[1] += failed
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
@@ -218,7 +241,7 @@ class Pipeline:
 
     def _images(self, items: list[ImageItem]) -> None:
         with self._models_lock:
-            champion, shadow = self.champion, self.shadow
+            champion, shadow, fallback = self.champion, self.shadow, self.fallback
         if champion is None:
             logger.error("no disease model is loaded; %d images skipped", len(items))
             self.count_error("no_model")
@@ -226,22 +249,32 @@ class Pipeline:
                 if it.on_done:
                     it.on_done(False)
             return
-        prep = champion.manifest.preprocessing
-        size = (prep.height, prep.width)  # type: ignore[union-attr]
-        good: list[tuple[ImageItem, np.ndarray]] = []
-        rejected: list[ImageItem] = []
-        for it in items:
-            try:
-                good.append((it, decode_image(it.data, size, resize=prep.resize)))  # type: ignore[union-attr]
-            except ImageDecodeError as exc:
-                logger.warning("skipped %s: %s", it.ref, exc)
-                self.count_error(f"image_{exc.reason}")
-                rejected.append(it)
+        good, rejected = self._decode(items, champion)
         messages: list[OutMessage] = []
         sample_times: list[float] = []
         if good:
             batch = np.stack([arr for _, arr in good])
-            probs, ms = self._infer(champion, batch)
+            try:
+                probs, ms = self._infer(champion, batch)
+                self._count(champion, len(good), 0)
+            except Exception:
+                self._count(champion, len(good), len(good))
+                if fallback is None:
+                    raise
+                logger.exception(
+                    "model %s %s on trial failed a batch; %s serves it",
+                    champion.manifest.name, champion.manifest.version, fallback.manifest.version,
+                )  # fmt: skip
+                self.count_error("model_trial_failed")
+                if self.on_model_failure is not None:
+                    self.on_model_failure(champion)
+                champion = fallback
+                if self._size(champion) != tuple(batch.shape[1:3]):
+                    good, more_rejected = self._decode([it for it, _ in good], champion)
+                    rejected += more_rejected
+                    batch = np.stack([arr for _, arr in good])
+                probs, ms = self._infer(champion, batch)
+                self._count(champion, len(good), 0)
             shadow_probs = self._infer(shadow, batch)[0] if shadow is not None else None
             self.latency.add(ms, len(good))
             ref = model_ref(champion)
@@ -283,6 +316,26 @@ class Pipeline:
         for it in rejected:
             if it.on_done:
                 it.on_done(False)
+
+    @staticmethod
+    def _size(backend: InferenceBackend) -> tuple[int, int]:
+        prep = backend.manifest.preprocessing
+        return (prep.height, prep.width)  # type: ignore[union-attr]
+
+    def _decode(
+        self, items: list[ImageItem], backend: InferenceBackend
+    ) -> tuple[list[tuple[ImageItem, np.ndarray]], list[ImageItem]]:
+        prep = backend.manifest.preprocessing
+        good: list[tuple[ImageItem, np.ndarray]] = []
+        rejected: list[ImageItem] = []
+        for it in items:
+            try:
+                good.append((it, decode_image(it.data, self._size(backend), resize=prep.resize)))  # type: ignore[union-attr]
+            except ImageDecodeError as exc:
+                logger.warning("skipped %s: %s", it.ref, exc)
+                self.count_error(f"image_{exc.reason}")
+                rejected.append(it)
+        return good, rejected
 
     def _infer(self, backend: InferenceBackend, batch: np.ndarray) -> tuple[np.ndarray, float]:
         name = backend.manifest.inputs[0].name

@@ -144,8 +144,9 @@ class MqttTransport:
         )
         with self._lock:
             handlers = list(self._handlers.items())
-        for topic_filter, (_, retained) in handlers:
-            self._subscribe_now(topic_filter, retained)
+        if handlers:
+            # One SUBSCRIBE for every filter: a reconnect costs one round trip, however many there are.
+            self._client.subscribe([(f, self._options(retained)) for f, (_, retained) in handlers])
         self._connected.set()
         if self._on_connected:
             self._on_connected(bool(getattr(flags, "session_present", 0)))
@@ -213,9 +214,12 @@ class MqttTransport:
         if self._connected.is_set():
             self._subscribe_now(topic_filter, retained)
 
+    @staticmethod
+    def _options(retained: bool) -> SubscribeOptions:
+        return SubscribeOptions(qos=1, retainHandling=0 if retained else 2)
+
     def _subscribe_now(self, topic_filter: str, retained: bool) -> None:
-        options = SubscribeOptions(qos=1, retainHandling=0 if retained else 2)
-        self._client.subscribe(topic_filter, options=options)
+        self._client.subscribe(topic_filter, options=self._options(retained))
 
     def stop(self, last: tuple[str, bytes] | None = None, timeout: float = 3.0) -> None:
         """Publish ``last`` (retained, QoS 1) if connected, then disconnect cleanly."""

@@ -1,0 +1,563 @@
+"""Over-the-air model updates: desired-model message in, a verified model swapped in, or a reason why not.
+
+The farm's retained ``_fleet/model/{name}`` message says which version devices should run. The
+updater checks it in this order, and the first failure rejects it (reported as an event and in the
+status) while the running model keeps serving: the manifest's signature against ``[trust]``, the
+manifest's expiry, the agent version it needs, the rollout policy (:mod:`shared.rollout`), no
+downgrade unless the message allows one, the download size cap. Then it downloads into a staging
+folder (HTTP Range resume, per-read timeout, overall deadline, bearer token), checks sha256 and
+size, moves the files into ``versions/{version}``, loads the model (which runs the manifest
+self-test) and checks that the labels match the model's output size.
+
+Slots, per model name under ``data_dir/models/{name}/``::
+
+    state.json            {"active": v|null, "trial": v|null, "previous": v|null, "failed": {v: msg_id}}
+    versions/{version}/   complete, verified copies (manifest.json + files); only these are ever loaded
+    staging/{version}/    downloads in progress (``*.part`` files resume with Range)
+
+``active: null`` means the model named in the config file. A new version first becomes ``trial``
+(state.json written before the swap), serves with the old model still loaded as fallback, and is
+committed (``active``, old one ``previous``) when its health window passes; if it fails a batch,
+its self-test, or has a higher error rate than the old one, it is rolled back. A trial found in
+state.json at boot was never committed, so boot rolls it back. state.json is only ever replaced
+with :func:`shared.fsutil.atomic_write_text`, so a crash between any two steps leaves one of the
+states above, each naming complete, verified versions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import ManifestError, MessageError
+from shared.fsutil import atomic_write_text, fsync_dir
+from shared.manifest import ModelManifest, TrustedKeys, verify_artifact, verify_manifest
+from shared.messages import ActiveModel, DesiredModel, parse_desired_model
+from shared.rollout import is_newer, selects
+
+from .inference import InferenceBackend, ModelLoadError, load_backend
+from .inference.onnxruntime_backend import self_test
+
+if TYPE_CHECKING:
+    from .daemon import Agent
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 64 * 1024
+DOWNLOAD_ATTEMPTS = 3
+# Fault injection for the crash-safety tests: CW_FAULT_CRASH_AT=<step> ends the process at that step.
+CRASH_ENV = "CW_FAULT_CRASH_AT"  # not CROPWATCH_*: those are config overrides
+CRASH_STEPS = ("downloaded", "verified", "staged", "trial_written", "swapped", "committed")
+
+
+def crash_point(step: str) -> None:
+    if os.environ.get(CRASH_ENV) == step:
+        logger.critical("%s=%s: exiting at this step on purpose", CRASH_ENV, step)
+        logging.shutdown()
+        os._exit(70)
+
+
+class UpdateRejected(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class Trial:
+    backend: InferenceBackend
+    old: InferenceBackend
+    msg_id: str
+    started: float
+    baseline_old: tuple[int, int]
+
+
+def download(
+    url: str,
+    part: Path,
+    size: int,
+    token: str | None,
+    timeout_s: float,
+    deadline: float,
+) -> None:
+    """Fetch ``url`` into ``part``, resuming what is there; never more than ``size`` bytes."""
+    have = part.stat().st_size if part.exists() else 0
+    if have > size:
+        part.unlink()
+        have = 0
+    if have == size:
+        return
+    req = urllib.request.Request(url)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    if have:
+        req.add_header("Range", f"bytes={have}-")
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        if have and resp.status != 206:
+            have = 0  # the server ignored the range: start over
+        length = resp.headers.get("Content-Length")
+        if length is not None and have + int(length) > size:
+            raise UpdateRejected("too_large", f"{url} is {have + int(length)} bytes; the manifest says {size}")
+        with open(part, "ab" if have else "wb") as fh:
+            while True:
+                if time.monotonic() > deadline:
+                    raise UpdateRejected("download_timeout", f"{url}: download deadline passed at {have} bytes")
+                block = resp.read(CHUNK)
+                if not block:
+                    break
+                have += len(block)
+                if have > size:
+                    raise UpdateRejected("too_large", f"{url} sent more than the manifest's {size} bytes")
+                fh.write(block)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+class SlotStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def state_path(self, name: str) -> Path:
+        return self.root / name / "state.json"
+
+    def read(self, name: str) -> dict[str, Any]:
+        try:
+            state = json.loads(self.state_path(name).read_text())
+        except FileNotFoundError:
+            state = {}
+        return {"active": None, "trial": None, "previous": None, "failed": {}, **state}
+
+    def write(self, name: str, state: dict[str, Any]) -> None:
+        self.state_path(name).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.state_path(name), json.dumps(state, sort_keys=True))
+
+    def version_dir(self, name: str, version: str) -> Path:
+        return self.root / name / "versions" / version
+
+    def staging_dir(self, name: str, version: str) -> Path:
+        return self.root / name / "staging" / version
+
+    def names(self) -> list[str]:
+        return sorted(p.parent.name for p in self.root.glob("*/state.json")) if self.root.is_dir() else []
+
+
+class ModelUpdater:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.store = SlotStore(agent.cfg.data_dir / "models")
+        self.trial: Trial | None = None
+        # Per model name: the latest update that is not the serving model (downloading ... rolled_back).
+        self.pending: dict[str, ActiveModel] = {}
+        self._seen: dict[str, str] = {}
+        # Per model name: (msg_id, how it ended: a reject reason, "not_selected", "current", "trial", "active").
+        self.outcome: dict[str, tuple[str, str]] = {}
+        self._lock = threading.RLock()
+        self._queue: queue.Queue[DesiredModel | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        agent.pipeline.on_model_failure = self._on_trial_failure
+
+    # --- life -------------------------------------------------------------------------------
+
+    @property
+    def settings(self):  # type: ignore[no-untyped-def]
+        return self.agent.cfg.updates
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="model-updater", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(5.0)
+
+    def _trusted(self) -> TrustedKeys:
+        keys = self.agent.cfg.trust.public_keys
+        return TrustedKeys.from_sources(keys) if keys else TrustedKeys()
+
+    def _model_settings(self, manifest_path: Path):  # type: ignore[no-untyped-def]
+        base = self.agent.cfg.models[0] if self.agent.cfg.models else None
+        if base is None:
+            from .config import ModelSettings
+
+            return ModelSettings(manifest=manifest_path)
+        return base.model_copy(update={"manifest": manifest_path})
+
+    def boot(self) -> None:
+        """Roll back an uncommitted trial, then serve the committed version (if any) instead of the config's.
+
+        Also run after a config reload has put the config's models back in the pipeline.
+        """
+        with self._lock:
+            self.trial = None  # a reload replaced the pipeline's models; the slots below say what serves
+        for name in self.store.names():
+            state = self.store.read(name)
+            if state["trial"] is not None:
+                trial = state["trial"]
+                state["failed"][trial] = state.pop("trial_msg_id", None) or "boot"
+                state["trial"] = None
+                self.store.write(name, state)
+                logger.warning("model %s %s was on trial and never committed: rolled back at boot", name, trial)
+                trial_dir = self.store.version_dir(name, trial)
+                try:
+                    sha = ModelManifest.load(trial_dir / "manifest.json").sha256
+                except ManifestError:
+                    sha = None
+                if trial not in (state["active"], state["previous"]):
+                    shutil.rmtree(trial_dir, ignore_errors=True)
+                self._report(name, trial, sha, "rolled_back", "uncommitted_at_boot", level="warning")
+            if state["active"] is None:
+                continue
+            champion = self.agent.pipeline.champion
+            candidates = [state["active"], state["previous"]]
+            loaded = False
+            for version in [v for v in candidates if v]:
+                try:
+                    backend = load_backend(
+                        self._model_settings(self.store.version_dir(name, version) / "manifest.json"),
+                        self._trusted(),
+                        self.agent.cfg.trust.require_signature,
+                    )
+                except ModelLoadError as exc:
+                    logger.error("model %s %s in slot does not load (%s); trying the next", name, version, exc)
+                    self._report(name, version, None, "rejected", exc.reason, level="error")
+                    continue
+                if version != state["active"]:
+                    state.update(active=version, previous=None)
+                    self.store.write(name, state)
+                self._replace(champion, backend)
+                loaded = True
+                break
+            if not loaded:
+                logger.error("no slot version of %s loads; the config's model serves", name)
+                state.update(active=None, previous=None)
+                self.store.write(name, state)
+
+    def _replace(self, old: InferenceBackend | None, new: InferenceBackend) -> None:
+        pipe = self.agent.pipeline
+        models = [m for m in self.agent.models if m is not old]
+        self.agent.models = [new, *models]
+        pipe.set_models(new, pipe.shadow)
+
+    # --- message in -------------------------------------------------------------------------
+
+    def on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        """MQTT callback: parse and queue; the work happens on the updater's thread."""
+        try:
+            desired = parse_desired_model(payload)
+        except MessageError as exc:
+            logger.warning("desired-model message on %s refused: %s", topic, exc)
+            self.agent.count_error(f"desired_{exc.reason}")
+            name = topic.rsplit("/", 1)[-1]
+            self.agent.event("warning", "model_rejected", f"desired model on {topic} refused: {exc}"[:2000],
+                             {"model": name[:64], "state": "rejected", "reason": exc.reason})  # fmt: skip
+            return
+        if desired.farm_id != self.agent.cfg.device.farm_id:
+            logger.warning("desired model for farm %s ignored (this is another farm)", desired.farm_id)
+            return
+        self._queue.put(desired)
+
+    def _run(self) -> None:
+        while True:
+            desired = self._queue.get()
+            if desired is None:
+                return
+            try:
+                self.process(desired)
+            except Exception:
+                logger.exception("model update of %s %s failed unexpectedly", desired.model_name, desired.version)
+                self.agent.count_error("model_update")
+
+    # --- the update --------------------------------------------------------------------------
+
+    def _report(
+        self, name: str, version: str, sha256: str | None, state: str, reason: str | None = None, level: str = "info"
+    ) -> None:
+        if state in ("downloading", "verifying", "rejected", "rolled_back") and sha256 is not None:
+            self.pending[name] = ActiveModel(name=name, version=version, sha256=sha256, state=state)  # type: ignore[arg-type]
+        elif state in ("active", "trial"):
+            self.pending.pop(name, None)
+        text = f"model {name} {version}: {state}" + (f" ({reason})" if reason else "")
+        details: dict[str, Any] = {"model": name, "version": version, "state": state}
+        if reason:
+            details["reason"] = reason[:256]
+        self.agent.event(level, f"model_{state}", text[:2000], details)
+        self.agent._wake_for("online")  # the retained status shows the new state now, not at the next heartbeat
+
+    def process(self, d: DesiredModel) -> None:
+        name, version = d.model_name, d.version
+        with self._lock:
+            if self._seen.get(name) == d.msg_id:
+                return  # the same retained message again (reconnect)
+            self._seen[name] = d.msg_id
+        sha = d.manifest.sha256
+        try:
+            self._check(d)
+        except UpdateRejected as exc:
+            self.outcome[name] = (d.msg_id, exc.reason)
+            if exc.reason == "not_selected" or exc.reason == "current":
+                logger.info("desired %s %s: %s", name, version, exc)
+                return
+            logger.warning("desired %s %s rejected: %s", name, version, exc)
+            self.agent.count_error(f"update_{exc.reason}")
+            self._report(name, version, sha, "rejected", exc.reason, level="warning")
+            return
+        try:
+            backend = self._fetch_and_load(d)
+        except UpdateRejected as exc:
+            logger.warning("update %s %s rejected: %s", name, version, exc)
+            self.agent.count_error(f"update_{exc.reason}")
+            self.outcome[name] = (d.msg_id, exc.reason)
+            if exc.reason in ("download_failed", "download_timeout"):
+                with self._lock:
+                    self._seen.pop(name, None)  # retried when the retained message comes again
+            self._report(name, version, sha, "rejected", exc.reason, level="warning")
+            return
+        self._start_trial(d, backend)
+        self.outcome[name] = (d.msg_id, "trial" if self.trial is not None else "active")
+
+    def _check(self, d: DesiredModel) -> None:
+        from .daemon import AGENT_VERSION
+
+        cfg = self.agent.cfg
+        trusted = self._trusted()
+        if not cfg.updates.enabled:
+            raise UpdateRejected("updates_disabled", "[updates] enabled = false")
+        if not len(trusted) and cfg.trust.require_signature:
+            raise UpdateRejected("no_trusted_keys", "trust.public_keys is empty; no update can be verified")
+        try:
+            verify_manifest(d.manifest, trusted)
+        except ManifestError as exc:
+            raise UpdateRejected(exc.reason, str(exc)) from exc
+        m = d.manifest
+        if is_newer(m.min_agent_version, AGENT_VERSION):
+            raise UpdateRejected(
+                "agent_too_old", f"{m.name} {m.version} needs agent {m.min_agent_version}, this is {AGENT_VERSION}"
+            )
+        if m.task != "disease_classification":
+            raise UpdateRejected("unsupported_task", f"over-the-air updates of {m.task} models are not supported yet")
+        if d.rollout.mode != "active":
+            raise UpdateRejected("unsupported_mode", f"rollout mode {d.rollout.mode} is not supported by this agent")
+        if not selects(d.rollout, d.model_name, cfg.device.device_id, cfg.device.groups):
+            raise UpdateRejected("not_selected", "this device is not in the rollout")
+        champion = self.agent.pipeline.champion
+        with self._lock:
+            if self.trial is not None:
+                if self.trial.backend.manifest.version == d.version:
+                    # e.g. 10% -> 50%: the trial goes on, and a rollback now holds for this message too
+                    self.trial.msg_id = d.msg_id
+                    state = self.store.read(d.model_name)
+                    state["trial_msg_id"] = d.msg_id
+                    self.store.write(d.model_name, state)
+                    raise UpdateRejected("current", "this version is already on trial")
+                self._rollback(f"superseded by desired version {d.version}")
+                champion = self.agent.pipeline.champion
+        if champion is not None and champion.manifest.name != d.model_name:
+            raise UpdateRejected("not_selected", f"this device runs {champion.manifest.name}, not {d.model_name}")
+        if champion is not None:
+            current = champion.manifest.version
+            if current == d.version:
+                raise UpdateRejected("current", "already running this version")
+            if not is_newer(d.version, current) and not d.allow_downgrade:
+                raise UpdateRejected(
+                    "downgrade",
+                    f"{d.version} is older than the running {current}; publish it as a rollback to allow that",
+                )
+        if self.store.read(d.model_name)["failed"].get(d.version) == d.msg_id:
+            raise UpdateRejected("current", "this version was rolled back here; publish it again to retry")
+        wanted = self._artifacts(d)
+        total = sum(a.size for a in wanted)
+        cap = int(cfg.updates.max_download_mb * 1e6)
+        if total > cap:
+            raise UpdateRejected("too_large", f"{total} bytes to download exceed max_download_mb ({cap} bytes)")
+
+    def _artifacts(self, d: DesiredModel):  # type: ignore[no-untyped-def]
+        variants = set(self.agent.cfg.models[0].variants) if self.agent.cfg.models else {"fp32"}
+        variants.add("fp32")
+        return [a for a in d.artifacts if a.variant in variants]
+
+    def _fetch_and_load(self, d: DesiredModel) -> InferenceBackend:
+        name, version, m = d.model_name, d.version, d.manifest
+        final = self.store.version_dir(name, version)
+        wanted = self._artifacts(d)
+        if not any(a.variant == "fp32" for a in wanted):
+            raise UpdateRejected("missing_variant", "the message lists no fp32 artifact")
+        local = (final / "manifest.json").is_file() and ModelManifest.load(final / "manifest.json") == m
+        if not local:
+            staging = self.store.staging_dir(name, version)
+            staging.mkdir(parents=True, exist_ok=True)
+            self._report(name, version, m.sha256, "downloading")
+            deadline = time.monotonic() + self.settings.download_deadline_s
+            for art in wanted:
+                part = staging / (m.file(art.variant).path + ".part")
+                token = self._token_for(art.url)
+                for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+                    try:
+                        download(art.url, part, art.size, token, self.settings.timeout_s, deadline)
+                        break
+                    except (urllib.error.URLError, OSError) as exc:
+                        if attempt == DOWNLOAD_ATTEMPTS:
+                            raise UpdateRejected("download_failed", f"{art.url}: {exc}") from exc
+                        logger.warning("download of %s failed (%s); resuming", art.url, exc)
+                        time.sleep(min(5.0, attempt * 0.5))  # backoff between attempts, not synchronisation
+                    except UpdateRejected:
+                        part.unlink(missing_ok=True)
+                        raise
+            crash_point("downloaded")
+            self._report(name, version, m.sha256, "verifying")
+            for art in wanted:
+                entry = m.file(art.variant)
+                part = staging / (entry.path + ".part")
+                try:
+                    verify_artifact(m, art.variant, part)
+                except ManifestError as exc:
+                    part.unlink(missing_ok=True)  # a bad file must not be resumed
+                    raise UpdateRejected(exc.reason, str(exc)) from exc
+                os.replace(part, staging / entry.path)
+            m.save(staging / "manifest.json")
+            fsync_dir(staging)
+            crash_point("verified")
+            if final.exists():
+                shutil.rmtree(final)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(staging, final)
+            fsync_dir(final.parent)
+            crash_point("staged")
+        else:
+            self._report(name, version, m.sha256, "verifying")
+        try:
+            backend = load_backend(
+                self._model_settings(final / "manifest.json"), self._trusted(), self.agent.cfg.trust.require_signature
+            )
+        except ModelLoadError as exc:
+            shutil.rmtree(final, ignore_errors=True)
+            raise UpdateRejected(exc.reason, str(exc)) from exc
+        width = self._output_width(backend)
+        if m.labels and width != len(m.labels):
+            backend.close()
+            shutil.rmtree(final, ignore_errors=True)
+            raise UpdateRejected(
+                "labels_mismatch", f"{name} {version} has {len(m.labels)} labels but the model outputs {width} scores"
+            )
+        return backend
+
+    def _token_for(self, url: str) -> str | None:
+        """The bearer token, only for the registry's URLs when ``token_url_prefix`` says which they are."""
+        s = self.settings
+        if s.token is None or (s.token_url_prefix and not url.startswith(s.token_url_prefix)):
+            return None
+        return s.token.get_secret_value()
+
+    @staticmethod
+    def _output_width(backend: InferenceBackend) -> int:
+        m = backend.manifest
+        out = backend.run({n: td.to_array() for n, td in m.self_test_inputs.items()})[m.outputs[0].name]
+        return int(out.shape[-1])
+
+    # --- trial, commit, rollback ---------------------------------------------------------------
+
+    def _start_trial(self, d: DesiredModel, backend: InferenceBackend) -> None:
+        name = d.model_name
+        pipe = self.agent.pipeline
+        with self._lock:
+            old = pipe.champion
+            if old is None:
+                # Nothing to fall back to: the new model is better than none, so it is committed at once.
+                state = self.store.read(name)
+                state.update(active=d.version, trial=None)
+                self.store.write(name, state)
+                self._replace(None, backend)
+                self._report(name, d.version, backend.manifest.sha256, "active")
+                return
+            state = self.store.read(name)
+            state.update(trial=d.version, trial_msg_id=d.msg_id)
+            self.store.write(name, state)
+            crash_point("trial_written")
+            self.trial = Trial(backend, old, d.msg_id, time.monotonic(), pipe.counts(old))
+            self.agent.models = [backend, *[m for m in self.agent.models if m is not old]]
+            pipe.set_models(backend, pipe.shadow, fallback=old)
+        logger.info("model %s %s on trial (fallback %s)", name, d.version, old.manifest.version)
+        self._report(name, d.version, backend.manifest.sha256, "trial")
+        crash_point("swapped")
+        self.agent._next["model_health"] = time.monotonic() + min(1.0, self.settings.health_window_s)
+
+    def _on_trial_failure(self, backend: InferenceBackend) -> None:
+        with self._lock:
+            if self.trial is not None and self.trial.backend is backend:
+                self._rollback("the new model failed inference")
+
+    def check_health(self) -> float | None:
+        """Called by the main loop during a trial; returns seconds to the next check, None when done."""
+        with self._lock:
+            t = self.trial
+            if t is None:
+                return None
+            pipe = self.agent.pipeline
+            total, failed = pipe.counts(t.backend)
+            old_total, old_failed = pipe.counts(t.old)
+            old_rate = old_failed / old_total if old_total else 0.0
+            if total and failed / total > old_rate:
+                self._rollback(f"error rate {failed}/{total} above the old model's {old_failed}/{old_total}")
+                return None
+            elapsed = time.monotonic() - t.started
+            if elapsed < self.settings.health_window_s or total < self.settings.health_min_images:
+                return max(0.2, min(5.0, self.settings.health_window_s - elapsed))
+            try:
+                self_test(t.backend.session, t.backend.manifest, t.backend.variant)  # type: ignore[attr-defined]
+            except Exception as exc:
+                self._rollback(f"self-test at the end of the health window failed: {exc}")
+                return None
+            self._commit()
+            return None
+
+    def _commit(self) -> None:
+        t = self.trial
+        assert t is not None
+        name, version = t.backend.manifest.name, t.backend.manifest.version
+        state = self.store.read(name)
+        keep = {version, state["active"]}
+        state.update(active=version, previous=state["active"], trial=None)
+        state.pop("trial_msg_id", None)
+        self.store.write(name, state)
+        crash_point("committed")
+        self.trial = None
+        pipe = self.agent.pipeline
+        pipe.set_models(t.backend, pipe.shadow)
+        t.old.close()
+        versions = self.store.version_dir(name, version).parent
+        for old_dir in versions.iterdir() if versions.is_dir() else []:
+            if old_dir.name not in keep:
+                shutil.rmtree(old_dir, ignore_errors=True)
+        logger.info("model %s %s committed after its health window", name, version)
+        self._report(name, version, t.backend.manifest.sha256, "active")
+
+    def _rollback(self, reason: str) -> None:
+        t = self.trial
+        assert t is not None
+        name, version = t.backend.manifest.name, t.backend.manifest.version
+        pipe = self.agent.pipeline
+        pipe.set_models(t.old, pipe.shadow)
+        self.agent.models = [t.old, *[m for m in self.agent.models if m is not t.backend]]
+        state = self.store.read(name)
+        state["failed"][version] = t.msg_id
+        state.update(trial=None)
+        state.pop("trial_msg_id", None)
+        self.store.write(name, state)
+        self.trial = None
+        logger.warning("model %s %s rolled back to %s: %s", name, version, t.old.manifest.version, reason)
+        self.agent.count_error("model_rolled_back")
+        self._report(name, version, t.backend.manifest.sha256, "rolled_back", reason, level="warning")
+
+    def model_state(self, backend: InferenceBackend) -> str:
+        t = self.trial
+        return "trial" if t is not None and t.backend is backend else "active"
