@@ -163,6 +163,17 @@ class AppSettings(BaseModel):
         "var/farm.geojson", description="Farm layout: GeoJSON fields (crop, planting date) and device locations."
     )
     registry: str | None = Field(None, description="Model registry folder shown on the Models page.")
+    rollout_broker: str | None = Field(
+        None,
+        description="Broker URL (mqtt[s]://user@host:port) for Publish/Roll back on the Models page: the same "
+        "code as `cropwatch models publish|rollback` sends the retained desired-model message with these "
+        "credentials (the cropwatch-ops user). Unset: the page shows the rollout but cannot change it.",
+    )
+    rollout_broker_password: SecretStr | None = Field(None, description="Or rollout_broker_password_file.")
+    rollout_ca_file: str | None = Field(None, description="CA certificate for an mqtts:// rollout broker.")
+    rollout_base_url: str | None = Field(
+        None, description="Registry URL that devices download from (what `cropwatch registry serve` serves)."
+    )
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8501
     cache_ttl_s: Annotated[float, Field(gt=0, le=3600)] = Field(

@@ -1,13 +1,14 @@
 """The one place the monitor calls the rollout code (``cloud_trainer.rollout``, shared with the CLI).
 
-Promote and rollback on the Models page go through the same functions as ``cropwatch models
-publish|rollback``. Until that module exists the page says rollout is not available.
+Publish and Roll back on the Models page run the same functions as ``cropwatch models
+publish|rollback``. The app reads only the database; this is its single write to the fleet: the
+rollout code sends one retained desired-model message with the ops credentials from ``[app]``
+(``rollout_broker``, ``rollout_base_url``), exactly as the CLI does.
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
 import logging
 from types import ModuleType
 from typing import Any
@@ -25,31 +26,48 @@ def rollout_module() -> ModuleType | None:
     return module if all(hasattr(module, f) for f in ("publish", "rollback")) else None
 
 
-def available() -> bool:
-    return rollout_module() is not None
+def missing_settings(config: Any) -> list[str]:
+    """What ``[app]`` lacks for rollout from the page (empty when it can roll out)."""
+    app = config.app
+    return [name for name in ("registry", "rollout_broker", "rollout_base_url") if not getattr(app, name)]
 
 
-def _call(func: Any, **kwargs: Any) -> Any:
-    # The rollout signature is still being written on another branch: pass only what it accepts.
-    params = inspect.signature(func).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        kwargs = {k: v for k, v in kwargs.items() if k in params}
-    return func(**kwargs)
+def available(config: Any = None) -> bool:
+    return rollout_module() is not None and (config is None or not missing_settings(config))
+
+
+def _publisher(config: Any):  # type: ignore[no-untyped-def]
+    from cloud_trainer.mqtt_publish import publish_retained
+
+    app = config.app
+    password = app.rollout_broker_password.get_secret_value() if app.rollout_broker_password else None
+
+    def send(topic: str, payload: bytes) -> None:
+        publish_retained(app.rollout_broker, topic, payload, ca_file=app.rollout_ca_file, password=password)
+
+    return send
+
+
+def _prepare(user: User, config: Any, farm_id: str) -> tuple[ModuleType, Any]:
+    user.require("models", farm_id)
+    module = rollout_module()
+    if module is None:
+        raise RuntimeError("rollout is not available in this installation (cloud_trainer.rollout is missing)")
+    missing = missing_settings(config)
+    if missing:
+        raise RuntimeError(f"set {', '.join(f'app.{m}' for m in missing)} in monitor.toml to roll out from here")
+    from cloud_trainer.registry import Registry
+
+    return module, Registry(config.app.registry)
 
 
 def publish(user: User, config: Any, farm_id: str, name: str, version: str) -> Any:
-    user.require("models", farm_id)
-    module = rollout_module()
-    if module is None:
-        raise RuntimeError("rollout is not available in this installation yet (cloud_trainer.rollout missing)")
+    module, registry = _prepare(user, config, farm_id)
     logger.info("%s publishes %s %s to farm %s", user.username, name, version, farm_id)
-    return _call(module.publish, config=config, farm_id=farm_id, name=name, version=version, by=user.username)
+    return module.publish(registry, name, version, farm_id, config.app.rollout_base_url, _publisher(config))
 
 
 def rollback(user: User, config: Any, farm_id: str, name: str) -> Any:
-    user.require("models", farm_id)
-    module = rollout_module()
-    if module is None:
-        raise RuntimeError("rollout is not available in this installation yet (cloud_trainer.rollout missing)")
+    module, registry = _prepare(user, config, farm_id)
     logger.info("%s rolls back %s on farm %s", user.username, name, farm_id)
-    return _call(module.rollback, config=config, farm_id=farm_id, name=name, by=user.username)
+    return module.rollback(registry, name, farm_id, _publisher(config), config.app.rollout_base_url)

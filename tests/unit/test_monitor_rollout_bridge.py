@@ -1,14 +1,14 @@
-"""The Models page's promote/rollback go through cloud_trainer.rollout when it exists."""
+"""The Models page's publish/rollback go through cloud_trainer.rollout, and only for those allowed."""
 
 from __future__ import annotations
 
 import sys
-import types
 
 import pytest
 
 from farm_monitor.app import rollout_bridge
 from farm_monitor.app.auth import PermissionDenied, User
+from farm_monitor.config import MonitorConfig
 
 AGRO = User("ann", "agronomist", ("farm-a",))
 FARMER = User("fred", "farmer", ("farm-a",))
@@ -18,22 +18,19 @@ def test_not_available_without_the_rollout_module(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setitem(sys.modules, "cloud_trainer.rollout", None)  # import raises ImportError
     assert not rollout_bridge.available()
     with pytest.raises(RuntimeError, match="not available"):
-        rollout_bridge.publish(AGRO, None, "farm-a", "leaf", "1.0.0")
+        rollout_bridge.publish(AGRO, MonitorConfig(), "farm-a", "leaf", "1.0.0")
 
 
-def test_calls_the_cli_functions_with_what_they_accept(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
-    fake = types.ModuleType("cloud_trainer.rollout")
-    fake.publish = lambda name, version, farm_id, by: calls.append(("publish", name, version, farm_id, by))
-    fake.rollback = lambda name, farm_id, **kw: calls.append(("rollback", name, farm_id, kw["by"]))
-    monkeypatch.setitem(sys.modules, "cloud_trainer.rollout", fake)
-    assert rollout_bridge.available()
-    rollout_bridge.publish(AGRO, object(), "farm-a", "leaf", "1.0.0")
-    rollout_bridge.rollback(AGRO, object(), "farm-a", "leaf")
-    assert calls[0] == ("publish", "leaf", "1.0.0", "farm-a", "ann")
-    assert calls[1] == ("rollback", "leaf", "farm-a", "ann")
+def test_names_the_settings_it_lacks() -> None:
+    cfg = MonitorConfig()
+    assert rollout_bridge.missing_settings(cfg) == ["registry", "rollout_broker", "rollout_base_url"]
+    assert not rollout_bridge.available(cfg)
+    with pytest.raises(RuntimeError, match=r"app\.registry, app\.rollout_broker, app\.rollout_base_url"):
+        rollout_bridge.publish(AGRO, cfg, "farm-a", "leaf", "1.0.0")
+
+
+def test_roles_and_farms_are_checked_before_anything_else() -> None:
     with pytest.raises(PermissionDenied):
-        rollout_bridge.publish(FARMER, None, "farm-a", "leaf", "1.0.0")
+        rollout_bridge.publish(FARMER, MonitorConfig(), "farm-a", "leaf", "1.0.0")
     with pytest.raises(PermissionDenied):
-        rollout_bridge.rollback(AGRO, None, "farm-b", "leaf")
-    assert len(calls) == 2
+        rollout_bridge.rollback(AGRO, MonitorConfig(), "farm-b", "leaf")

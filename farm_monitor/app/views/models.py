@@ -60,7 +60,14 @@ def render() -> None:
         return
     st.subheader("Publish or roll back")
     if not rollout_bridge.available():
-        st.info("Rollout is not available in this installation yet (`cropwatch models publish` arrives with it).")
+        st.info("Rollout is not available in this installation (cloud_trainer.rollout is missing).")
+        return
+    missing = rollout_bridge.missing_settings(cfg)
+    if missing:
+        st.info(
+            f"To publish from here, set {', '.join(f'`app.{m}`' for m in missing)} in monitor.toml; "
+            "or run `cropwatch models publish` / `cropwatch models rollback`."
+        )
         return
     live = versions[~versions["retired"]] if not versions.empty else versions
     if live.empty:
