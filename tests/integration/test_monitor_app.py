@@ -128,7 +128,9 @@ def test_models_page_lists_registry_versions_and_device_state(world: World) -> N
     assert sorted(per_device["device_id"]) == ["gw-a1", "gw-a2", "gw-a3"]
     assert set(per_device["active_version"]) == {"1.2.0"}
     assert list(summary["devices"]) == [3]
-    assert any("Rollout is not available" in i.value for i in at.info)
+    # The seeded config names no rollout broker: the page says what to set instead of offering buttons.
+    assert any("app.rollout_broker" in i.value for i in at.info)
+    assert not [b for b in at.button if b.key in ("mdl_publish", "mdl_rollback")]
 
 
 def test_overview_kpis_and_what_needs_attention(world: World) -> None:
