@@ -33,7 +33,7 @@ from shared.messages import ActiveModel, Event, Health, Status
 from shared.topics import command_topic, device_topic, fleet_model_topic
 
 from .commands import CommandActions, CommandHandler
-from .config import AgentConfig, load_agent_config
+from .config import AgentConfig, SourceSettings, load_agent_config
 from .health import ProcessStats, disk_free_mb, temperature_c
 from .inference import InferenceBackend, ModelLoadError, load_backend
 from .logs import set_level
@@ -139,6 +139,7 @@ class Agent:
         self.notifier = Notifier()
         self.stats = ProcessStats()
         self.sources: list[Source] = []
+        self._waiting_sources: list[SourceSettings] = []
         self.models: list[InferenceBackend] = []
         self.yield_runner: YieldRunner | None = None
         self._transport_factory = transport_factory
@@ -268,16 +269,28 @@ class Agent:
         self.yield_runner = runner
 
     def _start_sources(self, cfg: AgentConfig) -> None:
-        ctx = _Ctx(self)
         self.sources = []
+        self._waiting_sources = []
         for s in cfg.sources:
             if s.type != "sensors" and self.pipeline.champion is None:
-                logger.error("source %s not started: no disease model loaded to process its images", s.name)
+                # Over-the-air updates may bring the first model; until then images would pile up.
+                logger.warning("source %s waits: no disease model loaded to process its images yet", s.name)
                 self.count_error("source_without_model")
+                self._waiting_sources.append(s)
                 continue
-            src = build_source(s, ctx)
-            src.start()
-            self.sources.append(src)
+            self._start_source(s)
+
+    def _start_source(self, settings: SourceSettings) -> None:
+        src = build_source(settings, _Ctx(self))
+        src.start()
+        self.sources.append(src)
+
+    def start_waiting_sources(self) -> None:
+        """Start the image sources that waited for a model (called when the first one is active)."""
+        waiting, self._waiting_sources = self._waiting_sources, []
+        for s in waiting:
+            logger.info("source %s starts: a disease model is active now", s.name)
+            self._start_source(s)
 
     # --- status -----------------------------------------------------------------------------
 

@@ -248,6 +248,9 @@ class ModelUpdater:
         models = [m for m in self.agent.models if m is not old]
         self.agent.models = [new, *models]
         pipe.set_models(new, pipe.shadow)
+        if old is None:
+            # Image sources wait for a first model (a device provisioned without one).
+            self.agent.start_waiting_sources()
 
     # --- message in -------------------------------------------------------------------------
 

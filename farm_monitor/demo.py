@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import random
@@ -190,9 +191,7 @@ def build_model(root: Path, console) -> tuple[Path, Path, Path]:  # type: ignore
     return public_key, manifest, field_photos
 
 
-def agent_toml(
-    root: Path, device_id: str, field_id: str, host: str, port: int, public_key: Path, manifest: Path
-) -> Path:
+def agent_toml(root: Path, device_id: str, field_id: str, host: str, port: int, public_key: Path) -> Path:
     folder = root / "agents" / device_id
     (folder / "inbox").mkdir(parents=True, exist_ok=True)
     text = f"""# made by cropwatch demo
@@ -211,10 +210,11 @@ port = {port}
 [trust]
 public_keys = ["{public_key}"]
 
-[[models]]
-manifest = "{manifest}"
-threads = 1
-batch_size = 4
+# No model here: the demo publishes one through the rollout path (retained desired-model
+# message, download from the registry, signature and self-test, swap).
+[updates]
+enabled = true
+health_window_s = 30.0
 
 [[sources]]
 type = "folder"
@@ -417,10 +417,19 @@ def run_demo(args: argparse.Namespace) -> int:
         devices = DEVICE_IDS[: args.devices]
         inboxes = []
         for device_id, field_id in zip(devices, FIELDS, strict=False):
-            config = agent_toml(root, device_id, field_id, host, port, public_key, manifest)
+            config = agent_toml(root, device_id, field_id, host, port, public_key)
             stack.start(f"agent-{device_id}", ["agent", "--config", str(config)])
             inboxes.append(config.parent / "inbox")
         console.print(f"agents      {', '.join(devices)} (farm {FARM_ID})")
+        version = json.loads(manifest.read_text(encoding="utf-8"))["version"]
+        name = json.loads(manifest.read_text(encoding="utf-8"))["name"]
+        subprocess.run(
+            [sys.executable, "-m", "shared.cli", "models", "--registry", str(registry), "publish", name, version,
+             "--farm", FARM_ID, "--broker", f"mqtt://{host}:{port}", "--base-url", f"http://127.0.0.1:{registry_port}"],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+        console.print(f"rollout     {name} {version} published to {FARM_ID}; agents download, verify and swap it in")
 
         if not args.no_monitor:
             farm_layout(root, devices)
@@ -467,6 +476,11 @@ def run_demo(args: argparse.Namespace) -> int:
                 last_print = now
             if first_detection is not None and args.duration and now - first_detection >= args.duration:
                 break
+            if first_detection is None and now - started > args.first_detection_timeout:
+                raise RuntimeError(
+                    f"no detection reached the database within {args.first_detection_timeout:.0f} s; "
+                    f"see the agent and ingest logs in {stack.logs}"
+                )
             time.sleep(0.5)
         console.rule("stopping")
         classes = by_class(root / "cropwatch.db")
@@ -491,6 +505,9 @@ def main(argv: list[str], prog: str = "cropwatch demo") -> int:
     parser.add_argument("--photo-interval", type=float, default=5.0, help="seconds between photos per device")
     parser.add_argument("--duration", type=float, help="stop this many seconds after the first detection")
     parser.add_argument("--no-monitor", action="store_true", help="do not start the web monitor")
+    parser.add_argument(
+        "--first-detection-timeout", type=float, default=900.0, help="give up when no detection arrives by then (s)"
+    )
     parser.add_argument("--port", type=int, default=8501, help="web monitor port (default 8501)")
     parser.add_argument("--model-manifest", type=Path, help=argparse.SUPPRESS)  # tests: a prepared model
     parser.add_argument("--trusted-key", type=Path, help=argparse.SUPPRESS)
