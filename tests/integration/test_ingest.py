@@ -98,9 +98,9 @@ def test_sigkill_while_batches_commit_loses_nothing_and_stores_once(own_broker, 
     log = tmp_path / "ingest.log"
     total = 5000
     messages = make_messages(total, seed=7)
-    proc = start_ingest_process(path, log)
     # Publishing runs beside ingest, so the kill lands while messages are still arriving.
     publisher = threading.Thread(target=publish_all, args=(own_broker, [(t, p) for t, p, _ in messages]))
+    proc = start_ingest_process(path, log)
     try:
         wait_for(lambda: health(base).get("subscribed"), timeout=30, what="ingest to subscribe")
         publisher.start()
