@@ -7,10 +7,11 @@ full argv (RUN_DIR first).
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 from pathlib import Path
+
+from .dispatch import resolve
 
 # task in run.json -> exporter module
 EXPORTERS: dict[str, str] = {
@@ -47,12 +48,12 @@ def main(argv: list[str], prog: str) -> int:
     except ValueError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
-    module_name, _, function = EXPORTERS[task].partition(":")
+    module_name = EXPORTERS[task].partition(":")[0]
     try:
-        module = importlib.import_module(module_name)
+        entry = resolve(EXPORTERS[task])
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
             print(f"{prog}: exporting {task} runs is not implemented yet in this version", file=sys.stderr)
             return 3
         raise
-    return int(getattr(module, function or "main")(argv, prog) or 0)
+    return int(entry(argv, prog) or 0)
