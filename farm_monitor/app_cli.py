@@ -9,10 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shared.config import load_config, redacted_json
-from shared.errors import ConfigError
-
-from .config import MonitorConfig
+from .config import MonitorConfig, command_config
 
 logger = logging.getLogger(__name__)
 MAIN = Path(__file__).parent / "app" / "main.py"
@@ -44,14 +41,9 @@ def streamlit_command(cfg: MonitorConfig, host: str, port: int) -> list[str]:
 
 def main(argv: list[str], prog: str = "cropwatch monitor") -> int:
     args = _parser(prog).parse_args(argv)
-    try:
-        cfg = load_config(MonitorConfig, args.config)
-    except ConfigError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
-    if args.check_config:
-        print(redacted_json(cfg))
-        return 0
+    cfg = command_config(args.config, prog, args.check_config)
+    if isinstance(cfg, int):
+        return cfg
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .db import make_engine, migrate
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sys
 import threading
 import time
 from typing import Any
 
-from shared.config import load_config, redacted_json
 from shared.errors import ConfigError
 
-from .config import MonitorConfig
+from .config import MonitorConfig, command_config
 
 logger = logging.getLogger(__name__)
 
@@ -33,14 +31,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 
 def main(argv: list[str], prog: str = "cropwatch ingest") -> int:
     args = _parser(prog).parse_args(argv)
-    try:
-        cfg = load_config(MonitorConfig, args.config)
-    except ConfigError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
-    if args.check_config:
-        print(redacted_json(cfg))
-        return 0
+    cfg = command_config(args.config, prog, args.check_config)
+    if isinstance(cfg, int):
+        return cfg
     logging.basicConfig(
         level=(args.log_level or cfg.log_level).upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -18,11 +18,9 @@ from pathlib import Path
 
 from sqlalchemy import Engine, text
 
-from shared.config import load_config
-from shared.errors import ConfigError
 from shared.fsutil import atomic_write_bytes, atomic_write_text
 
-from .config import MonitorConfig
+from .config import command_config
 
 logger = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.,()+-]+")
@@ -87,11 +85,9 @@ def export_labels_main(argv: list[str], prog: str = "cropwatch data export-label
     parser.add_argument("--farm", action="append", default=[], help="only this farm (repeat)")
     parser.add_argument("--days", type=float, help="only labels from the last N days")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(MonitorConfig, args.config)
-    except ConfigError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
+    cfg = command_config(args.config, prog)
+    if isinstance(cfg, int):
+        return cfg
     from .db import make_engine
 
     engine = make_engine(args.db or cfg.database.url)
