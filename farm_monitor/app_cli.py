@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -61,7 +60,9 @@ def main(argv: list[str], prog: str = "cropwatch monitor") -> int:
         env["CROPWATCH_CONFIG"] = str(Path(args.config).resolve())
     cmd = streamlit_command(cfg, args.host or cfg.app.host, args.port or cfg.app.port)
     logger.info("serving the monitor on http://%s:%s", args.host or cfg.app.host, args.port or cfg.app.port)
-    try:
-        return subprocess.call(cmd, env=env)
-    except KeyboardInterrupt:
-        return 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Become the Streamlit server rather than wrap it: signals from systemd, the demo or Ctrl-C
+    # then reach it directly, and no server is left behind when this process is stopped.
+    os.execve(cmd[0], cmd, env)
+    return 1  # pragma: no cover - execve does not return

@@ -8,7 +8,15 @@ import urllib.request
 from pathlib import Path
 
 from tests.edge_models import build_classifier
-from tests.services import cropwatch_cmd, cropwatch_env, free_port, missing_service, mosquitto_binary, wait_for
+from tests.services import (
+    cropwatch_cmd,
+    cropwatch_env,
+    free_port,
+    missing_service,
+    mosquitto_binary,
+    port_open,
+    wait_for,
+)
 
 
 def test_demo_farm_stores_detections_and_stops_cleanly(tmp_path: Path, team_data: Path) -> None:
@@ -66,3 +74,4 @@ def test_demo_farm_stores_detections_and_stops_cleanly(tmp_path: Path, team_data
     assert devices == 2
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "demo")], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", "demo processes left running"
+    assert not port_open("127.0.0.1", port), "the monitor's web server outlived the demo"
