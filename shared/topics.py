@@ -3,6 +3,10 @@
 cropwatch/v1/{farm_id}/{device_id}/{kind}            device to cloud
 cropwatch/v1/{farm_id}/{device_id}/cmd/{command}     cloud to one device
 cropwatch/v1/{farm_id}/_fleet/model/{model_name}     retained desired model per farm
+cropwatch/v1/{farm_id}/_fleet/shadow/{model_name}    retained challenger run beside it (shadow mode)
+
+The shadow topic is separate so that publishing a challenger never replaces the retained champion a
+newly started device needs; an empty retained payload there ends the shadow run.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ PREFIX = f"{ROOT}/{VERSION}"
 
 @dataclass(frozen=True)
 class Topic:
-    category: Literal["device", "command", "fleet_model"]
+    category: Literal["device", "command", "fleet_model", "fleet_shadow"]
     farm_id: str
     device_id: str | None = None
     kind: str | None = None
@@ -34,6 +38,8 @@ class Topic:
             return device_topic(self.farm_id, self.device_id or "", self.kind or "")
         if self.category == "command":
             return command_topic(self.farm_id, self.device_id or "", self.command or "")
+        if self.category == "fleet_shadow":
+            return fleet_shadow_topic(self.farm_id, self.model_name or "")
         return fleet_model_topic(self.farm_id, self.model_name or "")
 
 
@@ -64,6 +70,12 @@ def fleet_model_topic(farm_id: str, model_name: str) -> str:
     return f"{PREFIX}/{farm_id}/{FLEET}/model/{model_name}"
 
 
+def fleet_shadow_topic(farm_id: str, model_name: str) -> str:
+    _check_id("farm_id", farm_id)
+    _check_id("model_name", model_name)
+    return f"{PREFIX}/{farm_id}/{FLEET}/shadow/{model_name}"
+
+
 def parse_topic(topic: str) -> Topic:
     """Parse a concrete topic (never a filter); raises TopicError naming what is wrong."""
     if not isinstance(topic, str):
@@ -86,10 +98,12 @@ def parse_topic(topic: str) -> Topic:
     farm_id = rest[0]
     _check_id("farm_id", farm_id)
     if rest[1] == FLEET:
-        if len(rest) == 4 and rest[2] == "model":
+        if len(rest) == 4 and rest[2] in ("model", "shadow"):
             _check_id("model_name", rest[3])
-            return Topic("fleet_model", farm_id, model_name=rest[3])
-        raise TopicError("wrong_length", f"fleet topic {topic!r} must be {PREFIX}/FARM/{FLEET}/model/NAME")
+            return Topic("fleet_model" if rest[2] == "model" else "fleet_shadow", farm_id, model_name=rest[3])
+        raise TopicError(
+            "wrong_length", f"fleet topic {topic!r} must be {PREFIX}/FARM/{FLEET}/model/NAME or .../shadow/NAME"
+        )
     device_id = rest[1]
     _check_id("device_id", device_id)
     if len(rest) == 3:

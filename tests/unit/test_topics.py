@@ -37,6 +37,11 @@ def test_fleet_topics_round_trip(farm: str, name: str) -> None:
     parsed = t.parse_topic(topic)
     assert (parsed.category, parsed.farm_id, parsed.model_name) == ("fleet_model", farm, name)
     assert str(parsed) == topic
+    shadow = t.fleet_shadow_topic(farm, name)
+    assert shadow == f"cropwatch/v1/{farm}/_fleet/shadow/{name}"
+    parsed = t.parse_topic(shadow)
+    assert (parsed.category, parsed.farm_id, parsed.model_name) == ("fleet_shadow", farm, name)
+    assert str(parsed) == shadow
 
 
 @pytest.mark.parametrize(
@@ -57,6 +62,7 @@ def test_fleet_topics_round_trip(farm: str, name: str) -> None:
         ("cropwatch/v1/farm/gw-1", "wrong_length"),
         ("cropwatch/v1/farm/gw-1/status/extra/more", "wrong_length"),
         ("cropwatch/v1/farm/_fleet/model", "wrong_length"),
+        ("cropwatch/v1/farm/_fleet/canary/leaf", "wrong_length"),
     ],
 )
 def test_bad_topics_say_what_is_wrong(topic: str, reason: str) -> None:
