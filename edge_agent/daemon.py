@@ -433,17 +433,35 @@ class Agent:
             if self.pipeline.alive() and self.sender.alive():
                 self.notifier.watchdog()
 
-    def run_yield(self, now: datetime | None = None) -> None:
+    def set_yield_backend(self, backend: InferenceBackend, fallback: InferenceBackend | None = None) -> None:
+        """Swap the yield runner's model (over-the-air updates); makes the runner if there was none."""
         if self.yield_runner is None:
+            self.yield_runner = YieldRunner(self.cfg.yield_model, backend, self.outbox, self.identity)
+            self._next.setdefault("yield", time.monotonic())
+        self.yield_runner.set_backend(backend, fallback)
+
+    def run_yield(self, now: datetime | None = None) -> None:
+        runner = self.yield_runner
+        if runner is None:
             return
-        try:
-            estimate = self.yield_runner.run(now)
-        except Exception as exc:
-            logger.exception("yield model run failed")
-            self.count_error("yield_run")
-            self.event("error", "yield_failed", f"yield model run failed: {exc}"[:2000])
+        for _ in range(2):
+            backend = runner.backend
+            try:
+                estimate = runner.run(now)
+            except Exception as exc:
+                self.pipeline.count(backend, 1, 1)
+                # A model on trial that fails its run is rolled back; the old one runs it again.
+                if self.updater is not None and self.updater._on_trial_failure(backend):
+                    logger.warning("yield model %s %s failed a run on trial; run again with the old one",
+                                   backend.manifest.name, backend.manifest.version)  # fmt: skip
+                    continue
+                logger.exception("yield model run failed")
+                self.count_error("yield_run")
+                self.event("error", "yield_failed", f"yield model run failed: {exc}"[:2000])
+                return
+            self.pipeline.count(backend, 1, 0)
+            self.outbox.add([to_out(self.identity, estimate)])
             return
-        self.outbox.add([to_out(self.identity, estimate)])
 
     def reload(self) -> None:
         """Re-read the config file: log level, samples, sources and models change in place."""

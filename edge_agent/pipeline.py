@@ -162,7 +162,8 @@ class Pipeline:
             total, failed = self.model_counts.get((backend.manifest.name, backend.manifest.version), [0, 0])
         return total, failed
 
-    def _count(self, backend: InferenceBackend, total: int, failed: int) -> None:
+    def count(self, backend: InferenceBackend, total: int, failed: int) -> None:
+        """Add to a model version's (images or runs, failed) tally; the yield runner reports here too."""
         with self._models_lock:
             entry = self.model_counts.setdefault((backend.manifest.name, backend.manifest.version), [0, 0])
             entry[0] += total
@@ -262,9 +263,9 @@ class Pipeline:
             batch = np.stack([arr for _, arr in good])
             try:
                 probs, ms = self._infer(champion, batch)
-                self._count(champion, len(good), 0)
+                self.count(champion, len(good), 0)
             except Exception:
-                self._count(champion, len(good), len(good))
+                self.count(champion, len(good), len(good))
                 if fallback is None:
                     raise
                 logger.exception(
@@ -280,7 +281,7 @@ class Pipeline:
                     rejected += more_rejected
                     batch = np.stack([arr for _, arr in good])
                 probs, ms = self._infer(champion, batch)
-                self._count(champion, len(good), 0)
+                self.count(champion, len(good), 0)
             shadow_out = self._shadow(shadow, good, batch, champion) if shadow is not None else None
             self.latency.add(ms, len(good))
             ref = model_ref(champion)

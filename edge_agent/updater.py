@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.errors import ManifestError, MessageError
 from shared.fsutil import atomic_write_text, fsync_dir
-from shared.manifest import ModelManifest, TrustedKeys, verify_artifact, verify_manifest
+from shared.manifest import ModelManifest, SeasonPreprocessing, TrustedKeys, verify_artifact, verify_manifest
 from shared.messages import ActiveModel, DesiredModel, parse_desired_model
 from shared.rollout import is_newer, selects
 from shared.topics import parse_topic
@@ -64,6 +64,7 @@ logger = logging.getLogger(__name__)
 CHUNK = 64 * 1024
 DOWNLOAD_ATTEMPTS = 3
 CHAMPION, SHADOW = "champion", "shadow"
+DISEASE, YIELD = "disease_classification", "yield_forecast"
 # Fault injection for the crash-safety tests: CW_FAULT_CRASH_AT=<step> ends the process at that step.
 CRASH_ENV = "CW_FAULT_CRASH_AT"  # not CROPWATCH_*: those are config overrides
 CRASH_STEPS = ("downloaded", "verified", "staged", "trial_written", "swapped", "committed")
@@ -89,6 +90,10 @@ class Trial:
     msg_id: str
     started: float
     baseline_old: tuple[int, int]
+
+    @property
+    def task(self) -> str:
+        return self.backend.manifest.task
 
 
 def download(
@@ -165,7 +170,8 @@ class ModelUpdater:
         self.agent = agent
         self.store = SlotStore(agent.cfg.data_dir / "models")
         self.shadow_store = SlotStore(agent.cfg.data_dir / "shadow")
-        self.trial: Trial | None = None
+        # Per task (one serving slot each: the pipeline's champion, the yield runner's model).
+        self.trials: dict[str, Trial] = {}
         # Per (model name, role): the latest update that is not the serving model (downloading ... rolled_back).
         self.pending: dict[tuple[str, str], ActiveModel] = {}
         self._seen: dict[tuple[str, str], str] = {}
@@ -203,8 +209,18 @@ class ModelUpdater:
         keys = self.agent.cfg.trust.public_keys
         return TrustedKeys.from_sources(keys) if keys else TrustedKeys()
 
-    def _model_settings(self, manifest_path: Path):  # type: ignore[no-untyped-def]
-        base = self.agent.cfg.models[0] if self.agent.cfg.models else None
+    @property
+    def trial(self) -> Trial | None:
+        """The disease model's trial (the yield model's is ``trials[YIELD]``)."""
+        return self.trials.get(DISEASE)
+
+    def _base_settings(self, task: str):  # type: ignore[no-untyped-def]
+        if task == YIELD:
+            return self.agent.cfg.yield_model.model
+        return self.agent.cfg.models[0] if self.agent.cfg.models else None
+
+    def _model_settings(self, manifest_path: Path, task: str = DISEASE):  # type: ignore[no-untyped-def]
+        base = self._base_settings(task)
         if base is None:
             from .config import ModelSettings
 
@@ -217,7 +233,7 @@ class ModelUpdater:
         Also run after a config reload has put the config's models back in the pipeline.
         """
         with self._lock:
-            self.trial = None  # a reload replaced the pipeline's models; the slots below say what serves
+            self.trials.clear()  # a reload replaced the pipeline's models; the slots below say what serves
         for name in self.store.names():
             state = self.store.read(name)
             if state["trial"] is not None:
@@ -236,13 +252,22 @@ class ModelUpdater:
                 self._report(name, trial, sha, "rolled_back", "uncommitted_at_boot", level="warning")
             if state["active"] is None:
                 continue
-            champion = self.agent.pipeline.champion
             candidates = [state["active"], state["previous"]]
             loaded = False
             for version in [v for v in candidates if v]:
+                manifest_path = self.store.version_dir(name, version) / "manifest.json"
+                try:
+                    task = ModelManifest.load(manifest_path).task
+                except (ManifestError, OSError) as exc:
+                    task = DISEASE
+                    logger.error("model %s %s in slot has no readable manifest: %s", name, version, exc)
+                if task == YIELD and not self.agent.cfg.yield_model.enabled:
+                    logger.warning("model %s %s is a yield model and [yield] is disabled; not loaded", name, version)
+                    break
+                old = self._serving(task)
                 try:
                     backend = load_backend(
-                        self._model_settings(self.store.version_dir(name, version) / "manifest.json"),
+                        self._model_settings(manifest_path, task),
                         self._trusted(),
                         self.agent.cfg.trust.require_signature,
                     )
@@ -253,7 +278,7 @@ class ModelUpdater:
                 if version != state["active"]:
                     state.update(active=version, previous=None)
                     self.store.write(name, state)
-                self._replace(champion, backend)
+                self._install(task, old, backend)
                 loaded = True
                 break
             if not loaded:
@@ -300,11 +325,30 @@ class ModelUpdater:
         # ``old`` is not closed: the pipeline thread may still be inside a batch with it; dropping
         # the last reference frees its session once that batch is done.
 
-    def _replace(self, old: InferenceBackend | None, new: InferenceBackend) -> None:
-        pipe = self.agent.pipeline
-        models = [m for m in self.agent.models if m is not old]
+    def _serving(self, task: str) -> InferenceBackend | None:
+        """The model now serving ``task``: the pipeline's champion, or the yield runner's."""
+        if task == YIELD:
+            runner = self.agent.yield_runner
+            return runner.backend if runner is not None else None
+        return self.agent.pipeline.champion
+
+    def _install(
+        self,
+        task: str,
+        old: InferenceBackend | None,
+        new: InferenceBackend,
+        fallback: InferenceBackend | None = None,
+    ) -> None:
+        """Make ``new`` serve ``task`` in place of ``old`` (one assignment each, under their locks)."""
+        # A trial's fallback stays loaded but is not listed: the status shows what serves.
+        models = [m for m in self.agent.models if m is not old and m is not new and m is not fallback]
+        if task == YIELD:
+            self.agent.models = [*models, new]
+            self.agent.set_yield_backend(new, fallback)
+            return
         self.agent.models = [new, *models]
-        pipe.set_models(new, pipe.shadow)
+        pipe = self.agent.pipeline
+        pipe.set_models(new, pipe.shadow, fallback=fallback)
         if old is None:
             # Image sources wait for a first model (a device provisioned without one).
             self.agent.start_waiting_sources()
@@ -426,7 +470,7 @@ class ModelUpdater:
             self._report(name, version, sha, "rejected", exc.reason, level="warning")
             return
         self._start_trial(d, backend)
-        self.outcome[name] = (d.msg_id, "trial" if self.trial is not None else "active")
+        self.outcome[name] = (d.msg_id, "trial" if d.manifest.task in self.trials else "active")
 
     def _check_common(self, d: DesiredModel) -> None:
         """What champion and challenger messages must both pass: trust, expiry, agent version, task."""
@@ -447,8 +491,8 @@ class ModelUpdater:
             raise UpdateRejected(
                 "agent_too_old", f"{m.name} {m.version} needs agent {m.min_agent_version}, this is {AGENT_VERSION}"
             )
-        if m.task != "disease_classification":
-            raise UpdateRejected("unsupported_task", f"over-the-air updates of {m.task} models are not supported yet")
+        if m.task not in (DISEASE, YIELD):
+            raise UpdateRejected("unsupported_task", f"over-the-air updates of {m.task} models are not supported")
 
     def _check_size(self, d: DesiredModel) -> None:
         wanted = self._artifacts(d)
@@ -464,18 +508,22 @@ class ModelUpdater:
             raise UpdateRejected("wrong_topic", f"rollout mode {d.rollout.mode} is not for the champion's topic")
         if not selects(d.rollout, d.model_name, cfg.device.device_id, cfg.device.groups):
             raise UpdateRejected("not_selected", "this device is not in the rollout")
-        champion = self.agent.pipeline.champion
+        task = d.manifest.task
+        if task == YIELD and not cfg.yield_model.enabled:
+            raise UpdateRejected("not_selected", "this device runs no yield model ([yield] enabled = false)")
+        champion = self._serving(task)
         with self._lock:
-            if self.trial is not None:
-                if self.trial.backend.manifest.version == d.version:
+            trial = self.trials.get(task)
+            if trial is not None and trial.backend.manifest.name == d.model_name:
+                if trial.backend.manifest.version == d.version:
                     # e.g. 10% -> 50%: the trial goes on, and a rollback now holds for this message too
-                    self.trial.msg_id = d.msg_id
+                    trial.msg_id = d.msg_id
                     state = self.store.read(d.model_name)
                     state["trial_msg_id"] = d.msg_id
                     self.store.write(d.model_name, state)
                     raise UpdateRejected("current", "this version is already on trial")
-                self._rollback(f"superseded by desired version {d.version}")
-                champion = self.agent.pipeline.champion
+                self._rollback(trial, f"superseded by desired version {d.version}")
+                champion = self._serving(task)
         if champion is not None and champion.manifest.name != d.model_name:
             raise UpdateRejected("not_selected", f"this device runs {champion.manifest.name}, not {d.model_name}")
         if champion is not None:
@@ -492,7 +540,8 @@ class ModelUpdater:
         self._check_size(d)
 
     def _artifacts(self, d: DesiredModel):  # type: ignore[no-untyped-def]
-        variants = set(self.agent.cfg.models[0].variants) if self.agent.cfg.models else {"fp32"}
+        base = self._base_settings(d.manifest.task)
+        variants = set(base.variants) if base is not None else {"fp32"}
         variants.add("fp32")
         return [a for a in d.artifacts if a.variant in variants]
 
@@ -546,9 +595,14 @@ class ModelUpdater:
             crash_point("staged")
         else:
             self._report(name, version, m.sha256, "verifying", role=role)
+        if m.task == YIELD and not isinstance(m.preprocessing, SeasonPreprocessing):
+            shutil.rmtree(final, ignore_errors=True)
+            raise UpdateRejected("wrong_task", f"{name} {version} is a yield model without a season tensor spec")
         try:
             backend = load_backend(
-                self._model_settings(final / "manifest.json"), self._trusted(), self.agent.cfg.trust.require_signature
+                self._model_settings(final / "manifest.json", m.task),
+                self._trusted(),
+                self.agent.cfg.trust.require_signature,
             )
         except ModelLoadError as exc:
             shutil.rmtree(final, ignore_errors=True)
@@ -591,6 +645,8 @@ class ModelUpdater:
         version, sha = d.version, d.manifest.sha256
         try:
             self._check_common(d)
+            if d.manifest.task != DISEASE:
+                raise UpdateRejected("unsupported_task", f"shadow runs are for {DISEASE} models, not {d.manifest.task}")
             if not selects(d.rollout, name, self.agent.cfg.device.device_id, self.agent.cfg.device.groups):
                 raise UpdateRejected("not_selected", "this device is not in the shadow run")
             champion = self.agent.pipeline.champion
@@ -680,62 +736,70 @@ class ModelUpdater:
     # --- trial, commit, rollback ---------------------------------------------------------------
 
     def _start_trial(self, d: DesiredModel, backend: InferenceBackend) -> None:
-        name = d.model_name
+        name, task = d.model_name, d.manifest.task
         pipe = self.agent.pipeline
         with self._lock:
-            old = pipe.champion
+            old = self._serving(task)
             if old is None:
                 # Nothing to fall back to: the new model is better than none, so it is committed at once.
                 state = self.store.read(name)
                 state.update(active=d.version, trial=None)
                 self.store.write(name, state)
-                self._replace(None, backend)
+                self._install(task, None, backend)
                 self._report(name, d.version, backend.manifest.sha256, "active")
                 return
             state = self.store.read(name)
             state.update(trial=d.version, trial_msg_id=d.msg_id)
             self.store.write(name, state)
             crash_point("trial_written")
-            self.trial = Trial(backend, old, d.msg_id, time.monotonic(), pipe.counts(old))
-            self.agent.models = [backend, *[m for m in self.agent.models if m is not old]]
-            pipe.set_models(backend, pipe.shadow, fallback=old)
+            self.trials[task] = Trial(backend, old, d.msg_id, time.monotonic(), pipe.counts(old))
+            self._install(task, old, backend, fallback=old)
         logger.info("model %s %s on trial (fallback %s)", name, d.version, old.manifest.version)
         self._report(name, d.version, backend.manifest.sha256, "trial")
         crash_point("swapped")
+        if task == YIELD:
+            # A new outlook from the new model now, not at the next scheduled run: it is also the
+            # run the health window judges it by.
+            self.agent._wake_for("yield")
         self.agent._next["model_health"] = time.monotonic() + min(1.0, self.settings.health_window_s)
 
-    def _on_trial_failure(self, backend: InferenceBackend) -> None:
+    def _on_trial_failure(self, backend: InferenceBackend) -> bool:
+        """A model failed a batch or run; True when it was on trial and has been rolled back."""
         with self._lock:
-            if self.trial is not None and self.trial.backend is backend:
-                self._rollback("the new model failed inference")
+            for t in list(self.trials.values()):
+                if t.backend is backend:
+                    self._rollback(t, "the new model failed inference")
+                    return True
+        return False
 
     def check_health(self) -> float | None:
-        """Called by the main loop during a trial; returns seconds to the next check, None when done."""
+        """Called by the main loop during trials; returns seconds to the next check, None when done."""
         with self._lock:
-            t = self.trial
-            if t is None:
-                return None
-            pipe = self.agent.pipeline
-            total, failed = pipe.counts(t.backend)
-            old_total, old_failed = pipe.counts(t.old)
-            old_rate = old_failed / old_total if old_total else 0.0
-            if total and failed / total > old_rate:
-                self._rollback(f"error rate {failed}/{total} above the old model's {old_failed}/{old_total}")
-                return None
-            elapsed = time.monotonic() - t.started
-            if elapsed < self.settings.health_window_s or total < self.settings.health_min_images:
-                return max(0.2, min(5.0, self.settings.health_window_s - elapsed))
-            try:
-                self_test(t.backend.session, t.backend.manifest, t.backend.variant)  # type: ignore[attr-defined]
-            except Exception as exc:
-                self._rollback(f"self-test at the end of the health window failed: {exc}")
-                return None
-            self._commit()
-            return None
+            waits = [w for t in list(self.trials.values()) if (w := self._check_trial(t)) is not None]
+        return min(waits) if waits else None
 
-    def _commit(self) -> None:
-        t = self.trial
-        assert t is not None
+    def _check_trial(self, t: Trial) -> float | None:
+        pipe = self.agent.pipeline
+        total, failed = pipe.counts(t.backend)
+        old_total, old_failed = pipe.counts(t.old)
+        old_rate = old_failed / old_total if old_total else 0.0
+        if total and failed / total > old_rate:
+            self._rollback(t, f"error rate {failed}/{total} above the old model's {old_failed}/{old_total}")
+            return None
+        elapsed = time.monotonic() - t.started
+        # health_min_images counts images; the yield model runs on a schedule, not per image.
+        enough = t.task == YIELD or total >= self.settings.health_min_images
+        if elapsed < self.settings.health_window_s or not enough:
+            return max(0.2, min(5.0, self.settings.health_window_s - elapsed))
+        try:
+            self_test(t.backend.session, t.backend.manifest, t.backend.variant)  # type: ignore[attr-defined]
+        except Exception as exc:
+            self._rollback(t, f"self-test at the end of the health window failed: {exc}")
+            return None
+        self._commit(t)
+        return None
+
+    def _commit(self, t: Trial) -> None:
         name, version = t.backend.manifest.name, t.backend.manifest.version
         state = self.store.read(name)
         keep = {version, state["active"]}
@@ -743,9 +807,8 @@ class ModelUpdater:
         state.pop("trial_msg_id", None)
         self.store.write(name, state)
         crash_point("committed")
-        self.trial = None
-        pipe = self.agent.pipeline
-        pipe.set_models(t.backend, pipe.shadow)
+        self.trials.pop(t.task, None)
+        self._install(t.task, t.old, t.backend)
         t.old.close()
         versions = self.store.version_dir(name, version).parent
         for old_dir in versions.iterdir() if versions.is_dir() else []:
@@ -754,24 +817,19 @@ class ModelUpdater:
         logger.info("model %s %s committed after its health window", name, version)
         self._report(name, version, t.backend.manifest.sha256, "active")
 
-    def _rollback(self, reason: str) -> None:
-        t = self.trial
-        assert t is not None
+    def _rollback(self, t: Trial, reason: str) -> None:
         name, version = t.backend.manifest.name, t.backend.manifest.version
-        pipe = self.agent.pipeline
-        pipe.set_models(t.old, pipe.shadow)
-        self.agent.models = [t.old, *[m for m in self.agent.models if m is not t.backend]]
+        self._install(t.task, t.backend, t.old)
         state = self.store.read(name)
         state["failed"][version] = t.msg_id
         state.update(trial=None)
         state.pop("trial_msg_id", None)
         self.store.write(name, state)
-        self.trial = None
+        self.trials.pop(t.task, None)
         logger.warning("model %s %s rolled back to %s: %s", name, version, t.old.manifest.version, reason)
         self.agent.count_error("model_rolled_back")
         self._report(name, version, t.backend.manifest.sha256, "rolled_back", reason, level="warning")
 
     def model_state(self, backend: InferenceBackend) -> str:
         """The ``ActiveModel.state`` of a loaded model."""
-        t = self.trial
-        return "trial" if t is not None and t.backend is backend else "active"
+        return "trial" if any(t.backend is backend for t in self.trials.values()) else "active"

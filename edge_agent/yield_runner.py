@@ -55,22 +55,40 @@ def load_weather_csv(path: Path) -> dict[str, dict[date, float]]:
 
 class YieldRunner:
     def __init__(self, settings, backend: InferenceBackend, outbox: Outbox, identity: Identity) -> None:  # type: ignore[no-untyped-def]
-        prep = backend.manifest.preprocessing
-        if not isinstance(prep, SeasonPreprocessing):
-            raise ModelLoadError("wrong_task", f"model {backend.manifest.name} is not a season (yield) model")
         self.settings = settings
-        self.backend = backend
-        self.prep = prep
+        # While an over-the-air version is on trial the one it replaced stays here: a run the new
+        # one fails is rolled back and done again with it.
+        self.fallback: InferenceBackend | None = None
+        self.set_backend(backend)
         self.outbox = outbox
         self.identity = identity
         self.weather = load_weather_csv(settings.weather_csv) if settings.weather_csv else {}
 
-    def season_tensor(self, now: datetime | None = None) -> tuple[np.ndarray, int]:
+    def set_backend(self, backend: InferenceBackend, fallback: InferenceBackend | None = None) -> None:
+        prep = backend.manifest.preprocessing
+        if not isinstance(prep, SeasonPreprocessing):
+            raise ModelLoadError("wrong_task", f"model {backend.manifest.name} is not a season (yield) model")
+        # One tuple assignment: a run reading both never sees one model's spec with the other's session.
+        self._model = (backend, prep)
+        self.fallback = fallback
+
+    @property
+    def backend(self) -> InferenceBackend:
+        return self._model[0]
+
+    @property
+    def prep(self) -> SeasonPreprocessing:
+        return self._model[1]
+
+    def season_tensor(
+        self, now: datetime | None = None, prep: SeasonPreprocessing | None = None
+    ) -> tuple[np.ndarray, int]:
         """(tensor [T, V] float32, days into the season)."""
+        prep = prep or self.prep
         now = now or datetime.now(UTC)
         start = datetime.combine(self.settings.season_start, datetime.min.time(), tzinfo=UTC)
-        step = timedelta(days=self.prep.time_step_days)
-        steps, variables = self.prep.time_steps, self.prep.variables
+        step = timedelta(days=prep.time_step_days)
+        steps, variables = prep.time_steps, prep.variables
         tensor = np.empty((steps, len(variables)), dtype=np.float32)
         edges = [start + i * step for i in range(steps + 1)]
         for j, var in enumerate(variables):
@@ -90,23 +108,25 @@ class YieldRunner:
                 if sel.size and edges[i] <= now:
                     tensor[i, j] = {"mean": np.mean, "sum": np.sum, "min": np.min, "max": np.max}[aggregate](sel)
                     continue
-                days = [(edges[i] + timedelta(days=d)).date() for d in range(max(1, int(self.prep.time_step_days)))]
+                days = [(edges[i] + timedelta(days=d)).date() for d in range(max(1, int(prep.time_step_days)))]
                 known = [weather[d] for d in days if d in weather]
                 tensor[i, j] = float(np.mean(known)) if known else var.mean
         return tensor, max(0, (now - start).days)
 
-    def _input(self, tensor: np.ndarray) -> np.ndarray:
-        shape = self.backend.manifest.inputs[0].shape
+    @staticmethod
+    def _input(backend: InferenceBackend, tensor: np.ndarray) -> np.ndarray:
+        shape = backend.manifest.inputs[0].shape
         steps, nvars = tensor.shape
         if len(shape) == 3 and shape[1] == nvars and shape[2] == steps and steps != nvars:
             return tensor.T[None, ...].copy()
         return tensor[None, ...]
 
     def run(self, now: datetime | None = None) -> YieldEstimate:
-        tensor, days = self.season_tensor(now)
-        name = self.backend.manifest.inputs[0].name
-        outputs = self.backend.run({name: self._input(tensor)})
-        levels = list(self.prep.quantiles)
+        backend, prep = self._model
+        tensor, days = self.season_tensor(now, prep)
+        name = backend.manifest.inputs[0].name
+        outputs = backend.run({name: self._input(backend, tensor)})
+        levels = list(prep.quantiles)
         if "quantiles" in outputs:
             q = np.asarray(outputs["quantiles"], dtype=np.float64).reshape(-1)
         else:
@@ -121,10 +141,10 @@ class YieldRunner:
 
         has_expected = "expected" in outputs
         expected = float(np.asarray(outputs["expected"]).reshape(-1)[0]) if has_expected else at_level(0.5)
-        season_days = self.prep.time_steps * self.prep.time_step_days
+        season_days = prep.time_steps * prep.time_step_days
         return YieldEstimate(
             **self.identity.envelope(),
-            model=model_ref(self.backend),
+            model=model_ref(backend),
             field_id=self.identity.field_id,
             crop=self.settings.crop,
             season_start=self.settings.season_start,
@@ -132,5 +152,5 @@ class YieldRunner:
             season_progress=min(1.0, days / season_days),
             expected=expected,
             quantiles=YieldQuantiles(p10=at_level(0.1), p50=at_level(0.5), p90=at_level(0.9)),
-            unit=self.prep.target_unit or "unknown",
+            unit=prep.target_unit or "unknown",
         )
