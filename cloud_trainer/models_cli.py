@@ -22,6 +22,16 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _who() -> str:
+    """Who publishes, for device_models.desired_by: the login name (the monitor passes its user)."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
 def main(argv: list[str], prog: str = "cropwatch models") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("--registry", type=Path, default=Path("var/registry"), help="registry folder")
@@ -59,11 +69,17 @@ def main(argv: list[str], prog: str = "cropwatch models") -> int:
     es.add_argument("name")
     for p in (pub, rb, pro, es):
         p.add_argument("--farm", required=True)
+        p.add_argument(
+            "--db", help="monitor database URL: record device_models.desired_* for the devices the policy selects"
+        )
         p.add_argument("--broker", required=True, help="mqtt://[user@]host:1883 or mqtts://...")
         p.add_argument("--ca-file", help="CA certificate for mqtts://")
         if p is not es:
             p.add_argument(
                 "--base-url", required=p is pub, help="where agents download from (cropwatch registry serve)"
+            )
+            p.add_argument(
+                "--signing-key", type=Path, help="Ed25519 private key: sign the whole message (rollout policy too)"
             )
     st = sub.add_parser("status", help="rollout table from the monitor database")
     st.add_argument("name")
@@ -129,6 +145,13 @@ def _rollout(args: argparse.Namespace, registry: Registry, prog: str) -> int:
         )
 
     try:
+        opts: dict[str, object] = {}
+        if args.action != "status":
+            opts = {"db_url": args.db, "by": _who()}
+        if getattr(args, "signing_key", None) is not None:
+            from shared.manifest import load_private_key
+
+            opts["signing_key"] = load_private_key(args.signing_key)
         if args.action == "status":
             rows = rollout.rollout_status(args.db, args.farm, args.name, registry)
             if args.json:
@@ -141,22 +164,22 @@ def _rollout(args: argparse.Namespace, registry: Registry, prog: str) -> int:
             return 0
         if args.action == "publish":
             policy = RolloutPolicy(mode=args.mode, percent=args.percent, devices=args.devices, group=args.group)
-            d = rollout.publish(registry, args.name, args.version, args.farm, args.base_url, publisher, policy)
+            d = rollout.publish(registry, args.name, args.version, args.farm, args.base_url, publisher, policy, **opts)
             what = "as shadow challenger " if policy.mode == "shadow" else ""
             print(
                 f"published {d.model_name} {d.version} {what}to farm {d.farm_id} ({policy.percent:g}%, msg {d.msg_id})"
             )
         elif args.action == "rollback":
-            d = rollout.rollback(registry, args.name, args.farm, publisher, args.base_url)
+            d = rollout.rollback(registry, args.name, args.farm, publisher, args.base_url, **opts)
             print(f"rolled back {d.model_name} on farm {d.farm_id} to {d.version} (was {d.previous_version})")
         elif args.action == "promote":
-            d = rollout.promote(registry, args.name, args.farm, publisher, args.base_url)
+            d = rollout.promote(registry, args.name, args.farm, publisher, args.base_url, **opts)
             was = f" (champion was {d.previous_version})" if d.previous_version else ""
             print(f"promoted {d.model_name} {d.version} to every device of farm {d.farm_id}{was}")
         elif args.action == "end-shadow":
-            rollout.end_shadow(registry, args.name, args.farm, publisher)
+            rollout.end_shadow(registry, args.name, args.farm, publisher, **opts)  # type: ignore[arg-type]
             print(f"ended the shadow run of {args.name} on farm {args.farm}; devices unload the challenger")
-    except (RegistryError, ManifestError, PublishError, ValueError) as exc:
+    except (RegistryError, ManifestError, PublishError, ValueError, OSError) as exc:
         print(f"{prog} {args.action}: {exc}", file=sys.stderr)
         return 1
     return 0

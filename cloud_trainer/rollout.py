@@ -8,6 +8,11 @@ one with ``allow_downgrade``; ``promote`` republishes the current one to every d
 devices take a message is decided by :func:`shared.rollout.selects`, the same function the agent
 runs. ``rollout_status`` reads what devices report from the monitor database.
 
+Options of every publishing function: ``signing_key`` (an Ed25519 private key) signs the whole
+message envelope (``DesiredModel.signature``), so the policy, URLs and downgrade flag cannot be
+changed on the way; ``db_url`` (the monitor database) records ``device_models.desired_*`` for every
+device of the farm the policy selects, with ``by`` as who asked.
+
 Shadow runs: a policy with ``mode="shadow"`` goes to ``_fleet/shadow/{name}`` instead, so the
 champion's retained message stays what a new device needs. Its records sit in the same history
 (``rollout.mode`` tells them apart). ``end_shadow`` clears that retained message (devices unload
@@ -76,6 +81,7 @@ def build_desired(
     policy: RolloutPolicy,
     previous_version: str | None = None,
     allow_downgrade: bool = False,
+    signing_key: Any = None,
 ) -> DesiredModel:
     entry = registry.get(name, version)
     if entry.retired:
@@ -85,7 +91,7 @@ def build_desired(
         Artifact(variant=f.variant, url=f"{base}/{name}/{version}/{f.path}", sha256=f.sha256, size=f.size)
         for f in entry.manifest.files
     ]
-    return DesiredModel(
+    desired = DesiredModel(
         farm_id=farm,
         model_name=name,
         version=version,
@@ -95,6 +101,45 @@ def build_desired(
         previous_version=previous_version if previous_version != version else None,
         allow_downgrade=allow_downgrade,
     )
+    return desired.signed(signing_key) if signing_key is not None else desired
+
+
+def record_desired(
+    db_url: str, farm: str, name: str, role: str, version: str | None, policy: RolloutPolicy | None, by: str | None
+) -> int:
+    """Write ``device_models.desired_*`` for the farm's devices in the monitor database that ``policy`` selects.
+
+    ``policy`` None means every device (``version`` None clears the desire, as ending a shadow run
+    does). The database does not know devices' rollout groups, so a ``group`` policy selects none
+    there. Returns the number of devices written.
+    """
+    from sqlalchemy import DateTime, bindparam, create_engine, text
+
+    from shared.ids import utcnow
+
+    upsert = text(
+        "INSERT INTO device_models (farm_id, device_id, model_name, role, desired_version, desired_at, desired_by) "
+        "VALUES (:f, :d, :n, :r, :v, :at, :by) ON CONFLICT (farm_id, device_id, model_name, role) DO UPDATE SET "
+        "desired_version = excluded.desired_version, desired_at = excluded.desired_at, "
+        "desired_by = excluded.desired_by"
+    ).bindparams(bindparam("at", type_=DateTime(timezone=True)))
+    engine = create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            devices = [
+                r[0] for r in conn.execute(text("SELECT device_id FROM devices WHERE farm_id = :f"), {"f": farm})
+            ]
+            chosen = [d for d in devices if policy is None or selects(policy, name, d)]
+            at = utcnow()
+            rows = [
+                {"f": farm, "d": d, "n": name, "r": role, "v": version, "at": at, "by": (by or "")[:128] or None}
+                for d in chosen
+            ]
+            if rows:
+                conn.execute(upsert, rows)
+    finally:
+        engine.dispose()
+    return len(chosen)
 
 
 def topic_for(desired: DesiredModel) -> str:
@@ -103,8 +148,11 @@ def topic_for(desired: DesiredModel) -> str:
     return fleet_model_topic(desired.farm_id, desired.model_name)
 
 
-def _send(desired: DesiredModel, publisher: Publisher) -> None:
+def _send(desired: DesiredModel, publisher: Publisher, db_url: str | None = None, by: str | None = None) -> None:
     publisher(topic_for(desired), desired.to_json())
+    if db_url is not None:
+        role = "shadow" if desired.rollout.mode == "shadow" else "champion"
+        record_desired(db_url, desired.farm_id, desired.model_name, role, desired.version, desired.rollout, by)
 
 
 def _record(desired: DesiredModel, base_url: str, action: str) -> dict[str, Any]:
@@ -129,6 +177,10 @@ def publish(
     policy: RolloutPolicy | None = None,
     allow_downgrade: bool = False,
     action: str = "publish",
+    *,
+    signing_key: Any = None,
+    db_url: str | None = None,
+    by: str | None = None,
 ) -> DesiredModel:
     """Publish ``version`` as the farm's desired model (or challenger, mode shadow) and record it."""
     records = read_history(registry, farm, name)
@@ -137,14 +189,23 @@ def publish(
     desired = build_desired(
         registry, name, version, farm, base_url, policy,
         previous_version=current["version"] if current else None, allow_downgrade=allow_downgrade,
+        signing_key=signing_key,
     )  # fmt: skip
-    _send(desired, publisher)
+    _send(desired, publisher, db_url, by)
     _write_history(registry, farm, name, [*records, _record(desired, base_url, action)])
     return desired
 
 
 def rollback(
-    registry: Registry, name: str, farm: str, publisher: Publisher, base_url: str | None = None
+    registry: Registry,
+    name: str,
+    farm: str,
+    publisher: Publisher,
+    base_url: str | None = None,
+    *,
+    signing_key: Any = None,
+    db_url: str | None = None,
+    by: str | None = None,
 ) -> DesiredModel:
     """Undo the current publish: the version before it becomes desired again, downgrade allowed."""
     records = read_history(registry, farm, name)
@@ -158,8 +219,9 @@ def rollback(
     desired = build_desired(
         registry, name, target["version"], farm, base_url or target["base_url"],
         RolloutPolicy.model_validate(target["rollout"]), previous_version=current["version"], allow_downgrade=True,
+        signing_key=signing_key,
     )  # fmt: skip
-    _send(desired, publisher)
+    _send(desired, publisher, db_url, by)
     for i in live:
         if i > records.index(target):
             records[i] = {**records[i], "undone": True}
@@ -169,7 +231,15 @@ def rollback(
 
 
 def promote(
-    registry: Registry, name: str, farm: str, publisher: Publisher, base_url: str | None = None
+    registry: Registry,
+    name: str,
+    farm: str,
+    publisher: Publisher,
+    base_url: str | None = None,
+    *,
+    signing_key: Any = None,
+    db_url: str | None = None,
+    by: str | None = None,
 ) -> DesiredModel:
     """Make the live challenger the champion of every device (and end its run), or widen the current publish.
 
@@ -185,19 +255,29 @@ def promote(
         desired = publish(
             registry, name, version, farm, base_url or challenger["base_url"], publisher,
             RolloutPolicy(), allow_downgrade=downgrade, action="promote",
+            signing_key=signing_key, db_url=db_url, by=by,
         )  # fmt: skip
-        end_shadow(registry, name, farm, publisher, reason=f"promoted {version}")
+        end_shadow(registry, name, farm, publisher, reason=f"promoted {version}", db_url=db_url, by=by)
         return desired
     if current is None:
         raise RegistryError(f"nothing was published for {name} on farm {farm}; publish a version first")
     return publish(
         registry, name, current["version"], farm, base_url or current["base_url"], publisher,
         RolloutPolicy(mode=current["rollout"]["mode"]), allow_downgrade=current.get("allow_downgrade", False),
-        action="promote",
+        action="promote", signing_key=signing_key, db_url=db_url, by=by,
     )  # fmt: skip
 
 
-def end_shadow(registry: Registry, name: str, farm: str, publisher: Publisher, reason: str = "ended") -> None:
+def end_shadow(
+    registry: Registry,
+    name: str,
+    farm: str,
+    publisher: Publisher,
+    reason: str = "ended",
+    *,
+    db_url: str | None = None,
+    by: str | None = None,
+) -> None:
     """Clear the retained shadow message: every device unloads the challenger of ``name``.
 
     The empty payload is sent even without a recorded run, so a stale retained challenger can be
@@ -208,6 +288,8 @@ def end_shadow(registry: Registry, name: str, farm: str, publisher: Publisher, r
     records = read_history(registry, farm, name)
     live = current_shadow(records)
     publisher(fleet_shadow_topic(farm, name), b"")
+    if db_url is not None:
+        record_desired(db_url, farm, name, "shadow", None, None, by)
     record = {
         "action": "end_shadow",
         "version": live["version"] if live else None,
@@ -253,7 +335,7 @@ def rollout_status(db_url: str, farm: str, name: str, registry: Registry | None 
                 (r.device_id, r.role): r
                 for r in conn.execute(
                     text(
-                        "SELECT device_id, role, desired_version, active_version, state, state_since "
+                        "SELECT device_id, role, desired_version, desired_at, active_version, state, state_since "
                         "FROM device_models WHERE farm_id = :f AND model_name = :n"
                     ),
                     {"f": farm, "n": name},
@@ -278,9 +360,15 @@ def rollout_status(db_url: str, farm: str, name: str, registry: Registry | None 
     for device in sorted(set(devices) | {d for d, _ in models}):
         for role in ("champion", "shadow"):
             m = models.get((device, role))
-            desired = desired_for(records, name, device, role=role) if records else (m.desired_version if m else None)
+            # What publish --db recorded wins; otherwise it is computed from the registry's history.
+            if m is not None and m.desired_at is not None:
+                desired = m.desired_version
+            elif records:
+                desired = desired_for(records, name, device, role=role)
+            else:
+                desired = m.desired_version if m else None
             ev = events.get((device, role))
-            if role == "shadow" and m is None and desired is None and ev is None:
+            if role == "shadow" and desired is None and ev is None and (m is None or m.active_version is None):
                 continue
             state = m.state if m else None
             since: Any = m.state_since if m else None

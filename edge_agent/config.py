@@ -71,6 +71,9 @@ class TrustSettings(BaseModel):
     model_config = STRICT
     public_keys: list[str] = Field(default_factory=list, description="PEM files or base64 Ed25519 public keys.")
     require_signature: bool = True
+    # Desired-model messages must carry an envelope signature (rollout policy, URLs, downgrade flag
+    # signed too); without this, one is checked when present.
+    require_signed_rollout: bool = False
 
 
 class UpdateSettings(BaseModel):

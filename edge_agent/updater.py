@@ -2,7 +2,8 @@
 
 The farm's retained ``_fleet/model/{name}`` message says which version devices should run. The
 updater checks it in this order, and the first failure rejects it (reported as an event and in the
-status) while the running model keeps serving: the manifest's signature against ``[trust]``, the
+status) while the running model keeps serving: the envelope's signature (when present, or required
+by ``[trust] require_signed_rollout``), the manifest's signature against ``[trust]``, the
 manifest's expiry, the agent version it needs, the rollout policy (:mod:`shared.rollout`), no
 downgrade unless the message allows one, the download size cap. Then it downloads into a staging
 folder (HTTP Range resume, per-read timeout, overall deadline, bearer token), checks sha256 and
@@ -33,6 +34,7 @@ states above, each naming complete, verified versions.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -75,6 +77,12 @@ def crash_point(step: str) -> None:
         logger.critical("%s=%s: exiting at this step on purpose", CRASH_ENV, step)
         logging.shutdown()
         os._exit(70)
+
+
+def seen_key(d: DesiredModel) -> str:
+    """Identifies a message for "seen it already": its msg_id and its content, so a copy altered
+    under the same msg_id (rejected) does not hide the genuine message that follows."""
+    return f"{d.msg_id}:{hashlib.sha256(d.to_json()).hexdigest()[:16]}"
 
 
 class UpdateRejected(Exception):
@@ -426,6 +434,7 @@ class ModelUpdater:
         reason: str | None = None,
         level: str = "info",
         role: str = CHAMPION,
+        detail: str | None = None,
     ) -> None:
         key = (name, role)
         if state in ("downloading", "verifying", "rejected", "rolled_back") and sha256 is not None:
@@ -433,7 +442,9 @@ class ModelUpdater:
         elif state in ("active", "trial", "unloaded"):
             self.pending.pop(key, None)
         what = "shadow model" if role == SHADOW else "model"
+        # The event says what to do, not only the reason code: operators read it in the monitor.
         text = f"{what} {name} {version}: {state}" + (f" ({reason})" if reason else "")
+        text += f": {detail}" if detail else ""
         details: dict[str, Any] = {"model": name, "version": version, "state": state, "role": role}
         if reason:
             details["reason"] = reason[:256]
@@ -443,9 +454,9 @@ class ModelUpdater:
     def process(self, d: DesiredModel) -> None:
         name, version = d.model_name, d.version
         with self._lock:
-            if self._seen.get((name, CHAMPION)) == d.msg_id:
+            if self._seen.get((name, CHAMPION)) == seen_key(d):
                 return  # the same retained message again (reconnect)
-            self._seen[(name, CHAMPION)] = d.msg_id
+            self._seen[(name, CHAMPION)] = seen_key(d)
         sha = d.manifest.sha256
         try:
             self._check(d)
@@ -456,7 +467,7 @@ class ModelUpdater:
                 return
             logger.warning("desired %s %s rejected: %s", name, version, exc)
             self.agent.count_error(f"update_{exc.reason}")
-            self._report(name, version, sha, "rejected", exc.reason, level="warning")
+            self._report(name, version, sha, "rejected", exc.reason, level="warning", detail=str(exc))
             return
         try:
             backend = self._fetch_and_load(d)
@@ -467,7 +478,7 @@ class ModelUpdater:
             if exc.reason in ("download_failed", "download_timeout"):
                 with self._lock:
                     self._seen.pop((name, CHAMPION), None)  # retried when the retained message comes again
-            self._report(name, version, sha, "rejected", exc.reason, level="warning")
+            self._report(name, version, sha, "rejected", exc.reason, level="warning", detail=str(exc))
             return
         self._start_trial(d, backend)
         self.outcome[name] = (d.msg_id, "trial" if d.manifest.task in self.trials else "active")
@@ -482,6 +493,17 @@ class ModelUpdater:
             raise UpdateRejected("updates_disabled", "[updates] enabled = false")
         if not len(trusted) and cfg.trust.require_signature:
             raise UpdateRejected("no_trusted_keys", "trust.public_keys is empty; no update can be verified")
+        if d.signature is None and cfg.trust.require_signed_rollout:
+            raise UpdateRejected(
+                "rollout_unsigned",
+                f"desired-model message {d.model_name} {d.version} has no envelope signature and "
+                "[trust] require_signed_rollout = true; publish it with `cropwatch models publish --signing-key KEY`",
+            )
+        if d.signature is not None:
+            try:
+                d.verify(trusted)
+            except ManifestError as exc:
+                raise UpdateRejected(exc.reason, str(exc)) from exc
         try:
             verify_manifest(d.manifest, trusted)
         except ManifestError as exc:
@@ -639,9 +661,9 @@ class ModelUpdater:
             self._unload_shadow(name, "shadow_ended")
             return
         with self._lock:
-            if self._seen.get((name, SHADOW)) == d.msg_id:
+            if self._seen.get((name, SHADOW)) == seen_key(d):
                 return
-            self._seen[(name, SHADOW)] = d.msg_id
+            self._seen[(name, SHADOW)] = seen_key(d)
         version, sha = d.version, d.manifest.sha256
         try:
             self._check_common(d)
@@ -676,7 +698,7 @@ class ModelUpdater:
                     self._seen.pop((name, SHADOW), None)
             logger.warning("shadow %s %s rejected: %s", name, version, exc)
             self.agent.count_error(f"shadow_{exc.reason}")
-            self._report(name, version, sha, "rejected", exc.reason, level="warning", role=SHADOW)
+            self._report(name, version, sha, "rejected", exc.reason, level="warning", role=SHADOW, detail=str(exc))
             return
         # State first, then the swap: a crash in between loads this challenger at boot, which is
         # what the message asked for.

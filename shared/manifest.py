@@ -307,38 +307,50 @@ class TrustedKeys:
 # --- sign and verify ---------------------------------------------------------------------------
 
 
+def sign_bytes(data: bytes, private_key: Ed25519PrivateKey) -> Signature:
+    """An Ed25519 signature of ``data`` (canonical JSON of whatever is signed), with its key id."""
+    value = private_key.sign(data)
+    return Signature(key_id=key_id(private_key.public_key()), value=base64.b64encode(value).decode())
+
+
+def verify_bytes(sig: Signature | None, data: bytes, trusted: TrustedKeys, what: str, reason_prefix: str = "") -> str:
+    """Check ``sig`` over ``data`` against the trusted keys; return the key id.
+
+    Raises ManifestError with reason ``{prefix}unsigned``, ``{prefix}unknown_key`` or
+    ``{prefix}bad_signature``; ``what`` names the signed thing in the message.
+    """
+    if sig is None:
+        raise ManifestError(f"{reason_prefix}unsigned", f"{what} carries no signature")
+    key = trusted.get(sig.key_id)
+    if key is None:
+        raise ManifestError(
+            f"{reason_prefix}unknown_key",
+            f"{what} is signed by key {sig.key_id}, which is not trusted; "
+            "add its public key to the trusted keys if it is yours",
+        )
+    try:
+        key.verify(base64.b64decode(sig.value, validate=True), data)
+    except (InvalidSignature, ValueError) as exc:
+        raise ManifestError(
+            f"{reason_prefix}bad_signature", f"{what}: signature does not match its content (altered after signing?)"
+        ) from exc
+    return sig.key_id
+
+
 def sign_manifest(manifest: ModelManifest, private_key: Ed25519PrivateKey) -> ModelManifest:
-    value = private_key.sign(manifest.canonical_bytes())
-    signature = Signature(key_id=key_id(private_key.public_key()), value=base64.b64encode(value).decode())
-    return manifest.model_copy(update={"signature": signature})
+    return manifest.model_copy(update={"signature": sign_bytes(manifest.canonical_bytes(), private_key)})
 
 
 def verify_manifest(manifest: ModelManifest, trusted: TrustedKeys, now: datetime | None = None) -> str:
     """Check the signature (and expiry); return the key id. Raises ManifestError with a reason."""
-    sig = manifest.signature
-    if sig is None:
-        raise ManifestError("unsigned", f"manifest {manifest.name} {manifest.version} carries no signature")
-    key = trusted.get(sig.key_id)
-    if key is None:
-        raise ManifestError(
-            "unknown_key",
-            f"manifest {manifest.name} {manifest.version} is signed by key {sig.key_id}, which is not trusted; "
-            "add its public key to the trusted keys if it is yours",
-        )
-    try:
-        key.verify(base64.b64decode(sig.value, validate=True), manifest.canonical_bytes())
-    except (InvalidSignature, ValueError) as exc:
-        raise ManifestError(
-            "bad_signature",
-            f"manifest {manifest.name} {manifest.version}: signature does not match its content "
-            "(altered after signing?)",
-        ) from exc
+    what = f"manifest {manifest.name} {manifest.version}"
+    kid = verify_bytes(manifest.signature, manifest.canonical_bytes(), trusted, what)
     current = now or utcnow()
     if manifest.expires_at is not None and manifest.expires_at <= current:
         raise ManifestError(
             "expired", f"manifest {manifest.name} {manifest.version} expired at {manifest.expires_at.isoformat()}"
         )
-    return sig.key_id
+    return kid
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> tuple[str, int]:

@@ -32,7 +32,7 @@ from . import SCHEMA_VERSION
 from .errors import MessageError
 from .fields import STRICT_MODEL, Id, Label, MsgId, Probability, Sha256Hex, ShortText, UtcDatetime, Version
 from .ids import new_msg_id, utcnow
-from .manifest import ModelManifest, Variant
+from .manifest import ModelManifest, Signature, TrustedKeys, Variant, canonical_json, sign_bytes, verify_bytes
 
 MAX_SAMPLE_IMAGE_BYTES = 256 * 1024
 # A sample's JPEG in base64 plus its metadata; anything larger is refused before parsing.
@@ -341,7 +341,13 @@ class RolloutPolicy(BaseModel):
 
 
 class DesiredModel(Envelope):
-    """Retained per farm and model name: which version devices should run."""
+    """Retained per farm and model name: which version devices should run (``_fleet/model/{name}``),
+    or which challenger they run beside it (``rollout.mode`` shadow, ``_fleet/shadow/{name}``).
+
+    ``signature``, when present, is an Ed25519 signature over the canonical JSON of the whole
+    message without it, so the rollout policy, artifact URLs, ``previous_version`` and
+    ``allow_downgrade`` are protected as the manifest is.
+    """
 
     kind: Literal["desired_model"] = "desired_model"
     device_id: Literal["_fleet"]
@@ -352,6 +358,21 @@ class DesiredModel(Envelope):
     rollout: RolloutPolicy = Field(default_factory=RolloutPolicy)
     previous_version: Version | None = None
     allow_downgrade: bool = False
+    signature: Signature | None = Field(
+        None, description="Ed25519 over the canonical JSON of this message without `signature` (optional)."
+    )
+
+    def canonical_bytes(self) -> bytes:
+        return canonical_json(self.model_dump(mode="json", exclude={"signature"}))
+
+    def signed(self, private_key: Any) -> DesiredModel:
+        """This message signed with an Ed25519 private key (``shared.manifest.load_private_key``)."""
+        return self.model_copy(update={"signature": sign_bytes(self.canonical_bytes(), private_key)})
+
+    def verify(self, trusted: TrustedKeys) -> str:
+        """Check the envelope signature; raises ManifestError (``rollout_unsigned``, ...)."""
+        what = f"desired-model message {self.model_name} {self.version} ({self.msg_id})"
+        return verify_bytes(self.signature, self.canonical_bytes(), trusted, what, reason_prefix="rollout_")
 
     @model_validator(mode="after")
     def _consistent(self) -> DesiredModel:

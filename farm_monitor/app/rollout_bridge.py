@@ -3,7 +3,8 @@
 Publish and Roll back on the Models page run the same functions as ``cropwatch models
 publish|rollback``. The app reads only the database; this is its single write to the fleet: the
 rollout code sends one retained desired-model message with the ops credentials from ``[app]``
-(``rollout_broker``, ``rollout_base_url``), exactly as the CLI does.
+(``rollout_broker``, ``rollout_base_url``), exactly as the CLI does, and records the desired
+version per device in the monitor's own database (``device_models.desired_*``, by the user).
 """
 
 from __future__ import annotations
@@ -64,10 +65,16 @@ def _prepare(user: User, config: Any, farm_id: str) -> tuple[ModuleType, Any]:
 def publish(user: User, config: Any, farm_id: str, name: str, version: str) -> Any:
     module, registry = _prepare(user, config, farm_id)
     logger.info("%s publishes %s %s to farm %s", user.username, name, version, farm_id)
-    return module.publish(registry, name, version, farm_id, config.app.rollout_base_url, _publisher(config))
+    return module.publish(
+        registry, name, version, farm_id, config.app.rollout_base_url, _publisher(config),
+        db_url=config.database.url, by=user.username,
+    )  # fmt: skip
 
 
 def rollback(user: User, config: Any, farm_id: str, name: str) -> Any:
     module, registry = _prepare(user, config, farm_id)
     logger.info("%s rolls back %s on farm %s", user.username, name, farm_id)
-    return module.rollback(registry, name, farm_id, _publisher(config), config.app.rollout_base_url)
+    return module.rollback(
+        registry, name, farm_id, _publisher(config), config.app.rollout_base_url,
+        db_url=config.database.url, by=user.username,
+    )  # fmt: skip

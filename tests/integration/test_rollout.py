@@ -17,7 +17,7 @@ from cloud_trainer import models_cli, rollout
 from cloud_trainer.mqtt_publish import publish_retained
 from cloud_trainer.registry import Registry, RegistryError
 from edge_agent.updater import CRASH_STEPS, UpdateRejected, download
-from shared.manifest import ModelManifest, generate_keypair, verify_artifact
+from shared.manifest import ModelManifest, generate_keypair, load_private_key, verify_artifact
 from shared.messages import Artifact, RolloutPolicy
 from shared.rollout import selects
 from shared.topics import fleet_model_topic
@@ -338,3 +338,58 @@ def test_publish_refuses_a_retired_version_and_rollback_without_history(tmp_path
     # A second rollback has nothing older than 1.0.0 to go to.
     with pytest.raises(RegistryError, match="no earlier version"):
         rollout.rollback(registry, NAME, "f1", send)
+
+
+def test_signed_rollout_envelope_required_and_tampering_rejected(  # type: ignore[no-untyped-def]
+    tmp_path: Path, mqtt_broker, registry: Registry, built
+) -> None:
+    farm, device = "rollsigned", "gw-signed"
+    v1 = built["1.0.0"]
+    key = v1.private_key
+    other_key, _, _ = generate_keypair(tmp_path / "other")
+    rec = farm_recorder(mqtt_broker.port, farm)
+    doc = fleet_doc(tmp_path, mqtt_broker.port, farm, device, v1)
+    doc["trust"]["require_signed_rollout"] = True
+    topic = fleet_model_topic(farm, NAME)
+
+    def rejected(reason: str) -> bool:
+        return any(e.details.get("reason") == reason for e in events(rec, device, "model_rejected"))
+
+    with serving(registry) as url, running(doc) as agent:
+        # Unsigned envelope (its manifest is signed) under require_signed_rollout: refused, naming the fix.
+        rollout.publish(registry, NAME, "2.0.0", farm, url, publisher(mqtt_broker))
+        wait_for(lambda: rejected("rollout_unsigned"), 20, what="unsigned envelope rejected")
+        [ev] = [e for e in events(rec, device, "model_rejected") if e.details["reason"] == "rollout_unsigned"]
+        assert "--signing-key" in ev.message
+        assert served_by(rec, doc, 0) == "1.0.0"
+
+        # Signed by the CLI: taken.
+        cli = ["--registry", str(registry.root), "publish", NAME, "2.0.0", "--farm", farm, "--broker", mqtt_broker.url]
+        assert models_cli.main([*cli, "--base-url", url, "--signing-key", str(key)]) == 0
+        assert rollout.read_history(registry, farm, NAME)[-1]["version"] == "2.0.0"
+        wait_for(lambda: settled(agent, "2.0.0"), 30, what="signed 2.0.0 active")
+
+        # Signed messages changed after signing: the downgrade flag flipped, the URLs moved, the
+        # policy widened; and one signed by a key the device does not trust.
+        signed = rollout.build_desired(registry, NAME, "0.9.0", farm, url, RolloutPolicy(devices=["gw-x"]),
+                                       signing_key=load_private_key(key))  # fmt: skip
+        doc_json = signed.model_dump(mode="json")
+        flipped = {**doc_json, "allow_downgrade": True}
+        moved = {**doc_json, "artifacts": [{**a, "url": a["url"].replace("127.0.0.1", "localhost")}
+                                           for a in doc_json["artifacts"]]}  # fmt: skip
+        widened = {**doc_json, "rollout": {**doc_json["rollout"], "devices": None}}
+        foreign = rollout.build_desired(registry, NAME, "0.9.0", farm, url, RolloutPolicy(), allow_downgrade=True,
+                                        signing_key=load_private_key(other_key))  # fmt: skip
+        for i, payload in enumerate([json.dumps(d).encode() for d in (flipped, moved, widened)]):
+            before = len([e for e in events(rec, device, "model_rejected")
+                          if e.details["reason"] == "rollout_bad_signature"])  # fmt: skip
+            publish_retained(mqtt_broker.url, topic, payload)
+            wait_for(lambda b=before: len([e for e in events(rec, device, "model_rejected")
+                                           if e.details["reason"] == "rollout_bad_signature"]) == b + 1,
+                     20, what=f"tampered envelope {i} rejected")  # fmt: skip
+            assert served_by(rec, doc, 1 + i) == "2.0.0"
+        publish_retained(mqtt_broker.url, topic, foreign.to_json())
+        wait_for(lambda: rejected("rollout_unknown_key"), 20, what="envelope signed by an untrusted key rejected")
+        assert served_by(rec, doc, 5) == "2.0.0"
+        assert agent.updater.trial is None and settled(agent, "2.0.0")
+    rec.close()

@@ -80,6 +80,22 @@ def roles(rec, device: str) -> set[tuple[str, str, str]]:  # type: ignore[no-unt
     return {(m.role, m.version, m.state) for m in st.models} if st else set()
 
 
+def db_desired(url: str, farm: str) -> dict[tuple[str, str], tuple[str | None, str | None]]:
+    """(device, role) -> (desired_version, desired_by) for every device_models row of the farm."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT device_id, role, desired_version, desired_by FROM device_models WHERE farm_id = :f"),
+                {"f": farm},
+            ).all()
+    finally:
+        engine.dispose()
+    return {(r[0], r[1]): (r[2], r[3]) for r in rows}
+
+
 def test_shadow_run_restart_end_and_promote(  # type: ignore[no-untyped-def]
     tmp_path: Path, own_broker, registry: Registry, built, sqlite_url: str, capsys
 ) -> None:
@@ -93,7 +109,8 @@ def test_shadow_run_restart_end_and_promote(  # type: ignore[no-untyped-def]
     docs["gw-s1"]["samples"] = {"enabled": True, "confidence_below": 0.0}
     rec = farm_recorder(mqtt_broker.port, farm)
     base = ["--registry", str(registry.root)]
-    broker = ["--farm", farm, "--broker", mqtt_broker.url]
+    # --db: the monitor database records who wants which version where (device_models.desired_*).
+    broker = ["--farm", farm, "--broker", mqtt_broker.url, "--db", sqlite_url]
     with (
         serving(registry) as url,
         ingest_thread(ingest_config(sqlite_url, mqtt_broker)),
@@ -102,12 +119,16 @@ def test_shadow_run_restart_end_and_promote(  # type: ignore[no-untyped-def]
     ):
         rollout.publish(registry, NAME, "1.0.0", farm, url, lambda t, p: publish_retained(mqtt_broker.url, t, p))
         with running(docs["gw-s1"]) as a:
+            wait_for(lambda: len(db_desired(sqlite_url, farm)) == 3, 20, what="the fleet known to the monitor")
             before = detect(rec, docs["gw-s1"], 0)
             assert before.shadow is None and before.model.version == "1.0.0"
             assert models_cli.main([*base, "publish", NAME, CHALLENGER, *broker, "--base-url", url,
                                     "--mode", "shadow", "--devices", "gw-s1"]) == 0  # fmt: skip
             published = rollout.read_history(registry, farm, NAME)[-1]
             assert published["rollout"]["mode"] == "shadow" and published["version"] == CHALLENGER
+            desired = db_desired(sqlite_url, farm)
+            assert desired[("gw-s1", "shadow")][0] == CHALLENGER and desired[("gw-s1", "shadow")][1].startswith("cli")
+            assert ("gw-s2", "shadow") not in desired and ("gw-s3", "shadow") not in desired
             wait_for(lambda: a.updater.shadow_outcome.get(NAME, ("", ""))[1] == "active", 20, what="shadow loaded")
             for ag in (b, c):
                 wait_for(lambda ag=ag: ag.updater.shadow_outcome.get(NAME, ("", ""))[1] == "not_selected", 20,
@@ -153,6 +174,7 @@ def test_shadow_run_restart_end_and_promote(  # type: ignore[no-untyped-def]
             wait_for(lambda: a.pipeline.shadow is None, 20, what="challenger unloaded")
             wait_for(lambda: shadow_events(rec, "gw-s1", "model_unloaded"), 10, what="model_unloaded event")
             assert shadow_events(rec, "gw-s1", "model_unloaded")[0].details["reason"] == "shadow_ended"
+            assert db_desired(sqlite_url, farm)[("gw-s1", "shadow")][0] is None
             assert detect(rec, docs["gw-s1"], 4).shadow is None
             assert not (a.cfg.data_dir / "shadow" / NAME / "versions" / CHALLENGER).exists()
 
@@ -165,6 +187,9 @@ def test_shadow_run_restart_end_and_promote(  # type: ignore[no-untyped-def]
                 wait_for(lambda ag=ag: ag.pipeline.champion.manifest.version == CHALLENGER and ag.updater.trial is None,
                          30, what="challenger promoted to champion")  # fmt: skip
             wait_for(lambda: a.pipeline.shadow is None, 20, what="shadow run ended by the promotion")
+            desired = db_desired(sqlite_url, farm)
+            assert {d: desired[(d, "champion")][0] for d in fleet} == dict.fromkeys(fleet, CHALLENGER)
+            assert desired[("gw-s1", "shadow")][0] is None
             for i, d in enumerate(fleet):
                 det = detect(rec, docs[d], 10 + i)
                 assert det.model.version == CHALLENGER and det.shadow is None
