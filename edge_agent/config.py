@@ -204,6 +204,8 @@ class YieldVariableSource(BaseModel):
     model_config = STRICT
     quantity: str
     aggregate: Literal["mean", "sum", "min", "max"] = "mean"
+    # Readings times this factor, for a sensor in another unit than the model's (0.01: % to m3 m-3).
+    scale: float = 1.0
 
 
 class YieldSettings(BaseModel):
@@ -220,8 +222,9 @@ class YieldSettings(BaseModel):
 
     @model_validator(mode="after")
     def _complete(self) -> YieldSettings:
-        if self.enabled and (self.model is None or self.season_start is None):
-            raise ValueError("an enabled yield runner needs model and season_start")
+        # The model may come over the air instead (docs/rollout.md): then the runner starts with it.
+        if self.enabled and self.season_start is None:
+            raise ValueError("an enabled yield runner needs season_start (the planting date)")
         return self
 
 

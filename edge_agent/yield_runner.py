@@ -6,12 +6,15 @@ variable, float32, raw units (the graph normalises by each variable's mean and s
 takes its values from the sensor quantity of the same name (or the one mapped in
 ``[yield.variables]``), aggregated per step (mean, or sum for rainfall); steps without data (the
 rest of the season, or a sensor gap) take the weather file's value when one is configured, else the
-variable's training mean, which the graph normalises to zero: "no information". Static variables
-come from ``[yield] static_values``.
+variable's training mean, which the graph normalises to zero: "no information". A variable named
+``<quantity>.<aggregate>`` (the trainer's convention, docs/yield-model.md: ``air_temperature.max``,
+``rainfall.sum``) is that aggregate of that quantity's readings. Static variables come from
+``[yield] static_values``; a one-hot ``crop=<level>`` column from ``[yield] crop``; else their mean.
 
-Layout: the model input is ``[N, T, V]`` (or ``[N, V, T]``, detected from the spec). Outputs: a
+Layout: one input ``[N, T, V]`` (or ``[N, V, T]``, detected from the spec) with every variable, or,
+as the trainer exports it, ``season`` ``[N, T, dynamic]`` plus ``static`` ``[N, S]``. Outputs: a
 ``quantiles`` tensor ``[N, Q]`` for the manifest's quantile levels, and optionally ``expected``
-``[N, 1]``; without it the median is the expectation.
+(or the trainer's ``yield``); without it the median is the expectation.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from .pipeline import Identity, model_ref
 logger = logging.getLogger(__name__)
 
 _SUMMED = ("rainfall", "precip", "rain")
+_AGGREGATES = ("mean", "sum", "min", "max")
 
 
 def load_weather_csv(path: Path) -> dict[str, dict[date, float]]:
@@ -93,14 +97,12 @@ class YieldRunner:
         edges = [start + i * step for i in range(steps + 1)]
         for j, var in enumerate(variables):
             if var.static:
-                tensor[:, j] = self.settings.static_values.get(var.name, var.mean)
+                tensor[:, j] = self._static_value(var)
                 continue
-            mapping = self.settings.variables.get(var.name)
-            quantity = mapping.quantity if mapping else var.name
-            aggregate = mapping.aggregate if mapping else ("sum" if any(s in var.name for s in _SUMMED) else "mean")
+            quantity, aggregate, scale = self._source(var.name)
             rows = self.outbox.readings(quantity, edges[0].timestamp())
             at = np.array([r[0] for r in rows], dtype=np.float64)
-            values = np.array([r[1] for r in rows], dtype=np.float64)
+            values = np.array([r[1] for r in rows], dtype=np.float64) * scale
             weather = self.weather.get(var.name, {})
             for i in range(steps):
                 lo, hi = edges[i].timestamp(), edges[i + 1].timestamp()
@@ -113,6 +115,36 @@ class YieldRunner:
                 tensor[i, j] = float(np.mean(known)) if known else var.mean
         return tensor, max(0, (now - start).days)
 
+    def _source(self, name: str) -> tuple[str, str, float]:
+        """(sensor quantity, aggregate per step, scale) a season variable is made from."""
+        mapping = self.settings.variables.get(name)
+        if mapping is not None:
+            return mapping.quantity, mapping.aggregate, mapping.scale
+        quantity, _, aggregate = name.rpartition(".")
+        if quantity and aggregate in _AGGREGATES:
+            return quantity, aggregate, 1.0
+        return name, "sum" if any(s in name for s in _SUMMED) else "mean", 1.0
+
+    def _static_value(self, var) -> float:  # type: ignore[no-untyped-def]
+        if var.name in self.settings.static_values:
+            return float(self.settings.static_values[var.name])
+        key, sep, level = var.name.partition("=")
+        if sep and key == "crop" and self.settings.crop:
+            return 1.0 if level == self.settings.crop else 0.0
+        return float(var.mean)
+
+    def _inputs(self, backend: InferenceBackend, prep: SeasonPreprocessing, tensor: np.ndarray) -> dict:  # type: ignore[type-arg]
+        specs = backend.manifest.inputs
+        if len(specs) == 1:
+            return {specs[0].name: self._input(backend, tensor)}
+        # The trainer's layout: the season (non-static variables, manifest order) and the statics.
+        dynamic = [j for j, v in enumerate(prep.variables) if not v.static]
+        static = np.array([[self._static_value(v) for v in prep.variables if v.static]], dtype=np.float32)
+        by_name = {s.name: s for s in specs}
+        season_name = "season" if "season" in by_name else specs[0].name
+        static_name = "static" if "static" in by_name else next(s.name for s in specs if s.name != season_name)
+        return {season_name: tensor[:, dynamic][None, ...].copy(), static_name: static}
+
     @staticmethod
     def _input(backend: InferenceBackend, tensor: np.ndarray) -> np.ndarray:
         shape = backend.manifest.inputs[0].shape
@@ -124,8 +156,7 @@ class YieldRunner:
     def run(self, now: datetime | None = None) -> YieldEstimate:
         backend, prep = self._model
         tensor, days = self.season_tensor(now, prep)
-        name = backend.manifest.inputs[0].name
-        outputs = backend.run({name: self._input(backend, tensor)})
+        outputs = backend.run(self._inputs(backend, prep, tensor))
         levels = list(prep.quantiles)
         if "quantiles" in outputs:
             q = np.asarray(outputs["quantiles"], dtype=np.float64).reshape(-1)
@@ -139,8 +170,8 @@ class YieldRunner:
         def at_level(level: float) -> float:
             return float(q[int(np.argmin([abs(x - level) for x in levels]))])
 
-        has_expected = "expected" in outputs
-        expected = float(np.asarray(outputs["expected"]).reshape(-1)[0]) if has_expected else at_level(0.5)
+        key = next((k for k in ("expected", "yield") if k in outputs), None)
+        expected = float(np.asarray(outputs[key]).reshape(-1)[0]) if key else at_level(0.5)
         season_days = prep.time_steps * prep.time_step_days
         return YieldEstimate(
             **self.identity.envelope(),

@@ -10,7 +10,11 @@ What runs, each as its own process, all stopped by Ctrl-C:
 3. ``cropwatch ingest`` storing every message in SQLite (``var/demo/cropwatch.db``);
 4. simulated field devices, each a real ``cropwatch agent`` with a watched folder (the demo drops
    held-out synthetic leaf photos into it, like a camera trap) and simulated soil/air sensors;
-5. the farm monitor at http://localhost:8501, with demo logins printed.
+5. the farm monitor at http://localhost:8501, with demo logins printed;
+6. the yield model, built in the background once the disease model is published (a synthetic
+   season cube, ``cropwatch train yield``, signed ONNX export; under a minute), imported and
+   published through the same rollout path; the agents' yield runners start with it and their
+   estimates reach the database. A second run reuses it too.
 
 The console shows progress throughout and then live counts from the database.
 """
@@ -28,6 +32,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +46,13 @@ FIELDS = ("north-field", "south-field", "orchard", "east-field", "west-field")
 MODEL_NAME = "leaf-disease"
 MODEL_VERSION = "0.1.0-demo"
 CLASSES, PER_CLASS, FIELD_PHOTOS_PER_CLASS, IMAGE_SIZE, EPOCHS = 6, 40, 8, 128, 10
+YIELD_NAME, YIELD_VERSION, YIELD_CROP = "crop-yield", "0.1.0-demo", "corn"
+# A small cube and a short training: the demo shows the path, not a good model (docs/yield-model.md).
+YIELD_CUBE_ARGS = "--fields 20 --seasons 3 --seed 1"
+YIELD_TRAIN_ARGS = "--epochs 15 --hidden 16 --threads 1 --no-plots --quiet --seed 0"
+YIELD_INTERVAL_S = 120.0
+# Mid-season, so the outlook is a forecast: the season started this many days before the demo.
+SEASON_DAYS_AGO = 45
 
 
 @dataclass
@@ -191,7 +203,94 @@ def build_model(root: Path, console) -> tuple[Path, Path, Path]:  # type: ignore
     return public_key, manifest, field_photos
 
 
-def agent_toml(root: Path, device_id: str, field_id: str, host: str, port: int, public_key: Path) -> Path:
+# Steps running in the background build, so stopping the demo can stop them too.
+_background_steps: list[subprocess.Popen[bytes]] = []
+
+
+def _quiet_step(log: Path, args: list[str]) -> None:
+    """A one-off command run beside the live farm: its output goes to a log, not over the live table."""
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "shared.cli", *args], stdout=fh, stderr=subprocess.STDOUT)
+        _background_steps.append(proc)
+        code = proc.wait()
+    if code != 0:
+        raise RuntimeError(f"'cropwatch {' '.join(args)}' failed with exit code {code}; see {log}")
+
+
+def stop_background_steps() -> None:
+    for proc in _background_steps:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def build_yield_model(root: Path, console, log: Path) -> Path:  # type: ignore[no-untyped-def]
+    """The exported yield model's manifest: synthetic cube, training, signed export; built once, reused after."""
+    folder, keys = root / "yield", root / "keys"
+    manifest = folder / "run" / "export" / "manifest.json"
+    if manifest.exists():
+        console.print(f"yield model: reusing the one from the first run: {manifest}")
+        return manifest
+    folder.mkdir(parents=True, exist_ok=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    cube = folder / "season-cube.nc"
+    if not cube.exists():
+        console.print("yield model: drawing a synthetic season cube (20 fields x 3 seasons, marked synthetic)")
+        _quiet_step(log, ["data", "synth-yield", str(folder / "season-cube.tmp.nc"), *YIELD_CUBE_ARGS.split()])
+        os.replace(folder / "season-cube.tmp.nc", cube)
+    run = folder / "run"
+    if not (run / "best.pt").exists():
+        shutil.rmtree(run, ignore_errors=True)
+        console.print(f"yield model: training the season network on the CPU (progress in {log})")
+        _quiet_step(log, ["train", "yield", "--cube", str(cube), "--output-dir", str(run), *YIELD_TRAIN_ARGS.split()])
+    console.print("yield model: exporting signed ONNX and checking it against torch")
+    _quiet_step(log, ["export", str(run), "--key", str(keys / "cropwatch-signing.key"),
+                      "--name", YIELD_NAME, "--version", YIELD_VERSION])  # fmt: skip
+    console.print(f"yield model: built in {time.monotonic() - started:.0f} s")
+    return manifest
+
+
+class Background:
+    """One function on a thread; the demo's loop polls it, so the farm keeps running meanwhile."""
+
+    def __init__(self, target, *args) -> None:  # type: ignore[no-untyped-def]
+        self.result: Path | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(target, *args), name="yield-build", daemon=True)
+        self._thread.start()
+
+    def _run(self, target, *args) -> None:  # type: ignore[no-untyped-def]
+        try:
+            self.result = target(*args)
+        except BaseException as exc:  # reported by the loop; the demo goes on without a yield model
+            self.error = exc
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+
+def season_start() -> str:
+    from datetime import date, timedelta
+
+    return (date.today() - timedelta(days=SEASON_DAYS_AGO)).isoformat()
+
+
+def demo_key(root: Path) -> Path:
+    """The demo's signing key pair (made once); returns the public key. The yield model is signed with it."""
+    from shared.manifest import generate_keypair
+
+    keys = root / "keys"
+    if not (keys / "cropwatch-signing.key").exists():
+        generate_keypair(keys)
+    return keys / "cropwatch-signing.pub"
+
+
+def agent_toml(root: Path, device_id: str, field_id: str, host: str, port: int, public_keys: list[Path]) -> Path:
     folder = root / "agents" / device_id
     (folder / "inbox").mkdir(parents=True, exist_ok=True)
     text = f"""# made by cropwatch demo
@@ -208,13 +307,26 @@ host = "{host}"
 port = {port}
 
 [trust]
-public_keys = ["{public_key}"]
+public_keys = [{", ".join(f'"{k}"' for k in public_keys)}]
 
 # No model here: the demo publishes one through the rollout path (retained desired-model
 # message, download from the registry, signature and self-test, swap).
 [updates]
 enabled = true
 health_window_s = 30.0
+
+# The yield model comes over the air too; the runner starts when it arrives.
+[yield]
+enabled = true
+season_start = "{season_start()}"
+crop = "{YIELD_CROP}"
+interval_s = {YIELD_INTERVAL_S}
+
+# The simulated probe reads percent; the model's soil_moisture.mean is in m3 m-3.
+[yield.variables."soil_moisture.mean"]
+quantity = "soil_moisture"
+aggregate = "mean"
+scale = 0.01
 
 [[sources]]
 type = "folder"
@@ -299,8 +411,8 @@ def farm_layout(root: Path, devices: tuple[str, ...]) -> Path:
                 "type": "Feature",
                 "geometry": {"type": "Polygon", "coordinates": [ring]},
                 "properties": {"kind": "field", "farm_id": FARM_ID, "field_id": field_id,
-                               "name": field_id.replace("-", " ").title(), "crop": "tomato",
-                               "planting_date": "2026-04-20"},
+                               "name": field_id.replace("-", " ").title(), "crop": YIELD_CROP,
+                               "planting_date": season_start()},
             }
         )  # fmt: skip
         features.append(
@@ -335,7 +447,7 @@ def demo_users(root: Path) -> None:
 def counts(db: Path) -> dict[str, int]:
     import sqlite3
 
-    out = {"detections": 0, "telemetry": 0, "samples": 0, "devices": 0}
+    out = {"detections": 0, "yield_estimates": 0, "telemetry": 0, "samples": 0, "devices": 0}
     if not db.exists():
         return out
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as conn:
@@ -353,6 +465,28 @@ def by_class(db: Path) -> list[tuple[str, int]]:
             return conn.execute("SELECT label, COUNT(*) FROM detections GROUP BY label ORDER BY 2 DESC").fetchall()
         except sqlite3.Error:
             return []
+
+
+def import_model(registry: Path, manifest: Path, public_key: Path) -> None:
+    """Into the demo registry (a no-op when the same version is there already)."""
+    subprocess.run(
+        [sys.executable, "-m", "shared.cli", "models", "--registry", str(registry), "import", str(manifest),
+         "--trusted-key", str(public_key)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+
+
+def publish_model(registry: Path, manifest: Path, broker_url: str, base_url: str) -> tuple[str, str]:
+    """Through the real rollout path: the retained desired-model message the agents act on."""
+    doc = json.loads(manifest.read_text(encoding="utf-8"))
+    subprocess.run(
+        [sys.executable, "-m", "shared.cli", "models", "--registry", str(registry), "publish", doc["name"],
+         doc["version"], "--farm", FARM_ID, "--broker", broker_url, "--base-url", base_url],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return doc["name"], doc["version"]
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -392,22 +526,9 @@ def run_demo(args: argparse.Namespace) -> int:
         console.print(f"broker      mqtt://{host}:{port}")
 
         registry = root / "registry"
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "shared.cli",
-                "models",
-                "--registry",
-                str(registry),
-                "import",
-                str(manifest),
-                "--trusted-key",
-                str(public_key),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        import_model(registry, manifest, public_key)
+        yield_key = demo_key(root)
+        trusted = sorted({public_key, yield_key})
         registry_port = _free_port()
         stack.start("registry", ["registry", "serve", "--root", str(registry), "--port", str(registry_port)])
         console.print(f"registry    http://127.0.0.1:{registry_port}/index.json")
@@ -417,19 +538,17 @@ def run_demo(args: argparse.Namespace) -> int:
         devices = DEVICE_IDS[: args.devices]
         inboxes = []
         for device_id, field_id in zip(devices, FIELDS, strict=False):
-            config = agent_toml(root, device_id, field_id, host, port, public_key)
+            config = agent_toml(root, device_id, field_id, host, port, trusted)
             stack.start(f"agent-{device_id}", ["agent", "--config", str(config)])
             inboxes.append(config.parent / "inbox")
         console.print(f"agents      {', '.join(devices)} (farm {FARM_ID})")
-        version = json.loads(manifest.read_text(encoding="utf-8"))["version"]
-        name = json.loads(manifest.read_text(encoding="utf-8"))["name"]
-        subprocess.run(
-            [sys.executable, "-m", "shared.cli", "models", "--registry", str(registry), "publish", name, version,
-             "--farm", FARM_ID, "--broker", f"mqtt://{host}:{port}", "--base-url", f"http://127.0.0.1:{registry_port}"],
-            check=True,
-            capture_output=True,
-        )  # fmt: skip
+        broker_url, base_url = f"mqtt://{host}:{port}", f"http://127.0.0.1:{registry_port}"
+        name, version = publish_model(registry, manifest, broker_url, base_url)
         console.print(f"rollout     {name} {version} published to {FARM_ID}; agents download, verify and swap it in")
+        # After the disease model is out, so it never delays the first detection.
+        yield_build = None
+        if not args.no_yield:
+            yield_build = Background(build_yield_model, root, console, stack.logs / "yield-build.log")
 
         if not args.no_monitor:
             farm_layout(root, devices)
@@ -446,8 +565,12 @@ def run_demo(args: argparse.Namespace) -> int:
             raise RuntimeError(f"no photos in {photos}")
         rng = random.Random(7)
         # The database outlives a run: count only what this run stores.
-        already = counts(root / "cropwatch.db")["detections"]
+        before = counts(root / "cropwatch.db")
+        already, yields_before = before["detections"], before["yield_estimates"]
         first_detection: float | None = None
+        # None: no yield model expected (--no-yield, or its build failed); else when the first estimate came.
+        first_yield: float | None = None
+        yield_pending = yield_build is not None
         last_drop = 0.0
         last_print = 0.0
         while not stop_requested:
@@ -463,10 +586,25 @@ def run_demo(args: argparse.Namespace) -> int:
                     shutil.copyfile(src, inbox / f".{name}.part")
                     os.replace(inbox / f".{name}.part", inbox / name)
                 last_drop = now
+            if yield_build is not None and yield_build.done():
+                try:
+                    if yield_build.error is not None:
+                        raise yield_build.error
+                    assert yield_build.result is not None
+                    import_model(registry, yield_build.result, yield_key)
+                    y_name, y_version = publish_model(registry, yield_build.result, broker_url, base_url)
+                    console.print(f"rollout     {y_name} {y_version} published to {FARM_ID}; the yield runners start")
+                except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
+                    console.print(f"[yellow]no yield model[/yellow] ({exc}); the farm runs without it")
+                    yield_pending = False
+                yield_build = None
             c = counts(root / "cropwatch.db")
             if first_detection is None and c["detections"] > already:
                 first_detection = now
                 console.print(f"[bold green]first detection stored[/bold green] {now - started:.0f} s after start")
+            if yield_pending and first_yield is None and c["yield_estimates"] > yields_before:
+                first_yield, yield_pending = now, False
+                console.print(f"[bold green]first yield estimate stored[/bold green] {now - started:.0f} s after start")
             if now - last_print >= 10 or (first_detection == now):
                 table = Table(title=f"{FARM_ID}: {now - started:.0f} s", show_edge=False)
                 for name in c:
@@ -474,8 +612,16 @@ def run_demo(args: argparse.Namespace) -> int:
                 table.add_row(*(str(v) for v in c.values()))
                 console.print(table)
                 last_print = now
-            if first_detection is not None and args.duration and now - first_detection >= args.duration:
+            # --duration counts from the first detection, and waits for the yield model when one is coming.
+            if (
+                first_detection is not None
+                and not yield_pending
+                and args.duration
+                and now - max(first_detection, first_yield or 0.0) >= args.duration
+            ):
                 break
+            if yield_pending and first_detection is not None and now - started > args.first_detection_timeout:
+                raise RuntimeError(f"no yield estimate reached the database; see {stack.logs}/yield-build.log")
             if first_detection is None and now - started > args.first_detection_timeout:
                 raise RuntimeError(
                     f"no detection reached the database within {args.first_detection_timeout:.0f} s; "
@@ -491,6 +637,7 @@ def run_demo(args: argparse.Namespace) -> int:
         console.print(f"[red]demo failed:[/red] {exc}")
         return 1
     finally:
+        stop_background_steps()
         stack.stop()
         console.print("all demo processes stopped")
 
@@ -505,6 +652,7 @@ def main(argv: list[str], prog: str = "cropwatch demo") -> int:
     parser.add_argument("--photo-interval", type=float, default=5.0, help="seconds between photos per device")
     parser.add_argument("--duration", type=float, help="stop this many seconds after the first detection")
     parser.add_argument("--no-monitor", action="store_true", help="do not start the web monitor")
+    parser.add_argument("--no-yield", action="store_true", help="do not build and publish the yield model")
     parser.add_argument(
         "--first-detection-timeout", type=float, default=900.0, help="give up when no detection arrives by then (s)"
     )

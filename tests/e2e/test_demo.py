@@ -1,7 +1,9 @@
-"""The README's main command, end to end: broker, registry, ingest, agents; detections reach the database."""
+"""The README's main command, end to end: broker, registry, ingest, agents; detections and yield
+estimates reach the database."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import urllib.request
@@ -22,7 +24,8 @@ from tests.services import (
 def test_demo_farm_stores_detections_and_stops_cleanly(tmp_path: Path, team_data: Path) -> None:
     if mosquitto_binary() is None:
         missing_service("the mosquitto binary")
-    # A prepared tiny model stands in for the demo's fine-tuning, which the trainer tests cover.
+    # A prepared tiny model stands in for the demo's fine-tuning, which the trainer tests cover; the
+    # yield model is the demo's own (synthetic cube, training, export: well under a minute).
     model = build_classifier(tmp_path / "model", name="leaf-disease", version="0.0.1")
     photos = team_data / "leaf_sample"
     port = free_port()
@@ -61,16 +64,21 @@ def test_demo_farm_stores_detections_and_stops_cleanly(tmp_path: Path, team_data
 
     served = wait_for(lambda: monitor_up() or proc.poll() is not None, timeout=120, what="the monitor to serve")
     assert monitor_up() or (served and proc.poll() is None), "the monitor never answered"
-    out, _ = proc.communicate(timeout=240)
+    out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-4000:]
     assert "first detection stored" in out and "all demo processes stopped" in out
+    assert "first yield estimate stored" in out, out[-4000:]
     assert "password cropwatch-demo" in out
     with sqlite3.connect(tmp_path / "demo" / "cropwatch.db") as conn:
         detections = conn.execute("SELECT COUNT(*), COUNT(DISTINCT device_id) FROM detections").fetchone()
         model_versions = {row[0] for row in conn.execute("SELECT DISTINCT model_version FROM detections")}
         devices = conn.execute("SELECT COUNT(*) FROM devices").fetchone()[0]
+        yields = conn.execute("SELECT DISTINCT model_name, model_version, crop FROM yield_estimates").fetchall()
     assert detections[0] >= 2 and detections[1] >= 1
     assert model_versions == {"0.0.1"}
+    # The version the demo published through the rollout path is the one that made the estimates.
+    published = json.loads((tmp_path / "demo" / "yield" / "run" / "export" / "manifest.json").read_text())
+    assert yields == [(published["name"], published["version"], "corn")]
     assert devices == 2
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "demo")], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", "demo processes left running"
