@@ -15,7 +15,7 @@ from edge_agent.pipeline import Identity
 from edge_agent.sources.leafdraw import draw_leaf
 from edge_agent.yield_runner import YieldRunner
 from shared.image import decode_image, encode_jpeg
-from shared.manifest import TrustedKeys
+from shared.manifest import SeasonVariable, TrustedKeys
 from tests.edge_models import build_classifier, build_yield_model
 
 
@@ -140,3 +140,21 @@ def test_cuda_provider_is_used_when_present(built) -> None:  # type: ignore[no-u
     model, _ = built
     backend = load_backend(ModelSettings(manifest=model.manifest_path), trusted(model))
     assert backend.provider in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def test_yield_runner_reads_the_trainers_variable_names_scales_and_crop(tmp_path: Path) -> None:
+    model = build_yield_model(tmp_path / "y", time_steps=4)
+    backend = load_backend(ModelSettings(manifest=model.manifest_path, threads=1), trusted(model))
+    settings = YieldSettings.model_validate(
+        {"enabled": True, "season_start": "2026-10-01", "crop": "corn",
+         "variables": {"soil_moisture.mean": {"quantity": "soil_moisture", "scale": 0.01}}}
+    )  # fmt: skip
+    assert settings.model is None  # the model may come over the air
+    runner = YieldRunner(settings, backend, Outbox(tmp_path / "o.db", budget_bytes=10**7), Identity("f", "d"))
+    assert runner._source("air_temperature.max") == ("air_temperature", "max", 1.0)
+    assert runner._source("rainfall.sum") == ("rainfall", "sum", 1.0)
+    assert runner._source("soil_moisture.mean") == ("soil_moisture", "mean", 0.01)
+    assert runner._source("ndvi") == ("ndvi", "mean", 1.0)
+    corn, soy = (SeasonVariable(name=f"crop={c}", unit="1", mean=0.5, std=0.5, static=True) for c in ("corn", "soy"))
+    area = SeasonVariable(name="area", unit="ha", mean=30.0, std=5.0, static=True)
+    assert [runner._static_value(v) for v in (corn, soy, area)] == [1.0, 0.0, 30.0]

@@ -216,3 +216,24 @@ def test_the_documented_example_config_is_valid(tmp_path: Path) -> None:
     cfg = load_agent_config(tmp_path / "agent.toml", environ={})
     assert [s.type for s in cfg.sources] == ["folder", "camera", "sensors"]
     assert cfg.mqtt.tls.enabled and cfg.yield_model.variables["precipitation"].quantity == "rainfall"
+
+
+def test_sample_policy_sends_shadow_disagreements_within_the_limits(tmp_path: Path) -> None:
+    from edge_agent.config import SampleSettings
+    from edge_agent.outbox import Outbox
+    from edge_agent.pipeline import SamplePolicy
+
+    box = Outbox(tmp_path / "o.db", budget_bytes=10**7)
+    now = 1_000_000.0
+    policy = SamplePolicy(SampleSettings(confidence_below=0.5, max_per_hour=2, max_per_day=10), box, clock=lambda: now)
+    # Confident and agreeing: nothing; confident but the challenger disagrees: a sample for labelling.
+    assert policy.reason(0.9, requested=False, in_batch=0) is None
+    assert policy.reason(0.9, requested=False, in_batch=0, disagree=True) == "shadow_disagreement"
+    assert policy.reason(0.3, requested=False, in_batch=0, disagree=True) == "shadow_disagreement"
+    assert policy.reason(0.3, requested=False, in_batch=0) == "low_confidence"
+    # The hourly cap holds for disagreements too (one already logged, one in this batch); requests are never capped.
+    box.add([], sample_at=[now - 60])
+    assert policy.reason(0.9, requested=False, in_batch=1, disagree=True) is None and policy.capped == 1
+    assert policy.reason(0.9, requested=True, in_batch=5, disagree=True) == "requested"
+    policy.settings = SampleSettings(enabled=False)
+    assert policy.reason(0.1, requested=False, in_batch=0, disagree=True) is None
