@@ -445,9 +445,10 @@ class Agent:
         if runner is None:
             return
         for _ in range(2):
-            backend = runner.backend
+            model = runner.snapshot()
+            backend = model[0]
             try:
-                estimate = runner.run(now)
+                estimate = runner.run(now, model)
             except Exception as exc:
                 self.pipeline.count(backend, 1, 1)
                 # A model on trial that fails its run is rolled back; the old one runs it again.

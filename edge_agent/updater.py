@@ -260,18 +260,15 @@ class ModelUpdater:
                 self._report(name, trial, sha, "rolled_back", "uncommitted_at_boot", level="warning")
             if state["active"] is None:
                 continue
+            if self._slot_task(name, state["active"]) == YIELD and not self.agent.cfg.yield_model.enabled:
+                # Kept on disk for when [yield] is enabled again.
+                logger.warning("model %s is a yield model and [yield] is disabled; not loaded", name)
+                continue
             candidates = [state["active"], state["previous"]]
             loaded = False
             for version in [v for v in candidates if v]:
                 manifest_path = self.store.version_dir(name, version) / "manifest.json"
-                try:
-                    task = ModelManifest.load(manifest_path).task
-                except (ManifestError, OSError) as exc:
-                    task = DISEASE
-                    logger.error("model %s %s in slot has no readable manifest: %s", name, version, exc)
-                if task == YIELD and not self.agent.cfg.yield_model.enabled:
-                    logger.warning("model %s %s is a yield model and [yield] is disabled; not loaded", name, version)
-                    break
+                task = self._slot_task(name, version)
                 old = self._serving(task)
                 try:
                     backend = load_backend(
@@ -294,6 +291,13 @@ class ModelUpdater:
                 state.update(active=None, previous=None)
                 self.store.write(name, state)
         self._boot_shadow()
+
+    def _slot_task(self, name: str, version: str) -> str:
+        """The task of a slot version (a manifest that does not read fails to load right after)."""
+        try:
+            return ModelManifest.load(self.store.version_dir(name, version) / "manifest.json").task
+        except (ManifestError, OSError):
+            return DISEASE
 
     def _boot_shadow(self) -> None:
         """Load the persisted challenger (a restart keeps a shadow run going without a new download)."""

@@ -153,8 +153,14 @@ class YieldRunner:
             return tensor.T[None, ...].copy()
         return tensor[None, ...]
 
-    def run(self, now: datetime | None = None) -> YieldEstimate:
-        backend, prep = self._model
+    def snapshot(self) -> tuple[InferenceBackend, SeasonPreprocessing]:
+        """The model and its spec as one pair, for a run that must know which model it ran."""
+        return self._model
+
+    def run(
+        self, now: datetime | None = None, model: tuple[InferenceBackend, SeasonPreprocessing] | None = None
+    ) -> YieldEstimate:
+        backend, prep = model or self._model
         tensor, days = self.season_tensor(now, prep)
         outputs = backend.run(self._inputs(backend, prep, tensor))
         levels = list(prep.quantiles)
