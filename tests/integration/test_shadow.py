@@ -250,3 +250,29 @@ def test_bad_challengers_are_rejected_and_the_champion_keeps_serving(  # type: i
         assert detect(rec, doc, 11).model.version == "1.0.0"
         assert agent.pipeline.champion.manifest.version == "1.0.0" and agent.updater.trial is None
     rec.close()
+
+
+def test_a_run_ended_while_the_device_was_offline_is_unloaded_after_the_confirm_window(  # type: ignore[no-untyped-def]
+    tmp_path: Path, mqtt_broker, registry: Registry, built
+) -> None:
+    farm, device = "shadowoffline", "gw-so"
+    doc = fleet_doc(tmp_path, mqtt_broker.port, farm, device, built["1.0.0"], shadow_confirm_s=0.5)
+    rec = farm_recorder(mqtt_broker.port, farm)
+
+    def send(topic: str, payload: bytes) -> None:
+        publish_retained(mqtt_broker.url, topic, payload)
+
+    with serving(registry) as url:
+        with running(doc) as agent:
+            rollout.publish(registry, NAME, CHALLENGER, farm, url, send, RolloutPolicy(mode="shadow"))
+            wait_for(lambda: shadow_version(agent) == CHALLENGER, 20, what="challenger loaded")
+        # The run ends while the device is down: the empty retained payload just deletes the message.
+        rollout.end_shadow(registry, NAME, farm, send)
+        with running(doc) as agent:
+            assert shadow_version(agent) == CHALLENGER  # kept from its slot at boot
+            wait_for(lambda: agent.pipeline.shadow is None, 20, what="unconfirmed challenger unloaded")
+            assert detect(rec, doc, 0).shadow is None
+            assert not (agent.cfg.data_dir / "shadow" / NAME / "versions").exists() or not any(
+                (agent.cfg.data_dir / "shadow" / NAME / "versions").iterdir()
+            )
+    rec.close()
