@@ -256,7 +256,7 @@ def test_a_run_ended_while_the_device_was_offline_is_unloaded_after_the_confirm_
     tmp_path: Path, mqtt_broker, registry: Registry, built
 ) -> None:
     farm, device = "shadowoffline", "gw-so"
-    doc = fleet_doc(tmp_path, mqtt_broker.port, farm, device, built["1.0.0"], shadow_confirm_s=0.5)
+    doc = fleet_doc(tmp_path, mqtt_broker.port, farm, device, built["1.0.0"], shadow_confirm_s=1.0)
     rec = farm_recorder(mqtt_broker.port, farm)
 
     def send(topic: str, payload: bytes) -> None:
@@ -267,7 +267,9 @@ def test_a_run_ended_while_the_device_was_offline_is_unloaded_after_the_confirm_
             rollout.publish(registry, NAME, CHALLENGER, farm, url, send, RolloutPolicy(mode="shadow"))
             wait_for(lambda: shadow_version(agent) == CHALLENGER, 20, what="challenger loaded")
         # The run ends while the device is down: the empty retained payload just deletes the message.
+        # (A device whose broker session survived gets it queued; this one comes back with a new session.)
         rollout.end_shadow(registry, NAME, farm, send)
+        doc["mqtt"]["client_id"] += "-new"
         with running(doc) as agent:
             assert shadow_version(agent) == CHALLENGER  # kept from its slot at boot
             wait_for(lambda: agent.pipeline.shadow is None, 20, what="unconfirmed challenger unloaded")
