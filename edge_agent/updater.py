@@ -145,6 +145,12 @@ def download(
             os.fsync(fh.fileno())
 
 
+def _newer_id(state: dict[str, Any], msg_id: str) -> str:
+    """The newer of the slot's newest acted-on msg_id and ``msg_id`` (ULIDs sort by time)."""
+    newest = state.get("newest_msg_id")
+    return msg_id if newest is None or msg_id > newest else newest
+
+
 class SlotStore:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -561,6 +567,15 @@ class ModelUpdater:
                     "downgrade",
                     f"{d.version} is older than the running {current}; publish it as a rollback to allow that",
                 )
+        newest = self.store.read(d.model_name).get("newest_msg_id")
+        if newest is not None and d.msg_id < newest:
+            # msg_ids are time-ordered: an older message than one already acted on is a replay (a
+            # captured signed rollback, say) or a stale copy, never the operator's latest word.
+            raise UpdateRejected(
+                "replayed",
+                f"desired-model message {d.msg_id} is older than {newest}, which this device already acted on; "
+                "publish again to change the model",
+            )
         if self.store.read(d.model_name)["failed"].get(d.version) == d.msg_id:
             raise UpdateRejected("current", "this version was rolled back here; publish it again to retry")
         self._check_size(d)
@@ -769,13 +784,13 @@ class ModelUpdater:
             if old is None:
                 # Nothing to fall back to: the new model is better than none, so it is committed at once.
                 state = self.store.read(name)
-                state.update(active=d.version, trial=None)
+                state.update(active=d.version, trial=None, newest_msg_id=_newer_id(state, d.msg_id))
                 self.store.write(name, state)
                 self._install(task, None, backend)
                 self._report(name, d.version, backend.manifest.sha256, "active")
                 return
             state = self.store.read(name)
-            state.update(trial=d.version, trial_msg_id=d.msg_id)
+            state.update(trial=d.version, trial_msg_id=d.msg_id, newest_msg_id=_newer_id(state, d.msg_id))
             self.store.write(name, state)
             crash_point("trial_written")
             self.trials[task] = Trial(backend, old, d.msg_id, time.monotonic(), pipe.counts(old))

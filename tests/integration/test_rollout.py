@@ -356,6 +356,9 @@ def test_signed_rollout_envelope_required_and_tampering_rejected(  # type: ignor
         return any(e.details.get("reason") == reason for e in events(rec, device, "model_rejected"))
 
     with serving(registry) as url, running(doc) as agent:
+        # A genuine signed rollback captured before the upgrade below, to be replayed after it.
+        captured = rollout.build_desired(registry, NAME, "0.9.0", farm, url, RolloutPolicy(), allow_downgrade=True,
+                                         signing_key=load_private_key(key))  # fmt: skip
         # Unsigned envelope (its manifest is signed) under require_signed_rollout: refused, naming the fix.
         rollout.publish(registry, NAME, "2.0.0", farm, url, publisher(mqtt_broker))
         wait_for(lambda: rejected("rollout_unsigned"), 20, what="unsigned envelope rejected")
@@ -391,5 +394,9 @@ def test_signed_rollout_envelope_required_and_tampering_rejected(  # type: ignor
         publish_retained(mqtt_broker.url, topic, foreign.to_json())
         wait_for(lambda: rejected("rollout_unknown_key"), 20, what="envelope signed by an untrusted key rejected")
         assert served_by(rec, doc, 5) == "2.0.0"
+        # The captured rollback is validly signed but older than the message 2.0.0 came with.
+        publish_retained(mqtt_broker.url, topic, captured.to_json())
+        wait_for(lambda: rejected("replayed"), 20, what="replayed signed rollback rejected")
+        assert served_by(rec, doc, 6) == "2.0.0"
         assert agent.updater.trial is None and settled(agent, "2.0.0")
     rec.close()
