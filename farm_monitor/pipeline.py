@@ -66,6 +66,7 @@ class Ingestor:
         self.alerts = AlertEngine(config.alerts, self.d, metrics)
         self._sql = {table: self.d.insert_ignore(table) for table in r.COLUMNS}
         self._sql_seen, self._sql_status, self._sql_models = self._device_sql()
+        self._sql_stale_shadow = self._stale_shadow_sql()
         self._pending: list[Item] = []
         self._topics: dict[str, Topic | TopicError] = {}
         self._last_dead_log: dict[str, float] = {}
@@ -338,6 +339,16 @@ class Ingestor:
         )
         return seen, status, models
 
+    def _stale_shadow_sql(self) -> str:
+        p = self.d.ph
+        # A heartbeat lists every model the device runs; a shadow row it did not refresh belongs
+        # to a shadow run that ended (its reported_at is older than this status). A row that
+        # rollout still wants (desired_version set) stays: the device may not have loaded it yet.
+        return (
+            f"DELETE FROM device_models WHERE farm_id = {p} AND device_id = {p} AND role = 'shadow' "
+            f"AND desired_version IS NULL AND reported_at < {p}"
+        )
+
     def _commit(self, batch: Batch) -> None:
         now = datetime.now(UTC)
         with self.engine.begin() as conn:
@@ -369,6 +380,9 @@ class Ingestor:
                 conn.exec_driver_sql(self._sql_status, status_rows)
                 if model_rows:
                     conn.exec_driver_sql(self._sql_models, model_rows)
+                online = [(st.farm_id, st.device_id, row[3]) for st, _, row in batch.statuses if st.state == "online"]
+                if online:
+                    conn.exec_driver_sql(self._sql_stale_shadow, online)
                 self.alerts.on_statuses(conn, [s for s, _, _ in batch.statuses], now)
             if batch.seen:
                 conn.exec_driver_sql(
