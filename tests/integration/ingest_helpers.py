@@ -65,6 +65,9 @@ def publish_all(broker: Broker, items: list[tuple[str, bytes]], qos: int = 1) ->
 
 
 def config(url: str, broker: Broker, **ingest: Any) -> MonitorConfig:
+    # A group of its own: the persistent session a finished test leaves in a shared group on the
+    # session-wide broker would otherwise be handed a share of the next test's messages.
+    ingest.setdefault("shared_group", f"ingest-{new_msg_id().lower()}")
     return MonitorConfig.model_validate(
         {
             "database": {"url": url, "sqlite_synchronous": "NORMAL"},
