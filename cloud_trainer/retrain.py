@@ -388,9 +388,7 @@ def gate_plot(path: Path, gate: GateResult) -> None:
         ax.bar(x - 0.2, base, 0.4, label="base")
         ax.bar(x + 0.2, cand, 0.4, label="candidate")
         ax.set_xticks(x, [c.removeprefix("Synthetic_leaf___")[:18] for c in classes], rotation=30, ha="right")
-        ax.set_title(
-            f"{title}: {gate.metric} {part['base'][gate.metric]:.3f} -> {part['candidate'][gate.metric]:.3f}"
-        )
+        ax.set_title(f"{title}: {gate.metric} {part['base'][gate.metric]:.3f} -> {part['candidate'][gate.metric]:.3f}")
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("recall per class")
     axes[0].legend()
@@ -539,7 +537,7 @@ def retrain(args: argparse.Namespace, publisher: Any = None, engine: Any = None)
     from .disease.export import export_run
 
     gate_note = ("passed" if gate.passed else "failed") + ": " + " | ".join(gate.reasons)
-    manifest, manifest_path = export_run(
+    _manifest, manifest_path = export_run(
         run, name=args.name, version=version, key_path=args.key, int8=not args.no_int8,
         extra_metrics={
             f"field_test_{args.metric}": results["field"]["candidate"][args.metric],

@@ -81,14 +81,13 @@ def store_samples(db_url: str, farm: str, device: str, per_class: int, model_ver
     msgs, truth = [], []
     photos = [(field_jpeg(label, i, seed), label) for label in class_names() for i in range(per_class)]
     for jpeg, label in [*photos, *extra]:
-        if True:
-            sample = m.Sample(
-                farm_id=farm, device_id=device, msg_id=new_msg_id(), observed_at=now + timedelta(seconds=len(msgs)),
-                reason="low_confidence", model=model, source="cam", predicted_label=label, confidence=0.4,
-                width=48, height=48, image_jpeg=jpeg,
-            )  # fmt: skip
-            msgs.append(sample)
-            truth.append((sample.msg_id, label))
+        sample = m.Sample(
+            farm_id=farm, device_id=device, msg_id=new_msg_id(), observed_at=now + timedelta(seconds=len(msgs)),
+            reason="low_confidence", model=model, source="cam", predicted_label=label, confidence=0.4,
+            width=48, height=48, image_jpeg=jpeg,
+        )  # fmt: skip
+        msgs.append(sample)
+        truth.append((sample.msg_id, label))
     ingest = Ingestor(cfg, engine, Metrics())
     items = [(device_topic(x.farm_id, x.device_id, x.kind), x.to_json(), i, 1, 0, 0.0) for i, x in enumerate(msgs)]
     assert ingest.process(items)

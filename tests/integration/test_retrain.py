@@ -31,7 +31,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     db_url = f"sqlite:///{root / 'monitor.db'}"
     # One field photo is byte for byte a base training image: the merge must drop it as a duplicate.
     base_image = next(p for p in sorted((root / "leaves").rglob("*.jpg")))
-    truth = store_samples(db_url, "farm-a", "gw-1", per_class=12, extra=[(base_image.read_bytes(), base_image.parent.name)])
+    extra = [(base_image.read_bytes(), base_image.parent.name)]
+    truth = store_samples(db_url, "farm-a", "gw-1", per_class=12, extra=extra)
     engine = make_engine(db_url)
     for msg_id, label in truth:
         label_sample(engine, AGRO, msg_id, label)
