@@ -1,4 +1,5 @@
-"""``cropwatch models``: the registry (list, show, import, retire) and rollout (publish, rollback, promote, status)."""
+"""``cropwatch models``: the registry (list, show, import, retire) and rollout (publish, rollback, promote,
+end-shadow, status)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from shared.manifest import TrustedKeys
 
 from .registry import Registry, RegistryError
 
-ROLLOUT_ACTIONS = ("publish", "rollback", "status", "promote")
+ROLLOUT_ACTIONS = ("publish", "rollback", "status", "promote", "end-shadow")
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -44,22 +45,32 @@ def main(argv: list[str], prog: str = "cropwatch models") -> int:
     pub.add_argument("--devices", nargs="+", help="only these device ids")
     pub.add_argument("--group", help="only devices in this rollout group ([device] groups in agent.toml)")
     pub.add_argument("--percent", type=float, default=100.0, help="share of devices, chosen by a stable hash")
-    pub.add_argument("--mode", choices=["active", "shadow"], default="active")
+    pub.add_argument(
+        "--mode", choices=["active", "shadow"], default="active",
+        help="shadow: run it as a challenger beside the champion on the selected devices",
+    )  # fmt: skip
     rb = sub.add_parser("rollback", help="make the previously published version desired again")
     rb.add_argument("name")
-    pro = sub.add_parser("promote", help="widen the current publish to every device of the farm")
+    pro = sub.add_parser(
+        "promote", help="make the live shadow challenger the champion everywhere, or widen the current publish"
+    )
     pro.add_argument("name")
-    for p in (pub, rb, pro):
+    es = sub.add_parser("end-shadow", help="end the shadow run: devices unload the challenger")
+    es.add_argument("name")
+    for p in (pub, rb, pro, es):
         p.add_argument("--farm", required=True)
         p.add_argument("--broker", required=True, help="mqtt://[user@]host:1883 or mqtts://...")
         p.add_argument("--ca-file", help="CA certificate for mqtts://")
-        p.add_argument("--base-url", required=p is pub, help="where agents download from (cropwatch registry serve)")
+        if p is not es:
+            p.add_argument(
+                "--base-url", required=p is pub, help="where agents download from (cropwatch registry serve)"
+            )
     st = sub.add_parser("status", help="rollout table from the monitor database")
     st.add_argument("name")
     st.add_argument("--farm", required=True)
     st.add_argument("--db", required=True, help="monitor database URL (sqlite:///... or postgresql+psycopg://...)")
     st.add_argument("--json", action="store_true")
-    for p in (ls, show, imp, ret, pub, rb, pro, st):
+    for p in (ls, show, imp, ret, pub, rb, pro, es, st):
         # Also accepted after the action (`models publish ... --registry DIR`), as operators tend to write it.
         p.add_argument("--registry", type=Path, default=argparse.SUPPRESS, help="registry folder")
     args = parser.parse_args(argv)
@@ -125,19 +136,26 @@ def _rollout(args: argparse.Namespace, registry: Registry, prog: str) -> int:
             elif not rows:
                 print(f"no devices of farm {args.farm} in {args.db}")
             else:
-                header = ["device", "desired", "active", "state", "since"]
+                header = ["device", "role", "desired", "active", "state", "since"]
                 print(_table([[r[h] for h in header] for r in rows], header))
             return 0
         if args.action == "publish":
             policy = RolloutPolicy(mode=args.mode, percent=args.percent, devices=args.devices, group=args.group)
             d = rollout.publish(registry, args.name, args.version, args.farm, args.base_url, publisher, policy)
-            print(f"published {d.model_name} {d.version} to farm {d.farm_id} ({policy.percent:g}%, msg {d.msg_id})")
+            what = "as shadow challenger " if policy.mode == "shadow" else ""
+            print(
+                f"published {d.model_name} {d.version} {what}to farm {d.farm_id} ({policy.percent:g}%, msg {d.msg_id})"
+            )
         elif args.action == "rollback":
             d = rollout.rollback(registry, args.name, args.farm, publisher, args.base_url)
             print(f"rolled back {d.model_name} on farm {d.farm_id} to {d.version} (was {d.previous_version})")
         elif args.action == "promote":
             d = rollout.promote(registry, args.name, args.farm, publisher, args.base_url)
-            print(f"promoted {d.model_name} {d.version} to every device of farm {d.farm_id}")
+            was = f" (champion was {d.previous_version})" if d.previous_version else ""
+            print(f"promoted {d.model_name} {d.version} to every device of farm {d.farm_id}{was}")
+        elif args.action == "end-shadow":
+            rollout.end_shadow(registry, args.name, args.farm, publisher)
+            print(f"ended the shadow run of {args.name} on farm {args.farm}; devices unload the challenger")
     except (RegistryError, ManifestError, PublishError, ValueError) as exc:
         print(f"{prog} {args.action}: {exc}", file=sys.stderr)
         return 1

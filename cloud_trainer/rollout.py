@@ -7,6 +7,12 @@ rollout policy) and appends it to a small history kept in the registry folder
 one with ``allow_downgrade``; ``promote`` republishes the current one to every device. Which
 devices take a message is decided by :func:`shared.rollout.selects`, the same function the agent
 runs. ``rollout_status`` reads what devices report from the monitor database.
+
+Shadow runs: a policy with ``mode="shadow"`` goes to ``_fleet/shadow/{name}`` instead, so the
+champion's retained message stays what a new device needs. Its records sit in the same history
+(``rollout.mode`` tells them apart). ``end_shadow`` clears that retained message (devices unload
+the challenger); ``promote`` with a live shadow run makes the challenger the champion of every
+device and ends the run.
 """
 
 from __future__ import annotations
@@ -19,14 +25,14 @@ from typing import Any
 
 from shared.fsutil import atomic_write_text
 from shared.messages import Artifact, DesiredModel, RolloutPolicy
-from shared.rollout import selects
-from shared.topics import fleet_model_topic
+from shared.rollout import is_newer, selects
+from shared.topics import fleet_model_topic, fleet_shadow_topic
 
 from .registry import Registry, RegistryError
 
 Publisher = Callable[[str, bytes], None]
 ROLLOUT_EVENTS = ("model_downloading", "model_verifying", "model_trial", "model_active", "model_rejected",
-                  "model_rolled_back")  # fmt: skip
+                  "model_rolled_back", "model_unloaded")  # fmt: skip
 
 
 def history_path(registry: Registry, farm: str, name: str) -> Path:
@@ -45,9 +51,20 @@ def _write_history(registry: Registry, farm: str, name: str, records: list[dict[
     atomic_write_text(path, json.dumps(records, indent=1))
 
 
+def is_shadow(record: dict[str, Any]) -> bool:
+    return record.get("rollout", {}).get("mode") == "shadow"
+
+
 def _current(records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    live = [r for r in records if not r.get("undone")]
+    """The live champion publish (shadow records are a separate track)."""
+    live = [r for r in records if not r.get("undone") and not is_shadow(r)]
     return live[-1] if live else None
+
+
+def current_shadow(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The live shadow run, or None when none was started or the last one was ended."""
+    shadows = [r for r in records if is_shadow(r)]
+    return shadows[-1] if shadows and shadows[-1]["action"] != "end_shadow" else None
 
 
 def build_desired(
@@ -80,8 +97,14 @@ def build_desired(
     )
 
 
+def topic_for(desired: DesiredModel) -> str:
+    if desired.rollout.mode == "shadow":
+        return fleet_shadow_topic(desired.farm_id, desired.model_name)
+    return fleet_model_topic(desired.farm_id, desired.model_name)
+
+
 def _send(desired: DesiredModel, publisher: Publisher) -> None:
-    publisher(fleet_model_topic(desired.farm_id, desired.model_name), desired.to_json())
+    publisher(topic_for(desired), desired.to_json())
 
 
 def _record(desired: DesiredModel, base_url: str, action: str) -> dict[str, Any]:
@@ -107,11 +130,12 @@ def publish(
     allow_downgrade: bool = False,
     action: str = "publish",
 ) -> DesiredModel:
-    """Publish ``version`` as the farm's desired model and append it to the history."""
+    """Publish ``version`` as the farm's desired model (or challenger, mode shadow) and record it."""
     records = read_history(registry, farm, name)
-    current = _current(records)
+    policy = policy or RolloutPolicy()
+    current = current_shadow(records) if policy.mode == "shadow" else _current(records)
     desired = build_desired(
-        registry, name, version, farm, base_url, policy or RolloutPolicy(),
+        registry, name, version, farm, base_url, policy,
         previous_version=current["version"] if current else None, allow_downgrade=allow_downgrade,
     )  # fmt: skip
     _send(desired, publisher)
@@ -124,7 +148,7 @@ def rollback(
 ) -> DesiredModel:
     """Undo the current publish: the version before it becomes desired again, downgrade allowed."""
     records = read_history(registry, farm, name)
-    live = [i for i, r in enumerate(records) if not r.get("undone")]
+    live = [i for i, r in enumerate(records) if not r.get("undone") and not is_shadow(r)]
     if not live:
         raise RegistryError(f"nothing was published for {name} on farm {farm}; nothing to roll back")
     current = records[live[-1]]
@@ -147,8 +171,23 @@ def rollback(
 def promote(
     registry: Registry, name: str, farm: str, publisher: Publisher, base_url: str | None = None
 ) -> DesiredModel:
-    """Widen the current publish to every device of the farm."""
-    current = _current(read_history(registry, farm, name))
+    """Make the live challenger the champion of every device (and end its run), or widen the current publish.
+
+    A challenger older than the champion is promoted with ``allow_downgrade``: promoting it is the
+    explicit decision a downgrade otherwise needs.
+    """
+    records = read_history(registry, farm, name)
+    current = _current(records)
+    challenger = current_shadow(records)
+    if challenger is not None:
+        version = challenger["version"]
+        downgrade = current is not None and is_newer(current["version"], version)
+        desired = publish(
+            registry, name, version, farm, base_url or challenger["base_url"], publisher,
+            RolloutPolicy(), allow_downgrade=downgrade, action="promote",
+        )  # fmt: skip
+        end_shadow(registry, name, farm, publisher, reason=f"promoted {version}")
+        return desired
     if current is None:
         raise RegistryError(f"nothing was published for {name} on farm {farm}; publish a version first")
     return publish(
@@ -158,10 +197,41 @@ def promote(
     )  # fmt: skip
 
 
-def desired_for(records: list[dict[str, Any]], name: str, device_id: str, groups: tuple[str, ...] = ()) -> str | None:
-    """The version a device should run: the newest live publish whose policy selects it."""
+def end_shadow(registry: Registry, name: str, farm: str, publisher: Publisher, reason: str = "ended") -> None:
+    """Clear the retained shadow message: every device unloads the challenger of ``name``.
+
+    The empty payload is sent even without a recorded run, so a stale retained challenger can be
+    cleared too.
+    """
+    from shared.ids import new_msg_id, utcnow
+
+    records = read_history(registry, farm, name)
+    live = current_shadow(records)
+    publisher(fleet_shadow_topic(farm, name), b"")
+    record = {
+        "action": "end_shadow",
+        "version": live["version"] if live else None,
+        "msg_id": new_msg_id(),
+        "published_at": utcnow().isoformat(),
+        "base_url": live["base_url"] if live else None,
+        "rollout": {"mode": "shadow"},
+        "reason": reason,
+    }
+    _write_history(registry, farm, name, [*records, record])
+
+
+def desired_for(
+    records: list[dict[str, Any]], name: str, device_id: str, groups: tuple[str, ...] = (), role: str = "champion"
+) -> str | None:
+    """The version a device should run (``role`` shadow: the challenger), by the records' policies."""
+    if role == "shadow":
+        live = current_shadow(records)
+        if live is None:
+            return None
+        policy = RolloutPolicy.model_validate(live["rollout"])
+        return live["version"] if selects(policy, name, device_id, groups) else None
     for r in reversed(records):
-        if r.get("undone"):
+        if r.get("undone") or is_shadow(r):
             continue
         if selects(RolloutPolicy.model_validate(r["rollout"]), name, device_id, groups):
             return r["version"]
@@ -169,7 +239,8 @@ def desired_for(records: list[dict[str, Any]], name: str, device_id: str, groups
 
 
 def rollout_status(db_url: str, farm: str, name: str, registry: Registry | None = None) -> list[dict[str, Any]]:
-    """One row per device of the farm: desired, active, state (with reason), since."""
+    """One row per device of the farm and role (champion, and shadow where a challenger is desired
+    or reported): desired, active, state (with reason), since."""
     from sqlalchemy import create_engine, text
 
     engine = create_engine(db_url)
@@ -179,17 +250,17 @@ def rollout_status(db_url: str, farm: str, name: str, registry: Registry | None 
                 r[0] for r in conn.execute(text("SELECT device_id FROM devices WHERE farm_id = :f"), {"f": farm})
             ]
             models = {
-                r.device_id: r
+                (r.device_id, r.role): r
                 for r in conn.execute(
                     text(
-                        "SELECT device_id, desired_version, active_version, state, state_since FROM device_models "
-                        "WHERE farm_id = :f AND model_name = :n AND role = 'champion'"
+                        "SELECT device_id, role, desired_version, active_version, state, state_since "
+                        "FROM device_models WHERE farm_id = :f AND model_name = :n"
                     ),
                     {"f": farm, "n": name},
                 )
             }
             placeholders = ", ".join(f":c{i}" for i in range(len(ROLLOUT_EVENTS)))
-            events: dict[str, Any] = {}
+            events: dict[tuple[str, str], Any] = {}
             for r in conn.execute(
                 text(
                     f"SELECT device_id, observed_at, code, details FROM events WHERE farm_id = :f "
@@ -199,33 +270,42 @@ def rollout_status(db_url: str, farm: str, name: str, registry: Registry | None 
             ):
                 details = r.details if isinstance(r.details, dict) else json.loads(r.details or "{}")
                 if details.get("model") == name:
-                    events[r.device_id] = (r.observed_at, details)
+                    events[(r.device_id, details.get("role") or "champion")] = (r.observed_at, details)
     finally:
         engine.dispose()
     records = read_history(registry, farm, name) if registry is not None else []
     rows = []
-    for device in sorted(set(devices) | set(models)):
-        m = models.get(device)
-        desired = desired_for(records, name, device) if records else (m.desired_version if m else None)
-        state = m.state if m else None
-        since: Any = m.state_since if m else None
-        ev = events.get(device)
-        # An update in progress or refused is newer news than the serving model's state.
-        in_progress = ev is not None and ev[1].get("state") in ("downloading", "verifying", "rejected", "rolled_back")
-        if ev is not None and in_progress and (since is None or _as_dt(ev[0]) >= _as_dt(since)):
-            state = f"{ev[1]['state']} {ev[1].get('version', '')}".strip()
-            if ev[1].get("reason"):
-                state += f" ({ev[1]['reason']})"
-            since = ev[0]
-        rows.append(
-            {
-                "device": device,
-                "desired": desired or "-",
-                "active": (m.active_version if m else None) or "-",
-                "state": state or "-",
-                "since": _as_dt(since).strftime("%Y-%m-%d %H:%M:%S") if since else "-",
-            }
-        )
+    for device in sorted(set(devices) | {d for d, _ in models}):
+        for role in ("champion", "shadow"):
+            m = models.get((device, role))
+            desired = desired_for(records, name, device, role=role) if records else (m.desired_version if m else None)
+            ev = events.get((device, role))
+            if role == "shadow" and m is None and desired is None and ev is None:
+                continue
+            state = m.state if m else None
+            since: Any = m.state_since if m else None
+            # An update in progress or refused is newer news than the serving model's state.
+            in_progress = ev is not None and ev[1].get("state") in (
+                "downloading", "verifying", "rejected", "rolled_back", "unloaded"
+            )  # fmt: skip
+            active = (m.active_version if m else None) or "-"
+            if ev is not None and in_progress and (since is None or _as_dt(ev[0]) >= _as_dt(since)):
+                if ev[1]["state"] == "unloaded":
+                    active = "-"  # the device reports no challenger any more; its old row is history
+                state = f"{ev[1]['state']} {ev[1].get('version', '')}".strip()
+                if ev[1].get("reason"):
+                    state += f" ({ev[1]['reason']})"
+                since = ev[0]
+            rows.append(
+                {
+                    "device": device,
+                    "role": role,
+                    "desired": desired or "-",
+                    "active": active,
+                    "state": state or "-",
+                    "since": _as_dt(since).strftime("%Y-%m-%d %H:%M:%S") if since else "-",
+                }
+            )
     return rows
 
 

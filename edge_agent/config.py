@@ -91,6 +91,10 @@ class UpdateSettings(BaseModel):
     # health_min_images images went through it) with no more errors than the old one had.
     health_window_s: PositiveSeconds = 600.0
     health_min_images: Annotated[int, Field(ge=0)] = 0
+    # A challenger kept from before a restart must be confirmed by its retained shadow message this
+    # long after the first connection, or it is unloaded: an ended run (empty retained payload)
+    # leaves nothing for a device that was offline to receive.
+    shadow_confirm_s: PositiveSeconds = 30.0
 
 
 class SampleSettings(BaseModel):

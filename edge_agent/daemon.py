@@ -30,7 +30,7 @@ from shared.errors import ConfigError
 from shared.ids import utcnow
 from shared.manifest import TrustedKeys
 from shared.messages import ActiveModel, Event, Health, Status
-from shared.topics import command_topic, device_topic, fleet_model_topic
+from shared.topics import command_topic, device_topic, fleet_model_topic, fleet_shadow_topic
 
 from .commands import CommandActions, CommandHandler
 from .config import AgentConfig, SourceSettings, load_agent_config
@@ -151,6 +151,7 @@ class Agent:
         self._next: dict[str, float] = {}
         self._claims: set[tuple[str, str]] = set()
         self._claims_lock = threading.Lock()
+        self._shadow_check_scheduled = False
 
     # --- helpers used by every part ---------------------------------------------------------
 
@@ -198,6 +199,8 @@ class Agent:
             # Retained: the desired model is state, and a device that was offline must still see it.
             fleet_filter = fleet_model_topic(cfg.device.farm_id, "any").rsplit("/", 1)[0] + "/+"
             self.transport.subscribe(fleet_filter, self.updater.on_message, retained=True)
+            shadow_filter = fleet_shadow_topic(cfg.device.farm_id, "any").rsplit("/", 1)[0] + "/+"
+            self.transport.subscribe(shadow_filter, self.updater.on_message, retained=True)
             self.updater.start()
             now = time.monotonic()
             # Timers before the transport starts: its connect callback adds the "online" one.
@@ -235,6 +238,9 @@ class Agent:
         )
 
     def _on_connected(self, session_present: bool) -> None:
+        if not self._shadow_check_scheduled:
+            self._shadow_check_scheduled = True
+            self._next["shadow_confirm"] = time.monotonic() + self.cfg.updates.shadow_confirm_s
         self._wake_for("online")
         if self.sender is not None:
             self.sender.kick()
@@ -414,6 +420,10 @@ class Agent:
             again = self.updater.check_health() if self.updater is not None else None
             if again is not None:
                 self._next["model_health"] = now + again
+        if self._next.get("shadow_confirm", 1e18) <= now:
+            self._next.pop("shadow_confirm", None)
+            if self.updater is not None:
+                self.updater.confirm_shadow()
         if self._next.get("yield", 1e18) <= now:
             self._next["yield"] = now + self.cfg.yield_model.interval_s
             self.run_yield()

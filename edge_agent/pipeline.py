@@ -135,6 +135,8 @@ class Pipeline:
         # (model name, version) -> images through it, and images it failed on; the rollout's health window.
         self.model_counts: dict[tuple[str, str], list[int]] = {}
         self.on_model_failure: Callable[[InferenceBackend], None] | None = None
+        # A challenger that fails a batch is reported here; the champion's results stand regardless.
+        self.on_shadow_failure: Callable[[InferenceBackend, BaseException], None] | None = None
         self.latency = LatencyStats()
         self.processed = Counter[str]()
         self._models_lock = threading.Lock()
@@ -149,6 +151,10 @@ class Pipeline:
     ) -> None:
         with self._models_lock:
             self.champion, self.shadow, self.fallback = champion, shadow, fallback
+
+    def set_shadow(self, shadow: InferenceBackend | None) -> None:
+        with self._models_lock:
+            self.shadow = shadow
 
     def counts(self, backend: InferenceBackend) -> tuple[int, int]:
         """(images, failed) seen by this model version in this process."""
@@ -275,16 +281,19 @@ class Pipeline:
                     batch = np.stack([arr for _, arr in good])
                 probs, ms = self._infer(champion, batch)
                 self._count(champion, len(good), 0)
-            shadow_probs = self._infer(shadow, batch)[0] if shadow is not None else None
+            shadow_out = self._shadow(shadow, good, batch, champion) if shadow is not None else None
             self.latency.add(ms, len(good))
             ref = model_ref(champion)
             labels = champion.manifest.labels or [str(i) for i in range(probs.shape[1])]
             for i, (it, _) in enumerate(good):
                 shadow_result = None
-                if shadow is not None and shadow_probs is not None:
+                if shadow is not None and shadow_out is not None:
+                    shadow_probs, shadow_ms = shadow_out
                     s_labels = shadow.manifest.labels or [str(j) for j in range(shadow_probs.shape[1])]
                     shadow_result = ShadowResult(
-                        model=model_ref(shadow), top_k=top_k(shadow_probs[i], s_labels, self.top_k)
+                        model=model_ref(shadow),
+                        top_k=top_k(shadow_probs[i], s_labels, self.top_k),
+                        inference_ms=shadow_ms,
                     )
                 det = Detection(
                     **self.identity.envelope(),
@@ -299,12 +308,13 @@ class Pipeline:
                     shadow=shadow_result,
                 )
                 messages.append(to_out(self.identity, det))
-                reason = self.samples.reason(det.confidence, it.requested, len(sample_times))
+                disagree = shadow_result is not None and shadow_result.top_k[0].label != det.label
+                reason = self.samples.reason(det.confidence, it.requested, len(sample_times), disagree)
                 if reason is not None:
                     sample = self._sample(it, det, reason)
                     if sample is not None:
                         messages.append(to_out(self.identity, sample))
-                        if reason == "low_confidence":
+                        if reason != "requested":
                             sample_times.append(time.time())
         seen = [it.seen_key for it in items if it.seen_key is not None]
         self.outbox.add(messages, seen=seen, sample_at=sample_times)
@@ -316,6 +326,30 @@ class Pipeline:
         for it in rejected:
             if it.on_done:
                 it.on_done(False)
+
+    def _shadow(
+        self,
+        shadow: InferenceBackend,
+        good: list[tuple[ImageItem, np.ndarray]],
+        batch: np.ndarray,
+        champion: InferenceBackend,
+    ) -> tuple[np.ndarray, float] | None:
+        """The challenger on the same images; None (and reported) when it fails, never raising."""
+        try:
+            if self._size(shadow) != self._size(champion):
+                # Same decode+resize as the champion's, to the challenger's input size.
+                prep = shadow.manifest.preprocessing
+                batch = np.stack(
+                    [decode_image(it.data, self._size(shadow), resize=prep.resize) for it, _ in good]  # type: ignore[union-attr]
+                )
+            return self._infer(shadow, batch)
+        except Exception as exc:
+            logger.exception("shadow model %s %s failed a batch; the champion's results stand",
+                             shadow.manifest.name, shadow.manifest.version)  # fmt: skip
+            self.count_error("shadow_failed")
+            if self.on_shadow_failure is not None:
+                self.on_shadow_failure(shadow, exc)
+            return None
 
     @staticmethod
     def _size(backend: InferenceBackend) -> tuple[int, int]:
@@ -374,7 +408,12 @@ class Pipeline:
 
 
 class SamplePolicy:
-    """Low-confidence images go to labelling, at most ``max_per_hour`` and ``max_per_day``."""
+    """Images go to labelling, at most ``max_per_hour`` and ``max_per_day`` (requested ones always).
+
+    A detection where the shadow model's top label differs from the champion's is sent as
+    ``shadow_disagreement`` (the images that decide a champion-versus-challenger comparison), a
+    low-confidence one as ``low_confidence``; both count against the same limits.
+    """
 
     def __init__(self, settings, outbox: Outbox, clock: Callable[[], float] = time.time) -> None:  # type: ignore[no-untyped-def]
         self.settings = settings
@@ -382,11 +421,11 @@ class SamplePolicy:
         self.clock = clock
         self.capped = 0
 
-    def reason(self, confidence: float, requested: bool, in_batch: int) -> str | None:
+    def reason(self, confidence: float, requested: bool, in_batch: int, disagree: bool = False) -> str | None:
         if requested:
             return "requested"
         s = self.settings
-        if not s.enabled or confidence >= s.confidence_below:
+        if not s.enabled or (confidence >= s.confidence_below and not disagree):
             return None
         now = self.clock()
         hour = self.outbox.samples_since(now - 3600) + in_batch
@@ -394,4 +433,4 @@ class SamplePolicy:
         if hour >= s.max_per_hour or day >= s.max_per_day:
             self.capped += 1
             return None
-        return "low_confidence"
+        return "shadow_disagreement" if disagree else "low_confidence"

@@ -15,6 +15,13 @@ Slots, per model name under ``data_dir/models/{name}/``::
     versions/{version}/   complete, verified copies (manifest.json + files); only these are ever loaded
     staging/{version}/    downloads in progress (``*.part`` files resume with Range)
 
+Shadow (challenger) models come on the farm's retained ``_fleet/shadow/{name}`` topic, go through
+the same checks, download and self-test, and land in their own slots under
+``data_dir/shadow/{name}/`` (``state.json`` ``{"active": v|null, "msg_id": ..., "failed": {...}}``),
+so pruning the champion's versions never touches them. A loaded challenger runs beside the
+champion (``Pipeline.shadow``); an empty retained payload on its topic, a policy that no longer
+selects the device, or a failed inference unloads it. The champion is never touched by any of it.
+
 ``active: null`` means the model named in the config file. A new version first becomes ``trial``
 (state.json written before the swap), serves with the old model still loaded as fallback, and is
 committed (``active``, old one ``previous``) when its health window passes; if it fails a batch,
@@ -44,6 +51,7 @@ from shared.fsutil import atomic_write_text, fsync_dir
 from shared.manifest import ModelManifest, TrustedKeys, verify_artifact, verify_manifest
 from shared.messages import ActiveModel, DesiredModel, parse_desired_model
 from shared.rollout import is_newer, selects
+from shared.topics import parse_topic
 
 from .inference import InferenceBackend, ModelLoadError, load_backend
 from .inference.onnxruntime_backend import self_test
@@ -55,6 +63,7 @@ logger = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
 DOWNLOAD_ATTEMPTS = 3
+CHAMPION, SHADOW = "champion", "shadow"
 # Fault injection for the crash-safety tests: CW_FAULT_CRASH_AT=<step> ends the process at that step.
 CRASH_ENV = "CW_FAULT_CRASH_AT"  # not CROPWATCH_*: those are config overrides
 CRASH_STEPS = ("downloaded", "verified", "staged", "trial_written", "swapped", "committed")
@@ -155,16 +164,25 @@ class ModelUpdater:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self.store = SlotStore(agent.cfg.data_dir / "models")
+        self.shadow_store = SlotStore(agent.cfg.data_dir / "shadow")
         self.trial: Trial | None = None
-        # Per model name: the latest update that is not the serving model (downloading ... rolled_back).
-        self.pending: dict[str, ActiveModel] = {}
-        self._seen: dict[str, str] = {}
+        # Per (model name, role): the latest update that is not the serving model (downloading ... rolled_back).
+        self.pending: dict[tuple[str, str], ActiveModel] = {}
+        self._seen: dict[tuple[str, str], str] = {}
         # Per model name: (msg_id, how it ended: a reject reason, "not_selected", "current", "trial", "active").
         self.outcome: dict[str, tuple[str, str]] = {}
+        # The same for challengers: ... "active", "unloaded".
+        self.shadow_outcome: dict[str, tuple[str, str]] = {}
+        # The challenger loaded over the air (None: the config's second classifier, if any, is the shadow).
+        self.shadow_backend: InferenceBackend | None = None
+        self._shadow_msg_id: str | None = None
+        self._config_shadow: InferenceBackend | None = None
+        self._shadow_confirmed: set[str] = set()
         self._lock = threading.RLock()
-        self._queue: queue.Queue[DesiredModel | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[str, str, DesiredModel | None] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         agent.pipeline.on_model_failure = self._on_trial_failure
+        agent.pipeline.on_shadow_failure = self._on_shadow_failure
 
     # --- life -------------------------------------------------------------------------------
 
@@ -242,6 +260,45 @@ class ModelUpdater:
                 logger.error("no slot version of %s loads; the config's model serves", name)
                 state.update(active=None, previous=None)
                 self.store.write(name, state)
+        self._boot_shadow()
+
+    def _boot_shadow(self) -> None:
+        """Load the persisted challenger (a restart keeps a shadow run going without a new download)."""
+        with self._lock:
+            self._config_shadow = self.agent.pipeline.shadow
+            self.shadow_backend = None
+        for name in self.shadow_store.names():
+            state = self.shadow_store.read(name)
+            version = state["active"]
+            if version is None:
+                continue
+            try:
+                backend = load_backend(
+                    self._model_settings(self.shadow_store.version_dir(name, version) / "manifest.json"),
+                    self._trusted(),
+                    self.agent.cfg.trust.require_signature,
+                )
+            except ModelLoadError as exc:
+                logger.error("shadow model %s %s in slot does not load (%s); no shadow runs", name, version, exc)
+                state.update(active=None, msg_id=None)
+                self.shadow_store.write(name, state)
+                self._report(name, version, None, "rejected", exc.reason, level="error", role=SHADOW)
+                continue
+            self._set_shadow(backend, state.get("msg_id"))
+            logger.info("shadow model %s %s loaded from its slot", name, version)
+            break
+
+    def _set_shadow(self, backend: InferenceBackend | None, msg_id: str | None) -> None:
+        """Swap the challenger; the champion and its fallback are left as they are."""
+        with self._lock:
+            old = self.shadow_backend
+            self.shadow_backend, self._shadow_msg_id = backend, msg_id
+            models = [m for m in self.agent.models if m is not old and m is not self._config_shadow]
+            shadow = backend if backend is not None else self._config_shadow
+            self.agent.models = [*models, shadow] if shadow is not None else models
+            self.agent.pipeline.set_shadow(shadow)
+        # ``old`` is not closed: the pipeline thread may still be inside a batch with it; dropping
+        # the last reference frees its session once that batch is done.
 
     def _replace(self, old: InferenceBackend | None, new: InferenceBackend) -> None:
         pipe = self.agent.pipeline
@@ -255,43 +312,85 @@ class ModelUpdater:
     # --- message in -------------------------------------------------------------------------
 
     def on_message(self, topic: str, payload: bytes, retained: bool) -> None:
-        """MQTT callback: parse and queue; the work happens on the updater's thread."""
+        """MQTT callback for ``_fleet/model/+`` and ``_fleet/shadow/+``: parse and queue.
+
+        The work happens on the updater's thread.
+        """
+        name = topic.rsplit("/", 1)[-1][:64]
+        try:
+            role = SHADOW if parse_topic(topic).category == "fleet_shadow" else CHAMPION
+        except ValueError as exc:
+            logger.warning("message on %s ignored: %s", topic, exc)
+            self.agent.count_error("desired_topic")
+            return
+        if not payload:
+            if role == SHADOW:
+                self._queue.put((SHADOW, name, None))  # the retained shadow run was ended
+            else:
+                logger.info("desired model %s cleared on %s; the running model keeps serving", name, topic)
+            return
+
+        def refuse(reason: str, text: str) -> None:
+            logger.warning("desired-model message on %s refused: %s", topic, text)
+            self.agent.count_error(f"desired_{reason}")
+            self.agent.event("warning", "model_rejected", f"desired model on {topic} refused: {text}"[:2000],
+                             {"model": name, "state": "rejected", "reason": reason, "role": role})  # fmt: skip
+
         try:
             desired = parse_desired_model(payload)
         except MessageError as exc:
-            logger.warning("desired-model message on %s refused: %s", topic, exc)
-            self.agent.count_error(f"desired_{exc.reason}")
-            name = topic.rsplit("/", 1)[-1]
-            self.agent.event("warning", "model_rejected", f"desired model on {topic} refused: {exc}"[:2000],
-                             {"model": name[:64], "state": "rejected", "reason": exc.reason})  # fmt: skip
+            refuse(exc.reason, str(exc))
             return
         if desired.farm_id != self.agent.cfg.device.farm_id:
             logger.warning("desired model for farm %s ignored (this is another farm)", desired.farm_id)
             return
-        self._queue.put(desired)
+        if desired.model_name != name:
+            refuse("topic_mismatch", f"message for model {desired.model_name} on the topic of {name}")
+            return
+        if desired.rollout.mode != ("shadow" if role == SHADOW else "active"):
+            where = ".../_fleet/shadow/NAME" if desired.rollout.mode == "shadow" else ".../_fleet/model/NAME"
+            refuse("wrong_topic", f"rollout mode {desired.rollout.mode} belongs on {where} "
+                                  "(cropwatch models publish --mode shadow publishes a challenger there)")  # fmt: skip
+            return
+        if role == SHADOW:
+            self._shadow_confirmed.add(name)
+        self._queue.put((role, name, desired))
 
     def _run(self) -> None:
         while True:
-            desired = self._queue.get()
-            if desired is None:
+            item = self._queue.get()
+            if item is None:
                 return
+            role, name, desired = item
             try:
-                self.process(desired)
+                if role == CHAMPION and desired is not None:
+                    self.process(desired)
+                else:
+                    self.process_shadow(name, desired)
             except Exception:
-                logger.exception("model update of %s %s failed unexpectedly", desired.model_name, desired.version)
+                logger.exception("model update of %s (%s) failed unexpectedly", name, role)
                 self.agent.count_error("model_update")
 
     # --- the update --------------------------------------------------------------------------
 
     def _report(
-        self, name: str, version: str, sha256: str | None, state: str, reason: str | None = None, level: str = "info"
+        self,
+        name: str,
+        version: str,
+        sha256: str | None,
+        state: str,
+        reason: str | None = None,
+        level: str = "info",
+        role: str = CHAMPION,
     ) -> None:
+        key = (name, role)
         if state in ("downloading", "verifying", "rejected", "rolled_back") and sha256 is not None:
-            self.pending[name] = ActiveModel(name=name, version=version, sha256=sha256, state=state)  # type: ignore[arg-type]
-        elif state in ("active", "trial"):
-            self.pending.pop(name, None)
-        text = f"model {name} {version}: {state}" + (f" ({reason})" if reason else "")
-        details: dict[str, Any] = {"model": name, "version": version, "state": state}
+            self.pending[key] = ActiveModel(name=name, version=version, sha256=sha256, state=state, role=role)  # type: ignore[arg-type]
+        elif state in ("active", "trial", "unloaded"):
+            self.pending.pop(key, None)
+        what = "shadow model" if role == SHADOW else "model"
+        text = f"{what} {name} {version}: {state}" + (f" ({reason})" if reason else "")
+        details: dict[str, Any] = {"model": name, "version": version, "state": state, "role": role}
         if reason:
             details["reason"] = reason[:256]
         self.agent.event(level, f"model_{state}", text[:2000], details)
@@ -300,9 +399,9 @@ class ModelUpdater:
     def process(self, d: DesiredModel) -> None:
         name, version = d.model_name, d.version
         with self._lock:
-            if self._seen.get(name) == d.msg_id:
+            if self._seen.get((name, CHAMPION)) == d.msg_id:
                 return  # the same retained message again (reconnect)
-            self._seen[name] = d.msg_id
+            self._seen[(name, CHAMPION)] = d.msg_id
         sha = d.manifest.sha256
         try:
             self._check(d)
@@ -323,13 +422,14 @@ class ModelUpdater:
             self.outcome[name] = (d.msg_id, exc.reason)
             if exc.reason in ("download_failed", "download_timeout"):
                 with self._lock:
-                    self._seen.pop(name, None)  # retried when the retained message comes again
+                    self._seen.pop((name, CHAMPION), None)  # retried when the retained message comes again
             self._report(name, version, sha, "rejected", exc.reason, level="warning")
             return
         self._start_trial(d, backend)
         self.outcome[name] = (d.msg_id, "trial" if self.trial is not None else "active")
 
-    def _check(self, d: DesiredModel) -> None:
+    def _check_common(self, d: DesiredModel) -> None:
+        """What champion and challenger messages must both pass: trust, expiry, agent version, task."""
         from .daemon import AGENT_VERSION
 
         cfg = self.agent.cfg
@@ -349,8 +449,19 @@ class ModelUpdater:
             )
         if m.task != "disease_classification":
             raise UpdateRejected("unsupported_task", f"over-the-air updates of {m.task} models are not supported yet")
+
+    def _check_size(self, d: DesiredModel) -> None:
+        wanted = self._artifacts(d)
+        total = sum(a.size for a in wanted)
+        cap = int(self.agent.cfg.updates.max_download_mb * 1e6)
+        if total > cap:
+            raise UpdateRejected("too_large", f"{total} bytes to download exceed max_download_mb ({cap} bytes)")
+
+    def _check(self, d: DesiredModel) -> None:
+        cfg = self.agent.cfg
+        self._check_common(d)
         if d.rollout.mode != "active":
-            raise UpdateRejected("unsupported_mode", f"rollout mode {d.rollout.mode} is not supported by this agent")
+            raise UpdateRejected("wrong_topic", f"rollout mode {d.rollout.mode} is not for the champion's topic")
         if not selects(d.rollout, d.model_name, cfg.device.device_id, cfg.device.groups):
             raise UpdateRejected("not_selected", "this device is not in the rollout")
         champion = self.agent.pipeline.champion
@@ -378,28 +489,25 @@ class ModelUpdater:
                 )
         if self.store.read(d.model_name)["failed"].get(d.version) == d.msg_id:
             raise UpdateRejected("current", "this version was rolled back here; publish it again to retry")
-        wanted = self._artifacts(d)
-        total = sum(a.size for a in wanted)
-        cap = int(cfg.updates.max_download_mb * 1e6)
-        if total > cap:
-            raise UpdateRejected("too_large", f"{total} bytes to download exceed max_download_mb ({cap} bytes)")
+        self._check_size(d)
 
     def _artifacts(self, d: DesiredModel):  # type: ignore[no-untyped-def]
         variants = set(self.agent.cfg.models[0].variants) if self.agent.cfg.models else {"fp32"}
         variants.add("fp32")
         return [a for a in d.artifacts if a.variant in variants]
 
-    def _fetch_and_load(self, d: DesiredModel) -> InferenceBackend:
+    def _fetch_and_load(self, d: DesiredModel, role: str = CHAMPION) -> InferenceBackend:
         name, version, m = d.model_name, d.version, d.manifest
-        final = self.store.version_dir(name, version)
+        store = self.shadow_store if role == SHADOW else self.store
+        final = store.version_dir(name, version)
         wanted = self._artifacts(d)
         if not any(a.variant == "fp32" for a in wanted):
             raise UpdateRejected("missing_variant", "the message lists no fp32 artifact")
         local = (final / "manifest.json").is_file() and ModelManifest.load(final / "manifest.json") == m
         if not local:
-            staging = self.store.staging_dir(name, version)
+            staging = store.staging_dir(name, version)
             staging.mkdir(parents=True, exist_ok=True)
-            self._report(name, version, m.sha256, "downloading")
+            self._report(name, version, m.sha256, "downloading", role=role)
             deadline = time.monotonic() + self.settings.download_deadline_s
             for art in wanted:
                 part = staging / (m.file(art.variant).path + ".part")
@@ -417,7 +525,7 @@ class ModelUpdater:
                         part.unlink(missing_ok=True)
                         raise
             crash_point("downloaded")
-            self._report(name, version, m.sha256, "verifying")
+            self._report(name, version, m.sha256, "verifying", role=role)
             for art in wanted:
                 entry = m.file(art.variant)
                 part = staging / (entry.path + ".part")
@@ -437,7 +545,7 @@ class ModelUpdater:
             fsync_dir(final.parent)
             crash_point("staged")
         else:
-            self._report(name, version, m.sha256, "verifying")
+            self._report(name, version, m.sha256, "verifying", role=role)
         try:
             backend = load_backend(
                 self._model_settings(final / "manifest.json"), self._trusted(), self.agent.cfg.trust.require_signature
@@ -466,6 +574,108 @@ class ModelUpdater:
         m = backend.manifest
         out = backend.run({n: td.to_array() for n, td in m.self_test_inputs.items()})[m.outputs[0].name]
         return int(out.shape[-1])
+
+    # --- shadow (challenger) ---------------------------------------------------------------------
+
+    def process_shadow(self, name: str, d: DesiredModel | None) -> None:
+        """A message on ``_fleet/shadow/{name}``: load the challenger, or unload it (``d`` None: run ended)."""
+        if d is None:
+            with self._lock:
+                self._seen.pop((name, SHADOW), None)
+            self._unload_shadow(name, "shadow_ended")
+            return
+        with self._lock:
+            if self._seen.get((name, SHADOW)) == d.msg_id:
+                return
+            self._seen[(name, SHADOW)] = d.msg_id
+        version, sha = d.version, d.manifest.sha256
+        try:
+            self._check_common(d)
+            if not selects(d.rollout, name, self.agent.cfg.device.device_id, self.agent.cfg.device.groups):
+                raise UpdateRejected("not_selected", "this device is not in the shadow run")
+            champion = self.agent.pipeline.champion
+            if champion is not None and champion.manifest.name != name:
+                raise UpdateRejected("not_selected", f"this device runs {champion.manifest.name}, not {name}")
+            current = self.shadow_backend
+            if current is not None and current.manifest.name == name and current.manifest.version == version:
+                state = self.shadow_store.read(name)
+                state["msg_id"] = d.msg_id
+                self.shadow_store.write(name, state)
+                raise UpdateRejected("current", "this challenger is already running")
+            if self.shadow_store.read(name)["failed"].get(version) == d.msg_id:
+                raise UpdateRejected("current", "this challenger failed here; publish it again to retry")
+            self._check_size(d)
+            backend = self._fetch_and_load(d, role=SHADOW)
+        except UpdateRejected as exc:
+            self.shadow_outcome[name] = (d.msg_id, exc.reason)
+            if exc.reason == "current":
+                logger.info("shadow %s %s: %s", name, version, exc)
+                return
+            if exc.reason == "not_selected":
+                logger.info("shadow %s %s: %s", name, version, exc)
+                self._unload_shadow(name, "not_selected")
+                return
+            if exc.reason in ("download_failed", "download_timeout"):
+                with self._lock:
+                    self._seen.pop((name, SHADOW), None)
+            logger.warning("shadow %s %s rejected: %s", name, version, exc)
+            self.agent.count_error(f"shadow_{exc.reason}")
+            self._report(name, version, sha, "rejected", exc.reason, level="warning", role=SHADOW)
+            return
+        # State first, then the swap: a crash in between loads this challenger at boot, which is
+        # what the message asked for.
+        state = self.shadow_store.read(name)
+        old = state["active"]
+        state.update(active=version, msg_id=d.msg_id)
+        self.shadow_store.write(name, state)
+        self._set_shadow(backend, d.msg_id)
+        self._prune_shadow(name, keep={version})
+        self.shadow_outcome[name] = (d.msg_id, "active")
+        logger.info("shadow model %s %s runs beside the champion (was %s)", name, version, old or "none")
+        self._report(name, version, backend.manifest.sha256, "active", role=SHADOW)
+
+    def _prune_shadow(self, name: str, keep: set[str]) -> None:
+        versions = self.shadow_store.version_dir(name, "x").parent
+        for old_dir in versions.iterdir() if versions.is_dir() else []:
+            if old_dir.name not in keep:
+                shutil.rmtree(old_dir, ignore_errors=True)
+
+    def _unload_shadow(self, name: str, reason: str, failed: bool = False) -> None:
+        state = self.shadow_store.read(name)
+        version = state["active"]
+        with self._lock:
+            backend = self.shadow_backend
+            loaded = backend is not None and backend.manifest.name == name
+            if version is None and not loaded:
+                return
+            if loaded:
+                version = backend.manifest.version  # type: ignore[union-attr]
+                self._set_shadow(None, None)
+        if failed and version is not None:
+            state["failed"][version] = state.get("msg_id") or "unknown"
+        state.update(active=None, msg_id=None)
+        self.shadow_store.write(name, state)
+        self._prune_shadow(name, keep=set())
+        self.shadow_outcome[name] = (self.shadow_outcome.get(name, ("", ""))[0], "unloaded")
+        sha = backend.manifest.sha256 if loaded and backend is not None else None
+        if failed:
+            logger.warning("shadow model %s %s unloaded: %s", name, version, reason)
+            self.agent.count_error("shadow_rolled_back")
+            self._report(name, version or "0", sha, "rolled_back", reason, level="warning", role=SHADOW)
+        else:
+            logger.info("shadow model %s %s unloaded: %s", name, version, reason)
+            self._report(name, version or "0", sha, "unloaded", reason, role=SHADOW)
+
+    def _on_shadow_failure(self, backend: InferenceBackend, exc: BaseException) -> None:
+        """The pipeline's challenger failed a batch: unload it (the champion's results were stored)."""
+        if backend is self.shadow_backend:
+            self._unload_shadow(backend.manifest.name, f"the shadow model failed inference: {exc}"[:200], failed=True)
+
+    def confirm_shadow(self) -> None:
+        """After the first connection: unload a persisted challenger whose retained message is gone."""
+        for name in self.shadow_store.names():
+            if self.shadow_store.read(name)["active"] is not None and name not in self._shadow_confirmed:
+                self._queue.put((SHADOW, name, None))
 
     # --- trial, commit, rollback ---------------------------------------------------------------
 
@@ -562,5 +772,6 @@ class ModelUpdater:
         self._report(name, version, t.backend.manifest.sha256, "rolled_back", reason, level="warning")
 
     def model_state(self, backend: InferenceBackend) -> str:
+        """The ``ActiveModel.state`` of a loaded model."""
         t = self.trial
         return "trial" if t is not None and t.backend is backend else "active"

@@ -78,6 +78,7 @@ def acl_file(devices: list[dict]) -> str:
         f"user {OPS_USER}",
         "topic write cropwatch/v1/+/+/cmd/+",
         "topic readwrite cropwatch/v1/+/_fleet/model/+",
+        "topic readwrite cropwatch/v1/+/_fleet/shadow/+",
         "topic read cropwatch/v1/+/+/status",
         "topic read cropwatch/v1/+/+/event",
     ]

@@ -162,10 +162,15 @@ def drop_image(doc: dict[str, Any], index: int) -> None:
     tmp.rename(inbox / f"{index:04d}.jpg")
 
 
-def served_by(rec: Recorder, doc: dict[str, Any], index: int, timeout: float = 20) -> str:
-    """Drop one image and return the model version of the detection it produced."""
+def detect(rec: Recorder, doc: dict[str, Any], index: int, timeout: float = 20) -> Any:
+    """Drop one image and return the detection it produced."""
     device = doc["device"]["device_id"]
     before = len(detections(rec, device))
     drop_image(doc, index)
     wait_for(lambda: len(detections(rec, device)) > before, timeout, what=f"detection of image {index} on {device}")
-    return detections(rec, device)[-1].model.version
+    return detections(rec, device)[-1]
+
+
+def served_by(rec: Recorder, doc: dict[str, Any], index: int, timeout: float = 20) -> str:
+    """Drop one image and return the model version of the detection it produced."""
+    return detect(rec, doc, index, timeout).model.version

@@ -147,6 +147,7 @@ def test_device_publishes_only_as_itself(prod_broker: ProdBroker) -> None:
         assert a.publish("cropwatch/v1/farm-a/dev-b/cmd/ping") == NOT_AUTHORISED
         assert a.publish("cropwatch/v1/farm-a/dev-a/cmd/ping") == NOT_AUTHORISED
         assert a.publish("cropwatch/v1/farm-a/_fleet/model/leaf") == NOT_AUTHORISED
+        assert a.publish("cropwatch/v1/farm-a/_fleet/shadow/leaf") == NOT_AUTHORISED
     finally:
         a.close()
 
@@ -164,13 +165,15 @@ def test_device_reads_only_its_own_commands_and_its_farms_fleet(prod_broker: Pro
         assert ops.publish("cropwatch/v1/farm-a/dev-b/cmd/ping", b"for-b") < 128
         assert ops.publish("cropwatch/v1/farm-b/_fleet/model/leaf", b"farm-b-model") < 128
         assert ops.publish("cropwatch/v1/farm-a/_fleet/model/leaf", b"farm-a-model") < 128
+        assert ops.publish("cropwatch/v1/farm-a/_fleet/shadow/leaf", b"farm-a-shadow") < 128
         assert ops.publish("cropwatch/v1/farm-a/dev-a/cmd/ping", b"for-a") < 128
         assert b.publish("cropwatch/v1/farm-a/dev-b/telemetry", b"b-telemetry") < 128
         wait_for(lambda: any(m.payload == b"for-b" for m in b.received), what="b's command to reach b")
         wait_for(lambda: any(m.payload == b"for-a" for m in a.received), what="a's command to reach a")
         wait_for(lambda: any(m.payload == b"farm-a-model" for m in a.received), what="farm-a fleet model")
+        wait_for(lambda: any(m.payload == b"farm-a-shadow" for m in a.received), what="farm-a shadow model")
         got = {m.payload for m in a.received}
-        assert got == {b"for-a", b"farm-a-model"}, got
+        assert got == {b"for-a", b"farm-a-model", b"farm-a-shadow"}, got
     finally:
         for s in (a, b, ops):
             s.close()

@@ -143,7 +143,7 @@ def test_fleet_percent_then_all_status_and_cli_rollback(  # type: ignore[no-unty
         capsys.readouterr()
         assert models_cli.main([*base, "status", NAME, "--farm", farm, "--db", sqlite_url]) == 0
         printed = capsys.readouterr().out.splitlines()
-        assert printed[0].split() == ["device", "desired", "active", "state", "since"] and len(printed) == 4
+        assert printed[0].split() == ["device", "role", "desired", "active", "state", "since"] and len(printed) == 4
     rec.close()
 
 
