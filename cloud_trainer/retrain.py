@@ -112,6 +112,12 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
         default=0.0,
         help="the candidate must beat the base model on the field test set by more than this",
     )
+    p.add_argument(
+        "--train-bn",
+        action="store_true",
+        help="let BatchNorm statistics move during fine-tuning (default: frozen, so a few field photos of another "
+        "look do not shift what the base model knew)",
+    )
     p.add_argument("--no-int8", action="store_true", help="export fp32 only")
 
 
@@ -249,7 +255,8 @@ def merge(base: Path, export_dir: Path, run: Path, args: argparse.Namespace) -> 
         else:
             seen[digest] = "field"
         field.append(item)
-    usable = [it for it in field if it.role not in ("duplicate", "unknown_class")]
+    # Content order, not arrival order: the same labels give the same run whichever device sent first.
+    usable = sorted((it for it in field if it.role not in ("duplicate", "unknown_class")), key=lambda it: it.sha256)
     if unknown:
         names = sorted({it.label for it in field if it.role == "unknown_class"})
         logger.warning(
@@ -453,6 +460,10 @@ def retrain(args: argparse.Namespace, publisher: Any = None, engine: Any = None)
         raise RetrainError(f"{run} already holds a finished run; choose another --out or --version")
     run.mkdir(parents=True, exist_ok=True)
     registry = Registry(args.registry)
+    if any(e.version == version for e in registry.entries(args.name)):
+        raise RetrainError(
+            f"{args.name} {version} is already in the registry {args.registry}; choose another --version"
+        )
     base_version = args.base_version or _base_version(registry, args.name, base)
 
     own_engine = engine is None
@@ -476,6 +487,8 @@ def retrain(args: argparse.Namespace, publisher: Any = None, engine: Any = None)
     ]  # fmt: skip
     if args.threads:
         train_argv += ["--threads", str(args.threads)]
+    if not args.train_bn:
+        train_argv.append("--freeze-bn")
     if args.quiet:
         train_argv.append("--quiet")
     targs = train.get_args_parser().parse_args(train_argv)

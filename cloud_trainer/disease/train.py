@@ -98,6 +98,11 @@ def get_args_parser(prog: str = "cropwatch train disease") -> argparse.ArgumentP
         default=None,
         help="start from a finished run's model.pt, classifier head included (fine-tuning); the classes must match",
     )
+    p.add_argument(
+        "--freeze-bn",
+        action="store_true",
+        help="keep BatchNorm statistics as loaded (fine-tuning on a few images of another look must not shift them)",
+    )
     p.add_argument("--no-cache", action="store_true", help="do not keep decoded images in memory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -174,10 +179,15 @@ def train_one_epoch(
     amp: bool = False,
     channels_last: bool = False,
     progress: bool = True,
+    freeze_bn: bool = False,
 ) -> dict:
     from tqdm import tqdm
 
     model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
     total_loss, seen, t0 = 0.0, 0, time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress)
     for images, targets in bar:
@@ -382,7 +392,16 @@ def main(args: argparse.Namespace) -> int:
         # Augmentation and dropout draw from the global generator: fix it per epoch for resume.
         torch.manual_seed(args.seed * 100_003 + epoch)
         stats = train_one_epoch(
-            train_model, criterion, optimizer, train_loader, device, epoch + 1, amp, channels_last, progress
+            train_model,
+            criterion,
+            optimizer,
+            train_loader,
+            device,
+            epoch + 1,
+            amp,
+            channels_last,
+            progress,
+            args.freeze_bn,
         )
         scheduler.step()
         # Every rank evaluates the (small) validation split itself, so all reach the same
