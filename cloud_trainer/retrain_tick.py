@@ -115,6 +115,17 @@ def check_promotion(cfg: RetrainConfig, engine: Any, run: dict[str, Any], publis
     name, farm, p = cfg.retrain.model_name, cfg.shadow.farm, cfg.promotion
     if not farm:
         return {"action": "none", "why": "shadow.farm is not set; cannot score a shadow run"}
+    from . import rollout
+    from .registry import Registry
+
+    history = rollout.read_history(Registry(cfg.registry.path), farm, name)
+    if history:
+        live = rollout.current_shadow(history)
+        if live is None or live["version"] != run["model_version"]:
+            why = f"the shadow run of {run['model_version']} is no longer live on farm {farm} (ended or replaced)"
+            if act:
+                lineage.set_status(engine, run["run_id"], "superseded", why)
+            return {"action": "none", "why": why}
     scores = shadow_report(engine, farm, name, since=run["status_at"], challenger=run["model_version"])
     labelled = sum(s.labelled for s in scores)
     compared = sum(s.compared for s in scores)
@@ -142,9 +153,6 @@ def check_promotion(cfg: RetrainConfig, engine: Any, run: dict[str, Any], publis
             f"{champ}/{labelled}: margin {margin:+.3f} >= {p.margin}"
         )
         if act:
-            from . import rollout
-            from .registry import Registry
-
             if publisher is None:
                 raise RuntimeError("promotion needs [broker] url to publish the new champion")
             rollout.promote(Registry(cfg.registry.path), name, farm, publisher, cfg.registry.base_url)
@@ -156,9 +164,6 @@ def check_promotion(cfg: RetrainConfig, engine: Any, run: dict[str, Any], publis
     if margin <= -p.margin and p.end_losing_shadow:
         why = f"challenger loses: margin {margin:+.3f} <= -{p.margin} on {labelled} labelled detections"
         if act:
-            from . import rollout
-            from .registry import Registry
-
             end = getattr(rollout, "end_shadow", None)
             if end is None or publisher is None:
                 raise RuntimeError("ending a shadow run needs rollout.end_shadow and [broker] url")

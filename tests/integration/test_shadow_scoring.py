@@ -179,3 +179,22 @@ def test_tick_config_is_checked(tmp_path: Path, capsys: pytest.CaptureFixture) -
     assert main(["--config", str(path), "--check-config"], "cropwatch retrain tick") == 0
     out = capsys.readouterr().out
     assert "s3" not in out and "**********" in out
+
+
+def test_tick_leaves_a_shadow_run_that_was_ended_by_hand(tmp_path: Path) -> None:
+    from cloud_trainer import rollout
+    from cloud_trainer.registry import Registry
+    from shared.config import load_config
+
+    url = f"sqlite:///{tmp_path / 'monitor.db'}"
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    seed_shadow(url, start)
+    _live_shadow(url, start - timedelta(minutes=1))
+    path = _config(tmp_path, url)
+    path.write_text(path.read_text() + f'[registry]\npath = "{tmp_path / "registry"}"\n')
+    sent: list[tuple[str, bytes]] = []
+    # What `cropwatch models end-shadow` leaves in the rollout history.
+    rollout.end_shadow(Registry(tmp_path / "registry"), "leaf-disease", "farm-a", lambda t, p: sent.append((t, p)))
+    decision = tick(load_config(RetrainConfig, path))
+    assert decision["promotion"]["action"] == "none" and "no longer live" in decision["promotion"]["why"]
+    assert lineage.latest_run(make_engine(url), "leaf-disease")["status"] == "superseded"
