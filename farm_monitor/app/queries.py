@@ -180,7 +180,7 @@ def yield_history(sql: Sql, farm: str, field: str) -> pd.DataFrame:
 
 SAMPLE_COLUMNS = (
     "s.msg_id, s.device_id, s.field_id, s.observed_at, s.reason, s.predicted_label, s.confidence, s.model_name, "
-    "s.model_version, s.width, s.height"
+    "s.model_version, s.detection_msg_id, s.width, s.height"
 )
 CURRENT_LABEL = (
     "(SELECT l.label FROM labels l WHERE l.sample_msg_id = s.msg_id ORDER BY l.labelled_at DESC, l.id DESC LIMIT 1)"
