@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from sqlalchemy import text as text_
 
 from cloud_trainer.retrain_tick import RetrainConfig, main, tick
 from farm_monitor import lineage
@@ -198,3 +199,36 @@ def test_tick_leaves_a_shadow_run_that_was_ended_by_hand(tmp_path: Path) -> None
     decision = tick(load_config(RetrainConfig, path))
     assert decision["promotion"]["action"] == "none" and "no longer live" in decision["promotion"]["why"]
     assert lineage.latest_run(make_engine(url), "leaf-disease")["status"] == "superseded"
+
+
+def test_lineage_round_trip(db_url: str) -> None:
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    seed_shadow(db_url, start)
+    engine = make_engine(db_url)
+    with engine.connect() as conn:
+        samples = [r[0] for r in conn.execute(text_("SELECT msg_id FROM samples ORDER BY msg_id"))]
+        det = conn.execute(text_("SELECT msg_id FROM detections WHERE shadow IS NOT NULL LIMIT 1")).scalar()
+    run = {
+        "run_id": "retrain-1.0.0", "model_name": "leaf-disease", "model_version": "1.0.0",
+        "base_model_version": "0.9.0", "base_run": "/runs/base", "run_dir": "/runs/retrain-1.0.0",
+        "dataset_fingerprint": "sha256:" + "a" * 64, "base_dataset_fingerprint": "sha256:" + "b" * 64,
+        "created_at": start, "labels_until": start, "gate_passed": True,
+        "gate": {"passed": True, "reasons": ["ok"]}, "counts": {"field_labels": 2}, "status": "candidate",
+    }  # fmt: skip
+    roles = {samples[0]: "train", samples[1]: "field_test"}
+    labels = [{"sample_msg_id": s, "label": "rust", "labelled_by": "agro", "labelled_at": start,
+               "image_sha256": "c" * 64, "role": role} for s, role in roles.items()]  # fmt: skip
+    lineage.record_run(engine, run, labels)
+    lineage.record_run(engine, run, labels)  # re-recording a run replaces it
+    chain = lineage.detection_lineage(engine, "farm-a", det)
+    assert (
+        chain["detection"]["model_version"] == "1.0.0" and chain["detection"]["shadow"]["model"]["version"] == "2.0.0"
+    )
+    assert chain["run"]["gate"]["reasons"] == ["ok"] and chain["run"]["created_at"] == start
+    assert sorted(r["role"] for r in chain["labels"]) == ["field_test", "train"]
+    assert lineage.labels_since(engine, start - timedelta(minutes=1)) == 7
+    assert lineage.labels_since(engine, datetime.now(UTC) + timedelta(minutes=1)) == 0
+    assert lineage.detection_lineage(engine, "farm-b", det) is None
+    lineage.set_status(engine, "retrain-1.0.0", "shadow", "published")
+    assert lineage.latest_run(engine, "leaf-disease", ("shadow",))["status_reason"] == "published"
+    engine.dispose()
