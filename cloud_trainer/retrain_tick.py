@@ -173,6 +173,24 @@ def check_promotion(cfg: RetrainConfig, engine: Any, run: dict[str, Any], publis
     return {**out, "action": "wait", "why": f"margin {margin:+.3f} within +-{p.margin}; keep scoring"}
 
 
+def _adopt_manual_shadow(cfg: RetrainConfig, engine: Any, run: dict[str, Any], act: bool) -> None:
+    """A candidate published as shadow by hand (``cropwatch models publish --mode shadow``) is scored too."""
+    from farm_monitor import lineage
+
+    from . import rollout
+    from .registry import Registry
+
+    live = rollout.current_shadow(
+        rollout.read_history(Registry(cfg.registry.path), cfg.shadow.farm or "", run["model_name"])
+    )
+    if live is not None and live["version"] == run["model_version"]:
+        at = dt.datetime.fromisoformat(live["published_at"])
+        reason = f"published as shadow to farm {cfg.shadow.farm} (by hand)"
+        if act:
+            lineage.set_status(engine, run["run_id"], "shadow", reason, at=at)
+        run.update(status="shadow", status_at=at if at.tzinfo else at.replace(tzinfo=dt.UTC), status_reason=reason)
+
+
 def check_retrain(cfg: RetrainConfig, engine: Any, now: dt.datetime) -> dict:
     from farm_monitor import lineage
 
@@ -242,6 +260,8 @@ def tick(cfg: RetrainConfig, dry_run: bool = False, publisher: Any = None, now: 
         migrate(engine)
         decision: dict[str, Any] = {"at": now.isoformat(), "model": cfg.retrain.model_name, "dry_run": dry_run}
         live = lineage.latest_run(engine, cfg.retrain.model_name)
+        if live is not None and live["status"] == "candidate" and cfg.shadow.farm:
+            _adopt_manual_shadow(cfg, engine, live, act=not dry_run)
         if live is not None and live["status"] == "shadow":
             decision["promotion"] = check_promotion(cfg, engine, live, publisher, act=not dry_run)
             decision["retrain"] = {"action": "none", "why": f"shadow run {live['run_id']} is being scored"}

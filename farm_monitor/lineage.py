@@ -51,14 +51,14 @@ def record_run(engine: Engine, run: dict[str, Any], labels: list[dict[str, Any]]
     logger.info("recorded training run %s (%d field labels)", run["run_id"], len(labels))
 
 
-def set_status(engine: Engine, run_id: str, status: str, reason: str | None = None) -> None:
+def set_status(engine: Engine, run_id: str, status: str, reason: str | None = None, at: datetime | None = None) -> None:
     if status not in RUN_STATUSES:
         raise ValueError(f"unknown run status {status!r}; one of {', '.join(RUN_STATUSES)}")
     with engine.begin() as conn:
         conn.execute(
             update(TrainingRun)
             .where(TrainingRun.run_id == run_id)
-            .values(status=status, status_at=datetime.now(UTC), status_reason=reason)
+            .values(status=status, status_at=at or datetime.now(UTC), status_reason=reason)
         )
 
 

@@ -232,3 +232,35 @@ def test_lineage_round_trip(db_url: str) -> None:
     lineage.set_status(engine, "retrain-1.0.0", "shadow", "published")
     assert lineage.latest_run(engine, "leaf-disease", ("shadow",))["status_reason"] == "published"
     engine.dispose()
+
+
+def test_tick_scores_a_candidate_published_as_shadow_by_hand(tmp_path: Path) -> None:
+    from cloud_trainer import rollout
+    from cloud_trainer.registry import Registry
+    from shared.config import load_config
+    from shared.messages import RolloutPolicy
+    from tests.edge_models import build_classifier
+    from tests.integration.rollout_helpers import import_model
+
+    url = f"sqlite:///{tmp_path / 'monitor.db'}"
+    registry = Registry(tmp_path / "registry")
+    import_model(registry, build_classifier(tmp_path / "build", name="leaf-disease", version="2.0.0"))
+    migrate(make_engine(url))
+    _live_shadow(url, datetime.now(UTC) - timedelta(hours=2))
+    lineage.set_status(make_engine(url), "retrain-2.0.0", "candidate", "gate passed, not published")
+    sent: list[tuple[str, bytes]] = []
+    # What `cropwatch models publish leaf-disease 2.0.0 --mode shadow` does.
+    rollout.publish(registry, "leaf-disease", "2.0.0", "farm-a", "http://registry:8600",
+                    lambda t, p: sent.append((t, p)), RolloutPolicy(mode="shadow"))  # fmt: skip
+    seed_shadow(url, datetime.now(UTC) + timedelta(seconds=1))  # detections after the publish
+    path = _config(tmp_path, url)
+    path.write_text(path.read_text() + f'[registry]\npath = "{registry.root}"\n')
+    decision = tick(load_config(RetrainConfig, path), dry_run=True)
+    assert decision["promotion"]["action"] == "promote" and decision["promotion"]["labelled"] == 6
+    assert lineage.latest_run(make_engine(url), "leaf-disease")["status"] == "candidate"  # dry run
+    done = tick(load_config(RetrainConfig, path), publisher=lambda t, p: sent.append((t, p)))
+    assert done["promotion"]["action"] == "promote"
+    run = lineage.latest_run(make_engine(url), "leaf-disease")
+    assert run["status"] == "promoted" and "5/6 labelled" in run["status_reason"]
+    history = rollout.read_history(registry, "farm-a", "leaf-disease")
+    assert [r["action"] for r in history][-2:] == ["promote", "end_shadow"] and history[-2]["version"] == "2.0.0"
