@@ -350,7 +350,13 @@ def decide(
     reasons.append(
         f"field test set ({field_['candidate']['n']} images): {metric} {gb:.4f} -> {gc:.4f} "
         f"({(gc - gb) * 100:+.2f} points); needs a gain above {min_field_gain * 100:.2f} points: "
-        + ("ok" if field_ok else "FAIL, the candidate is not better on the field")
+        + (
+            "ok"
+            if field_ok
+            else "FAIL, the candidate is not better on the field"
+            if gc <= gb
+            else "FAIL, the gain on the field is below the minimum"
+        )
     )
     return GateResult(
         passed=fixed_ok and field_ok,
@@ -374,9 +380,19 @@ def gate_markdown(gate: GateResult, title: str) -> str:
             f"| **all** ({gate.metric}) | {part['base'][gate.metric]:.4f} | {part['candidate'][gate.metric]:.4f} | "
             f"{part['base']['n']} |"
         )
-    for k, v in gate.extra.items():
-        if isinstance(v, (str, int, float)):
-            lines.append(f"\n{k}: {v}")
+    counts = gate.extra.get("counts") or {}
+    if counts:
+        lines += [
+            "",
+            "## Data",
+            "",
+            f"{counts.get('base_images')} base images; {counts.get('field_labels')} field labels: "
+            f"{counts.get('field_train')} train (x{counts.get('field_oversample')}), {counts.get('field_val')} val, "
+            f"{counts.get('field_test')} field test, {counts.get('field_duplicates')} duplicates of images already "
+            f"in the data, {counts.get('field_unknown_class')} of classes the base model does not have",
+        ]
+    lines.append("")
+    lines += [f"- {k}: {v}" for k, v in gate.extra.items() if isinstance(v, (str, int, float))]
     return "\n".join(lines) + "\n"
 
 
@@ -446,6 +462,12 @@ def retrain(args: argparse.Namespace, publisher: Any = None, engine: Any = None)
     from .disease import train
     from .registry import Registry
 
+    if engine is None:
+        engine = make_engine(args.db, writer=True)
+        try:
+            return retrain(args, publisher, engine)
+        finally:
+            engine.dispose()
     base: Path = args.base.resolve()
     if not (base / "run.json").is_file() or not (base / "model.pt").is_file() or not (base / "split.csv").is_file():
         raise RetrainError(f"--base {args.base} is not a finished training run (run.json, model.pt, split.csv)")
@@ -466,8 +488,6 @@ def retrain(args: argparse.Namespace, publisher: Any = None, engine: Any = None)
         )
     base_version = args.base_version or _base_version(registry, args.name, base)
 
-    own_engine = engine is None
-    engine = engine if engine is not None else make_engine(args.db, writer=True)
     migrate(engine)
     export_dir = run / "field_export"
     n = export_labels(engine, export_dir, args.farm or None, since)
@@ -572,7 +592,8 @@ def retrain(args: argparse.Namespace, publisher: Any = None, engine: Any = None)
             "base_run": str(base), "run_dir": str(run), "dataset_fingerprint": candidate_fp,
             "base_dataset_fingerprint": info["dataset_fingerprint"], "created_at": dt.datetime.now(dt.UTC),
             "labels_until": merged.labels_until, "gate_passed": gate.passed, "gate": gate.as_dict(),
-            "counts": merged.counts, "status": status, "status_reason": gate.reasons[0 if not gate.fixed["ok"] else 1],
+            "counts": merged.counts, "status": status,
+            "status_reason": "; ".join(r for r in gate.reasons if "FAIL" in r) or "evaluation gate passed",
         },
         [
             {"sample_msg_id": it.msg_id, "label": it.label, "labelled_by": it.labelled_by,
@@ -585,8 +606,6 @@ def retrain(args: argparse.Namespace, publisher: Any = None, engine: Any = None)
         publish_shadow(args, registry, version, publisher)
         lineage.set_status(engine, run_id, "shadow", f"published as shadow to farm {args.publish_farm}")
         result.published = True
-    if own_engine:
-        engine.dispose()
     return result
 
 

@@ -88,7 +88,7 @@ def test_a_candidate_that_fails_the_gate_is_retired_and_exits_10(world: dict) ->
     assert rc == EXIT_GATE_FAILED
     report = json.loads((out / "gate" / "report.json").read_text())
     assert report["passed"] is False and report["field_test"]["ok"] is False
-    assert "not better on the field" in report["reasons"][1]
+    assert "FAIL" in report["reasons"][1] and "above 100.00 points" in report["reasons"][1]
     entry = Registry(world["root"] / "registry").get("leaf-disease", "2.0.1")
     assert entry.retired and "evaluation gate failed" in entry.retired["reason"]
     run = lineage.run_for_version(make_engine(world["db"]), "leaf-disease", "2.0.1")

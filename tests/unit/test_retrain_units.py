@@ -23,7 +23,7 @@ def test_gate_passes_only_when_no_worse_on_fixed_and_better_on_field() -> None:
     assert not same.passed and "not better on the field" in same.reasons[1]
     small = decide("accuracy", {"base": _m(0.9), "candidate": _m(0.9)}, {"base": _m(0.5), "candidate": _m(0.55)},
                    0.01, 0.1)  # fmt: skip
-    assert not small.passed and "above 10.00 points" in small.reasons[1]
+    assert not small.passed and "above 10.00 points" in small.reasons[1] and "below the minimum" in small.reasons[1]
     md = gate_markdown(ok, "x")
     assert "PASSED" in md and "| a | 0.900 | 0.895 | 10 |" in md
 
