@@ -234,6 +234,8 @@ def export_run(
     int8_budget_points: float = 1.0,
     calibration_images: int = 64,
     int8_min_speedup: float | None = None,
+    extra_metrics: dict[str, float] | None = None,
+    extra_notes: dict[str, str] | None = None,
 ) -> tuple[ModelManifest, Path]:
     loaded = load_run(run_dir)
     info, size, classes = loaded.info, loaded.image_size, loaded.classes
@@ -328,11 +330,12 @@ def export_run(
             "test_images": float(m["test_images"]),
             "temperature": float(info["temperature"]),
             "onnx_fp32_test_accuracy": fp32_acc,
+            **{k: float(v) for k, v in (extra_metrics or {}).items()},
         },
         training_data_fingerprint=info["dataset_fingerprint"],
         training_run=str(run_dir.resolve())[-256:],
         self_test_inputs={INPUT_NAME: self_test},
-        notes={**notes, "arch": info["arch"]},
+        notes={**notes, "arch": info["arch"], **(extra_notes or {})},
     )
     if key_path is not None:
         private = load_private_key(key_path)

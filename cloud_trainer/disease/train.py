@@ -34,7 +34,7 @@ from shared.fsutil import atomic_write_bytes, atomic_write_text
 
 from . import dataset as ds
 from . import metrics as M
-from .models import MODEL_REGISTRY, arch_spec, build_model
+from .models import MODEL_REGISTRY, LoadReport, arch_spec, build_model
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,24 @@ def get_args_parser(prog: str = "cropwatch train disease") -> argparse.ArgumentP
         default=None,
         help="end this invocation after N epochs (time-boxed or preemptible jobs); continue with --resume auto",
     )
+    p.add_argument(
+        "--split",
+        type=Path,
+        default=None,
+        help="a split.csv (split,label,path) to use instead of drawing one: retraining keeps the base run's "
+        "test set fixed this way",
+    )
+    p.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from a finished run's model.pt, classifier head included (fine-tuning); the classes must match",
+    )
+    p.add_argument(
+        "--freeze-bn",
+        action="store_true",
+        help="keep BatchNorm statistics as loaded (fine-tuning on a few images of another look must not shift them)",
+    )
     p.add_argument("--no-cache", action="store_true", help="do not keep decoded images in memory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -129,6 +147,25 @@ def _lr_factor(epoch: int, epochs: int, warmup: int) -> float:
     return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def _init_from_run(model_pt: Path, arch: str, classes: list[str], drop_rate: float):
+    """The network with every weight of an earlier run's model.pt (fine-tuning keeps its head too)."""
+
+    if not model_pt.is_file():
+        raise FileNotFoundError(f"--init {model_pt}: no such file (give a finished run's model.pt)")
+    blob = torch.load(model_pt, map_location="cpu", weights_only=True)
+    if blob.get("arch") != arch:
+        raise ValueError(f"--init {model_pt} is a {blob.get('arch')} model; train with --arch {blob.get('arch')}")
+    if list(blob["classes"]) != list(classes):
+        raise ValueError(
+            f"--init {model_pt} was trained on classes {blob['classes']}, the data has {classes}; "
+            "fine-tuning keeps the classifier, so the classes must be the same"
+        )
+    model, _ = build_model(arch, len(classes), "none", drop_rate)
+    model.load_state_dict(blob["model"])
+    n = len(blob["model"])
+    return model, LoadReport(source=f"fine-tune from {model_pt}", loaded=n, total_target=n)
+
+
 # --- the loop ---------------------------------------------------------------------------------
 
 
@@ -142,10 +179,15 @@ def train_one_epoch(
     amp: bool = False,
     channels_last: bool = False,
     progress: bool = True,
+    freeze_bn: bool = False,
 ) -> dict:
     from tqdm import tqdm
 
     model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
     total_loss, seen, t0 = 0.0, 0, time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress)
     for images, targets in bar:
@@ -222,6 +264,13 @@ def main(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--resume {args.resume}: no checkpoint at {resume_path}")
     if resume_path is not None and split_path.is_file():
         split = ds.load_split(split_path, data)
+    elif args.split is not None:
+        if not args.split.is_file():
+            raise FileNotFoundError(f"--split {args.split}: no such file")
+        split = ds.load_split(args.split, data)
+        empty = [k for k in ds.SPLITS if not split[k]]
+        if empty:
+            raise ds.DatasetError(f"--split {args.split}: the {', '.join(empty)} split(s) are empty")
     else:
         split = ds.stratified_split(data, args.val_frac, args.test_frac, args.seed)
     fp = ds.fingerprint(data)
@@ -252,7 +301,10 @@ def main(args: argparse.Namespace) -> int:
         )
 
     torch.manual_seed(args.seed)
-    model, load_report = build_model(args.arch, len(data.classes), args.pretrained, args.drop_rate)
+    if args.init is not None:
+        model, load_report = _init_from_run(args.init, args.arch, data.classes, args.drop_rate)
+    else:
+        model, load_report = build_model(args.arch, len(data.classes), args.pretrained, args.drop_rate)
     if is_main:
         logger.info("%s", load_report.summary())
     model.to(device)
@@ -291,7 +343,7 @@ def main(args: argparse.Namespace) -> int:
     scale = args.backbone_lr_scale if args.backbone_lr_scale is not None else (0.3 if pretrained else 1.0)
     head = list(model.backbone.get_classifier().parameters())
     head_ids = {id(p_) for p_ in head}
-    if pretrained:
+    if pretrained and args.init is None:
         # A zero head starts at uniform probabilities (loss ln C) instead of random large logits
         # whose gradients would shake the pretrained features in the first steps.
         for p_ in head:
@@ -308,7 +360,7 @@ def main(args: argparse.Namespace) -> int:
             "lr_head": lr,
             "lr_backbone": lr * scale,
             "pretrained_loaded": load_report.as_dict(),
-            "head_zero_init": pretrained,
+            "head_zero_init": pretrained and args.init is None,
         }
     )
     if is_main:
@@ -340,7 +392,16 @@ def main(args: argparse.Namespace) -> int:
         # Augmentation and dropout draw from the global generator: fix it per epoch for resume.
         torch.manual_seed(args.seed * 100_003 + epoch)
         stats = train_one_epoch(
-            train_model, criterion, optimizer, train_loader, device, epoch + 1, amp, channels_last, progress
+            train_model,
+            criterion,
+            optimizer,
+            train_loader,
+            device,
+            epoch + 1,
+            amp,
+            channels_last,
+            progress,
+            args.freeze_bn,
         )
         scheduler.step()
         # Every rank evaluates the (small) validation split itself, so all reach the same

@@ -30,6 +30,7 @@ else:
             st.Page(VIEWS / "devices.py", title="Devices", icon=":material/router:"),
             st.Page(VIEWS / "device.py", title="Device", icon=":material/sensors:"),
             st.Page(VIEWS / "models.py", title="Models", icon=":material/model_training:"),
+            st.Page(VIEWS / "retraining.py", title="Retraining", icon=":material/published_with_changes:"),
         ],
     }
     if user.can("layout") or user.can("users"):

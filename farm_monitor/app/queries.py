@@ -180,7 +180,7 @@ def yield_history(sql: Sql, farm: str, field: str) -> pd.DataFrame:
 
 SAMPLE_COLUMNS = (
     "s.msg_id, s.device_id, s.field_id, s.observed_at, s.reason, s.predicted_label, s.confidence, s.model_name, "
-    "s.model_version, s.width, s.height"
+    "s.model_version, s.detection_msg_id, s.width, s.height"
 )
 CURRENT_LABEL = (
     "(SELECT l.label FROM labels l WHERE l.sample_msg_id = s.msg_id ORDER BY l.labelled_at DESC, l.id DESC LIMIT 1)"
@@ -333,3 +333,52 @@ def device_models(sql: Sql, farm: str) -> pd.DataFrame:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+# --- retraining: shadow scoring and lineage (farm_monitor.shadow, farm_monitor.lineage) -----------
+
+
+def model_names(sql: Sql, farm: str) -> list[str]:
+    df = sql.frame(
+        "SELECT DISTINCT model_name FROM detections WHERE farm_id = :f "
+        "UNION SELECT DISTINCT model_name FROM device_models WHERE farm_id = :f ORDER BY model_name",
+        {"f": farm},
+    )
+    return list(df["model_name"]) if not df.empty else []
+
+
+def shadow_scores(sql: Sql, farm: str, model_name: str) -> pd.DataFrame:
+    from ..shadow import shadow_report
+
+    rows = [s.as_dict() for s in shadow_report(sql.engine, farm, model_name)]
+    columns = ["champion_version", "challenger_version", "compared", "agreed", "agreement", "labelled",
+               "champion_correct", "challenger_correct", "champion_accuracy", "challenger_accuracy",
+               "margin"]  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)
+
+
+def training_runs(sql: Sql, model_name: str) -> pd.DataFrame:
+    from .. import lineage
+
+    rows = []
+    for r in lineage.runs(sql.engine, model_name):
+        counts = r.get("counts") or {}
+        rows.append({
+            "run": r["run_id"], "version": r["model_version"], "base version": r["base_model_version"],
+            "status": r["status"], "gate": "passed" if r["gate_passed"] else "failed", "created": r["created_at"],
+            "field labels": counts.get("field_labels"), "field test": counts.get("field_test"),
+            "fingerprint": r["dataset_fingerprint"],
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def version_lineage(sql: Sql, model_name: str, version: str) -> dict[str, Any]:
+    from .. import lineage
+
+    return lineage.version_lineage(sql.engine, model_name, version)
+
+
+def detection_lineage(sql: Sql, farm: str, msg_id: str) -> dict[str, Any] | None:
+    from .. import lineage
+
+    return lineage.detection_lineage(sql.engine, farm, msg_id)

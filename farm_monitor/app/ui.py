@@ -121,6 +121,11 @@ class Data:
     alerts = staticmethod(_cached(q.alerts))
     device_history = staticmethod(_cached(q.device_history))
     device_models = staticmethod(_cached(q.device_models))
+    model_names = staticmethod(_cached(q.model_names))
+    shadow_scores = staticmethod(_cached(q.shadow_scores))
+    training_runs = staticmethod(_cached(q.training_runs))
+    version_lineage = staticmethod(_cached(q.version_lineage))
+    detection_lineage = staticmethod(_cached(q.detection_lineage))
 
 
 def clear_after_write() -> None:

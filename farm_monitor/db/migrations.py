@@ -32,8 +32,18 @@ class Migration:
     apply: Callable[[Connection], None]
 
 
+# Tables added after release by a later step; steps 1 and 2 leave them to it.
+LATER_TABLES = {"training_runs": 4, "training_run_labels": 4}
+
+
 def _data_tables() -> list:
-    return [t for t in Base.metadata.sorted_tables if t.name != SchemaMigration.__tablename__]
+    return [
+        t for t in Base.metadata.sorted_tables if t.name != SchemaMigration.__tablename__ and t.name not in LATER_TABLES
+    ]
+
+
+def _tables_of_step(step: int) -> list:
+    return [t for t in Base.metadata.sorted_tables if LATER_TABLES.get(t.name) == step]
 
 
 def _m1_tables(conn: Connection) -> None:
@@ -73,10 +83,19 @@ def _m3_timescale(conn: Connection) -> None:
         logger.info("made %s a TimescaleDB hypertable on %s", table, column)
 
 
+def _m4_lineage(conn: Connection) -> None:
+    # Retraining lineage: which run made a model version, from which data and which people's labels.
+    for table in _tables_of_step(4):
+        conn.execute(CreateTable(table, if_not_exists=True))
+        for index in sorted(table.indexes, key=lambda i: i.name or ""):
+            conn.execute(CreateIndex(index, if_not_exists=True))
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "tables", _m1_tables),
     Migration(2, "monitor indexes and alert de-duplication", _m2_indexes),
     Migration(3, "timescaledb hypertables where the extension exists", _m3_timescale),
+    Migration(4, "retraining lineage: training_runs and training_run_labels", _m4_lineage),
 ]
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Date,
     DateTime,
     Float,
@@ -296,6 +297,51 @@ class DeadLetter(Base):
     payload: Mapped[bytes] = mapped_column(Blob)
 
     __table_args__ = (Index("ix_dead_letters_reason_time", "reason", "received_at"),)
+
+
+class TrainingRun(Base):
+    """A retraining run (``cropwatch retrain disease``): its model version, data and gate result."""
+
+    __tablename__ = "training_runs"
+    run_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model_name: Mapped[str] = mapped_column(IdCol)
+    model_version: Mapped[str] = mapped_column(String(64))
+    base_model_version: Mapped[str | None] = mapped_column(String(64))
+    base_run: Mapped[str] = mapped_column(String(512))
+    run_dir: Mapped[str] = mapped_column(String(512))
+    dataset_fingerprint: Mapped[str] = mapped_column(String(80))
+    base_dataset_fingerprint: Mapped[str | None] = mapped_column(String(80))
+    created_at: Mapped[datetime] = mapped_column(Ts)
+    # The newest label the run saw: "new labels since the last run" counts from here.
+    labels_until: Mapped[datetime | None] = mapped_column(Ts)
+    gate_passed: Mapped[bool] = mapped_column(Boolean)
+    gate: Mapped[Any | None] = mapped_column(Json)
+    counts: Mapped[Any | None] = mapped_column(Json)
+    status: Mapped[str] = mapped_column(String(16))  # gate_failed | candidate | shadow | promoted
+    status_at: Mapped[datetime] = mapped_column(Ts)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_training_runs_model_time", "model_name", "created_at"),
+        Index("ix_training_runs_version", "model_name", "model_version"),
+    )
+
+
+class TrainingRunLabel(Base):
+    """One labelled field sample a retraining run used, as it was labelled then (who, what, when)."""
+
+    __tablename__ = "training_run_labels"
+    run_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("training_runs.run_id", ondelete="CASCADE"), primary_key=True
+    )
+    sample_msg_id: Mapped[str] = mapped_column(MsgIdCol, primary_key=True)
+    label: Mapped[str] = mapped_column(String(128))
+    labelled_by: Mapped[str] = mapped_column(String(128))
+    labelled_at: Mapped[datetime] = mapped_column(Ts)
+    image_sha256: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))  # train | val | field_test | duplicate | unknown_class
+
+    __table_args__ = (Index("ix_training_run_labels_sample", "sample_msg_id"),)
 
 
 TABLES = Base.metadata.tables

@@ -23,7 +23,18 @@ from tests.services import REPO_ROOT, cropwatch_cmd, cropwatch_env, free_port, w
 
 SHOTS = REPO_ROOT / "test-artifacts" / "screenshots"
 INSTALL = Path(__file__).with_name("install_chromium.sh")
-PAGES = ["Overview", "Field", "Detections", "Alerts", "Devices", "Device", "Models", "Farm layout", "Users"]
+PAGES = [
+    "Overview",
+    "Field",
+    "Detections",
+    "Alerts",
+    "Devices",
+    "Device",
+    "Models",
+    "Retraining",
+    "Farm layout",
+    "Users",
+]
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra: pip install selenium")
 from selenium.webdriver.common.by import By  # noqa: E402

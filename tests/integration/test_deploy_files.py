@@ -43,6 +43,32 @@ def test_agent_unit_has_watchdog_restart_and_sandbox() -> None:
         assert needle in text
 
 
+TIMERS = sorted((REPO / "deploy" / "systemd").glob("*.timer"))
+
+
+@pytest.mark.parametrize("timer", TIMERS, ids=[t.name for t in TIMERS])
+def test_systemd_timer_verifies_with_its_service(timer: Path, tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    cropwatch = shutil.which("cropwatch")
+    if analyze is None or cropwatch is None:
+        pytest.skip("systemd-analyze or the cropwatch console script is not installed")
+    service = timer.with_suffix(".service")
+    assert service.is_file(), f"{timer.name} starts {service.name}, which is missing"
+    (tmp_path / service.name).write_text(service.read_text().replace("/usr/local/bin/cropwatch", cropwatch))
+    (tmp_path / timer.name).write_text(timer.read_text())
+    result = subprocess.run(
+        [analyze, "verify", str(tmp_path / timer.name)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    problems = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if line.strip()
+        and (timer.name in line or service.name in line)
+        and not any(s in line for s in ("Failed to connect to bus", "is not a valid user", "Unknown user"))
+    ]
+    assert not problems, "\n".join(problems)
+
+
 @pytest.mark.parametrize("compose", COMPOSE, ids=[c.parent.name for c in COMPOSE])
 def test_compose_file_matches_the_compose_spec(compose: Path) -> None:
     checker = shutil.which("check-jsonschema")

@@ -15,7 +15,8 @@ from farm_monitor.db import make_engine
 from tests.monitor_seed import PASSWORD, World, seed
 
 APP = Path(__file__).resolve().parents[2] / "farm_monitor" / "app"
-PAGES = ["overview", "field", "detections", "alerts", "devices", "device", "models", "farm_layout", "users"]
+PAGES = ["overview", "field", "detections", "alerts", "devices", "device", "models", "retraining", "farm_layout",
+         "users"]  # fmt: skip
 ROLES = ["farmer-a", "agro", "admin"]
 
 
@@ -234,3 +235,45 @@ def test_broken_layout_file_is_an_error_in_the_page(world: World, tmp_path: Path
     at = page("overview", "admin")
     assert not at.exception
     assert any("farm layout file cannot be read" in e.value for e in at.error)
+
+
+def test_retraining_page_shows_shadow_scores_and_lineage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from farm_monitor import lineage
+    from tests.integration.test_shadow_scoring import seed_shadow
+
+    w = seed(tmp_path / "w")
+    monkeypatch.setenv("CROPWATCH_CONFIG", str(w.config_path))
+    seed_shadow(w.db_url, datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1))
+    engine = make_engine(w.db_url)
+    with engine.connect() as conn:
+        sample = conn.execute(text("SELECT msg_id FROM samples WHERE farm_id = 'farm-a' LIMIT 1")).scalar()
+    lineage.record_run(
+        engine,
+        {"run_id": "retrain-2.0.0", "model_name": "leaf-disease", "model_version": "2.0.0",
+         "base_model_version": "1.0.0", "base_run": "/runs/base", "run_dir": "/runs/retrain-2.0.0",
+         "dataset_fingerprint": "sha256:" + "f" * 64, "base_dataset_fingerprint": "sha256:" + "b" * 64,
+         "created_at": datetime.now(UTC), "labels_until": None, "gate_passed": True,
+         "gate": {"reasons": ["field test set (12 images): accuracy 0.5000 -> 0.7500"]}, "counts": {"field_labels": 1},
+         "status": "shadow"},
+        [{"sample_msg_id": sample, "label": "rust", "labelled_by": "agro", "labelled_at": datetime.now(UTC),
+          "image_sha256": "c" * 64, "role": "train"}],
+    )  # fmt: skip
+    at = page("retraining", "agro")
+    assert not at.exception, at.exception
+    scores = at.dataframe[0].value
+    row = scores[scores["challenger version"] == "2.0.0"].iloc[0]
+    assert row["compared"] == 10 and row["agreement"] == 0.5 and row["labelled"] == 6
+    assert row["champion accuracy"] == pytest.approx(0.5) and row["challenger accuracy"] == pytest.approx(5 / 6)
+    runs = at.dataframe[1].value
+    assert list(runs["version"]) == ["2.0.0"] and list(runs["status"]) == ["shadow"]
+    shown = text_of(at)
+    assert "sha256:" + "f" * 64 in shown and "accuracy 0.5000 -> 0.7500" in shown and "1.0.0" in shown
+    assert list(at.dataframe[2].value["labelled_by"]) == ["agro"]
+    with engine.connect() as conn:
+        det = conn.execute(text("SELECT msg_id FROM detections WHERE model_version = '1.0.0' LIMIT 1")).scalar()
+    at.radio(key="rt_from").set_value("a detection").run()
+    at.text_input(key="rt_detection").input(det).run()
+    shown = text_of(at)
+    assert det in shown and "leaf-disease 1.0.0" in shown and "was not made by" in shown

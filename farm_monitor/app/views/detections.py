@@ -77,6 +77,10 @@ def render() -> None:
             )
             if isinstance(r.label, str):
                 st.caption(f"Label: **{r.label}** ({r.labelled})")
+            if isinstance(r.model_version, str):
+                # The detection id leads to the model's training run on the Retraining page (lineage).
+                det = f" · detection `{r.detection_msg_id}`" if isinstance(r.detection_msg_id, str) else ""
+                st.caption(f"{r.model_name} {r.model_version} · {r.reason}{det}")
             if can_label:
                 current = r.label if isinstance(r.label, str) else r.predicted_label
                 options = classes if current in classes else [*classes, current]

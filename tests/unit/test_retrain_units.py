@@ -1,0 +1,48 @@
+"""The evaluation gate's decision and the field test hold-out, without training anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cloud_trainer.retrain import FieldItem, decide, field_split, gate_markdown
+
+
+def _m(acc: float, n: int = 10) -> dict:
+    return {"accuracy": acc, "macro_f1": acc, "n": n, "per_class": {"a": {"recall": acc, "support": n}}}
+
+
+def test_gate_passes_only_when_no_worse_on_fixed_and_better_on_field() -> None:
+    ok = decide("accuracy", {"base": _m(0.90), "candidate": _m(0.895)}, {"base": _m(0.5), "candidate": _m(0.8)},
+                0.01, 0.0)  # fmt: skip
+    assert ok.passed and ok.fixed["ok"] and ok.field["ok"]
+    forgot = decide("accuracy", {"base": _m(0.90), "candidate": _m(0.85)}, {"base": _m(0.5), "candidate": _m(0.8)},
+                    0.01, 0.0)  # fmt: skip
+    assert not forgot.passed and "forgot" in forgot.reasons[0] and "-5.00 points" in forgot.reasons[0]
+    same = decide("accuracy", {"base": _m(0.9), "candidate": _m(0.9)}, {"base": _m(0.5), "candidate": _m(0.5)},
+                  0.01, 0.0)  # fmt: skip
+    assert not same.passed and "not better on the field" in same.reasons[1]
+    small = decide("accuracy", {"base": _m(0.9), "candidate": _m(0.9)}, {"base": _m(0.5), "candidate": _m(0.55)},
+                   0.01, 0.1)  # fmt: skip
+    assert not small.passed and "above 10.00 points" in small.reasons[1] and "below the minimum" in small.reasons[1]
+    md = gate_markdown(ok, "x")
+    assert "PASSED" in md and "| a | 0.900 | 0.895 | 10 |" in md
+
+
+def _items(label: str, n: int) -> list[FieldItem]:
+    return [FieldItem(f"m{label}{i}", label, "agro", "2026-01-01", f"{label}{i:04d}", Path("x")) for i in range(n)]
+
+
+def test_field_split_is_stratified_and_deterministic() -> None:
+    items = _items("a", 10) + _items("b", 3) + _items("c", 1)
+    field_split(items, 0.3, 0.2, seed=0)
+    roles = {it.msg_id: it.role for it in items}
+    by = {c: [it.role for it in items if it.label == c] for c in "abc"}
+    assert by["a"].count("field_test") == 3 and by["a"].count("val") == 1 and by["a"].count("train") == 6
+    assert by["b"].count("field_test") == 1 and by["b"].count("train") == 2
+    assert by["c"] == ["train"]  # one labelled sample cannot be both trained on and tested
+    again = _items("a", 10) + _items("b", 3) + _items("c", 1)
+    field_split(list(reversed(again)), 0.3, 0.2, seed=0)
+    assert {it.msg_id: it.role for it in again} == roles
+    other = _items("a", 10)
+    field_split(other, 0.3, 0.2, seed=1)
+    assert [it.role for it in other] != [roles[it.msg_id] for it in other]
