@@ -89,13 +89,19 @@ def _m4_lineage(conn: Connection) -> None:
         conn.execute(CreateTable(table, if_not_exists=True))
         for index in sorted(table.indexes, key=lambda i: i.name or ""):
             conn.execute(CreateIndex(index, if_not_exists=True))
+    # Shadow scoring joins every shadowed detection to its sample's labels; a database migrated
+    # from version 3 lacks this index (step 2 creates it on a new one).
+    samples = Base.metadata.tables["samples"]
+    for index in samples.indexes:
+        if index.name == "ix_samples_detection":
+            conn.execute(CreateIndex(index, if_not_exists=True))
 
 
 MIGRATIONS: list[Migration] = [
     Migration(1, "tables", _m1_tables),
     Migration(2, "monitor indexes and alert de-duplication", _m2_indexes),
     Migration(3, "timescaledb hypertables where the extension exists", _m3_timescale),
-    Migration(4, "retraining lineage: training_runs and training_run_labels", _m4_lineage),
+    Migration(4, "retraining lineage: training_runs and training_run_labels; samples by detection", _m4_lineage),
 ]
 LATEST_VERSION = MIGRATIONS[-1].version
 

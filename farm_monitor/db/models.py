@@ -187,6 +187,8 @@ class SampleRow(Base):
     __table_args__ = (
         Index("ix_samples_device_time", "farm_id", "device_id", "observed_at"),
         Index("ix_samples_field_time", "field_id", "observed_at"),
+        # Shadow scoring and lineage go from a detection to the labels of its sample.
+        Index("ix_samples_detection", "detection_msg_id"),
     )
 
 
