@@ -213,6 +213,9 @@ class YieldSettings(BaseModel):
     enabled: bool = False
     model: ModelSettings | None = None
     interval_s: PositiveSeconds = 86400.0
+    first_run_s: Annotated[float, Field(ge=0)] = Field(
+        60.0, description="Seconds after start before the first outlook (at most interval_s), so sensors report first."
+    )
     season_start: date | None = Field(None, description="Planting date; the season tensor starts here.")
     crop: Id | None = None
     # Season variable name -> sensor quantity; by default a variable named like a quantity uses it.

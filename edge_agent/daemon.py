@@ -206,7 +206,7 @@ class Agent:
             # Timers before the transport starts: its connect callback adds the "online" one.
             self._next.update(heartbeat=now + cfg.heartbeat.interval_s, ttl=now + TTL_SWEEP_S)
             if self.yield_runner is not None:
-                self._next["yield"] = now + min(60.0, cfg.yield_model.interval_s)
+                self._next["yield"] = now + min(cfg.yield_model.first_run_s, cfg.yield_model.interval_s)
             if self.notifier.watchdog_s:
                 self._next["watchdog"] = now
             self.pipeline.start()
