@@ -23,6 +23,7 @@ device and ends the run.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +36,7 @@ from shared.topics import fleet_model_topic, fleet_shadow_topic
 
 from .registry import Registry, RegistryError
 
+logger = logging.getLogger(__name__)
 Publisher = Callable[[str, bytes], None]
 ROLLOUT_EVENTS = ("model_downloading", "model_verifying", "model_trial", "model_active", "model_rejected",
                   "model_rolled_back", "model_unloaded")  # fmt: skip
@@ -123,6 +125,10 @@ def record_desired(
         "desired_version = excluded.desired_version, desired_at = excluded.desired_at, "
         "desired_by = excluded.desired_by"
     ).bindparams(bindparam("at", type_=DateTime(timezone=True)))
+    clear = text(
+        "UPDATE device_models SET desired_version = NULL, desired_at = :at, desired_by = :by "
+        "WHERE farm_id = :f AND device_id = :d AND model_name = :n AND role = :r"
+    ).bindparams(bindparam("at", type_=DateTime(timezone=True)))
     engine = create_engine(db_url)
     try:
         with engine.begin() as conn:
@@ -136,7 +142,9 @@ def record_desired(
                 for d in chosen
             ]
             if rows:
-                conn.execute(upsert, rows)
+                # Clearing a desire only touches rows that exist: a NULL row for every device would
+                # outlive the run (ingest removes ended shadow rows by their report time).
+                conn.execute(clear if version is None else upsert, rows)
     finally:
         engine.dispose()
     return len(chosen)
@@ -148,11 +156,37 @@ def topic_for(desired: DesiredModel) -> str:
     return fleet_model_topic(desired.farm_id, desired.model_name)
 
 
-def _send(desired: DesiredModel, publisher: Publisher, db_url: str | None = None, by: str | None = None) -> None:
+def _send(desired: DesiredModel, publisher: Publisher) -> None:
     publisher(topic_for(desired), desired.to_json())
-    if db_url is not None:
-        role = "shadow" if desired.rollout.mode == "shadow" else "champion"
-        record_desired(db_url, desired.farm_id, desired.model_name, role, desired.version, desired.rollout, by)
+
+
+def _note_desired(
+    db_url: str | None,
+    farm: str,
+    name: str,
+    role: str,
+    version: str | None,
+    policy: RolloutPolicy | None,
+    by: str | None,
+) -> None:
+    """``record_desired`` after the publish and its history record: a database error then costs
+    only the monitor's ``desired`` column, never the history that rollback and promote rely on."""
+    if db_url is None:
+        return
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        record_desired(db_url, farm, name, role, version, policy, by)
+    except SQLAlchemyError as exc:
+        logger.error(
+            "published %s %s on farm %s, but device_models in %s was not updated (%s); the monitor shows the "
+            "old desired version until the next publish with --db", name, version, farm, db_url, exc,
+        )  # fmt: skip
+
+
+def _note_sent(desired: DesiredModel, db_url: str | None, by: str | None) -> None:
+    role = "shadow" if desired.rollout.mode == "shadow" else "champion"
+    _note_desired(db_url, desired.farm_id, desired.model_name, role, desired.version, desired.rollout, by)
 
 
 def _record(desired: DesiredModel, base_url: str, action: str) -> dict[str, Any]:
@@ -191,8 +225,9 @@ def publish(
         previous_version=current["version"] if current else None, allow_downgrade=allow_downgrade,
         signing_key=signing_key,
     )  # fmt: skip
-    _send(desired, publisher, db_url, by)
+    _send(desired, publisher)
     _write_history(registry, farm, name, [*records, _record(desired, base_url, action)])
+    _note_sent(desired, db_url, by)
     return desired
 
 
@@ -221,12 +256,13 @@ def rollback(
         RolloutPolicy.model_validate(target["rollout"]), previous_version=current["version"], allow_downgrade=True,
         signing_key=signing_key,
     )  # fmt: skip
-    _send(desired, publisher, db_url, by)
+    _send(desired, publisher)
     for i in live:
         if i > records.index(target):
             records[i] = {**records[i], "undone": True}
     # The rollback record is live: a second rollback undoes it and goes one step further back.
     _write_history(registry, farm, name, [*records, _record(desired, base_url or target["base_url"], "rollback")])
+    _note_sent(desired, db_url, by)
     return desired
 
 
@@ -288,8 +324,6 @@ def end_shadow(
     records = read_history(registry, farm, name)
     live = current_shadow(records)
     publisher(fleet_shadow_topic(farm, name), b"")
-    if db_url is not None:
-        record_desired(db_url, farm, name, "shadow", None, None, by)
     record = {
         "action": "end_shadow",
         "version": live["version"] if live else None,
@@ -300,6 +334,7 @@ def end_shadow(
         "reason": reason,
     }
     _write_history(registry, farm, name, [*records, record])
+    _note_desired(db_url, farm, name, "shadow", None, None, by)
 
 
 def desired_for(

@@ -337,7 +337,7 @@ class Pipeline:
     ) -> tuple[np.ndarray, float] | None:
         """The challenger on the same images; None (and reported) when it fails, never raising."""
         try:
-            if self._size(shadow) != self._size(champion):
+            if self._size(shadow) != self._size(champion) or self._resize(shadow) != self._resize(champion):
                 # Same decode+resize as the champion's, to the challenger's input size.
                 prep = shadow.manifest.preprocessing
                 batch = np.stack(
@@ -351,6 +351,10 @@ class Pipeline:
             if self.on_shadow_failure is not None:
                 self.on_shadow_failure(shadow, exc)
             return None
+
+    @staticmethod
+    def _resize(backend: InferenceBackend) -> str | None:
+        return getattr(backend.manifest.preprocessing, "resize", None)
 
     @staticmethod
     def _size(backend: InferenceBackend) -> tuple[int, int]:

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.errors import ManifestError, MessageError
 from shared.fsutil import atomic_write_text, fsync_dir
+from shared.ids import msg_id_time
 from shared.manifest import ModelManifest, SeasonPreprocessing, TrustedKeys, verify_artifact, verify_manifest
 from shared.messages import ActiveModel, DesiredModel, parse_desired_model
 from shared.rollout import is_newer, selects
@@ -66,6 +67,7 @@ logger = logging.getLogger(__name__)
 CHUNK = 64 * 1024
 DOWNLOAD_ATTEMPTS = 3
 CHAMPION, SHADOW = "champion", "shadow"
+SHADOW_FAILED = "shadow_failed"  # a queue item: the pipeline saw the challenger fail
 DISEASE, YIELD = "disease_classification", "yield_forecast"
 # Fault injection for the crash-safety tests: CW_FAULT_CRASH_AT=<step> ends the process at that step.
 CRASH_ENV = "CW_FAULT_CRASH_AT"  # not CROPWATCH_*: those are config overrides
@@ -145,12 +147,6 @@ def download(
             os.fsync(fh.fileno())
 
 
-def _newer_id(state: dict[str, Any], msg_id: str) -> str:
-    """The newer of the slot's newest acted-on msg_id and ``msg_id`` (ULIDs sort by time)."""
-    newest = state.get("newest_msg_id")
-    return msg_id if newest is None or msg_id > newest else newest
-
-
 class SlotStore:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -199,7 +195,7 @@ class ModelUpdater:
         self._config_shadow: InferenceBackend | None = None
         self._shadow_confirmed: set[str] = set()
         self._lock = threading.RLock()
-        self._queue: queue.Queue[tuple[str, str, DesiredModel | None] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[str, str, DesiredModel | str | None] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         agent.pipeline.on_model_failure = self._on_trial_failure
         agent.pipeline.on_shadow_failure = self._on_shadow_failure
@@ -425,10 +421,15 @@ class ModelUpdater:
                 return
             role, name, desired = item
             try:
-                if role == CHAMPION and desired is not None:
+                if role == SHADOW_FAILED:
+                    with self._lock:
+                        failing = self.shadow_backend
+                    if failing is not None and failing.manifest.name == name:
+                        self._unload_shadow(name, str(desired), failed=True)
+                elif role == CHAMPION and isinstance(desired, DesiredModel):
                     self.process(desired)
                 else:
-                    self.process_shadow(name, desired)
+                    self.process_shadow(name, desired)  # type: ignore[arg-type]
             except Exception:
                 logger.exception("model update of %s (%s) failed unexpectedly", name, role)
                 self.agent.count_error("model_update")
@@ -533,52 +534,82 @@ class ModelUpdater:
         if total > cap:
             raise UpdateRejected("too_large", f"{total} bytes to download exceed max_download_mb ({cap} bytes)")
 
+    def _check_fresh(self, store: SlotStore, d: DesiredModel, closed: bool = False) -> None:
+        """Replay protection for signed envelopes: refuse one older than the newest signed one seen.
+
+        Only a signed envelope's msg_id can be trusted (an unsigned message can be forged fresh
+        anyway), so only those move the mark. ``closed``: a shadow run that ended also refuses its
+        own message replayed. msg_ids are ULIDs, ordered by time.
+        """
+        if d.signature is None:
+            return
+        name = d.model_name
+        with self._lock:
+            state = store.read(name)
+            newest = state.get("newest_msg_id")
+            ended = state.get("closed_msg_id") if closed else None
+            if (newest is not None and d.msg_id < newest) or (ended is not None and d.msg_id <= ended):
+                mark = max(m for m in (newest, ended) if m is not None)
+                raise UpdateRejected(
+                    "replayed",
+                    f"signed desired-model message {d.msg_id} (made {msg_id_time(d.msg_id):%Y-%m-%d %H:%M:%S}Z) is "
+                    f"not newer than {mark} ({msg_id_time(mark):%Y-%m-%d %H:%M:%S}Z), which this device already "
+                    "saw: a replay or a stale copy. Publish again to change the model; if the publishing host's "
+                    f"clock ran ahead, fix it and remove newest_msg_id from {store.state_path(name)}",
+                )
+            if newest is None or d.msg_id > newest:
+                state["newest_msg_id"] = d.msg_id
+                store.write(name, state)
+
     def _check(self, d: DesiredModel) -> None:
         cfg = self.agent.cfg
         self._check_common(d)
         if d.rollout.mode != "active":
             raise UpdateRejected("wrong_topic", f"rollout mode {d.rollout.mode} is not for the champion's topic")
+        self._check_fresh(self.store, d)
         if not selects(d.rollout, d.model_name, cfg.device.device_id, cfg.device.groups):
             raise UpdateRejected("not_selected", "this device is not in the rollout")
         task = d.manifest.task
         if task == YIELD and not cfg.yield_model.enabled:
             raise UpdateRejected("not_selected", "this device runs no yield model ([yield] enabled = false)")
-        champion = self._serving(task)
         with self._lock:
             trial = self.trials.get(task)
-            if trial is not None and trial.backend.manifest.name == d.model_name:
-                if trial.backend.manifest.version == d.version:
-                    # e.g. 10% -> 50%: the trial goes on, and a rollback now holds for this message too
+            if trial is not None and trial.backend.manifest.name != d.model_name:
+                trial = None
+            if trial is not None and trial.backend.manifest.version == d.version:
+                # e.g. 10% -> 50%: the trial goes on, and a rollback now holds for this message too
+                if d.msg_id > trial.msg_id:
                     trial.msg_id = d.msg_id
                     state = self.store.read(d.model_name)
                     state["trial_msg_id"] = d.msg_id
                     self.store.write(d.model_name, state)
-                    raise UpdateRejected("current", "this version is already on trial")
-                self._rollback(trial, f"superseded by desired version {d.version}")
-                champion = self._serving(task)
-        if champion is not None and champion.manifest.name != d.model_name:
-            raise UpdateRejected("not_selected", f"this device runs {champion.manifest.name}, not {d.model_name}")
-        if champion is not None:
-            current = champion.manifest.version
+                raise UpdateRejected("current", "this version is already on trial")
+        # Judged against the model a trial would fall back to, and every check done before a trial
+        # is ended: a message refused below must not cost a healthy trial.
+        base = trial.old if trial is not None else self._serving(task)
+        if base is not None and base.manifest.name != d.model_name:
+            raise UpdateRejected("not_selected", f"this device runs {base.manifest.name}, not {d.model_name}")
+        if base is not None:
+            current = base.manifest.version
             if current == d.version:
+                if trial is not None:
+                    self._supersede(trial, d.version)  # back to the version the message asks for
                 raise UpdateRejected("current", "already running this version")
             if not is_newer(d.version, current) and not d.allow_downgrade:
                 raise UpdateRejected(
                     "downgrade",
                     f"{d.version} is older than the running {current}; publish it as a rollback to allow that",
                 )
-        newest = self.store.read(d.model_name).get("newest_msg_id")
-        if newest is not None and d.msg_id < newest:
-            # msg_ids are time-ordered: an older message than one already acted on is a replay (a
-            # captured signed rollback, say) or a stale copy, never the operator's latest word.
-            raise UpdateRejected(
-                "replayed",
-                f"desired-model message {d.msg_id} is older than {newest}, which this device already acted on; "
-                "publish again to change the model",
-            )
         if self.store.read(d.model_name)["failed"].get(d.version) == d.msg_id:
             raise UpdateRejected("current", "this version was rolled back here; publish it again to retry")
         self._check_size(d)
+        if trial is not None:
+            self._supersede(trial, d.version)
+
+    def _supersede(self, trial: Trial, version: str) -> None:
+        with self._lock:
+            if self.trials.get(trial.task) is trial:  # not committed or rolled back meanwhile
+                self._rollback(trial, f"superseded by desired version {version}")
 
     def _artifacts(self, d: DesiredModel):  # type: ignore[no-untyped-def]
         base = self._base_settings(d.manifest.task)
@@ -688,6 +719,7 @@ class ModelUpdater:
             self._check_common(d)
             if d.manifest.task != DISEASE:
                 raise UpdateRejected("unsupported_task", f"shadow runs are for {DISEASE} models, not {d.manifest.task}")
+            self._check_fresh(self.shadow_store, d, closed=True)
             if not selects(d.rollout, name, self.agent.cfg.device.device_id, self.agent.cfg.device.groups):
                 raise UpdateRejected("not_selected", "this device is not in the shadow run")
             champion = self.agent.pipeline.champion
@@ -738,9 +770,9 @@ class ModelUpdater:
                 shutil.rmtree(old_dir, ignore_errors=True)
 
     def _unload_shadow(self, name: str, reason: str, failed: bool = False) -> None:
-        state = self.shadow_store.read(name)
-        version = state["active"]
         with self._lock:
+            state = self.shadow_store.read(name)
+            version = state["active"]
             backend = self.shadow_backend
             loaded = backend is not None and backend.manifest.name == name
             if version is None and not loaded:
@@ -748,11 +780,14 @@ class ModelUpdater:
             if loaded:
                 version = backend.manifest.version  # type: ignore[union-attr]
                 self._set_shadow(None, None)
-        if failed and version is not None:
-            state["failed"][version] = state.get("msg_id") or "unknown"
-        state.update(active=None, msg_id=None)
-        self.shadow_store.write(name, state)
-        self._prune_shadow(name, keep=set())
+            if failed and version is not None:
+                state["failed"][version] = state.get("msg_id") or "unknown"
+            if reason == "shadow_ended" and state.get("newest_msg_id"):
+                # The run's own signed message replayed after the end must not start it again.
+                state["closed_msg_id"] = state["newest_msg_id"]
+            state.update(active=None, msg_id=None)
+            self.shadow_store.write(name, state)
+            self._prune_shadow(name, keep=set())
         self.shadow_outcome[name] = (self.shadow_outcome.get(name, ("", ""))[0], "unloaded")
         sha = backend.manifest.sha256 if loaded and backend is not None else None
         if failed:
@@ -766,7 +801,9 @@ class ModelUpdater:
     def _on_shadow_failure(self, backend: InferenceBackend, exc: BaseException) -> None:
         """The pipeline's challenger failed a batch: unload it (the champion's results were stored)."""
         if backend is self.shadow_backend:
-            self._unload_shadow(backend.manifest.name, f"the shadow model failed inference: {exc}"[:200], failed=True)
+            # Unloaded on the updater's thread, which owns the shadow slots (a shadow message may
+            # be staging a new challenger right now).
+            self._queue.put((SHADOW_FAILED, backend.manifest.name, f"the shadow model failed inference: {exc}"[:200]))
 
     def confirm_shadow(self) -> None:
         """After the first connection: unload a persisted challenger whose retained message is gone."""
@@ -784,13 +821,13 @@ class ModelUpdater:
             if old is None:
                 # Nothing to fall back to: the new model is better than none, so it is committed at once.
                 state = self.store.read(name)
-                state.update(active=d.version, trial=None, newest_msg_id=_newer_id(state, d.msg_id))
+                state.update(active=d.version, trial=None)
                 self.store.write(name, state)
                 self._install(task, None, backend)
                 self._report(name, d.version, backend.manifest.sha256, "active")
                 return
             state = self.store.read(name)
-            state.update(trial=d.version, trial_msg_id=d.msg_id, newest_msg_id=_newer_id(state, d.msg_id))
+            state.update(trial=d.version, trial_msg_id=d.msg_id)
             self.store.write(name, state)
             crash_point("trial_written")
             self.trials[task] = Trial(backend, old, d.msg_id, time.monotonic(), pipe.counts(old))
@@ -849,8 +886,9 @@ class ModelUpdater:
         self.store.write(name, state)
         crash_point("committed")
         self.trials.pop(t.task, None)
+        # The old session is not closed here: the pipeline may still hold it as the fallback of a
+        # batch in flight; it is freed with its last reference.
         self._install(t.task, t.old, t.backend)
-        t.old.close()
         versions = self.store.version_dir(name, version).parent
         for old_dir in versions.iterdir() if versions.is_dir() else []:
             if old_dir.name not in keep:

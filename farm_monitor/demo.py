@@ -260,14 +260,14 @@ class Background:
 
     def __init__(self, target, *args) -> None:  # type: ignore[no-untyped-def]
         self.result: Path | None = None
-        self.error: BaseException | None = None
+        self.error: Exception | None = None
         self._thread = threading.Thread(target=self._run, args=(target, *args), name="yield-build", daemon=True)
         self._thread.start()
 
     def _run(self, target, *args) -> None:  # type: ignore[no-untyped-def]
         try:
             self.result = target(*args)
-        except BaseException as exc:  # reported by the loop; the demo goes on without a yield model
+        except Exception as exc:  # reported by the loop; the demo goes on without a yield model
             self.error = exc
 
     def done(self) -> bool:
@@ -596,8 +596,13 @@ def run_demo(args: argparse.Namespace) -> int:
                     import_model(registry, yield_build.result, yield_key)
                     y_name, y_version = publish_model(registry, yield_build.result, broker_url, base_url)
                     console.print(f"rollout     {y_name} {y_version} published to {FARM_ID}; the yield runners start")
-                except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
-                    console.print(f"[yellow]no yield model[/yellow] ({exc}); the farm runs without it")
+                except Exception as exc:  # the yield model is an extra: the farm goes on without it
+                    detail = str(exc)
+                    stderr = getattr(exc, "stderr", None)
+                    if stderr:
+                        text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else str(stderr)
+                        detail += ": " + text.strip()[-500:]
+                    console.print(f"[yellow]no yield model[/yellow] ({detail}); the farm runs without it")
                     yield_pending = False
                 yield_build = None
             c = counts(root / "cropwatch.db")

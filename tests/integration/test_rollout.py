@@ -20,7 +20,7 @@ from edge_agent.updater import CRASH_STEPS, UpdateRejected, download
 from shared.manifest import ModelManifest, generate_keypair, load_private_key, verify_artifact
 from shared.messages import Artifact, RolloutPolicy
 from shared.rollout import selects
-from shared.topics import fleet_model_topic
+from shared.topics import fleet_model_topic, fleet_shadow_topic
 from tests.edge_helpers import to_toml
 from tests.integration.ingest_helpers import config as ingest_config
 from tests.integration.ingest_helpers import ingest_thread
@@ -222,6 +222,13 @@ def test_a_failing_new_model_is_rolled_back_by_the_agent(
         again = rollout.publish(registry, NAME, "3.0.0", farm, url, publisher(mqtt_broker))
         wait_for(lambda: agent.updater.outcome.get(NAME) == (again.msg_id, "current"), 20, what="republish seen")
         assert agent.updater.trial is not None and active_version(agent) == "3.0.0"
+        # A message refused on its merits (a downgrade nobody allowed) must not end the trial.
+        stale = rollout.build_desired(registry, NAME, "0.9.0", farm, url, RolloutPolicy())
+        publish_retained(mqtt_broker.url, fleet_model_topic(farm, NAME), stale.to_json())
+        wait_for(lambda: agent.updater.outcome.get(NAME) == (stale.msg_id, "downgrade"), 20, what="downgrade refused")
+        assert agent.updater.trial is not None and active_version(agent) == "3.0.0"
+        publish_retained(mqtt_broker.url, fleet_model_topic(farm, NAME), again.to_json())  # the retained one back
+        wait_for(lambda: agent.updater.outcome.get(NAME) == (again.msg_id, "current"), 20, what="3.0.0 retained again")
         # The trial fails this image; the old model, still loaded, serves it.
         assert served_by(rec, doc, 0) == "1.0.0"
         wait_for(lambda: events(rec, device, "model_rolled_back"), 10, what="automatic rollback")
@@ -399,4 +406,14 @@ def test_signed_rollout_envelope_required_and_tampering_rejected(  # type: ignor
         wait_for(lambda: rejected("replayed"), 20, what="replayed signed rollback rejected")
         assert served_by(rec, doc, 6) == "2.0.0"
         assert agent.updater.trial is None and settled(agent, "2.0.0")
+        # A signed shadow run, ended, then its own message replayed: refused, no challenger.
+        shadow_msg = rollout.publish(registry, NAME, "0.9.0", farm, url, publisher(mqtt_broker),
+                                     RolloutPolicy(mode="shadow"), signing_key=load_private_key(key))  # fmt: skip
+        wait_for(lambda: agent.pipeline.shadow is not None, 20, what="signed challenger loaded")
+        rollout.end_shadow(registry, NAME, farm, publisher(mqtt_broker))
+        wait_for(lambda: agent.pipeline.shadow is None, 20, what="challenger unloaded")
+        publish_retained(mqtt_broker.url, fleet_shadow_topic(farm, NAME), shadow_msg.to_json())
+        wait_for(lambda: agent.updater.shadow_outcome.get(NAME) == (shadow_msg.msg_id, "replayed"), 20,
+                 what="replayed shadow message refused")  # fmt: skip
+        assert agent.pipeline.shadow is None
     rec.close()
