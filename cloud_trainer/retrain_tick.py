@@ -10,7 +10,8 @@ whole decision as JSON with ``--json``):
    end the shadow run; otherwise wait. No retraining while a challenger is being scored.
 2. otherwise retrain (``cropwatch retrain disease``) when at least ``retrain.min_new_labels`` labels
    were entered since the last run, or when ``retrain.interval_hours`` have passed since it and
-   there is at least one new label. The base is the newest promoted run, else ``retrain.base_run``.
+   there is at least one new label. The base is the run that made the farm's current champion (rollout
+   history), else the newest promoted run, else ``retrain.base_run``.
 
 Exit status: 0 when the tick decided (including "nothing to do" and "gate failed"), 1 on an error,
 2 on a bad config.
@@ -122,6 +123,13 @@ def check_promotion(cfg: RetrainConfig, engine: Any, run: dict[str, Any], publis
     if history:
         live = rollout.current_shadow(history)
         if live is None or live["version"] != run["model_version"]:
+            champion = rollout._current(history)
+            if champion is not None and champion["version"] == run["model_version"]:
+                # `cropwatch models promote` ends the shadow run it promotes: promoted, not superseded.
+                why = f"{run['model_version']} was promoted on farm {farm} (by hand)"
+                if act:
+                    _mark_promoted(engine, name, run, why)
+                return {"action": "none", "why": why}
             why = f"the shadow run of {run['model_version']} is no longer live on farm {farm} (ended or replaced)"
             if act:
                 lineage.set_status(engine, run["run_id"], "superseded", why)
@@ -156,10 +164,7 @@ def check_promotion(cfg: RetrainConfig, engine: Any, run: dict[str, Any], publis
             if publisher is None:
                 raise RuntimeError("promotion needs [broker] url to publish the new champion")
             rollout.promote(Registry(cfg.registry.path), name, farm, publisher, cfg.registry.base_url)
-            for old in lineage.runs(engine, name):
-                if old["status"] == "promoted":
-                    lineage.set_status(engine, old["run_id"], "superseded", f"{run['model_version']} was promoted")
-            lineage.set_status(engine, run["run_id"], "promoted", why)
+            _mark_promoted(engine, name, run, why)
         return {**out, "action": "promote", "why": why}
     if margin <= -p.margin and p.end_losing_shadow:
         why = f"challenger loses: margin {margin:+.3f} <= -{p.margin} on {labelled} labelled detections"
@@ -171,6 +176,34 @@ def check_promotion(cfg: RetrainConfig, engine: Any, run: dict[str, Any], publis
             lineage.set_status(engine, run["run_id"], "gate_failed", "shadow run lost: " + why)
         return {**out, "action": "end_shadow", "why": why}
     return {**out, "action": "wait", "why": f"margin {margin:+.3f} within +-{p.margin}; keep scoring"}
+
+
+def _mark_promoted(engine: Any, name: str, run: dict[str, Any], why: str) -> None:
+    from farm_monitor import lineage
+
+    for old in lineage.runs(engine, name):
+        if old["status"] == "promoted" and old["run_id"] != run["run_id"]:
+            lineage.set_status(engine, old["run_id"], "superseded", f"{run['model_version']} was promoted")
+    lineage.set_status(engine, run["run_id"], "promoted", why)
+
+
+def champion_run(cfg: RetrainConfig, engine: Any) -> dict[str, Any] | None:
+    """The run that made the farm's current champion (rollout history), else the newest promoted run.
+
+    None when the champion was not made by retraining (the first base model): ``retrain.base_run``.
+    """
+    from farm_monitor import lineage
+
+    from . import rollout
+    from .registry import Registry
+
+    name = cfg.retrain.model_name
+    if cfg.shadow.farm:
+        champion = rollout._current(rollout.read_history(Registry(cfg.registry.path), cfg.shadow.farm, name))
+        if champion is not None:
+            # The history is what devices run, whatever the lineage status says (promoted by hand, rolled back).
+            return lineage.run_for_version(engine, name, champion["version"])
+    return lineage.latest_run(engine, name, ("promoted",))
 
 
 def _adopt_manual_shadow(cfg: RetrainConfig, engine: Any, run: dict[str, Any], act: bool) -> None:
@@ -198,8 +231,8 @@ def check_retrain(cfg: RetrainConfig, engine: Any, now: dt.datetime) -> dict:
     last = lineage.latest_run(engine, r.model_name)
     since = last["labels_until"] if last else None
     new = lineage.labels_since(engine, since, r.farms or None)
-    promoted = lineage.latest_run(engine, r.model_name, ("promoted",))
-    base = Path(promoted["run_dir"]) if promoted else r.base_run
+    champion = champion_run(cfg, engine)
+    base = Path(champion["run_dir"]) if champion else r.base_run
     out: dict[str, Any] = {
         "new_labels": new,
         "since": since.isoformat() if since else None,
@@ -273,9 +306,9 @@ def tick(cfg: RetrainConfig, dry_run: bool = False, publisher: Any = None, now: 
 
             version = now.strftime("%Y.%m.%d-%H%M%S")
             args = retrain_args(cfg, Path(decision["retrain"]["base_run"]), version)
-            promoted = lineage.latest_run(engine, cfg.retrain.model_name, ("promoted",))
-            if promoted:
-                args.base_version = promoted["model_version"]
+            champion = champion_run(cfg, engine)
+            if champion:
+                args.base_version = champion["model_version"]
             result = retrain(args, publisher, engine)
             decision["retrain"].update(
                 version=result.version, run=str(result.run_dir), gate_passed=result.gate.passed,

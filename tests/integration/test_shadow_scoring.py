@@ -264,3 +264,48 @@ def test_tick_scores_a_candidate_published_as_shadow_by_hand(tmp_path: Path) -> 
     assert run["status"] == "promoted" and "5/6 labelled" in run["status_reason"]
     history = rollout.read_history(registry, "farm-a", "leaf-disease")
     assert [r["action"] for r in history][-2:] == ["promote", "end_shadow"] and history[-2]["version"] == "2.0.0"
+
+
+def test_tick_marks_a_shadow_run_promoted_by_hand_and_retrains_from_it(tmp_path: Path) -> None:
+    from cloud_trainer import rollout
+    from cloud_trainer.registry import Registry
+    from shared.config import load_config
+    from shared.messages import RolloutPolicy
+    from tests.edge_models import build_classifier
+    from tests.integration.rollout_helpers import import_model
+
+    url = f"sqlite:///{tmp_path / 'monitor.db'}"
+    registry = Registry(tmp_path / "registry")
+    import_model(registry, build_classifier(tmp_path / "build", name="leaf-disease", version="2.0.0"))
+    migrate(make_engine(url))
+    published = datetime.now(UTC) - timedelta(hours=2)
+    # An older retrained champion, promoted earlier: superseded once 2.0.0 is promoted.
+    engine = make_engine(url)
+    lineage.record_run(
+        engine,
+        {"run_id": "retrain-1.5.0", "model_name": "leaf-disease", "model_version": "1.5.0",
+         "base_model_version": "1.0.0", "base_run": "/runs/base", "run_dir": "/runs/retrain-1.5.0",
+         "dataset_fingerprint": "sha256:" + "b" * 64, "base_dataset_fingerprint": None,
+         "created_at": published - timedelta(days=1), "labels_until": published - timedelta(days=1),
+         "gate_passed": True, "gate": {"passed": True}, "counts": {}, "status": "promoted"},
+        [],
+    )  # fmt: skip
+    _live_shadow(url, published)
+    sent: list[tuple[str, bytes]] = []
+    send = lambda t, p: sent.append((t, p))  # noqa: E731
+    rollout.publish(registry, "leaf-disease", "2.0.0", "farm-a", "http://registry:8600", send,
+                    RolloutPolicy(mode="shadow"))  # fmt: skip
+    # What `cropwatch models promote leaf-disease --farm farm-a` does: it also ends the shadow run.
+    rollout.promote(registry, "leaf-disease", "farm-a", send)
+    seed_shadow(url, datetime.now(UTC) - timedelta(minutes=30))  # 7 new labels
+    path = _config(tmp_path, url)
+    path.write_text(path.read_text() + f'[registry]\npath = "{registry.root}"\n')
+    decision = tick(load_config(RetrainConfig, path), publisher=send)
+    assert decision["promotion"]["action"] == "none" and "promoted" in decision["promotion"]["why"]
+    runs = {r["run_id"]: r for r in lineage.runs(engine, "leaf-disease")}
+    assert runs["retrain-2.0.0"]["status"] == "promoted", runs["retrain-2.0.0"]["status_reason"]
+    assert runs["retrain-1.5.0"]["status"] == "superseded"
+    # The next retraining starts from the champion the farm runs, 2.0.0.
+    nxt = tick(load_config(RetrainConfig, path), dry_run=True)
+    assert nxt["retrain"]["action"] == "retrain" and nxt["retrain"]["base_run"] == "/runs/retrain-2.0.0"
+    engine.dispose()
