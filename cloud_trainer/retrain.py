@@ -211,20 +211,27 @@ def merge(base: Path, export_dir: Path, run: Path, args: argparse.Namespace) -> 
 
     info = json.loads((base / "run.json").read_text())
     classes = list(info["classes"])
-    base_data = ds.load_dataset(info["data"], min_per_class=1)
+    data_path = _base_data_path(base, info)
+    base_data = ds.load_dataset(data_path, min_per_class=1)
     base_split = ds.load_split(base / "split.csv", base_data)
+    # A retrained base carries field rows with the labels they had then; they come fresh from the
+    # export instead (latest label), else a correction would be dropped as a duplicate of its old self.
+    inherited_field = _field_rows(data_path)
     data_dir = run / "data"
     images = data_dir / "images"
     images.mkdir(parents=True, exist_ok=True)
     seen: dict[str, str] = {}  # sha256 -> where it came from
     dataset_rows: list[list[Any]] = []
     split_rows: list[list[Any]] = []
-    dup_base = 0
+    dup_base = dropped_field = 0
     total = sum(len(v) for v in base_split.values())
     bar = tqdm(total=total, desc="merge base data", unit="img", disable=args.quiet, leave=False)
     for name in ds.SPLITS:
         for s in base_split[name]:
             bar.update()
+            if s.rel in inherited_field:
+                dropped_field += 1
+                continue
             digest = sha256_bytes(s.path.read_bytes())
             if digest in seen:
                 dup_base += 1
@@ -235,7 +242,9 @@ def merge(base: Path, export_dir: Path, run: Path, args: argparse.Namespace) -> 
             split_rows.append([name, s.label, rel])
     bar.close()
 
-    rows = list(csv.DictReader((export_dir / "labels.csv").open(newline="", encoding="utf-8")))
+    if dropped_field:
+        logger.info("%d field row(s) of the base run left out: field labels come from the export", dropped_field)
+    rows = _read_csv(export_dir / "labels.csv")
     field: list[FieldItem] = []
     dup_field = unknown = 0
     newest: dt.datetime | None = None
@@ -301,6 +310,35 @@ def merge(base: Path, export_dir: Path, run: Path, args: argparse.Namespace) -> 
         "field_oversample": max(1, args.field_oversample),
     }
     return Merged(classes, field, counts, newest)
+
+
+def _base_data_path(base: Path, info: dict[str, Any]) -> Path:
+    """The base run's data; a relative path is relative to where that run was trained (``cwd`` in run.json)."""
+    data = Path(info["data"])
+    if data.is_absolute():
+        return data
+    if info.get("cwd"):
+        return Path(info["cwd"]) / data
+    if not data.exists():
+        raise RetrainError(
+            f"the base run {base} was trained on the relative data path {data}, which is relative to the folder "
+            "the base run was trained in and does not exist here; run from that folder, or retrain the base with "
+            "an absolute --data path"
+        )
+    return data.resolve()
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _field_rows(data: Path) -> set[str]:
+    """Paths of a retrained run's ``dataset.csv`` rows that did not come from the original base data."""
+    if data.suffix.lower() != ".csv" or not data.is_file():
+        return set()
+    rows = _read_csv(data)
+    return {r["path"] for r in rows if "origin" in r and r["origin"] != "base"}
 
 
 def _parse_time(value: str) -> dt.datetime:
@@ -536,12 +574,9 @@ def retrain(args: argparse.Namespace, publisher: Any = None, engine: Any = None)
 
     # Evaluate both models on the same two sets, decoded exactly as a device does.
     classes = merged.classes
-    split_rows = list(csv.DictReader((run / "split.csv").open(newline="", encoding="utf-8")))
+    split_rows = _read_csv(run / "split.csv")
     fixed_rows = [(run / "data" / r["path"], r["label"]) for r in split_rows if r["split"] == "test"]
-    field_rows = [
-        (run / "data" / r["path"], r["label"])
-        for r in csv.DictReader((run / "data" / "field_test.csv").open(newline="", encoding="utf-8"))
-    ]
+    field_rows = [(run / "data" / r["path"], r["label"]) for r in _read_csv(run / "data" / "field_test.csv")]
     results: dict[str, dict[str, dict]] = {"fixed": {}, "field": {}}
     for set_name, rows in (("fixed", fixed_rows), ("field", field_rows)):
         x, y = load_images(rows, size, classes)

@@ -99,3 +99,32 @@ def test_retrain_without_labels_says_what_to_do(world: dict, tmp_path: Path, cap
     args = _args(world, tmp_path / "x", "--since", "2999-01-01")
     assert run_cli(args, "cropwatch retrain disease") == 1
     assert "no labelled samples" in capsys.readouterr().err
+
+
+def test_a_label_correction_reaches_the_next_run_built_on_a_retrained_base(world: dict, tmp_path: Path) -> None:
+    from cloud_trainer.retrain import merge, sha256_bytes
+    from farm_monitor.labels import export_labels
+
+    base = world["root"] / "2.0.0"  # the run of the first test, itself trained on the field labels
+    engine = make_engine(world["db"])
+    run = lineage.run_for_version(engine, "leaf-disease", "2.0.0")
+    trained = next(r for r in lineage.run_labels(engine, run["run_id"]) if r["role"] == "train")
+    new_label = next(c for c in json.loads((base / "run.json").read_text())["classes"] if c != trained["label"])
+    label_sample(engine, AGRO, trained["sample_msg_id"], new_label)  # the agronomist corrects it
+    try:
+        assert export_labels(engine, tmp_path / "export") == 37
+        args = _args(world, tmp_path / "run")
+        merge(base, tmp_path / "export", tmp_path / "run", args)
+        data = tmp_path / "run" / "data"
+        digest = trained["image_sha256"]
+        rows = [r for r in csv.DictReader((data / "dataset.csv").open()) if digest in r["path"]]
+        test_rows = [r for r in csv.DictReader((data / "field_test.csv").open()) if digest in r["path"]]
+        assert [(r["label"], r["origin"]) for r in rows] in ([(new_label, "field")], [])
+        assert [r["label"] for r in rows + test_rows] == [new_label]
+        split = [r["label"] for r in csv.DictReader((tmp_path / "run" / "split.csv").open())
+                 if trained["image_sha256"] in r["path"]]  # fmt: skip
+        assert set(split) <= {new_label}
+        assert sha256_bytes((data / (rows + test_rows)[0]["path"]).read_bytes()) == trained["image_sha256"]
+    finally:
+        label_sample(engine, AGRO, trained["sample_msg_id"], trained["label"])
+        engine.dispose()
