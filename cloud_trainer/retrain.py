@@ -506,6 +506,9 @@ def retrain(args: argparse.Namespace, publisher: Any = None, engine: Any = None)
             return retrain(args, publisher, engine)
         finally:
             engine.dispose()
+    if args.publish_farm and (not args.base_url or (publisher is None and not args.broker)):
+        # Before an hour of training, not after it.
+        raise RetrainError("--publish-farm needs --broker and --base-url")
     base: Path = args.base.resolve()
     if not (base / "run.json").is_file() or not (base / "model.pt").is_file() or not (base / "split.csv").is_file():
         raise RetrainError(f"--base {args.base} is not a finished training run (run.json, model.pt, split.csv)")
@@ -654,7 +657,10 @@ def publish_shadow(args: argparse.Namespace, registry: Any, version: str, publis
     if publisher is None:
         publisher = broker_publisher(args.broker, args.ca_file)
     policy = RolloutPolicy(mode="shadow", percent=args.shadow_percent, devices=args.shadow_devices)
-    rollout.publish(registry, args.name, version, args.publish_farm, args.base_url, publisher, policy)
+    rollout.publish(
+        registry, args.name, version, args.publish_farm, args.base_url, publisher, policy, db_url=args.db,
+        by="retrain",
+    )  # fmt: skip
     logger.info("published %s %s as shadow to farm %s (%s)", args.name, version, args.publish_farm, policy)
 
 

@@ -3,7 +3,7 @@
 Each tick does at most one thing and says what it decided and why (a line per decision, and the
 whole decision as JSON with ``--json``):
 
-1. a shadow run is live (the newest retraining run has status ``shadow``): score it on the
+1. a shadow run is live (a retraining run has status ``shadow``): score it on the
    detections since it was published (:func:`farm_monitor.shadow.shadow_report`). When the
    challenger beats the champion by ``promotion.margin`` on at least ``promotion.min_labelled``
    labelled detections, promote it (``cloud_trainer.rollout.promote``); when it loses by the margin,
@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,15 @@ class RetrainConfig(_Model):
     shadow: ShadowSection = Field(default_factory=ShadowSection)
     promotion: PromotionSection = Field(default_factory=PromotionSection)
 
+    @model_validator(mode="after")
+    def _publishing_needs_broker_and_base_url(self) -> RetrainConfig:
+        # Checked here, not after an hour of training: a shadow farm means publishing.
+        if self.shadow.farm and not (self.broker.url and self.registry.base_url):
+            raise ValueError(
+                f"shadow.farm = {self.shadow.farm!r} publishes candidates: set broker.url and registry.base_url too"
+            )
+        return self
+
 
 def _publisher(cfg: RetrainConfig) -> Any:
     from .retrain import broker_publisher
@@ -163,16 +172,21 @@ def check_promotion(cfg: RetrainConfig, engine: Any, run: dict[str, Any], publis
         if act:
             if publisher is None:
                 raise RuntimeError("promotion needs [broker] url to publish the new champion")
-            rollout.promote(Registry(cfg.registry.path), name, farm, publisher, cfg.registry.base_url)
+            rollout.promote(
+                Registry(cfg.registry.path), name, farm, publisher, cfg.registry.base_url,
+                db_url=cfg.database.url, by="retrain tick",
+            )  # fmt: skip
             _mark_promoted(engine, name, run, why)
         return {**out, "action": "promote", "why": why}
     if margin <= -p.margin and p.end_losing_shadow:
         why = f"challenger loses: margin {margin:+.3f} <= -{p.margin} on {labelled} labelled detections"
         if act:
-            end = getattr(rollout, "end_shadow", None)
-            if end is None or publisher is None:
-                raise RuntimeError("ending a shadow run needs rollout.end_shadow and [broker] url")
-            end(Registry(cfg.registry.path), name, farm, publisher)
+            if publisher is None:
+                raise RuntimeError("ending a shadow run needs [broker] url")
+            rollout.end_shadow(
+                Registry(cfg.registry.path), name, farm, publisher, reason="challenger lost",
+                db_url=cfg.database.url, by="retrain tick",
+            )  # fmt: skip
             lineage.set_status(engine, run["run_id"], "gate_failed", "shadow run lost: " + why)
         return {**out, "action": "end_shadow", "why": why}
     return {**out, "action": "wait", "why": f"margin {margin:+.3f} within +-{p.margin}; keep scoring"}
@@ -206,22 +220,47 @@ def champion_run(cfg: RetrainConfig, engine: Any) -> dict[str, Any] | None:
     return lineage.latest_run(engine, name, ("promoted",))
 
 
-def _adopt_manual_shadow(cfg: RetrainConfig, engine: Any, run: dict[str, Any], act: bool) -> None:
-    """A candidate published as shadow by hand (``cropwatch models publish --mode shadow``) is scored too."""
+def _adopt_candidate(cfg: RetrainConfig, engine: Any, run: dict[str, Any], publisher: Any, act: bool) -> dict | None:
+    """A ``candidate`` run: published as shadow by hand (``cropwatch models publish --mode shadow``) is scored
+    too; published as champion by hand is promoted; a gate-passed one not published yet (a failed publish,
+    a run by hand without ``--publish-farm``) is published as shadow now. Returns the decision or None."""
     from farm_monitor import lineage
 
     from . import rollout
     from .registry import Registry
 
-    live = rollout.current_shadow(
-        rollout.read_history(Registry(cfg.registry.path), cfg.shadow.farm or "", run["model_name"])
-    )
+    farm, name = cfg.shadow.farm or "", run["model_name"]
+    registry = Registry(cfg.registry.path)
+    history = rollout.read_history(registry, farm, name)
+    live = rollout.current_shadow(history)
     if live is not None and live["version"] == run["model_version"]:
         at = dt.datetime.fromisoformat(live["published_at"])
-        reason = f"published as shadow to farm {cfg.shadow.farm} (by hand)"
+        reason = f"published as shadow to farm {farm} (by hand)"
         if act:
             lineage.set_status(engine, run["run_id"], "shadow", reason, at=at)
         run.update(status="shadow", status_at=at if at.tzinfo else at.replace(tzinfo=dt.UTC), status_reason=reason)
+        return None
+    champion = rollout._current(history)
+    if champion is not None and champion["version"] == run["model_version"]:
+        why = f"{run['model_version']} was published as champion on farm {farm} (by hand)"
+        if act:
+            _mark_promoted(engine, name, run, why)
+        return {"action": "none", "why": why}
+    if not run["gate_passed"] or live is not None:
+        return None  # another challenger is live (not ours): leave the candidate alone
+    why = f"candidate {run['model_version']} passed the gate but was not published; publishing it as shadow"
+    if act:
+        from shared.messages import RolloutPolicy
+
+        if publisher is None:
+            raise RuntimeError("publishing a shadow run needs [broker] url")
+        policy = RolloutPolicy(mode="shadow", percent=cfg.shadow.percent, devices=cfg.shadow.devices)
+        rollout.publish(
+            registry, name, run["model_version"], farm, cfg.registry.base_url or "", publisher, policy,
+            db_url=cfg.database.url, by="retrain tick",
+        )  # fmt: skip
+        lineage.set_status(engine, run["run_id"], "shadow", f"published as shadow to farm {farm} (retrain tick)")
+    return {"action": "publish_shadow", "why": why}
 
 
 def check_retrain(cfg: RetrainConfig, engine: Any, now: dt.datetime) -> dict:
@@ -292,10 +331,19 @@ def tick(cfg: RetrainConfig, dry_run: bool = False, publisher: Any = None, now: 
     try:
         migrate(engine)
         decision: dict[str, Any] = {"at": now.isoformat(), "model": cfg.retrain.model_name, "dry_run": dry_run}
-        live = lineage.latest_run(engine, cfg.retrain.model_name)
-        if live is not None and live["status"] == "candidate" and cfg.shadow.farm:
-            _adopt_manual_shadow(cfg, engine, live, act=not dry_run)
-        if live is not None and live["status"] == "shadow":
+        name = cfg.retrain.model_name
+        # A live shadow run first: a newer run (by hand, gate failed) must not hide it.
+        live = lineage.latest_run(engine, name, ("shadow",))
+        newest = lineage.latest_run(engine, name)
+        if live is None and newest is not None and newest["status"] == "candidate" and cfg.shadow.farm:
+            adopted = _adopt_candidate(cfg, engine, newest, publisher, act=not dry_run)
+            if adopted is not None:
+                decision["promotion"] = adopted
+                decision["retrain"] = {"action": "none", "why": adopted["why"]}
+                return decision
+            if newest["status"] == "shadow":
+                live = newest
+        if live is not None:
             decision["promotion"] = check_promotion(cfg, engine, live, publisher, act=not dry_run)
             decision["retrain"] = {"action": "none", "why": f"shadow run {live['run_id']} is being scored"}
             return decision

@@ -95,6 +95,15 @@ def test_a_candidate_that_fails_the_gate_is_retired_and_exits_10(world: dict) ->
     assert run is not None and run["status"] == "gate_failed" and run["gate_passed"] is False
 
 
+def test_publish_without_broker_fails_before_any_work(
+    world: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    args = _args(world, tmp_path / "x", "--publish-farm", "farm-a", "--base-url", "http://registry:8600")
+    assert run_cli(args, "cropwatch retrain disease") == 1
+    assert "--publish-farm needs --broker and --base-url" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_retrain_without_labels_says_what_to_do(world: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     args = _args(world, tmp_path / "x", "--since", "2999-01-01")
     assert run_cli(args, "cropwatch retrain disease") == 1
