@@ -521,21 +521,28 @@ def retrain(args: argparse.Namespace, publisher: Any = None, engine: Any = None)
     run: Path = (args.out or base.parent / f"retrain-{version}").resolve()
     if (run / "run.json").exists():
         raise RetrainError(f"{run} already holds a finished run; choose another --out or --version")
-    run.mkdir(parents=True, exist_ok=True)
     registry = Registry(args.registry)
     if any(e.version == version for e in registry.entries(args.name)):
         raise RetrainError(
             f"{args.name} {version} is already in the registry {args.registry}; choose another --version"
         )
     base_version = args.base_version or _base_version(registry, args.name, base)
+    run.mkdir(parents=True, exist_ok=True)
 
     migrate(engine)
-    export_dir = run / "field_export"
-    n = export_labels(engine, export_dir, args.farm or None, since)
-    if n == 0:
-        raise RetrainError("no labelled samples in the monitor database for these filters; label some first")
-    merged = merge(base, export_dir, run, args)
-    logger.info("merged data: %s", merged.counts)
+    run_id = f"{args.name}-{version}"  # versions are unique per model in the registry; folder names are not
+    # Taken before the export: a label entered while this run works counts for the next one.
+    labels_until = lineage.newest_label_time(engine)
+    try:
+        export_dir = run / "field_export"
+        n = export_labels(engine, export_dir, args.farm or None, since)
+        if n == 0:
+            raise RetrainError("no labelled samples in the monitor database for these filters; label some first")
+        merged = merge(base, export_dir, run, args)
+        logger.info("merged data: %s", merged.counts)
+    except Exception as exc:
+        _record_error(engine, args, run_id, version, base_version, base, run, info, labels_until, exc)
+        raise
 
     size = int(info["image_size"])
     train_argv = [
@@ -555,7 +562,9 @@ def retrain(args: argparse.Namespace, publisher: Any = None, engine: Any = None)
     targs = train.get_args_parser().parse_args(train_argv)
     rc = train.main(targs)
     if rc != 0 or not (run / "run.json").is_file():
-        raise RetrainError(f"fine-tuning failed (train exit {rc}); see the log above and {run}")
+        exc = RetrainError(f"fine-tuning failed (train exit {rc}); see the log above and {run}")
+        _record_error(engine, args, run_id, version, base_version, base, run, info, labels_until, exc)
+        raise exc
     # The resolved retraining config beside the trainer's own config.json.
     atomic_write_text(
         run / "retrain.json",
@@ -621,7 +630,6 @@ def retrain(args: argparse.Namespace, publisher: Any = None, engine: Any = None)
     if not gate.passed:
         registry.retire(entry.name, entry.version, "evaluation gate failed: " + " | ".join(gate.reasons))
 
-    run_id = run.name
     status = "candidate" if gate.passed else "gate_failed"
     lineage.record_run(
         engine,
@@ -645,6 +653,30 @@ def retrain(args: argparse.Namespace, publisher: Any = None, engine: Any = None)
         lineage.set_status(engine, run_id, "shadow", f"published as shadow to farm {args.publish_farm}")
         result.published = True
     return result
+
+
+def _record_error(
+    engine: Any, args: argparse.Namespace, run_id: str, version: str, base_version: str | None, base: Path,
+    run: Path, info: dict[str, Any], labels_until: dt.datetime | None, exc: BaseException,
+) -> None:  # fmt: skip
+    """An ``error`` run row: the monitor shows why, and the tick waits for labels newer than ``labels_until``."""
+    from farm_monitor import lineage
+
+    try:
+        lineage.record_run(
+            engine,
+            {
+                "run_id": run_id, "model_name": args.name, "model_version": version,
+                "base_model_version": base_version, "base_run": str(base), "run_dir": str(run),
+                "dataset_fingerprint": None, "base_dataset_fingerprint": info.get("dataset_fingerprint"),
+                "created_at": dt.datetime.now(dt.UTC), "labels_until": labels_until, "gate_passed": False,
+                "gate": None, "counts": None, "status": "error",
+                "status_reason": f"stopped before the gate: {exc}"[:4000],
+            },
+            [],
+        )  # fmt: skip
+    except Exception:  # the original error matters more; say this one in the log
+        logger.exception("could not record the failed run %s", run_id)
 
 
 def publish_shadow(args: argparse.Namespace, registry: Any, version: str, publisher: Any = None) -> None:

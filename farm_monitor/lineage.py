@@ -21,7 +21,9 @@ from .rows import _sqlite_ts
 
 logger = logging.getLogger(__name__)
 
-RUN_STATUSES = ("gate_failed", "candidate", "shadow", "promoted", "superseded")
+# error: the run stopped before the gate (too few labels, all duplicates, export failed); it is
+# recorded with labels_until so the tick waits for new labels instead of failing on every run.
+RUN_STATUSES = ("error", "gate_failed", "candidate", "shadow", "promoted", "superseded")
 LABEL_ROLES = ("train", "val", "field_test", "duplicate", "unknown_class")
 
 

@@ -260,6 +260,16 @@ def test_retraining_page_shows_shadow_scores_and_lineage(tmp_path: Path, monkeyp
         [{"sample_msg_id": sample, "label": "rust", "labelled_by": "agro", "labelled_at": datetime.now(UTC),
           "image_sha256": "c" * 64, "role": "train"}],
     )  # fmt: skip
+    lineage.record_run(
+        engine,
+        {"run_id": "leaf-disease-1.9.0", "model_name": "leaf-disease", "model_version": "1.9.0",
+         "base_model_version": "1.0.0", "base_run": "/runs/base", "run_dir": "/runs/retrain-1.9.0",
+         "dataset_fingerprint": None, "base_dataset_fingerprint": None,
+         "created_at": datetime.now(UTC) - timedelta(days=1), "labels_until": datetime.now(UTC) - timedelta(days=1),
+         "gate_passed": False, "gate": None, "counts": None, "status": "error",
+         "status_reason": "stopped before the gate: too few to hold out a field test set"},
+        [],
+    )  # fmt: skip
     at = page("retraining", "agro")
     assert not at.exception, at.exception
     scores = at.dataframe[0].value
@@ -267,10 +277,14 @@ def test_retraining_page_shows_shadow_scores_and_lineage(tmp_path: Path, monkeyp
     assert row["compared"] == 10 and row["agreement"] == 0.5 and row["labelled"] == 6
     assert row["champion accuracy"] == pytest.approx(0.5) and row["challenger accuracy"] == pytest.approx(5 / 6)
     runs = at.dataframe[1].value
-    assert list(runs["version"]) == ["2.0.0"] and list(runs["status"]) == ["shadow"]
+    assert list(runs["version"]) == ["2.0.0", "1.9.0"] and list(runs["status"]) == ["shadow", "error"]
+    assert list(runs["gate"]) == ["passed", "not reached"] and "too few" in runs["reason"].iloc[1]
     shown = text_of(at)
     assert "sha256:" + "f" * 64 in shown and "accuracy 0.5000 -> 0.7500" in shown and "1.0.0" in shown
     assert list(at.dataframe[2].value["labelled_by"]) == ["agro"]
+    at.selectbox(key="rt_version").set_value("1.9.0").run()
+    assert not at.exception and any("stopped before the evaluation gate" in w.value for w in at.warning)
+    at.selectbox(key="rt_version").set_value("2.0.0").run()
     with engine.connect() as conn:
         det = conn.execute(text("SELECT msg_id FROM detections WHERE model_version = '1.0.0' LIMIT 1")).scalar()
     at.radio(key="rt_from").set_value("a detection").run()

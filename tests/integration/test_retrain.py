@@ -137,3 +137,17 @@ def test_a_label_correction_reaches_the_next_run_built_on_a_retrained_base(world
     finally:
         label_sample(engine, AGRO, trained["sample_msg_id"], trained["label"])
         engine.dispose()
+
+
+def test_a_run_that_stops_before_the_gate_is_recorded_so_the_tick_waits(world: dict, tmp_path: Path) -> None:
+    # A farm with no labels: the run stops at the export.
+    args = _args(world, tmp_path / "e1", "--farm", "farm-without-labels")
+    assert run_cli(args, "cropwatch retrain disease") == 1
+    engine = make_engine(world["db"])
+    run = lineage.run_for_version(engine, "leaf-disease", "e1")
+    assert run is not None and run["status"] == "error" and run["run_id"] == "leaf-disease-e1"
+    assert "no labelled samples" in run["status_reason"] and run["dataset_fingerprint"] is None
+    # The tick counts new labels from labels_until: none are newer, so it does not retrain again.
+    assert run["labels_until"] == lineage.newest_label_time(engine)
+    assert lineage.labels_since(engine, run["labels_until"]) == 0
+    engine.dispose()

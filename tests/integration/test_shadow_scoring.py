@@ -212,7 +212,7 @@ def test_lineage_round_trip(db_url: str) -> None:
         det = conn.execute(text_("SELECT msg_id FROM detections WHERE shadow IS NOT NULL LIMIT 1")).scalar()
     run = {
         "run_id": "retrain-1.0.0", "model_name": "leaf-disease", "model_version": "1.0.0",
-        "base_model_version": "0.9.0", "base_run": "/runs/base", "run_dir": "/runs/retrain-1.0.0",
+        "base_model_version": "0.9.0", "base_run": "/runs/base", "run_dir": "/runs/" + "deep/" * 150 + "r",
         "dataset_fingerprint": "sha256:" + "a" * 64, "base_dataset_fingerprint": "sha256:" + "b" * 64,
         "created_at": start, "labels_until": start, "gate_passed": True,
         "gate": {"passed": True, "reasons": ["ok"]}, "counts": {"field_labels": 2}, "status": "candidate",
@@ -227,6 +227,7 @@ def test_lineage_round_trip(db_url: str) -> None:
         chain["detection"]["model_version"] == "1.0.0" and chain["detection"]["shadow"]["model"]["version"] == "2.0.0"
     )
     assert chain["run"]["gate"]["reasons"] == ["ok"] and chain["run"]["created_at"] == start
+    assert chain["run"]["run_dir"] == run["run_dir"]  # longer than 512 characters: PostgreSQL stores it whole
     assert sorted(r["role"] for r in chain["labels"]) == ["field_test", "train"]
     assert lineage.labels_since(engine, start - timedelta(minutes=1)) == 7
     assert lineage.labels_since(engine, datetime.now(UTC) + timedelta(minutes=1)) == 0

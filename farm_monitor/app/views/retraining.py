@@ -56,6 +56,12 @@ def _lineage(doc: dict) -> None:
         f"**{run['base_model_version'] or '?'}**; status **{run['status']}**"
         + (f" ({run['status_reason']})" if run.get("status_reason") else "")
     )
+    if run["status"] == "error":
+        st.warning(
+            "This run stopped before the evaluation gate and made no model; the retraining tick waits for labels "
+            f"entered after {dt(run['labels_until']) if run.get('labels_until') else 'it'} before it tries again."
+        )
+        return
     st.markdown(
         f"Dataset fingerprint `{run['dataset_fingerprint']}` (base `{run['base_dataset_fingerprint']}`); "
         f"run folder `{run['run_dir']}`"
