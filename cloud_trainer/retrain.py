@@ -129,7 +129,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--db", required=True, help="monitor database URL (sqlite:///... or postgresql+psycopg://...)")
     p.add_argument("--base", required=True, type=Path, help="the base training run folder (its model is fine-tuned)")
-    p.add_argument("--since", default=None, help="only labels entered from this date/time on (ISO 8601, UTC)")
+    p.add_argument("--since", default=None, help="only labels entered from then on (ISO 8601; no offset: UTC)")
     p.add_argument("--farm", action="append", default=[], help="only labels of this farm's samples (repeat)")
     p.add_argument("--out", type=Path, default=None, help="new run folder (default: BASE/../retrain-VERSION)")
     p.add_argument("--name", default="leaf-disease", help="model name in the registry")
@@ -476,7 +476,8 @@ def _since(value: str | None) -> dt.datetime | None:
     if not value:
         return None
     try:
-        return _parse_time(value)
+        # UTC: the SQLite export compares naive UTC text, so an offset must not be dropped as is.
+        return _parse_time(value).astimezone(dt.UTC)
     except ValueError as exc:
         raise RetrainError(f"--since {value!r} is not an ISO 8601 date or date-time (e.g. 2026-06-01)") from exc
 

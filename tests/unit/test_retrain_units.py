@@ -46,3 +46,15 @@ def test_field_split_is_stratified_and_deterministic() -> None:
     other = _items("a", 10)
     field_split(other, 0.3, 0.2, seed=1)
     assert [it.role for it in other] != [roles[it.msg_id] for it in other]
+
+
+def test_since_with_a_utc_offset_becomes_utc() -> None:
+    import datetime as dt
+
+    from cloud_trainer.retrain import _since
+
+    since = _since("2026-06-01T12:00:00+02:00")
+    assert since == dt.datetime(2026, 6, 1, 10, tzinfo=dt.UTC) and since.utcoffset() == dt.timedelta(0)
+    # What the SQLite export compares: the naive UTC time, not 12:00.
+    assert since.replace(tzinfo=None) == dt.datetime(2026, 6, 1, 10)
+    assert _since("2026-06-01") == dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
