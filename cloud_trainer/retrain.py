@@ -113,6 +113,12 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
         help="the candidate must beat the base model on the field test set by more than this",
     )
     p.add_argument(
+        "--min-field-test",
+        type=int,
+        default=5,
+        help="fewer field test images than this fail the gate (a gain on one or two images is chance)",
+    )
+    p.add_argument(
         "--train-bn",
         action="store_true",
         help="let BatchNorm statistics move during fine-tuning (default: frozen, so a few field photos of another "
@@ -372,14 +378,21 @@ def load_images(rows: list[tuple[Path, str]], size: int, classes: list[str]) -> 
 
 
 def decide(
-    metric: str, fixed: dict[str, dict], field_: dict[str, dict], max_regression: float, min_field_gain: float
+    metric: str,
+    fixed: dict[str, dict],
+    field_: dict[str, dict],
+    max_regression: float,
+    min_field_gain: float,
+    min_field_test: int = 1,
 ) -> GateResult:
-    """Pass when no worse on the fixed test set (within the tolerance) and better on the field test set."""
+    """Pass when no worse on the fixed test set (within the tolerance) and better on the field test set,
+    measured on at least ``min_field_test`` field images."""
     fb, fc = fixed["base"][metric], fixed["candidate"][metric]
     gb, gc = field_["base"][metric], field_["candidate"][metric]
     reasons = []
     fixed_ok = fc >= fb - max_regression - 1e-12
-    field_ok = gc - gb > min_field_gain + 1e-12
+    enough = field_["candidate"]["n"] >= min_field_test
+    field_ok = gc - gb > min_field_gain + 1e-12 and enough
     reasons.append(
         f"fixed test set ({fixed['candidate']['n']} images): {metric} {fb:.4f} -> {fc:.4f} "
         f"({(fc - fb) * 100:+.2f} points); allowed drop {max_regression * 100:.2f} points: "
@@ -391,6 +404,9 @@ def decide(
         + (
             "ok"
             if field_ok
+            else f"FAIL, fewer than {min_field_test} field test images (--min-field-test): too few to tell a gain "
+            "from chance; label more samples on the monitor's Detections page"
+            if not enough
             else "FAIL, the candidate is not better on the field"
             if gc <= gb
             else "FAIL, the gain on the field is below the minimum"
@@ -402,7 +418,11 @@ def decide(
         reasons=reasons,
         fixed={"base": fixed["base"], "candidate": fixed["candidate"], "delta": fc - fb, "ok": fixed_ok},
         field={"base": field_["base"], "candidate": field_["candidate"], "delta": gc - gb, "ok": field_ok},
-        thresholds={"max_regression": max_regression, "min_field_gain": min_field_gain},
+        thresholds={
+            "max_regression": max_regression,
+            "min_field_gain": min_field_gain,
+            "min_field_test": min_field_test,
+        },
     )
 
 
@@ -595,7 +615,10 @@ def retrain(args: argparse.Namespace, publisher: Any = None, engine: Any = None)
         x, y = load_images(rows, size, classes)
         for who, path in (("base", base), ("candidate", run)):
             results[set_name][who] = evaluate_run(path, x, y, classes)
-    gate = decide(args.metric, results["fixed"], results["field"], args.max_regression, args.min_field_gain)
+    gate = decide(
+        args.metric, results["fixed"], results["field"], args.max_regression, args.min_field_gain,
+        args.min_field_test,
+    )  # fmt: skip
     candidate_fp = json.loads((run / "run.json").read_text())["dataset_fingerprint"]
     gate.extra = {
         "model": args.name,

@@ -70,6 +70,7 @@ class RetrainSection(_Model):
     metric: str = Field("accuracy", pattern="^(accuracy|macro_f1)$")
     max_regression: Annotated[float, Field(ge=0, le=1)] = 0.01
     min_field_gain: Annotated[float, Field(ge=0, le=1)] = 0.0
+    min_field_test: Annotated[int, Field(ge=1)] = Field(5, description="fewer field test images fail the gate")
     int8: bool = True
 
 
@@ -298,7 +299,8 @@ def retrain_args(cfg: RetrainConfig, base: Path, version: str) -> argparse.Names
         "--epochs", str(r.epochs), "--lr", str(r.lr), "--batch-size", str(r.batch_size),
         "--field-test-frac", str(r.field_test_frac), "--field-val-frac", str(r.field_val_frac),
         "--field-oversample", str(r.field_oversample), "--metric", r.metric,
-        "--max-regression", str(r.max_regression), "--min-field-gain", str(r.min_field_gain), "--quiet",
+        "--max-regression", str(r.max_regression), "--min-field-gain", str(r.min_field_gain),
+        "--min-field-test", str(r.min_field_test), "--quiet",
     ]  # fmt: skip
     for f in r.farms:
         argv += ["--farm", f]

@@ -24,6 +24,11 @@ def test_gate_passes_only_when_no_worse_on_fixed_and_better_on_field() -> None:
     small = decide("accuracy", {"base": _m(0.9), "candidate": _m(0.9)}, {"base": _m(0.5), "candidate": _m(0.55)},
                    0.01, 0.1)  # fmt: skip
     assert not small.passed and "above 10.00 points" in small.reasons[1] and "below the minimum" in small.reasons[1]
+    # A gain on fewer field test images than --min-field-test is chance: the gate fails and says to label more.
+    few = decide("accuracy", {"base": _m(0.9), "candidate": _m(0.9)}, {"base": _m(0.0, 1), "candidate": _m(1.0, 1)},
+                 0.01, 0.0, 5)  # fmt: skip
+    assert not few.passed and not few.field["ok"] and "fewer than 5 field test images" in few.reasons[1]
+    assert "label more" in few.reasons[1] and few.thresholds["min_field_test"] == 5
     md = gate_markdown(ok, "x")
     assert "PASSED" in md and "| a | 0.900 | 0.895 | 10 |" in md
 
