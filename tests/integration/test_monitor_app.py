@@ -159,6 +159,8 @@ def test_farmer_cannot_label_or_acknowledge(world: World) -> None:
     engine = make_engine(world.db_url)
     with engine.connect() as conn:
         sample = conn.execute(text("SELECT msg_id FROM samples WHERE farm_id = 'farm-a' LIMIT 1")).scalar()
+        b_sample = conn.execute(text("SELECT msg_id FROM samples WHERE farm_id = 'farm-b' LIMIT 1")).scalar()
+    assert b_sample is not None
     with pytest.raises(PermissionDenied):
         label_sample(engine, farmer, sample, "Tomato___healthy")
 
@@ -249,6 +251,8 @@ def test_retraining_page_shows_shadow_scores_and_lineage(tmp_path: Path, monkeyp
     engine = make_engine(w.db_url)
     with engine.connect() as conn:
         sample = conn.execute(text("SELECT msg_id FROM samples WHERE farm_id = 'farm-a' LIMIT 1")).scalar()
+        b_sample = conn.execute(text("SELECT msg_id FROM samples WHERE farm_id = 'farm-b' LIMIT 1")).scalar()
+    assert b_sample is not None
     lineage.record_run(
         engine,
         {"run_id": "retrain-2.0.0", "model_name": "leaf-disease", "model_version": "2.0.0",
@@ -258,7 +262,9 @@ def test_retraining_page_shows_shadow_scores_and_lineage(tmp_path: Path, monkeyp
          "gate": {"reasons": ["field test set (12 images): accuracy 0.5000 -> 0.7500"]}, "counts": {"field_labels": 1},
          "status": "shadow"},
         [{"sample_msg_id": sample, "label": "rust", "labelled_by": "agro", "labelled_at": datetime.now(UTC),
-          "image_sha256": "c" * 64, "role": "train"}],
+          "image_sha256": "c" * 64, "role": "train"},
+         {"sample_msg_id": b_sample, "label": "rust", "labelled_by": "b-labeller", "labelled_at": datetime.now(UTC),
+          "image_sha256": "d" * 64, "role": "train"}],
     )  # fmt: skip
     lineage.record_run(
         engine,
@@ -281,7 +287,14 @@ def test_retraining_page_shows_shadow_scores_and_lineage(tmp_path: Path, monkeyp
     assert list(runs["gate"]) == ["passed", "not reached"] and "too few" in runs["reason"].iloc[1]
     shown = text_of(at)
     assert "sha256:" + "f" * 64 in shown and "accuracy 0.5000 -> 0.7500" in shown and "1.0.0" in shown
-    assert list(at.dataframe[2].value["labelled_by"]) == ["agro"]
+    assert sorted(at.dataframe[2].value["labelled_by"]) == ["agro", "b-labeller"]
+    # An agronomist of farm-a sees the run's farm-a labels only, and is told how many are hidden.
+    UsersFile(w.config.app.users_file).add("agro-a", PASSWORD, "agronomist", ["farm-a"])
+    only_a = page("retraining", "agro-a")
+    assert not only_a.exception, only_a.exception
+    assert list(only_a.dataframe[2].value["labelled_by"]) == ["agro"]
+    assert b_sample not in text_of(only_a) and "b-labeller" not in text_of(only_a)
+    assert any("1 field label(s) of farms you cannot see" in c.value for c in only_a.caption)
     at.selectbox(key="rt_version").set_value("1.9.0").run()
     assert not at.exception and any("stopped before the evaluation gate" in w.value for w in at.warning)
     at.selectbox(key="rt_version").set_value("2.0.0").run()
