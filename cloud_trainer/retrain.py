@@ -166,12 +166,17 @@ def _store(images: Path, src: Path, digest: str) -> str:
     """Copy (hard-link when possible) ``src`` to its content address; the path relative to ``data/``."""
     rel = f"images/{digest[:2]}/{digest}{src.suffix.lower() or '.jpg'}"
     dst = images.parent / rel
-    if not dst.exists():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copyfile(src, dst)
+    # A rerun after a crash finds the files of the first try: reuse one only when its bytes are right.
+    if dst.exists() and sha256_bytes(dst.read_bytes()) == digest:
+        return rel
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)  # the content address never names a half-written file
     return rel
 
 

@@ -63,3 +63,29 @@ def test_since_with_a_utc_offset_becomes_utc() -> None:
     # What the SQLite export compares: the naive UTC time, not 12:00.
     assert since.replace(tzinfo=None) == dt.datetime(2026, 6, 1, 10)
     assert _since("2026-06-01") == dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
+
+
+def test_store_replaces_a_truncated_image_left_by_a_crash(tmp_path: Path) -> None:
+    from cloud_trainer.retrain import _store, sha256_bytes
+
+    src = tmp_path / "photo.jpg"
+    src.write_bytes(b"\xff\xd8" + bytes(range(256)) * 4 + b"\xff\xd9")
+    digest = sha256_bytes(src.read_bytes())
+    images = tmp_path / "data" / "images"
+    rel = _store(images, src, digest)
+    (images.parent / rel).unlink()
+    (images.parent / rel).write_bytes(src.read_bytes()[:100])  # what a crash mid-copy leaves
+    assert _store(images, src, digest) == rel
+    assert sha256_bytes((images.parent / rel).read_bytes()) == digest
+    assert [p.name for p in (images.parent / rel).parent.iterdir()] == [f"{digest}.jpg"]  # no temp file left
+
+
+def test_a_relative_base_data_path_resolves_against_the_base_runs_folder_or_says_so(tmp_path: Path) -> None:
+    import pytest
+
+    from cloud_trainer.retrain import RetrainError, _base_data_path
+
+    assert _base_data_path(tmp_path, {"data": "leaves", "cwd": "/srv/train"}) == Path("/srv/train/leaves")
+    assert _base_data_path(tmp_path, {"data": "/abs/leaves"}) == Path("/abs/leaves")
+    with pytest.raises(RetrainError, match="relative to the folder the base run was trained in"):
+        _base_data_path(tmp_path, {"data": "no-such-relative-folder"})
