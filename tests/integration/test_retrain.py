@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from pathlib import Path
 
@@ -48,6 +49,15 @@ def _args(world: dict, out: Path, *extra: str):
     )  # fmt: skip
 
 
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _rows(path: Path, split: str | None = None) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return [r for r in csv.DictReader(fh) if split is None or r["split"] == split]
+
+
 def test_retrain_merges_gates_exports_and_records_lineage(world: dict) -> None:
     out = world["root"] / "2.0.0"
     rc = run_cli(_args(world, out, "--max-regression", "0.05"), "cropwatch retrain disease")
@@ -61,9 +71,10 @@ def test_retrain_merges_gates_exports_and_records_lineage(world: dict) -> None:
     assert report["counts"]["field_labels"] == 37 and report["counts"]["field_duplicates"] == 1
     assert (out / "gate" / "per_class.png").stat().st_size > 1000
     # The base run's fixed test set stays the test set, image for image.
-    base_test = sorted(r["label"] for r in csv.DictReader((world["base"] / "split.csv").open()) if r["split"] == "test")
-    new_test = sorted(r["label"] for r in csv.DictReader((out / "split.csv").open()) if r["split"] == "test")
-    assert base_test == new_test
+    base_root = Path(json.loads((world["base"] / "run.json").read_text())["data"])
+    base_test = sorted((_sha(base_root / r["path"]), r["label"]) for r in _rows(world["base"] / "split.csv", "test"))
+    new_test = sorted((_sha(out / "data" / r["path"]), r["label"]) for r in _rows(out / "split.csv", "test"))
+    assert len(base_test) > 0 and base_test == new_test
     entry = Registry(world["root"] / "registry").get("leaf-disease", "2.0.0")
     assert entry.manifest.training_run.endswith(str(out)[-200:])
     assert entry.manifest.training_data_fingerprint == report["dataset_fingerprint"]
@@ -126,12 +137,11 @@ def test_a_label_correction_reaches_the_next_run_built_on_a_retrained_base(world
         merge(base, tmp_path / "export", tmp_path / "run", args)
         data = tmp_path / "run" / "data"
         digest = trained["image_sha256"]
-        rows = [r for r in csv.DictReader((data / "dataset.csv").open()) if digest in r["path"]]
-        test_rows = [r for r in csv.DictReader((data / "field_test.csv").open()) if digest in r["path"]]
+        rows = [r for r in _rows(data / "dataset.csv") if digest in r["path"]]
+        test_rows = [r for r in _rows(data / "field_test.csv") if digest in r["path"]]
         assert [(r["label"], r["origin"]) for r in rows] in ([(new_label, "field")], [])
         assert [r["label"] for r in rows + test_rows] == [new_label]
-        split = [r["label"] for r in csv.DictReader((tmp_path / "run" / "split.csv").open())
-                 if trained["image_sha256"] in r["path"]]  # fmt: skip
+        split = [r["label"] for r in _rows(tmp_path / "run" / "split.csv") if digest in r["path"]]
         assert set(split) <= {new_label}
         assert sha256_bytes((data / (rows + test_rows)[0]["path"]).read_bytes()) == trained["image_sha256"]
     finally:
