@@ -7,7 +7,9 @@ whole decision as JSON with ``--json``):
    detections since it was published (:func:`farm_monitor.shadow.shadow_report`). When the
    challenger beats the champion by ``promotion.margin`` on at least ``promotion.min_labelled``
    labelled detections, promote it (``cloud_trainer.rollout.promote``); when it loses by the margin,
-   end the shadow run; otherwise wait. No retraining while a challenger is being scored.
+   end the shadow run; otherwise wait. No retraining while a challenger is being scored. A shadow
+   run promoted by hand becomes ``promoted``; the newest run left a gate-passed ``candidate`` is
+   adopted when published by hand, else published as shadow.
 2. otherwise retrain (``cropwatch retrain disease``) when at least ``retrain.min_new_labels`` labels
    were entered since the last run, or when ``retrain.interval_hours`` have passed since it and
    there is at least one new label. The base is the run that made the farm's current champion (rollout
