@@ -377,3 +377,13 @@ def test_tick_config_with_a_shadow_farm_needs_broker_and_base_url(
     assert main(["--config", str(path), "--check-config"], "cropwatch retrain tick") == 2
     err = capsys.readouterr().err
     assert "broker.url" in err and "registry.base_url" in err
+
+
+def test_tick_passes_min_field_test_to_the_retrain(tmp_path: Path) -> None:
+    from cloud_trainer.retrain_tick import retrain_args
+    from shared.config import load_config
+
+    path = _config(tmp_path, f"sqlite:///{tmp_path / 'monitor.db'}")
+    path.write_text(path.read_text().replace("[retrain]\n", "[retrain]\nmin_field_test = 9\n"))
+    args = retrain_args(load_config(RetrainConfig, path), tmp_path / "base", "3.0.0")
+    assert args.min_field_test == 9 and args.publish_farm == "farm-a" and args.broker == "mqtt://127.0.0.1:1"
