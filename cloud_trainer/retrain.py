@@ -113,6 +113,12 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
         help="the candidate must beat the base model on the field test set by more than this",
     )
     p.add_argument(
+        "--min-field-test",
+        type=int,
+        default=5,
+        help="fewer field test images than this fail the gate (a gain on one or two images is chance)",
+    )
+    p.add_argument(
         "--train-bn",
         action="store_true",
         help="let BatchNorm statistics move during fine-tuning (default: frozen, so a few field photos of another "
@@ -129,7 +135,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--db", required=True, help="monitor database URL (sqlite:///... or postgresql+psycopg://...)")
     p.add_argument("--base", required=True, type=Path, help="the base training run folder (its model is fine-tuned)")
-    p.add_argument("--since", default=None, help="only labels entered from this date/time on (ISO 8601, UTC)")
+    p.add_argument("--since", default=None, help="only labels entered from then on (ISO 8601; no offset: UTC)")
     p.add_argument("--farm", action="append", default=[], help="only labels of this farm's samples (repeat)")
     p.add_argument("--out", type=Path, default=None, help="new run folder (default: BASE/../retrain-VERSION)")
     p.add_argument("--name", default="leaf-disease", help="model name in the registry")
@@ -160,12 +166,17 @@ def _store(images: Path, src: Path, digest: str) -> str:
     """Copy (hard-link when possible) ``src`` to its content address; the path relative to ``data/``."""
     rel = f"images/{digest[:2]}/{digest}{src.suffix.lower() or '.jpg'}"
     dst = images.parent / rel
-    if not dst.exists():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copyfile(src, dst)
+    # A rerun after a crash finds the files of the first try: reuse one only when its bytes are right.
+    if dst.exists() and sha256_bytes(dst.read_bytes()) == digest:
+        return rel
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)  # the content address never names a half-written file
     return rel
 
 
@@ -211,20 +222,27 @@ def merge(base: Path, export_dir: Path, run: Path, args: argparse.Namespace) -> 
 
     info = json.loads((base / "run.json").read_text())
     classes = list(info["classes"])
-    base_data = ds.load_dataset(info["data"], min_per_class=1)
+    data_path = _base_data_path(base, info)
+    base_data = ds.load_dataset(data_path, min_per_class=1)
     base_split = ds.load_split(base / "split.csv", base_data)
+    # A retrained base carries field rows with the labels they had then; they come fresh from the
+    # export instead (latest label), else a correction would be dropped as a duplicate of its old self.
+    inherited_field = _field_rows(data_path)
     data_dir = run / "data"
     images = data_dir / "images"
     images.mkdir(parents=True, exist_ok=True)
     seen: dict[str, str] = {}  # sha256 -> where it came from
     dataset_rows: list[list[Any]] = []
     split_rows: list[list[Any]] = []
-    dup_base = 0
+    dup_base = dropped_field = 0
     total = sum(len(v) for v in base_split.values())
     bar = tqdm(total=total, desc="merge base data", unit="img", disable=args.quiet, leave=False)
     for name in ds.SPLITS:
         for s in base_split[name]:
             bar.update()
+            if s.rel in inherited_field:
+                dropped_field += 1
+                continue
             digest = sha256_bytes(s.path.read_bytes())
             if digest in seen:
                 dup_base += 1
@@ -235,7 +253,9 @@ def merge(base: Path, export_dir: Path, run: Path, args: argparse.Namespace) -> 
             split_rows.append([name, s.label, rel])
     bar.close()
 
-    rows = list(csv.DictReader((export_dir / "labels.csv").open(newline="", encoding="utf-8")))
+    if dropped_field:
+        logger.info("%d field row(s) of the base run left out: field labels come from the export", dropped_field)
+    rows = _read_csv(export_dir / "labels.csv")
     field: list[FieldItem] = []
     dup_field = unknown = 0
     newest: dt.datetime | None = None
@@ -303,6 +323,35 @@ def merge(base: Path, export_dir: Path, run: Path, args: argparse.Namespace) -> 
     return Merged(classes, field, counts, newest)
 
 
+def _base_data_path(base: Path, info: dict[str, Any]) -> Path:
+    """The base run's data; a relative path is relative to where that run was trained (``cwd`` in run.json)."""
+    data = Path(info["data"])
+    if data.is_absolute():
+        return data
+    if info.get("cwd"):
+        return Path(info["cwd"]) / data
+    if not data.exists():
+        raise RetrainError(
+            f"the base run {base} was trained on the relative data path {data}, which is relative to the folder "
+            "the base run was trained in and does not exist here; run from that folder, or retrain the base with "
+            "an absolute --data path"
+        )
+    return data.resolve()
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _field_rows(data: Path) -> set[str]:
+    """Paths of a retrained run's ``dataset.csv`` rows that did not come from the original base data."""
+    if data.suffix.lower() != ".csv" or not data.is_file():
+        return set()
+    rows = _read_csv(data)
+    return {r["path"] for r in rows if "origin" in r and r["origin"] != "base"}
+
+
 def _parse_time(value: str) -> dt.datetime:
     t = dt.datetime.fromisoformat(value.strip())
     return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
@@ -334,14 +383,21 @@ def load_images(rows: list[tuple[Path, str]], size: int, classes: list[str]) -> 
 
 
 def decide(
-    metric: str, fixed: dict[str, dict], field_: dict[str, dict], max_regression: float, min_field_gain: float
+    metric: str,
+    fixed: dict[str, dict],
+    field_: dict[str, dict],
+    max_regression: float,
+    min_field_gain: float,
+    min_field_test: int = 1,
 ) -> GateResult:
-    """Pass when no worse on the fixed test set (within the tolerance) and better on the field test set."""
+    """Pass when no worse on the fixed test set (within the tolerance) and better on the field test set,
+    measured on at least ``min_field_test`` field images."""
     fb, fc = fixed["base"][metric], fixed["candidate"][metric]
     gb, gc = field_["base"][metric], field_["candidate"][metric]
     reasons = []
     fixed_ok = fc >= fb - max_regression - 1e-12
-    field_ok = gc - gb > min_field_gain + 1e-12
+    enough = field_["candidate"]["n"] >= min_field_test
+    field_ok = gc - gb > min_field_gain + 1e-12 and enough
     reasons.append(
         f"fixed test set ({fixed['candidate']['n']} images): {metric} {fb:.4f} -> {fc:.4f} "
         f"({(fc - fb) * 100:+.2f} points); allowed drop {max_regression * 100:.2f} points: "
@@ -353,6 +409,9 @@ def decide(
         + (
             "ok"
             if field_ok
+            else f"FAIL, fewer than {min_field_test} field test images (--min-field-test): too few to tell a gain "
+            "from chance; label more samples on the monitor's Detections page"
+            if not enough
             else "FAIL, the candidate is not better on the field"
             if gc <= gb
             else "FAIL, the gain on the field is below the minimum"
@@ -364,7 +423,11 @@ def decide(
         reasons=reasons,
         fixed={"base": fixed["base"], "candidate": fixed["candidate"], "delta": fc - fb, "ok": fixed_ok},
         field={"base": field_["base"], "candidate": field_["candidate"], "delta": gc - gb, "ok": field_ok},
-        thresholds={"max_regression": max_regression, "min_field_gain": min_field_gain},
+        thresholds={
+            "max_regression": max_regression,
+            "min_field_gain": min_field_gain,
+            "min_field_test": min_field_test,
+        },
     )
 
 
@@ -438,7 +501,8 @@ def _since(value: str | None) -> dt.datetime | None:
     if not value:
         return None
     try:
-        return _parse_time(value)
+        # UTC: the SQLite export compares naive UTC text, so an offset must not be dropped as is.
+        return _parse_time(value).astimezone(dt.UTC)
     except ValueError as exc:
         raise RetrainError(f"--since {value!r} is not an ISO 8601 date or date-time (e.g. 2026-06-01)") from exc
 
@@ -468,6 +532,9 @@ def retrain(args: argparse.Namespace, publisher: Any = None, engine: Any = None)
             return retrain(args, publisher, engine)
         finally:
             engine.dispose()
+    if args.publish_farm and (not args.base_url or (publisher is None and not args.broker)):
+        # Before an hour of training, not after it.
+        raise RetrainError("--publish-farm needs --broker and --base-url")
     base: Path = args.base.resolve()
     if not (base / "run.json").is_file() or not (base / "model.pt").is_file() or not (base / "split.csv").is_file():
         raise RetrainError(f"--base {args.base} is not a finished training run (run.json, model.pt, split.csv)")
@@ -480,21 +547,28 @@ def retrain(args: argparse.Namespace, publisher: Any = None, engine: Any = None)
     run: Path = (args.out or base.parent / f"retrain-{version}").resolve()
     if (run / "run.json").exists():
         raise RetrainError(f"{run} already holds a finished run; choose another --out or --version")
-    run.mkdir(parents=True, exist_ok=True)
     registry = Registry(args.registry)
     if any(e.version == version for e in registry.entries(args.name)):
         raise RetrainError(
             f"{args.name} {version} is already in the registry {args.registry}; choose another --version"
         )
     base_version = args.base_version or _base_version(registry, args.name, base)
+    run.mkdir(parents=True, exist_ok=True)
 
     migrate(engine)
-    export_dir = run / "field_export"
-    n = export_labels(engine, export_dir, args.farm or None, since)
-    if n == 0:
-        raise RetrainError("no labelled samples in the monitor database for these filters; label some first")
-    merged = merge(base, export_dir, run, args)
-    logger.info("merged data: %s", merged.counts)
+    run_id = f"{args.name}-{version}"  # versions are unique per model in the registry; folder names are not
+    # Taken before the export: a label entered while this run works counts for the next one.
+    labels_until = lineage.newest_label_time(engine)
+    try:
+        export_dir = run / "field_export"
+        n = export_labels(engine, export_dir, args.farm or None, since)
+        if n == 0:
+            raise RetrainError("no labelled samples in the monitor database for these filters; label some first")
+        merged = merge(base, export_dir, run, args)
+        logger.info("merged data: %s", merged.counts)
+    except Exception as exc:
+        _record_error(engine, args, run_id, version, base_version, base, run, info, labels_until, exc)
+        raise
 
     size = int(info["image_size"])
     train_argv = [
@@ -514,7 +588,9 @@ def retrain(args: argparse.Namespace, publisher: Any = None, engine: Any = None)
     targs = train.get_args_parser().parse_args(train_argv)
     rc = train.main(targs)
     if rc != 0 or not (run / "run.json").is_file():
-        raise RetrainError(f"fine-tuning failed (train exit {rc}); see the log above and {run}")
+        exc = RetrainError(f"fine-tuning failed (train exit {rc}); see the log above and {run}")
+        _record_error(engine, args, run_id, version, base_version, base, run, info, labels_until, exc)
+        raise exc
     # The resolved retraining config beside the trainer's own config.json.
     atomic_write_text(
         run / "retrain.json",
@@ -536,18 +612,18 @@ def retrain(args: argparse.Namespace, publisher: Any = None, engine: Any = None)
 
     # Evaluate both models on the same two sets, decoded exactly as a device does.
     classes = merged.classes
-    split_rows = list(csv.DictReader((run / "split.csv").open(newline="", encoding="utf-8")))
+    split_rows = _read_csv(run / "split.csv")
     fixed_rows = [(run / "data" / r["path"], r["label"]) for r in split_rows if r["split"] == "test"]
-    field_rows = [
-        (run / "data" / r["path"], r["label"])
-        for r in csv.DictReader((run / "data" / "field_test.csv").open(newline="", encoding="utf-8"))
-    ]
+    field_rows = [(run / "data" / r["path"], r["label"]) for r in _read_csv(run / "data" / "field_test.csv")]
     results: dict[str, dict[str, dict]] = {"fixed": {}, "field": {}}
     for set_name, rows in (("fixed", fixed_rows), ("field", field_rows)):
         x, y = load_images(rows, size, classes)
         for who, path in (("base", base), ("candidate", run)):
             results[set_name][who] = evaluate_run(path, x, y, classes)
-    gate = decide(args.metric, results["fixed"], results["field"], args.max_regression, args.min_field_gain)
+    gate = decide(
+        args.metric, results["fixed"], results["field"], args.max_regression, args.min_field_gain,
+        args.min_field_test,
+    )  # fmt: skip
     candidate_fp = json.loads((run / "run.json").read_text())["dataset_fingerprint"]
     gate.extra = {
         "model": args.name,
@@ -583,7 +659,6 @@ def retrain(args: argparse.Namespace, publisher: Any = None, engine: Any = None)
     if not gate.passed:
         registry.retire(entry.name, entry.version, "evaluation gate failed: " + " | ".join(gate.reasons))
 
-    run_id = run.name
     status = "candidate" if gate.passed else "gate_failed"
     lineage.record_run(
         engine,
@@ -609,6 +684,30 @@ def retrain(args: argparse.Namespace, publisher: Any = None, engine: Any = None)
     return result
 
 
+def _record_error(
+    engine: Any, args: argparse.Namespace, run_id: str, version: str, base_version: str | None, base: Path,
+    run: Path, info: dict[str, Any], labels_until: dt.datetime | None, exc: BaseException,
+) -> None:  # fmt: skip
+    """An ``error`` run row: the monitor shows why, and the tick waits for labels newer than ``labels_until``."""
+    from farm_monitor import lineage
+
+    try:
+        lineage.record_run(
+            engine,
+            {
+                "run_id": run_id, "model_name": args.name, "model_version": version,
+                "base_model_version": base_version, "base_run": str(base), "run_dir": str(run),
+                "dataset_fingerprint": None, "base_dataset_fingerprint": info.get("dataset_fingerprint"),
+                "created_at": dt.datetime.now(dt.UTC), "labels_until": labels_until, "gate_passed": False,
+                "gate": None, "counts": None, "status": "error",
+                "status_reason": f"stopped before the gate: {exc}"[:4000],
+            },
+            [],
+        )  # fmt: skip
+    except Exception:  # the original error matters more; say this one in the log
+        logger.exception("could not record the failed run %s", run_id)
+
+
 def publish_shadow(args: argparse.Namespace, registry: Any, version: str, publisher: Any = None) -> None:
     from shared.messages import RolloutPolicy
 
@@ -619,7 +718,10 @@ def publish_shadow(args: argparse.Namespace, registry: Any, version: str, publis
     if publisher is None:
         publisher = broker_publisher(args.broker, args.ca_file)
     policy = RolloutPolicy(mode="shadow", percent=args.shadow_percent, devices=args.shadow_devices)
-    rollout.publish(registry, args.name, version, args.publish_farm, args.base_url, publisher, policy)
+    rollout.publish(
+        registry, args.name, version, args.publish_farm, args.base_url, publisher, policy, db_url=args.db,
+        by="retrain",
+    )  # fmt: skip
     logger.info("published %s %s as shadow to farm %s (%s)", args.name, version, args.publish_farm, policy)
 
 

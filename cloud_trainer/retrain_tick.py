@@ -3,14 +3,17 @@
 Each tick does at most one thing and says what it decided and why (a line per decision, and the
 whole decision as JSON with ``--json``):
 
-1. a shadow run is live (the newest retraining run has status ``shadow``): score it on the
+1. a shadow run is live (a retraining run has status ``shadow``): score it on the
    detections since it was published (:func:`farm_monitor.shadow.shadow_report`). When the
    challenger beats the champion by ``promotion.margin`` on at least ``promotion.min_labelled``
    labelled detections, promote it (``cloud_trainer.rollout.promote``); when it loses by the margin,
-   end the shadow run; otherwise wait. No retraining while a challenger is being scored.
+   end the shadow run; otherwise wait. No retraining while a challenger is being scored. A shadow
+   run promoted by hand becomes ``promoted``; the newest run left a gate-passed ``candidate`` is
+   adopted when published by hand, else published as shadow.
 2. otherwise retrain (``cropwatch retrain disease``) when at least ``retrain.min_new_labels`` labels
    were entered since the last run, or when ``retrain.interval_hours`` have passed since it and
-   there is at least one new label. The base is the newest promoted run, else ``retrain.base_run``.
+   there is at least one new label. The base is the run that made the farm's current champion (rollout
+   history), else the newest promoted run, else ``retrain.base_run``.
 
 Exit status: 0 when the tick decided (including "nothing to do" and "gate failed"), 1 on an error,
 2 on a bad config.
@@ -26,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +72,7 @@ class RetrainSection(_Model):
     metric: str = Field("accuracy", pattern="^(accuracy|macro_f1)$")
     max_regression: Annotated[float, Field(ge=0, le=1)] = 0.01
     min_field_gain: Annotated[float, Field(ge=0, le=1)] = 0.0
+    min_field_test: Annotated[int, Field(ge=1)] = Field(5, description="fewer field test images fail the gate")
     int8: bool = True
 
 
@@ -97,6 +101,15 @@ class RetrainConfig(_Model):
     shadow: ShadowSection = Field(default_factory=ShadowSection)
     promotion: PromotionSection = Field(default_factory=PromotionSection)
 
+    @model_validator(mode="after")
+    def _publishing_needs_broker_and_base_url(self) -> RetrainConfig:
+        # Checked here, not after an hour of training: a shadow farm means publishing.
+        if self.shadow.farm and not (self.broker.url and self.registry.base_url):
+            raise ValueError(
+                f"shadow.farm = {self.shadow.farm!r} publishes candidates: set broker.url and registry.base_url too"
+            )
+        return self
+
 
 def _publisher(cfg: RetrainConfig) -> Any:
     from .retrain import broker_publisher
@@ -122,6 +135,13 @@ def check_promotion(cfg: RetrainConfig, engine: Any, run: dict[str, Any], publis
     if history:
         live = rollout.current_shadow(history)
         if live is None or live["version"] != run["model_version"]:
+            champion = rollout._current(history)
+            if champion is not None and champion["version"] == run["model_version"]:
+                # `cropwatch models promote` ends the shadow run it promotes: promoted, not superseded.
+                why = f"{run['model_version']} was promoted on farm {farm} (by hand)"
+                if act:
+                    _mark_promoted(engine, name, run, why)
+                return {"action": "none", "why": why}
             why = f"the shadow run of {run['model_version']} is no longer live on farm {farm} (ended or replaced)"
             if act:
                 lineage.set_status(engine, run["run_id"], "superseded", why)
@@ -155,40 +175,95 @@ def check_promotion(cfg: RetrainConfig, engine: Any, run: dict[str, Any], publis
         if act:
             if publisher is None:
                 raise RuntimeError("promotion needs [broker] url to publish the new champion")
-            rollout.promote(Registry(cfg.registry.path), name, farm, publisher, cfg.registry.base_url)
-            for old in lineage.runs(engine, name):
-                if old["status"] == "promoted":
-                    lineage.set_status(engine, old["run_id"], "superseded", f"{run['model_version']} was promoted")
-            lineage.set_status(engine, run["run_id"], "promoted", why)
+            rollout.promote(
+                Registry(cfg.registry.path), name, farm, publisher, cfg.registry.base_url,
+                db_url=cfg.database.url, by="retrain tick",
+            )  # fmt: skip
+            _mark_promoted(engine, name, run, why)
         return {**out, "action": "promote", "why": why}
     if margin <= -p.margin and p.end_losing_shadow:
         why = f"challenger loses: margin {margin:+.3f} <= -{p.margin} on {labelled} labelled detections"
         if act:
-            end = getattr(rollout, "end_shadow", None)
-            if end is None or publisher is None:
-                raise RuntimeError("ending a shadow run needs rollout.end_shadow and [broker] url")
-            end(Registry(cfg.registry.path), name, farm, publisher)
+            if publisher is None:
+                raise RuntimeError("ending a shadow run needs [broker] url")
+            rollout.end_shadow(
+                Registry(cfg.registry.path), name, farm, publisher, reason="challenger lost",
+                db_url=cfg.database.url, by="retrain tick",
+            )  # fmt: skip
             lineage.set_status(engine, run["run_id"], "gate_failed", "shadow run lost: " + why)
         return {**out, "action": "end_shadow", "why": why}
     return {**out, "action": "wait", "why": f"margin {margin:+.3f} within +-{p.margin}; keep scoring"}
 
 
-def _adopt_manual_shadow(cfg: RetrainConfig, engine: Any, run: dict[str, Any], act: bool) -> None:
-    """A candidate published as shadow by hand (``cropwatch models publish --mode shadow``) is scored too."""
+def _mark_promoted(engine: Any, name: str, run: dict[str, Any], why: str) -> None:
+    from farm_monitor import lineage
+
+    for old in lineage.runs(engine, name):
+        if old["status"] == "promoted" and old["run_id"] != run["run_id"]:
+            lineage.set_status(engine, old["run_id"], "superseded", f"{run['model_version']} was promoted")
+    lineage.set_status(engine, run["run_id"], "promoted", why)
+
+
+def champion_run(cfg: RetrainConfig, engine: Any) -> dict[str, Any] | None:
+    """The run that made the farm's current champion (rollout history), else the newest promoted run.
+
+    None when the champion was not made by retraining (the first base model): ``retrain.base_run``.
+    """
     from farm_monitor import lineage
 
     from . import rollout
     from .registry import Registry
 
-    live = rollout.current_shadow(
-        rollout.read_history(Registry(cfg.registry.path), cfg.shadow.farm or "", run["model_name"])
-    )
+    name = cfg.retrain.model_name
+    if cfg.shadow.farm:
+        champion = rollout._current(rollout.read_history(Registry(cfg.registry.path), cfg.shadow.farm, name))
+        if champion is not None:
+            # The history is what devices run, whatever the lineage status says (promoted by hand, rolled back).
+            return lineage.run_for_version(engine, name, champion["version"])
+    return lineage.latest_run(engine, name, ("promoted",))
+
+
+def _adopt_candidate(cfg: RetrainConfig, engine: Any, run: dict[str, Any], publisher: Any, act: bool) -> dict | None:
+    """A ``candidate`` run: published as shadow by hand (``cropwatch models publish --mode shadow``) is scored
+    too; published as champion by hand is promoted; a gate-passed one not published yet (a failed publish,
+    a run by hand without ``--publish-farm``) is published as shadow now. Returns the decision or None."""
+    from farm_monitor import lineage
+
+    from . import rollout
+    from .registry import Registry
+
+    farm, name = cfg.shadow.farm or "", run["model_name"]
+    registry = Registry(cfg.registry.path)
+    history = rollout.read_history(registry, farm, name)
+    live = rollout.current_shadow(history)
     if live is not None and live["version"] == run["model_version"]:
         at = dt.datetime.fromisoformat(live["published_at"])
-        reason = f"published as shadow to farm {cfg.shadow.farm} (by hand)"
+        reason = f"published as shadow to farm {farm} (by hand)"
         if act:
             lineage.set_status(engine, run["run_id"], "shadow", reason, at=at)
         run.update(status="shadow", status_at=at if at.tzinfo else at.replace(tzinfo=dt.UTC), status_reason=reason)
+        return None
+    champion = rollout._current(history)
+    if champion is not None and champion["version"] == run["model_version"]:
+        why = f"{run['model_version']} was published as champion on farm {farm} (by hand)"
+        if act:
+            _mark_promoted(engine, name, run, why)
+        return {"action": "none", "why": why}
+    if not run["gate_passed"] or live is not None:
+        return None  # another challenger is live (not ours): leave the candidate alone
+    why = f"candidate {run['model_version']} passed the gate but was not published; publishing it as shadow"
+    if act:
+        from shared.messages import RolloutPolicy
+
+        if publisher is None:
+            raise RuntimeError("publishing a shadow run needs [broker] url")
+        policy = RolloutPolicy(mode="shadow", percent=cfg.shadow.percent, devices=cfg.shadow.devices)
+        rollout.publish(
+            registry, name, run["model_version"], farm, cfg.registry.base_url or "", publisher, policy,
+            db_url=cfg.database.url, by="retrain tick",
+        )  # fmt: skip
+        lineage.set_status(engine, run["run_id"], "shadow", f"published as shadow to farm {farm} (retrain tick)")
+    return {"action": "publish_shadow", "why": why}
 
 
 def check_retrain(cfg: RetrainConfig, engine: Any, now: dt.datetime) -> dict:
@@ -198,8 +273,8 @@ def check_retrain(cfg: RetrainConfig, engine: Any, now: dt.datetime) -> dict:
     last = lineage.latest_run(engine, r.model_name)
     since = last["labels_until"] if last else None
     new = lineage.labels_since(engine, since, r.farms or None)
-    promoted = lineage.latest_run(engine, r.model_name, ("promoted",))
-    base = Path(promoted["run_dir"]) if promoted else r.base_run
+    champion = champion_run(cfg, engine)
+    base = Path(champion["run_dir"]) if champion else r.base_run
     out: dict[str, Any] = {
         "new_labels": new,
         "since": since.isoformat() if since else None,
@@ -226,7 +301,8 @@ def retrain_args(cfg: RetrainConfig, base: Path, version: str) -> argparse.Names
         "--epochs", str(r.epochs), "--lr", str(r.lr), "--batch-size", str(r.batch_size),
         "--field-test-frac", str(r.field_test_frac), "--field-val-frac", str(r.field_val_frac),
         "--field-oversample", str(r.field_oversample), "--metric", r.metric,
-        "--max-regression", str(r.max_regression), "--min-field-gain", str(r.min_field_gain), "--quiet",
+        "--max-regression", str(r.max_regression), "--min-field-gain", str(r.min_field_gain),
+        "--min-field-test", str(r.min_field_test), "--quiet",
     ]  # fmt: skip
     for f in r.farms:
         argv += ["--farm", f]
@@ -259,10 +335,19 @@ def tick(cfg: RetrainConfig, dry_run: bool = False, publisher: Any = None, now: 
     try:
         migrate(engine)
         decision: dict[str, Any] = {"at": now.isoformat(), "model": cfg.retrain.model_name, "dry_run": dry_run}
-        live = lineage.latest_run(engine, cfg.retrain.model_name)
-        if live is not None and live["status"] == "candidate" and cfg.shadow.farm:
-            _adopt_manual_shadow(cfg, engine, live, act=not dry_run)
-        if live is not None and live["status"] == "shadow":
+        name = cfg.retrain.model_name
+        # A live shadow run first: a newer run (by hand, gate failed) must not hide it.
+        live = lineage.latest_run(engine, name, ("shadow",))
+        newest = lineage.latest_run(engine, name)
+        if live is None and newest is not None and newest["status"] == "candidate" and cfg.shadow.farm:
+            adopted = _adopt_candidate(cfg, engine, newest, publisher, act=not dry_run)
+            if adopted is not None:
+                decision["promotion"] = adopted
+                decision["retrain"] = {"action": "none", "why": adopted["why"]}
+                return decision
+            if newest["status"] == "shadow":
+                live = newest
+        if live is not None:
             decision["promotion"] = check_promotion(cfg, engine, live, publisher, act=not dry_run)
             decision["retrain"] = {"action": "none", "why": f"shadow run {live['run_id']} is being scored"}
             return decision
@@ -273,9 +358,9 @@ def tick(cfg: RetrainConfig, dry_run: bool = False, publisher: Any = None, now: 
 
             version = now.strftime("%Y.%m.%d-%H%M%S")
             args = retrain_args(cfg, Path(decision["retrain"]["base_run"]), version)
-            promoted = lineage.latest_run(engine, cfg.retrain.model_name, ("promoted",))
-            if promoted:
-                args.base_version = promoted["model_version"]
+            champion = champion_run(cfg, engine)
+            if champion:
+                args.base_version = champion["model_version"]
             result = retrain(args, publisher, engine)
             decision["retrain"].update(
                 version=result.version, run=str(result.run_dir), gate_passed=result.gate.passed,

@@ -16,12 +16,14 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, func, select, text, update
 
-from .db.models import LabelRow, TrainingRun, TrainingRunLabel
+from .db.models import LabelRow, SampleRow, TrainingRun, TrainingRunLabel
 from .rows import _sqlite_ts
 
 logger = logging.getLogger(__name__)
 
-RUN_STATUSES = ("gate_failed", "candidate", "shadow", "promoted", "superseded")
+# error: the run stopped before the gate (too few labels, all duplicates, export failed); it is
+# recorded with labels_until so the tick waits for new labels instead of failing on every run.
+RUN_STATUSES = ("error", "gate_failed", "candidate", "shadow", "promoted", "superseded")
 LABEL_ROLES = ("train", "val", "field_test", "duplicate", "unknown_class")
 
 
@@ -104,8 +106,12 @@ def run_for_version(engine: Engine, model_name: str, version: str) -> dict[str, 
 
 
 def run_labels(engine: Engine, run_id: str) -> list[dict[str, Any]]:
+    """The run's labels, each with its sample's ``farm_id`` (None once the sample is deleted) for access checks."""
     stmt = (
-        select(TrainingRunLabel.__table__)
+        select(TrainingRunLabel.__table__, SampleRow.farm_id)
+        .select_from(
+            TrainingRunLabel.__table__.outerjoin(SampleRow, SampleRow.msg_id == TrainingRunLabel.sample_msg_id)
+        )
         .where(TrainingRunLabel.run_id == run_id)
         .order_by(TrainingRunLabel.role, TrainingRunLabel.labelled_at)
     )

@@ -525,6 +525,8 @@ def finish(run, model, data, fp, spec, size, config, load_report, val_loader, te
         "synthetic": data.synthetic,
         "dataset_fingerprint": fp,
         "data": str(config["data"]),
+        # A relative --data is relative to this folder; retraining from this run resolves it here.
+        "cwd": os.getcwd(),
         "pretrained": load_report.as_dict(),
         "epochs_run": len(history),
         "best_epoch": best["epoch"] + 1,

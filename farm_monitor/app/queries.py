@@ -365,9 +365,11 @@ def training_runs(sql: Sql, model_name: str) -> pd.DataFrame:
         counts = r.get("counts") or {}
         rows.append({
             "run": r["run_id"], "version": r["model_version"], "base version": r["base_model_version"],
-            "status": r["status"], "gate": "passed" if r["gate_passed"] else "failed", "created": r["created_at"],
-            "field labels": counts.get("field_labels"), "field test": counts.get("field_test"),
-            "fingerprint": r["dataset_fingerprint"],
+            "status": r["status"],
+            "gate": "not reached" if r["status"] == "error" else "passed" if r["gate_passed"] else "failed",
+            "created": r["created_at"], "field labels": counts.get("field_labels"),
+            "field test": counts.get("field_test"), "fingerprint": r["dataset_fingerprint"],
+            "reason": r.get("status_reason"),
         })  # fmt: skip
     return pd.DataFrame(rows)
 

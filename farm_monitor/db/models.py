@@ -309,9 +309,11 @@ class TrainingRun(Base):
     model_name: Mapped[str] = mapped_column(IdCol)
     model_version: Mapped[str] = mapped_column(String(64))
     base_model_version: Mapped[str | None] = mapped_column(String(64))
-    base_run: Mapped[str] = mapped_column(String(512))
-    run_dir: Mapped[str] = mapped_column(String(512))
-    dataset_fingerprint: Mapped[str] = mapped_column(String(80))
+    # Paths: Text, not a length a deep run folder can exceed (PostgreSQL refuses, SQLite does not check).
+    base_run: Mapped[str] = mapped_column(Text)
+    run_dir: Mapped[str] = mapped_column(Text)
+    # None for a run that stopped before training (status error).
+    dataset_fingerprint: Mapped[str | None] = mapped_column(String(80))
     base_dataset_fingerprint: Mapped[str | None] = mapped_column(String(80))
     created_at: Mapped[datetime] = mapped_column(Ts)
     # The newest label the run saw: "new labels since the last run" counts from here.
@@ -319,7 +321,7 @@ class TrainingRun(Base):
     gate_passed: Mapped[bool] = mapped_column(Boolean)
     gate: Mapped[Any | None] = mapped_column(Json)
     counts: Mapped[Any | None] = mapped_column(Json)
-    status: Mapped[str] = mapped_column(String(16))  # gate_failed | candidate | shadow | promoted
+    status: Mapped[str] = mapped_column(String(16))  # error | gate_failed | candidate | shadow | promoted | superseded
     status_at: Mapped[datetime] = mapped_column(Ts)
     status_reason: Mapped[str | None] = mapped_column(Text)
 

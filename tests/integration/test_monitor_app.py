@@ -159,6 +159,8 @@ def test_farmer_cannot_label_or_acknowledge(world: World) -> None:
     engine = make_engine(world.db_url)
     with engine.connect() as conn:
         sample = conn.execute(text("SELECT msg_id FROM samples WHERE farm_id = 'farm-a' LIMIT 1")).scalar()
+        b_sample = conn.execute(text("SELECT msg_id FROM samples WHERE farm_id = 'farm-b' LIMIT 1")).scalar()
+    assert b_sample is not None
     with pytest.raises(PermissionDenied):
         label_sample(engine, farmer, sample, "Tomato___healthy")
 
@@ -249,6 +251,8 @@ def test_retraining_page_shows_shadow_scores_and_lineage(tmp_path: Path, monkeyp
     engine = make_engine(w.db_url)
     with engine.connect() as conn:
         sample = conn.execute(text("SELECT msg_id FROM samples WHERE farm_id = 'farm-a' LIMIT 1")).scalar()
+        b_sample = conn.execute(text("SELECT msg_id FROM samples WHERE farm_id = 'farm-b' LIMIT 1")).scalar()
+    assert b_sample is not None
     lineage.record_run(
         engine,
         {"run_id": "retrain-2.0.0", "model_name": "leaf-disease", "model_version": "2.0.0",
@@ -258,7 +262,19 @@ def test_retraining_page_shows_shadow_scores_and_lineage(tmp_path: Path, monkeyp
          "gate": {"reasons": ["field test set (12 images): accuracy 0.5000 -> 0.7500"]}, "counts": {"field_labels": 1},
          "status": "shadow"},
         [{"sample_msg_id": sample, "label": "rust", "labelled_by": "agro", "labelled_at": datetime.now(UTC),
-          "image_sha256": "c" * 64, "role": "train"}],
+          "image_sha256": "c" * 64, "role": "train"},
+         {"sample_msg_id": b_sample, "label": "rust", "labelled_by": "b-labeller", "labelled_at": datetime.now(UTC),
+          "image_sha256": "d" * 64, "role": "train"}],
+    )  # fmt: skip
+    lineage.record_run(
+        engine,
+        {"run_id": "leaf-disease-1.9.0", "model_name": "leaf-disease", "model_version": "1.9.0",
+         "base_model_version": "1.0.0", "base_run": "/runs/base", "run_dir": "/runs/retrain-1.9.0",
+         "dataset_fingerprint": None, "base_dataset_fingerprint": None,
+         "created_at": datetime.now(UTC) - timedelta(days=1), "labels_until": datetime.now(UTC) - timedelta(days=1),
+         "gate_passed": False, "gate": None, "counts": None, "status": "error",
+         "status_reason": "stopped before the gate: too few to hold out a field test set"},
+        [],
     )  # fmt: skip
     at = page("retraining", "agro")
     assert not at.exception, at.exception
@@ -267,10 +283,21 @@ def test_retraining_page_shows_shadow_scores_and_lineage(tmp_path: Path, monkeyp
     assert row["compared"] == 10 and row["agreement"] == 0.5 and row["labelled"] == 6
     assert row["champion accuracy"] == pytest.approx(0.5) and row["challenger accuracy"] == pytest.approx(5 / 6)
     runs = at.dataframe[1].value
-    assert list(runs["version"]) == ["2.0.0"] and list(runs["status"]) == ["shadow"]
+    assert list(runs["version"]) == ["2.0.0", "1.9.0"] and list(runs["status"]) == ["shadow", "error"]
+    assert list(runs["gate"]) == ["passed", "not reached"] and "too few" in runs["reason"].iloc[1]
     shown = text_of(at)
     assert "sha256:" + "f" * 64 in shown and "accuracy 0.5000 -> 0.7500" in shown and "1.0.0" in shown
-    assert list(at.dataframe[2].value["labelled_by"]) == ["agro"]
+    assert sorted(at.dataframe[2].value["labelled_by"]) == ["agro", "b-labeller"]
+    # An agronomist of farm-a sees the run's farm-a labels only, and is told how many are hidden.
+    UsersFile(w.config.app.users_file).add("agro-a", PASSWORD, "agronomist", ["farm-a"])
+    only_a = page("retraining", "agro-a")
+    assert not only_a.exception, only_a.exception
+    assert list(only_a.dataframe[2].value["labelled_by"]) == ["agro"]
+    assert b_sample not in text_of(only_a) and "b-labeller" not in text_of(only_a)
+    assert any("1 field label(s) of farms you cannot see" in c.value for c in only_a.caption)
+    at.selectbox(key="rt_version").set_value("1.9.0").run()
+    assert not at.exception and any("stopped before the evaluation gate" in w.value for w in at.warning)
+    at.selectbox(key="rt_version").set_value("2.0.0").run()
     with engine.connect() as conn:
         det = conn.execute(text("SELECT msg_id FROM detections WHERE model_version = '1.0.0' LIMIT 1")).scalar()
     at.radio(key="rt_from").set_value("a detection").run()

@@ -22,7 +22,7 @@ from farm_monitor.pipeline import Ingestor
 from farm_monitor.shadow import shadow_report
 from shared import messages as m
 from shared.ids import new_msg_id
-from shared.topics import device_topic
+from shared.topics import device_topic, fleet_shadow_topic
 
 AGRO = User("agro", "agronomist", ("*",))
 CHAMP = m.ModelRef(name="leaf-disease", version="1.0.0", sha256="1" * 64)
@@ -107,9 +107,12 @@ def _config(tmp_path: Path, url: str, **promotion: object) -> Path:
         "database": {"url": url},
         "retrain": {"base_run": str(tmp_path / "base"), "min_new_labels": 5, "interval_hours": 0},
         "shadow": {"farm": "farm-a"},
+        # Publishing needs both; nothing connects unless a tick publishes without a test publisher.
+        "broker": {"url": "mqtt://127.0.0.1:1"},
         "promotion": {"margin": 0.2, "min_labelled": 5, **promotion},
     }
     path = tmp_path / "retrain.toml"
+    doc["registry"] = {"path": str(tmp_path / "registry"), "base_url": "http://registry:8600"}
     lines = []
     for section, values in doc.items():
         lines.append(f"[{section}]")
@@ -192,7 +195,6 @@ def test_tick_leaves_a_shadow_run_that_was_ended_by_hand(tmp_path: Path) -> None
     seed_shadow(url, start)
     _live_shadow(url, start - timedelta(minutes=1))
     path = _config(tmp_path, url)
-    path.write_text(path.read_text() + f'[registry]\npath = "{tmp_path / "registry"}"\n')
     sent: list[tuple[str, bytes]] = []
     # What `cropwatch models end-shadow` leaves in the rollout history.
     rollout.end_shadow(Registry(tmp_path / "registry"), "leaf-disease", "farm-a", lambda t, p: sent.append((t, p)))
@@ -210,7 +212,7 @@ def test_lineage_round_trip(db_url: str) -> None:
         det = conn.execute(text_("SELECT msg_id FROM detections WHERE shadow IS NOT NULL LIMIT 1")).scalar()
     run = {
         "run_id": "retrain-1.0.0", "model_name": "leaf-disease", "model_version": "1.0.0",
-        "base_model_version": "0.9.0", "base_run": "/runs/base", "run_dir": "/runs/retrain-1.0.0",
+        "base_model_version": "0.9.0", "base_run": "/runs/base", "run_dir": "/runs/" + "deep/" * 150 + "r",
         "dataset_fingerprint": "sha256:" + "a" * 64, "base_dataset_fingerprint": "sha256:" + "b" * 64,
         "created_at": start, "labels_until": start, "gate_passed": True,
         "gate": {"passed": True, "reasons": ["ok"]}, "counts": {"field_labels": 2}, "status": "candidate",
@@ -225,6 +227,7 @@ def test_lineage_round_trip(db_url: str) -> None:
         chain["detection"]["model_version"] == "1.0.0" and chain["detection"]["shadow"]["model"]["version"] == "2.0.0"
     )
     assert chain["run"]["gate"]["reasons"] == ["ok"] and chain["run"]["created_at"] == start
+    assert chain["run"]["run_dir"] == run["run_dir"]  # longer than 512 characters: PostgreSQL stores it whole
     assert sorted(r["role"] for r in chain["labels"]) == ["field_test", "train"]
     assert lineage.labels_since(engine, start - timedelta(minutes=1)) == 7
     assert lineage.labels_since(engine, datetime.now(UTC) + timedelta(minutes=1)) == 0
@@ -254,7 +257,6 @@ def test_tick_scores_a_candidate_published_as_shadow_by_hand(tmp_path: Path) -> 
                     lambda t, p: sent.append((t, p)), RolloutPolicy(mode="shadow"))  # fmt: skip
     seed_shadow(url, datetime.now(UTC) + timedelta(seconds=1))  # detections after the publish
     path = _config(tmp_path, url)
-    path.write_text(path.read_text() + f'[registry]\npath = "{registry.root}"\n')
     decision = tick(load_config(RetrainConfig, path), dry_run=True)
     assert decision["promotion"]["action"] == "promote" and decision["promotion"]["labelled"] == 6
     assert lineage.latest_run(make_engine(url), "leaf-disease")["status"] == "candidate"  # dry run
@@ -264,3 +266,124 @@ def test_tick_scores_a_candidate_published_as_shadow_by_hand(tmp_path: Path) -> 
     assert run["status"] == "promoted" and "5/6 labelled" in run["status_reason"]
     history = rollout.read_history(registry, "farm-a", "leaf-disease")
     assert [r["action"] for r in history][-2:] == ["promote", "end_shadow"] and history[-2]["version"] == "2.0.0"
+    with make_engine(url).connect() as conn:
+        desired = conn.execute(text_("SELECT role, desired_version, desired_by FROM device_models ORDER BY role")).all()
+    # The monitor's devices page shows what the tick asked for.
+    assert [tuple(r) for r in desired] == [("champion", "2.0.0", "retrain tick"), ("shadow", None, "retrain tick")]
+
+
+def test_tick_marks_a_shadow_run_promoted_by_hand_and_retrains_from_it(tmp_path: Path) -> None:
+    from cloud_trainer import rollout
+    from cloud_trainer.registry import Registry
+    from shared.config import load_config
+    from shared.messages import RolloutPolicy
+    from tests.edge_models import build_classifier
+    from tests.integration.rollout_helpers import import_model
+
+    url = f"sqlite:///{tmp_path / 'monitor.db'}"
+    registry = Registry(tmp_path / "registry")
+    import_model(registry, build_classifier(tmp_path / "build", name="leaf-disease", version="2.0.0"))
+    migrate(make_engine(url))
+    published = datetime.now(UTC) - timedelta(hours=2)
+    # An older retrained champion, promoted earlier: superseded once 2.0.0 is promoted.
+    engine = make_engine(url)
+    lineage.record_run(
+        engine,
+        {"run_id": "retrain-1.5.0", "model_name": "leaf-disease", "model_version": "1.5.0",
+         "base_model_version": "1.0.0", "base_run": "/runs/base", "run_dir": "/runs/retrain-1.5.0",
+         "dataset_fingerprint": "sha256:" + "b" * 64, "base_dataset_fingerprint": None,
+         "created_at": published - timedelta(days=1), "labels_until": published - timedelta(days=1),
+         "gate_passed": True, "gate": {"passed": True}, "counts": {}, "status": "promoted"},
+        [],
+    )  # fmt: skip
+    _live_shadow(url, published)
+    sent: list[tuple[str, bytes]] = []
+    send = lambda t, p: sent.append((t, p))  # noqa: E731
+    rollout.publish(registry, "leaf-disease", "2.0.0", "farm-a", "http://registry:8600", send,
+                    RolloutPolicy(mode="shadow"))  # fmt: skip
+    # What `cropwatch models promote leaf-disease --farm farm-a` does: it also ends the shadow run.
+    rollout.promote(registry, "leaf-disease", "farm-a", send)
+    seed_shadow(url, datetime.now(UTC) - timedelta(minutes=30))  # 7 new labels
+    path = _config(tmp_path, url)
+    decision = tick(load_config(RetrainConfig, path), publisher=send)
+    assert decision["promotion"]["action"] == "none" and "promoted" in decision["promotion"]["why"]
+    runs = {r["run_id"]: r for r in lineage.runs(engine, "leaf-disease")}
+    assert runs["retrain-2.0.0"]["status"] == "promoted", runs["retrain-2.0.0"]["status_reason"]
+    assert runs["retrain-1.5.0"]["status"] == "superseded"
+    # The next retraining starts from the champion the farm runs, 2.0.0.
+    nxt = tick(load_config(RetrainConfig, path), dry_run=True)
+    assert nxt["retrain"]["action"] == "retrain" and nxt["retrain"]["base_run"] == "/runs/retrain-2.0.0"
+    engine.dispose()
+
+
+def test_a_newer_run_does_not_hide_the_live_shadow_run(tmp_path: Path) -> None:
+    from shared.config import load_config
+
+    url = f"sqlite:///{tmp_path / 'monitor.db'}"
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    seed_shadow(url, start)
+    _live_shadow(url, start - timedelta(minutes=1))
+    engine = make_engine(url)
+    # A run by hand after the shadow publish, whose gate failed: the newest run, but not the one being scored.
+    lineage.record_run(
+        engine,
+        {"run_id": "retrain-2.0.1", "model_name": "leaf-disease", "model_version": "2.0.1",
+         "base_model_version": "1.0.0", "base_run": "/runs/base", "run_dir": "/runs/retrain-2.0.1",
+         "dataset_fingerprint": "sha256:" + "c" * 64, "base_dataset_fingerprint": None,
+         "created_at": datetime.now(UTC), "labels_until": datetime.now(UTC), "gate_passed": False,
+         "gate": {"passed": False}, "counts": {}, "status": "gate_failed"},
+        [],
+    )  # fmt: skip
+    decision = tick(load_config(RetrainConfig, _config(tmp_path, url)), dry_run=True)
+    assert decision["promotion"]["action"] == "promote" and decision["promotion"]["challenger"] == "2.0.0"
+    assert "being scored" in decision["retrain"]["why"]
+    engine.dispose()
+
+
+def test_tick_publishes_a_gate_passed_candidate_left_unpublished(tmp_path: Path) -> None:
+    from cloud_trainer import rollout
+    from cloud_trainer.registry import Registry
+    from shared.config import load_config
+    from tests.edge_models import build_classifier
+    from tests.integration.rollout_helpers import import_model
+
+    url = f"sqlite:///{tmp_path / 'monitor.db'}"
+    registry = Registry(tmp_path / "registry")
+    import_model(registry, build_classifier(tmp_path / "build", name="leaf-disease", version="2.0.0"))
+    seed_shadow(url, datetime.now(UTC) - timedelta(hours=3))  # gw-1 is a known device of farm-a
+    _live_shadow(url, datetime.now(UTC) - timedelta(hours=2))
+    lineage.set_status(make_engine(url), "retrain-2.0.0", "candidate", "gate passed; the publish failed")
+    sent: list[tuple[str, bytes]] = []
+    decision = tick(load_config(RetrainConfig, _config(tmp_path, url)), publisher=lambda t, p: sent.append((t, p)))
+    assert decision["promotion"]["action"] == "publish_shadow" and decision["retrain"]["action"] == "none"
+    live = rollout.current_shadow(rollout.read_history(registry, "farm-a", "leaf-disease"))
+    assert live is not None and live["version"] == "2.0.0"
+    assert [t for t, _ in sent] == [fleet_shadow_topic("farm-a", "leaf-disease")]
+    engine = make_engine(url)
+    assert lineage.latest_run(engine, "leaf-disease")["status"] == "shadow"
+    with engine.connect() as conn:
+        desired = conn.execute(
+            text_("SELECT device_id, desired_version, desired_by FROM device_models WHERE role = 'shadow'")
+        ).all()
+    assert [tuple(r) for r in desired] == [("gw-1", "2.0.0", "retrain tick")]
+    engine.dispose()
+
+
+def test_tick_config_with_a_shadow_farm_needs_broker_and_base_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path = tmp_path / "retrain.toml"
+    path.write_text('[database]\nurl = "sqlite:///x.db"\n[retrain]\nbase_run = "b"\n[shadow]\nfarm = "farm-a"\n')
+    assert main(["--config", str(path), "--check-config"], "cropwatch retrain tick") == 2
+    err = capsys.readouterr().err
+    assert "broker.url" in err and "registry.base_url" in err
+
+
+def test_tick_passes_min_field_test_to_the_retrain(tmp_path: Path) -> None:
+    from cloud_trainer.retrain_tick import retrain_args
+    from shared.config import load_config
+
+    path = _config(tmp_path, f"sqlite:///{tmp_path / 'monitor.db'}")
+    path.write_text(path.read_text().replace("[retrain]\n", "[retrain]\nmin_field_test = 9\n"))
+    args = retrain_args(load_config(RetrainConfig, path), tmp_path / "base", "3.0.0")
+    assert args.min_field_test == 9 and args.publish_farm == "farm-a" and args.broker == "mqtt://127.0.0.1:1"

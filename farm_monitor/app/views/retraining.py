@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from farm_monitor.app.auth import User
 from farm_monitor.app.ui import Data, dt, guarded, pick_farm, require_user
 
 
@@ -34,7 +35,7 @@ def _scores(farm: str, name: str) -> None:
     st.bar_chart(chart, stack=False, y_label="share", x_label="champion vs challenger")
 
 
-def _lineage(doc: dict) -> None:
+def _lineage(doc: dict, user: User) -> None:
     run = doc.get("run")
     det = doc.get("detection")
     if det:
@@ -56,6 +57,12 @@ def _lineage(doc: dict) -> None:
         f"**{run['base_model_version'] or '?'}**; status **{run['status']}**"
         + (f" ({run['status_reason']})" if run.get("status_reason") else "")
     )
+    if run["status"] == "error":
+        st.warning(
+            "This run stopped before the evaluation gate and made no model; the retraining tick waits for labels "
+            f"entered after {dt(run['labels_until']) if run.get('labels_until') else 'it'} before it tries again."
+        )
+        return
     st.markdown(
         f"Dataset fingerprint `{run['dataset_fingerprint']}` (base `{run['base_dataset_fingerprint']}`); "
         f"run folder `{run['run_dir']}`"
@@ -63,13 +70,19 @@ def _lineage(doc: dict) -> None:
     st.markdown(f"Evaluation gate **{'passed' if run['gate_passed'] else 'failed'}**:")
     for reason in gate.get("reasons", []):
         st.markdown(f"- {reason}")
-    labels = pd.DataFrame(doc.get("labels") or [])
-    if labels.empty:
+    everything = doc.get("labels") or []
+    # Runs pool labels of every farm: show sample ids and labellers only of the farms this user sees.
+    visible = [r for r in everything if r.get("farm_id") is not None and user.sees_farm(r["farm_id"])]
+    hidden = len(everything) - len(visible)
+    labels = pd.DataFrame(visible)
+    if not everything:
         st.caption("The run used no field labels.")
-    else:
+    elif not labels.empty:
         st.caption(f"{len(labels)} field labels in this run (who labelled which sample, when, and how it was used):")
-        cols = ["sample_msg_id", "label", "labelled_by", "labelled_at", "role", "image_sha256"]
+        cols = ["farm_id", "sample_msg_id", "label", "labelled_by", "labelled_at", "role", "image_sha256"]
         st.dataframe(labels[cols], hide_index=True, width="stretch")
+    if hidden:
+        st.caption(f"{hidden} field label(s) of farms you cannot see (or of deleted samples) are not shown.")
 
 
 def render() -> None:
@@ -106,14 +119,14 @@ def render() -> None:
         if doc is None:
             st.warning(f"No detection {msg_id} on farm {farm}.")
             return
-        _lineage(doc)
+        _lineage(doc, user)
     else:
         versions = sorted(set(runs["version"]) if not runs.empty else set(), reverse=True)
         if not versions:
             st.caption("Lineage starts at a version made by retraining; none yet.")
             return
         version = st.selectbox("Version", versions, key="rt_version")
-        _lineage(Data.version_lineage(name, version))
+        _lineage(Data.version_lineage(name, version), user)
 
 
 guarded(render)
