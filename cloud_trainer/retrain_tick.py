@@ -135,7 +135,7 @@ def check_promotion(cfg: RetrainConfig, engine: Any, run: dict[str, Any], publis
     if history:
         live = rollout.current_shadow(history)
         if live is None or live["version"] != run["model_version"]:
-            champion = rollout._current(history)
+            champion = rollout.current_champion(history)
             if champion is not None and champion["version"] == run["model_version"]:
                 # `cropwatch models promote` ends the shadow run it promotes: promoted, not superseded.
                 why = f"{run['model_version']} was promoted on farm {farm} (by hand)"
@@ -216,7 +216,7 @@ def champion_run(cfg: RetrainConfig, engine: Any) -> dict[str, Any] | None:
 
     name = cfg.retrain.model_name
     if cfg.shadow.farm:
-        champion = rollout._current(rollout.read_history(Registry(cfg.registry.path), cfg.shadow.farm, name))
+        champion = rollout.current_champion(rollout.read_history(Registry(cfg.registry.path), cfg.shadow.farm, name))
         if champion is not None:
             # The history is what devices run, whatever the lineage status says (promoted by hand, rolled back).
             return lineage.run_for_version(engine, name, champion["version"])
@@ -243,7 +243,7 @@ def _adopt_candidate(cfg: RetrainConfig, engine: Any, run: dict[str, Any], publi
             lineage.set_status(engine, run["run_id"], "shadow", reason, at=at)
         run.update(status="shadow", status_at=at if at.tzinfo else at.replace(tzinfo=dt.UTC), status_reason=reason)
         return None
-    champion = rollout._current(history)
+    champion = rollout.current_champion(history)
     if champion is not None and champion["version"] == run["model_version"]:
         why = f"{run['model_version']} was published as champion on farm {farm} (by hand)"
         if act:

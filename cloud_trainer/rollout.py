@@ -62,7 +62,7 @@ def is_shadow(record: dict[str, Any]) -> bool:
     return record.get("rollout", {}).get("mode") == "shadow"
 
 
-def _current(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+def current_champion(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The live champion publish (shadow records are a separate track)."""
     live = [r for r in records if not r.get("undone") and not is_shadow(r)]
     return live[-1] if live else None
@@ -156,8 +156,20 @@ def topic_for(desired: DesiredModel) -> str:
     return fleet_model_topic(desired.farm_id, desired.model_name)
 
 
-def _send(desired: DesiredModel, publisher: Publisher) -> None:
+def _deliver(
+    registry: Registry,
+    desired: DesiredModel,
+    publisher: Publisher,
+    history: list[dict[str, Any]],
+    db_url: str | None,
+    by: str | None,
+) -> None:
+    """Publish, then record the history, then the monitor's desired rows: in that order, so a
+    failure can only ever leave later steps undone, never a history that disagrees with devices."""
     publisher(topic_for(desired), desired.to_json())
+    _write_history(registry, desired.farm_id, desired.model_name, history)
+    role = "shadow" if desired.rollout.mode == "shadow" else "champion"
+    _note_desired(db_url, desired.farm_id, desired.model_name, role, desired.version, desired.rollout, by)
 
 
 def _note_desired(
@@ -182,11 +194,6 @@ def _note_desired(
             "published %s %s on farm %s, but device_models in %s was not updated (%s); the monitor shows the "
             "old desired version until the next publish with --db", name, version, farm, db_url, exc,
         )  # fmt: skip
-
-
-def _note_sent(desired: DesiredModel, db_url: str | None, by: str | None) -> None:
-    role = "shadow" if desired.rollout.mode == "shadow" else "champion"
-    _note_desired(db_url, desired.farm_id, desired.model_name, role, desired.version, desired.rollout, by)
 
 
 def _record(desired: DesiredModel, base_url: str, action: str) -> dict[str, Any]:
@@ -219,15 +226,13 @@ def publish(
     """Publish ``version`` as the farm's desired model (or challenger, mode shadow) and record it."""
     records = read_history(registry, farm, name)
     policy = policy or RolloutPolicy()
-    current = current_shadow(records) if policy.mode == "shadow" else _current(records)
+    current = current_shadow(records) if policy.mode == "shadow" else current_champion(records)
     desired = build_desired(
         registry, name, version, farm, base_url, policy,
         previous_version=current["version"] if current else None, allow_downgrade=allow_downgrade,
         signing_key=signing_key,
     )  # fmt: skip
-    _send(desired, publisher)
-    _write_history(registry, farm, name, [*records, _record(desired, base_url, action)])
-    _note_sent(desired, db_url, by)
+    _deliver(registry, desired, publisher, [*records, _record(desired, base_url, action)], db_url, by)
     return desired
 
 
@@ -256,13 +261,12 @@ def rollback(
         RolloutPolicy.model_validate(target["rollout"]), previous_version=current["version"], allow_downgrade=True,
         signing_key=signing_key,
     )  # fmt: skip
-    _send(desired, publisher)
     for i in live:
         if i > records.index(target):
             records[i] = {**records[i], "undone": True}
     # The rollback record is live: a second rollback undoes it and goes one step further back.
-    _write_history(registry, farm, name, [*records, _record(desired, base_url or target["base_url"], "rollback")])
-    _note_sent(desired, db_url, by)
+    history = [*records, _record(desired, base_url or target["base_url"], "rollback")]
+    _deliver(registry, desired, publisher, history, db_url, by)
     return desired
 
 
@@ -283,7 +287,7 @@ def promote(
     explicit decision a downgrade otherwise needs.
     """
     records = read_history(registry, farm, name)
-    current = _current(records)
+    current = current_champion(records)
     challenger = current_shadow(records)
     if challenger is not None:
         version = challenger["version"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,14 @@ def serving(registry: Registry) -> Iterator[str]:
 
 def import_model(registry: Registry, built: BuiltModel) -> None:
     registry.import_version(built.manifest_path, TrustedKeys.from_sources([str(built.public_key)]))
+
+
+def registry_with(root: Path, models: Iterable[BuiltModel]) -> Registry:
+    """A registry folder under ``root`` holding every one of ``models``."""
+    reg = Registry(root / "registry")
+    for b in models:
+        import_model(reg, b)
+    return reg
 
 
 def build_fixed_batch(directory: Path, key_dir: Path, version: str, size: int = 32) -> BuiltModel:

@@ -30,6 +30,7 @@ from tests.integration.rollout_helpers import (
     farm_recorder,
     fleet_doc,
     import_model,
+    registry_with,
     running,
     serving,
 )
@@ -55,10 +56,7 @@ def built(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
 
 @pytest.fixture
 def registry(tmp_path: Path, built) -> Registry:  # type: ignore[no-untyped-def]
-    reg = Registry(tmp_path / "registry")
-    for b in built.values():
-        import_model(reg, b)
-    return reg
+    return registry_with(tmp_path, built.values())
 
 
 def shadow_events(rec, device: str, code: str) -> list:  # type: ignore[no-untyped-def,type-arg]
