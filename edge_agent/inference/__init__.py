@@ -29,6 +29,11 @@ class InferenceBackend(Protocol):
         """Run one batch; inputs and outputs keyed by the manifest's tensor names."""
         ...
 
+    def self_test(self) -> float:
+        """Reproduce the manifest's reference output with the loaded variant; raise ModelLoadError if it
+        differs beyond the manifest's tolerance. Returns the largest absolute difference."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -170,5 +170,8 @@ class OnnxRuntimeBackend:
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self._output_names, self.session.run(None, inputs), strict=True))
 
+    def self_test(self) -> float:
+        return self_test(self.session, self.manifest, self.variant)
+
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]
