@@ -47,7 +47,8 @@ def main(argv: list[str], prog: str = "cropwatch agent") -> int:
         print(redacted_json(cfg))
         return 0
 
-    from .daemon import Agent, AlreadyRunning
+    from .daemon import Agent
+    from .lock import AlreadyRunning
     from .logs import setup_logging
 
     setup_logging(cfg.log.level, cfg.log.format)

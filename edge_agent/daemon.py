@@ -13,9 +13,7 @@ image not yet processed by a folder source is not marked seen, so it is processe
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import queue
 import re
 import signal
@@ -25,7 +23,6 @@ from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
-import shared
 from shared.errors import ConfigError
 from shared.ids import utcnow
 from shared.manifest import TrustedKeys
@@ -36,6 +33,7 @@ from .commands import CommandActions, CommandHandler
 from .config import AgentConfig, SourceSettings, load_agent_config
 from .health import ProcessStats, disk_free_mb, temperature_c
 from .inference import InferenceBackend, ModelLoadError, load_backend
+from .lock import InstanceLock
 from .logs import set_level
 from .outbox import Outbox
 from .pipeline import Identity, Pipeline, SamplePolicy, to_out
@@ -43,49 +41,12 @@ from .sender import Sender
 from .sources import ImageItem, ReadingsItem, Source, build_source
 from .systemd import Notifier
 from .updater import ModelUpdater
+from .version import AGENT_VERSION
 from .yield_runner import YieldRunner
 
 logger = logging.getLogger(__name__)
 
 TTL_SWEEP_S = 60.0
-AGENT_VERSION = shared.__version__
-
-
-class AlreadyRunning(RuntimeError):
-    pass
-
-
-class InstanceLock:
-    """One agent per data folder: an flock on ``data_dir/agent.lock`` (released by the kernel on exit)."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.path = data_dir / "agent.lock"
-        self._fh = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+")  # noqa: SIM115 - held for the life of the process
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "unknown"
-            fh.close()
-            raise AlreadyRunning(
-                f"another agent (pid {holder}) is using data_dir {self.path.parent}; "
-                "stop it or give this one its own data_dir"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        self._fh = fh
-
-    def release(self) -> None:
-        if self._fh is not None:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
 
 
 class _Ctx:
@@ -180,6 +141,8 @@ class Agent:
             self.pipeline = Pipeline(self.identity, self.outbox, self.samples, self.count_error, cfg.queue_size, top)
             self._load_models(cfg)
             self.updater = ModelUpdater(self)
+            self.pipeline.on_model_failure = self.updater.on_model_failure
+            self.pipeline.on_shadow_failure = self.updater.on_shadow_failure
             self.updater.boot()
             self.transport = self._make_transport()
             self.sender = Sender(self.outbox, self.transport, self.identity, cfg.outbox.max_inflight, self.count_error)
@@ -433,13 +396,6 @@ class Agent:
             if self.pipeline.alive() and self.sender.alive():
                 self.notifier.watchdog()
 
-    def set_yield_backend(self, backend: InferenceBackend, fallback: InferenceBackend | None = None) -> None:
-        """Swap the yield runner's model (over-the-air updates); makes the runner if there was none."""
-        if self.yield_runner is None:
-            self.yield_runner = YieldRunner(self.cfg.yield_model, backend, self.outbox, self.identity)
-            self._next.setdefault("yield", time.monotonic())
-        self.yield_runner.set_backend(backend, fallback)
-
     def run_yield(self, now: datetime | None = None) -> None:
         runner = self.yield_runner
         if runner is None:
@@ -452,7 +408,7 @@ class Agent:
             except Exception as exc:
                 self.pipeline.count(backend, 1, 1)
                 # A model on trial that fails its run is rolled back; the old one runs it again.
-                if self.updater is not None and self.updater._on_trial_failure(backend):
+                if self.updater is not None and self.updater.on_model_failure(backend):
                     logger.warning("yield model %s %s failed a run on trial; run again with the old one",
                                    backend.manifest.name, backend.manifest.version)  # fmt: skip
                     continue
@@ -501,6 +457,55 @@ class Agent:
         logger.info("config reloaded (%d refused messages put back in line)", requeued)
         self.event("info", "config_reloaded", "config reloaded", {"requeued": requeued})
         self.notifier.ready("reloaded")
+
+    # --- what the model updater sees of the agent (edge_agent.updater.UpdaterHost) ------------
+
+    def serving(self, task: str) -> InferenceBackend | None:
+        if task == "yield_forecast":
+            return self.yield_runner.backend if self.yield_runner is not None else None
+        return self.pipeline.champion
+
+    def serving_shadow(self) -> InferenceBackend | None:
+        return self.pipeline.shadow
+
+    def model_counts(self, backend: InferenceBackend) -> tuple[int, int]:
+        return self.pipeline.counts(backend)
+
+    def _listed_without(self, *gone: InferenceBackend | None) -> list[InferenceBackend]:
+        # A trial's fallback stays loaded but is not listed: the status shows what serves.
+        return [m for m in self.models if all(m is not g for g in gone)]
+
+    def install_champion(
+        self, new: InferenceBackend, old: InferenceBackend | None, fallback: InferenceBackend | None = None
+    ) -> None:
+        self.models = [new, *self._listed_without(old, new, fallback)]
+        self.pipeline.set_models(new, self.pipeline.shadow, fallback=fallback)
+        if old is None:
+            # Image sources wait for a first model (a device provisioned without one).
+            self.start_waiting_sources()
+
+    def install_yield(
+        self, new: InferenceBackend, old: InferenceBackend | None, fallback: InferenceBackend | None = None
+    ) -> None:
+        self.models = [*self._listed_without(old, new, fallback), new]
+        if self.yield_runner is None:
+            self.yield_runner = YieldRunner(self.cfg.yield_model, new, self.outbox, self.identity)
+            self._next.setdefault("yield", time.monotonic())
+        self.yield_runner.set_backend(new, fallback)
+
+    def install_shadow(self, new: InferenceBackend | None) -> None:
+        listed = self._listed_without(self.pipeline.shadow, new)
+        self.models = [*listed, new] if new is not None else listed
+        self.pipeline.set_shadow(new)
+
+    def publish_status_soon(self) -> None:
+        self._wake_for("online")
+
+    def run_yield_soon(self) -> None:
+        self._wake_for("yield")
+
+    def check_models_in(self, delay_s: float) -> None:
+        self._next["model_health"] = time.monotonic() + delay_s
 
     # --- stop -------------------------------------------------------------------------------
 
