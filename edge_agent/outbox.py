@@ -100,7 +100,6 @@ class Outbox:
         self._used = self._db.execute(
             "SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + ?), 0) FROM outbox", (ROW_OVERHEAD,)
         ).fetchone()[0]
-        self._changed = threading.Condition(self._lock)
         # Called after each commit that added rows (the sender wakes up instead of polling).
         self.listeners: list[Callable[[], None]] = []
 
@@ -137,7 +136,6 @@ class Outbox:
                     "SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + ?), 0) FROM outbox", (ROW_OVERHEAD,)
                 ).fetchone()[0]
                 raise
-            self._changed.notify_all()
         for listener in self.listeners:
             listener()
         return dropped
@@ -188,24 +186,6 @@ class Outbox:
             ).fetchall()
         return [Row(*r) for r in rows]
 
-    def wait_for_rows(self, after_id: int, timeout: float) -> bool:
-        """Block until a pending row beyond ``after_id`` exists (or the timeout passes)."""
-        with self._changed:
-            if self._has_pending_after(after_id):
-                return True
-            self._changed.wait(timeout)
-            return self._has_pending_after(after_id)
-
-    def _has_pending_after(self, after_id: int) -> bool:
-        return (
-            self._db.execute("SELECT 1 FROM outbox WHERE state = 'pending' AND id > ? LIMIT 1", (after_id,)).fetchone()
-            is not None
-        )
-
-    def wake(self) -> None:
-        with self._changed:
-            self._changed.notify_all()
-
     def acked(self, ids: Iterable[int]) -> None:
         """Delete delivered rows (one transaction for a batch of PUBACKs)."""
         ids = list(ids)
@@ -227,7 +207,6 @@ class Outbox:
             cur.execute("COMMIT")
             cur.execute("PRAGMA synchronous=FULL")
             self._used -= sizes
-            self._changed.notify_all()
 
     def refused(self, row_id: int, reason_code: int) -> bool:
         """Mark a row refused; False if it already was (a resent copy refused again) or is gone."""
@@ -248,7 +227,6 @@ class Outbox:
         """Put refused rows back in line (after the operator fixed what made the broker refuse them)."""
         with self._lock:
             n = self._db.execute("UPDATE outbox SET state = 'pending' WHERE state = 'refused'").rowcount
-            self._changed.notify_all()
         for listener in self.listeners:
             listener()
         return n

@@ -18,7 +18,7 @@ The updater sees the agent only through :class:`UpdaterHost`; :class:`ModelUpdat
 thread and wires the parts together.
 """
 
-from .common import CRASH_ENV, CRASH_STEPS, UpdateRejected
+from .common import CRASH_STEPS, UpdateRejected
 from .core import ModelUpdater
 from .download import download
 from .host import UpdaterHost
@@ -26,7 +26,6 @@ from .slots import SlotStore
 from .trial import Trial
 
 __all__ = [
-    "CRASH_ENV",
     "CRASH_STEPS",
     "ModelUpdater",
     "SlotStore",
