@@ -11,13 +11,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from shared.errors import ContractError
 from shared.ids import utcnow
-from shared.messages import CaptureNow, CommandBase, Ping, ReloadConfig, SetLogLevel, parse_command
+from shared.messages import CaptureNow, Ping, ReloadConfig, SetLogLevel, parse_command
 from shared.topics import parse_topic
 
 logger = logging.getLogger(__name__)
+
+AnyCommand = CaptureNow | ReloadConfig | SetLogLevel | Ping
 
 
 @dataclass
@@ -42,7 +45,8 @@ class CommandHandler:
             return
         try:
             parsed = parse_topic(topic)
-            cmd = parse_command(payload, parsed.command)
+            # parse_command validates against exactly these classes (shared.messages.Command).
+            cmd = cast(AnyCommand, parse_command(payload, parsed.command))
         except ContractError as exc:
             self._reject(topic, exc.reason, str(exc))
             return
@@ -55,7 +59,7 @@ class CommandHandler:
         self.actions.count(f"command_{cmd.command}")
         self._dispatch(cmd)
 
-    def _dispatch(self, cmd: CommandBase) -> None:
+    def _dispatch(self, cmd: AnyCommand) -> None:
         details = {"command": cmd.command, "command_msg_id": cmd.msg_id}
         if isinstance(cmd, CaptureNow):
             started = self.actions.capture_now(cmd.source)

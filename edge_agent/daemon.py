@@ -20,24 +20,26 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 from shared.errors import ConfigError
 from shared.ids import utcnow
 from shared.manifest import TrustedKeys
-from shared.messages import ActiveModel, Event, Health, Status
+from shared.messages import ActiveModel, Event, EventValue, Health, LogLevel, Status
 from shared.topics import command_topic, device_topic, fleet_model_topic, fleet_shadow_topic
 
 from .commands import CommandActions, CommandHandler
 from .config import AgentConfig, SourceSettings, load_agent_config
-from .health import ProcessStats, disk_free_mb, temperature_c
+from .health import ProcessStats, heartbeat
 from .inference import InferenceBackend, ModelLoadError, load_backend
 from .lock import InstanceLock
 from .logs import set_level
 from .outbox import Outbox
-from .pipeline import Identity, Pipeline, SamplePolicy, to_out
-from .sender import Sender
+from .pipeline import Identity, Pipeline, SamplePolicy, backend_variant, to_out
+from .sender import Sender, Transport
 from .sources import ImageItem, ReadingsItem, Source, build_source
 from .systemd import Notifier
 from .updater import ModelUpdater
@@ -86,7 +88,12 @@ class _Ctx:
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig, config_path: Path | None = None, transport_factory=None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        config_path: Path | None = None,
+        transport_factory: Callable[[Agent], Transport] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.identity = Identity(cfg.device.farm_id, cfg.device.device_id, cfg.device.field_id)
@@ -104,10 +111,12 @@ class Agent:
         self.models: list[InferenceBackend] = []
         self.yield_runner: YieldRunner | None = None
         self._transport_factory = transport_factory
-        self.outbox: Outbox = None  # type: ignore[assignment]
-        self.pipeline: Pipeline = None  # type: ignore[assignment]
-        self.sender: Sender = None  # type: ignore[assignment]
-        self.transport = None
+        # Made by start(), which every other method comes after (stop() included).
+        self.outbox: Outbox
+        self.samples: SamplePolicy
+        self.pipeline: Pipeline
+        self.sender: Sender
+        self.transport: Transport | None = None
         self.updater: ModelUpdater | None = None
         self._next: dict[str, float] = {}
         self._claims: set[tuple[str, str]] = set()
@@ -122,8 +131,8 @@ class Agent:
         with self._errors_lock:
             self.errors[code] += 1
 
-    def event(self, level: str, code: str, message: str, details: dict | None = None) -> None:  # type: ignore[type-arg]
-        msg = Event(**self.identity.envelope(), level=level, code=code, message=message, details=details or {})  # type: ignore[arg-type]
+    def event(self, level: LogLevel, code: str, message: str, details: dict[str, EventValue] | None = None) -> None:
+        msg = Event(**self.identity.envelope(), level=level, code=code, message=message, details=details or {})
         self.outbox.add([to_out(self.identity, msg)])
 
     # --- start ------------------------------------------------------------------------------
@@ -132,9 +141,7 @@ class Agent:
         cfg = self.cfg
         self.lock.acquire()
         try:
-            self.outbox = Outbox(
-                cfg.data_dir / "outbox.sqlite3", int(cfg.outbox.budget_mb * 1e6), dict(cfg.outbox.ttl_s)
-            )
+            self.outbox = Outbox(cfg.data_dir / "outbox.sqlite3", int(cfg.outbox.budget_mb * 1e6), self._ttl_s(cfg))
             self.outbox.expire()
             self.samples = SamplePolicy(cfg.samples, self.outbox)
             top = cfg.models[0].top_k if cfg.models else 3
@@ -144,8 +151,8 @@ class Agent:
             self.pipeline.on_model_failure = self.updater.on_model_failure
             self.pipeline.on_shadow_failure = self.updater.on_shadow_failure
             self.updater.boot()
-            self.transport = self._make_transport()
-            self.sender = Sender(self.outbox, self.transport, self.identity, cfg.outbox.max_inflight, self.count_error)
+            self.transport = transport = self._make_transport()
+            self.sender = Sender(self.outbox, transport, self.identity, cfg.outbox.max_inflight, self.count_error)
             handler = CommandHandler(
                 cfg.device.farm_id,
                 cfg.device.device_id,
@@ -158,12 +165,12 @@ class Agent:
                 ),
             )
             cmd_filter = command_topic(cfg.device.farm_id, cfg.device.device_id, "ping").rsplit("/", 1)[0] + "/+"
-            self.transport.subscribe(cmd_filter, handler.handle, retained=False)
+            transport.subscribe(cmd_filter, handler.handle, retained=False)
             # Retained: the desired model is state, and a device that was offline must still see it.
             fleet_filter = fleet_model_topic(cfg.device.farm_id, "any").rsplit("/", 1)[0] + "/+"
-            self.transport.subscribe(fleet_filter, self.updater.on_message, retained=True)
+            transport.subscribe(fleet_filter, self.updater.on_message, retained=True)
             shadow_filter = fleet_shadow_topic(cfg.device.farm_id, "any").rsplit("/", 1)[0] + "/+"
-            self.transport.subscribe(shadow_filter, self.updater.on_message, retained=True)
+            transport.subscribe(shadow_filter, self.updater.on_message, retained=True)
             self.updater.start()
             now = time.monotonic()
             # Timers before the transport starts: its connect callback adds the "online" one.
@@ -174,7 +181,7 @@ class Agent:
                 self._next["watchdog"] = now
             self.pipeline.start()
             self.sender.start()
-            self.transport.start()
+            transport.start()
             self._start_sources(cfg)
         except BaseException:
             self.lock.release()
@@ -185,7 +192,11 @@ class Agent:
             cfg.device.farm_id, cfg.device.device_id, len(self.models), len(self.sources), cfg.data_dir,
         )  # fmt: skip
 
-    def _make_transport(self):  # type: ignore[no-untyped-def]
+    @staticmethod
+    def _ttl_s(cfg: AgentConfig) -> dict[str, float | None]:
+        return {kind: ttl for kind, ttl in cfg.outbox.ttl_s.items()}
+
+    def _make_transport(self) -> Transport:
         if self._transport_factory is not None:
             return self._transport_factory(self)
         from .transport import MqttTransport, Will
@@ -267,28 +278,15 @@ class Agent:
         return device_topic(self.identity.farm_id, self.identity.device_id, "status")
 
     def health(self) -> Health:
-        ob = self.outbox.stats()
-        counters = self.outbox.counters()
-        dropped = {k: v for k, v in counters.items() if k.startswith(("dropped_", "expired_"))}
         with self._errors_lock:
             errors = dict(self.errors.most_common(32))
-        p50, p95 = self.pipeline.latency.percentiles()
-        return Health(
-            uptime_s=(utcnow() - self.started_at).total_seconds(),
-            cpu_percent=round(self.stats.cpu_percent(), 3),
-            memory_rss_mb=round(self.stats.rss_mb(), 1),
-            disk_free_mb=disk_free_mb(self.cfg.data_dir),
-            temperature_c=temperature_c(),
-            outbox_depth=ob["depth"],
-            outbox_oldest_age_s=ob["oldest_age_s"],
-            outbox_refused=ob["refused"],
-            dropped=dict(sorted(dropped.items())[:32]),
-            errors=errors,
-            inference_p50_ms=p50,
-            inference_p95_ms=p95,
-        )
+        uptime_s = (utcnow() - self.started_at).total_seconds()
+        latency = self.pipeline.latency.percentiles()
+        return heartbeat(self.stats, self.outbox, errors, latency, self.cfg.data_dir, uptime_s)
 
-    def status_message(self, state: str, reason: str | None = None, health: Health | None = None) -> Status:
+    def status_message(
+        self, state: Literal["online", "offline"], reason: str | None = None, health: Health | None = None
+    ) -> Status:
         # An update in progress (or refused) comes before the serving model of the same name, so a
         # reader that keeps one row per model name (ingest's device_models) ends on the serving one.
         models = list(self.updater.pending.values()) if self.updater is not None else []
@@ -296,16 +294,16 @@ class Agent:
             ActiveModel(
                 name=b.manifest.name,
                 version=b.manifest.version,
-                sha256=b.manifest.file(b.variant).sha256,  # type: ignore[arg-type]
-                variant=b.variant,  # type: ignore[arg-type]
+                sha256=b.manifest.file(backend_variant(b)).sha256,
+                variant=backend_variant(b),
                 role="shadow" if b is self.pipeline.shadow else "champion",
-                state=self.updater.model_state(b) if self.updater is not None else "active",  # type: ignore[arg-type]
+                state=self.updater.model_state(b) if self.updater is not None else "active",
             )
             for b in self.models
         ]
         return Status(
             **self.identity.envelope(),
-            state=state,  # type: ignore[arg-type]
+            state=state,
             since=self.started_at,
             agent_version=AGENT_VERSION,
             models=models,
@@ -450,7 +448,7 @@ class Agent:
             update={k: getattr(new, k) for k in ("models", "sources", "samples", "yield_model", "heartbeat", "log",
                                                   "trust", "outbox", "shutdown_deadline_s")}
         )  # fmt: skip
-        self.outbox.ttl_s = dict(new.outbox.ttl_s)
+        self.outbox.ttl_s = self._ttl_s(new)
         self.outbox.budget_bytes = int(new.outbox.budget_mb * 1e6)
         self._start_sources(self.cfg)
         requeued = self.sender.requeue()
@@ -518,18 +516,15 @@ class Agent:
             s.stop()
         if self.updater is not None:
             self.updater.stop()
-        if self.pipeline is not None:
-            left = self.pipeline.pending()
-            if not self.pipeline.stop(max(0.1, (deadline - time.monotonic()) * 0.7)):
-                logger.warning("deadline reached with about %d queued items unprocessed", left)
-        if self.sender is not None:
-            # Results are already safe in the outbox; delivering them now is a bonus within the deadline.
-            self.sender.wait_idle(max(0.0, min(5.0, deadline - time.monotonic() - 1.0)))
-            self.sender.stop(timeout=1.0)
+        left = self.pipeline.pending()
+        if not self.pipeline.stop(max(0.1, (deadline - time.monotonic()) * 0.7)):
+            logger.warning("deadline reached with about %d queued items unprocessed", left)
+        # Results are already safe in the outbox; delivering them now is a bonus within the deadline.
+        self.sender.wait_idle(max(0.0, min(5.0, deadline - time.monotonic() - 1.0)))
+        self.sender.stop(timeout=1.0)
         if self.transport is not None:
             offline = self.status_message("offline", reason="shutdown")
             self.transport.stop(last=(self._status_topic(), offline.to_json()), timeout=2.0)
-        if self.outbox is not None:
-            self.outbox.close()
+        self.outbox.close()
         self.lock.release()
         logger.info("stopped")

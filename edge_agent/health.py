@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import resource
@@ -9,17 +10,21 @@ import shutil
 import time
 from pathlib import Path
 
+from shared.messages import Health
+
+from .outbox import Outbox
+
 logger = logging.getLogger(__name__)
 
-try:
+# The edge extra brings psutil; without it the figures come from /proc.
+HAVE_PSUTIL = importlib.util.find_spec("psutil") is not None
+if HAVE_PSUTIL:
     import psutil
-except ModuleNotFoundError:  # the edge extra brings psutil; without it the figures come from /proc
-    psutil = None
 
 
 class ProcessStats:
     def __init__(self) -> None:
-        self._proc = psutil.Process() if psutil else None
+        self._proc = psutil.Process() if HAVE_PSUTIL else None
         if self._proc is not None:
             self._proc.cpu_percent(None)
         self._last = (time.monotonic(), time.process_time())
@@ -49,7 +54,7 @@ def disk_free_mb(path: Path) -> float | None:
 
 def temperature_c() -> float | None:
     """SoC temperature where the board exposes one (Raspberry Pi, Jetson); None elsewhere."""
-    if psutil is not None and hasattr(psutil, "sensors_temperatures"):
+    if HAVE_PSUTIL and hasattr(psutil, "sensors_temperatures"):
         try:
             temps = psutil.sensors_temperatures()
         except (OSError, RuntimeError):
@@ -66,3 +71,30 @@ def temperature_c() -> float | None:
         if -40 < value < 150:
             return value
     return None
+
+
+def heartbeat(
+    stats: ProcessStats,
+    outbox: Outbox,
+    errors: dict[str, int],
+    latency: tuple[float | None, float | None],
+    data_dir: Path,
+    uptime_s: float,
+) -> Health:
+    """The status's health part: process, disk, outbox, error counters and inference latency."""
+    ob = outbox.stats()
+    dropped = {k: v for k, v in outbox.counters().items() if k.startswith(("dropped_", "expired_"))}
+    return Health(
+        uptime_s=uptime_s,
+        cpu_percent=round(stats.cpu_percent(), 3),
+        memory_rss_mb=round(stats.rss_mb(), 1),
+        disk_free_mb=disk_free_mb(data_dir),
+        temperature_c=temperature_c(),
+        outbox_depth=ob["depth"],
+        outbox_oldest_age_s=ob["oldest_age_s"],
+        outbox_refused=ob["refused"],
+        dropped=dict(sorted(dropped.items())[:32]),
+        errors=errors,
+        inference_p50_ms=latency[0],
+        inference_p95_ms=latency[1],
+    )

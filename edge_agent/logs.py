@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import TextIO
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
 
@@ -27,13 +28,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str, ensure_ascii=False)
 
 
+class _AgentHandler(logging.StreamHandler[TextIO]):
+    """The handler setup_logging installs (and replaces when called again)."""
+
+
 def setup_logging(level: str = "info", fmt: str = "json") -> None:
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_cropwatch", False):
-            root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler._cropwatch = True  # type: ignore[attr-defined]
+    for old in list(root.handlers):
+        if isinstance(old, _AgentHandler):
+            root.removeHandler(old)
+    handler = _AgentHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )

@@ -267,7 +267,7 @@ class Outbox:
 
     def samples_since(self, since: float) -> int:
         with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM sample_log WHERE at >= ?", (since,)).fetchone()[0]
+            return int(self._db.execute("SELECT COUNT(*) FROM sample_log WHERE at >= ?", (since,)).fetchone()[0])
 
     def prune_state(self, samples_keep_s: float = 2 * 86400, readings_keep_s: float = 400 * 86400) -> None:
         """Forget sample times past the daily cap's window and sensor history older than a season."""

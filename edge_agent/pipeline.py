@@ -17,11 +17,13 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, Protocol, cast
 
 import numpy as np
 
 from shared.errors import ImageDecodeError
 from shared.image import decode_image, encode_jpeg, image_size
+from shared.manifest import ImagePreprocessing, Variant
 from shared.messages import (
     MAX_SAMPLE_IMAGE_BYTES,
     Detection,
@@ -34,6 +36,7 @@ from shared.messages import (
 )
 from shared.topics import device_topic
 
+from .config import SampleSettings
 from .inference import InferenceBackend
 from .outbox import Outbox, OutMessage
 from .sources import ImageItem, ReadingsItem
@@ -42,15 +45,20 @@ logger = logging.getLogger(__name__)
 
 # Base64 and the metadata must still fit the message limit; keep the JPEG a little under 256 KiB.
 SAMPLE_JPEG_LIMIT = MAX_SAMPLE_IMAGE_BYTES - 4096
-_STOP = object()
+SampleReason = Literal["requested", "shadow_disagreement", "low_confidence"]
+
+
+def backend_variant(backend: InferenceBackend) -> Variant:
+    # A backend loads one of the variants its manifest lists, which are Variants by the manifest's schema.
+    return cast(Variant, backend.variant)
 
 
 def model_ref(backend: InferenceBackend) -> ModelRef:
-    m = backend.manifest
-    return ModelRef(name=m.name, version=m.version, sha256=m.file(backend.variant).sha256, variant=backend.variant)
+    m, variant = backend.manifest, backend_variant(backend)
+    return ModelRef(name=m.name, version=m.version, sha256=m.file(variant).sha256, variant=variant)
 
 
-def _libc_trim():  # type: ignore[no-untyped-def]
+def _libc_trim() -> Callable[[int], object] | None:
     try:
         import ctypes
 
@@ -101,7 +109,19 @@ class Identity:
         return {"farm_id": self.farm_id, "device_id": self.device_id}
 
 
-def to_out(identity: Identity, msg) -> OutMessage:  # type: ignore[no-untyped-def]
+class Outgoing(Protocol):
+    """A device-to-cloud message as the outbox stores it."""
+
+    @property
+    def msg_id(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    def to_json(self) -> bytes: ...
+
+
+def to_out(identity: Identity, msg: Outgoing) -> OutMessage:
     return OutMessage(msg_id=msg.msg_id, kind=msg.kind, topic=identity.topic(msg.kind), payload=msg.to_json())
 
 
@@ -116,7 +136,7 @@ class Pipeline:
         self,
         identity: Identity,
         outbox: Outbox,
-        samples,  # type: ignore[no-untyped-def]
+        samples: SamplePolicy,
         count_error: Callable[[str], None],
         queue_size: int = 256,
         top_k: int = 3,
@@ -126,7 +146,8 @@ class Pipeline:
         self.samples = samples
         self.count_error = count_error
         self.top_k = top_k
-        self.queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        # None: stop once the items before it are done.
+        self.queue: queue.Queue[ImageItem | ReadingsItem | None] = queue.Queue(maxsize=queue_size)
         self.champion: InferenceBackend | None = None
         self.shadow: InferenceBackend | None = None
         # While a new champion is on trial the one it replaced stays loaded: a batch the trial
@@ -134,7 +155,7 @@ class Pipeline:
         self.fallback: InferenceBackend | None = None
         # (model name, version) -> images through it, and images it failed on; the rollout's health window.
         self.model_counts: dict[tuple[str, str], list[int]] = {}
-        self.on_model_failure: Callable[[InferenceBackend], None] | None = None
+        self.on_model_failure: Callable[[InferenceBackend], object] | None = None
         # A challenger that fails a batch is reported here; the champion's results stand regardless.
         self.on_shadow_failure: Callable[[InferenceBackend, BaseException], None] | None = None
         self.latency = LatencyStats()
@@ -181,7 +202,7 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                self.queue.put(_STOP, timeout=max(0.01, deadline - time.monotonic()))
+                self.queue.put(None, timeout=max(0.01, deadline - time.monotonic()))
                 break
             except queue.Full:
                 if time.monotonic() >= deadline:
@@ -199,7 +220,7 @@ class Pipeline:
     def _run(self) -> None:
         while True:
             item = self.queue.get()
-            if item is _STOP:
+            if item is None:
                 return
             self.busy.set()
             try:
@@ -214,14 +235,14 @@ class Pipeline:
                         nxt = self.queue.get_nowait()
                     except queue.Empty:
                         break
-                    if nxt is _STOP:
+                    if nxt is None:
                         stop_after = True
                         break
                     if isinstance(nxt, ReadingsItem):
                         self._readings(nxt)
                     else:
                         batch.append(nxt)
-                self._images(batch)  # type: ignore[arg-type]
+                self._images(batch)
                 if stop_after:
                     return
             except Exception:
@@ -238,8 +259,7 @@ class Pipeline:
             field_id=self.identity.field_id,
             observed_at=item.at,
             readings=[
-                SensorReading(sensor=r.sensor, quantity=r.quantity, value=r.value, unit=r.unit)  # type: ignore[arg-type]
-                for r in item.readings
+                SensorReading(sensor=r.sensor, quantity=r.quantity, value=r.value, unit=r.unit) for r in item.readings
             ],
         )
         at = item.at.timestamp()
@@ -339,10 +359,8 @@ class Pipeline:
         try:
             if self._size(shadow) != self._size(champion) or self._resize(shadow) != self._resize(champion):
                 # Same decode+resize as the champion's, to the challenger's input size.
-                prep = shadow.manifest.preprocessing
-                batch = np.stack(
-                    [decode_image(it.data, self._size(shadow), resize=prep.resize) for it, _ in good]  # type: ignore[union-attr]
-                )
+                size, resize = self._size(shadow), self._prep(shadow).resize
+                batch = np.stack([decode_image(it.data, size, resize=resize) for it, _ in good])
             return self._infer(shadow, batch)
         except Exception as exc:
             logger.exception("shadow model %s %s failed a batch; the champion's results stand",
@@ -357,19 +375,26 @@ class Pipeline:
         return getattr(backend.manifest.preprocessing, "resize", None)
 
     @staticmethod
-    def _size(backend: InferenceBackend) -> tuple[int, int]:
+    def _prep(backend: InferenceBackend) -> ImagePreprocessing:
         prep = backend.manifest.preprocessing
-        return (prep.height, prep.width)  # type: ignore[union-attr]
+        if not isinstance(prep, ImagePreprocessing):
+            raise TypeError(f"{backend.manifest.name} {backend.manifest.version} is not an image model")
+        return prep
+
+    @classmethod
+    def _size(cls, backend: InferenceBackend) -> tuple[int, int]:
+        prep = cls._prep(backend)
+        return (prep.height, prep.width)
 
     def _decode(
         self, items: list[ImageItem], backend: InferenceBackend
     ) -> tuple[list[tuple[ImageItem, np.ndarray]], list[ImageItem]]:
-        prep = backend.manifest.preprocessing
+        size, resize = self._size(backend), self._prep(backend).resize
         good: list[tuple[ImageItem, np.ndarray]] = []
         rejected: list[ImageItem] = []
         for it in items:
             try:
-                good.append((it, decode_image(it.data, self._size(backend), resize=prep.resize)))  # type: ignore[union-attr]
+                good.append((it, decode_image(it.data, size, resize=resize)))
             except ImageDecodeError as exc:
                 logger.warning("skipped %s: %s", it.ref, exc)
                 self.count_error(f"image_{exc.reason}")
@@ -386,7 +411,7 @@ class Pipeline:
         ms = (time.perf_counter() - t0) * 1000 / len(batch)
         return np.concatenate(results, axis=0), ms
 
-    def _sample(self, it: ImageItem, det: Detection, reason: str) -> Sample | None:
+    def _sample(self, it: ImageItem, det: Detection, reason: SampleReason) -> Sample | None:
         try:
             width, height = image_size(it.data)
             scale = min(1.0, self.samples.settings.max_side / max(width, height))
@@ -398,7 +423,7 @@ class Pipeline:
         return Sample(
             **self.identity.envelope(),
             observed_at=it.at,
-            reason=reason,  # type: ignore[arg-type]
+            reason=reason,
             model=det.model,
             detection_msg_id=det.msg_id,
             field_id=self.identity.field_id,
@@ -420,13 +445,13 @@ class SamplePolicy:
     low-confidence one as ``low_confidence``; both count against the same limits.
     """
 
-    def __init__(self, settings, outbox: Outbox, clock: Callable[[], float] = time.time) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, settings: SampleSettings, outbox: Outbox, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.outbox = outbox
         self.clock = clock
         self.capped = 0
 
-    def reason(self, confidence: float, requested: bool, in_batch: int, disagree: bool = False) -> str | None:
+    def reason(self, confidence: float, requested: bool, in_batch: int, disagree: bool = False) -> SampleReason | None:
         if requested:
             return "requested"
         s = self.settings

@@ -10,6 +10,7 @@ that refuses everything cannot fill the outbox with complaints about itself).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -202,9 +203,7 @@ class Sender:
         for row in rows:
             with self._lock:
                 self._inflight.add(row.id)
-            mid = self.transport.publish(
-                row.topic, row.payload, qos=1, on_ack=lambda code, r=row: self._on_ack(r, code)
-            )
+            mid = self.transport.publish(row.topic, row.payload, qos=1, on_ack=functools.partial(self._on_ack, row))
             if mid is None:
                 with self._lock:
                     self._inflight.discard(row.id)

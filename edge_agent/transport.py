@@ -15,13 +15,14 @@ import random
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from shared.settings import MqttSettings
@@ -48,7 +49,7 @@ def reason_name(code: int) -> str:
     return REASON_NAMES.get(code, f"reason code {code}")
 
 
-def backoff_delays(minimum: float, maximum: float, rng: random.Random | None = None):
+def backoff_delays(minimum: float, maximum: float, rng: random.Random | None = None) -> Iterator[float]:
     """Exponential backoff with full jitter: uniform in [min, min(max, min * 2^n)]."""
     rng = rng or random.Random()
     ceiling = minimum
@@ -133,7 +134,14 @@ class MqttTransport:
         # Small messages should leave now, not wait for Nagle to fill a segment.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def _handle_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+    def _handle_connect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         if reason_code.is_failure:
             logger.error("broker %s refused the connection: %s", self.settings.url, reason_code)
             self._on_error("connect_refused")
@@ -151,15 +159,24 @@ class MqttTransport:
         if self._on_connected:
             self._on_connected(bool(getattr(flags, "session_present", 0)))
 
-    def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+    def _handle_disconnect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         was = self._connected.is_set()
         self._connected.clear()
         self._lost.set()
         if was and not self._stopping.is_set():
             logger.warning("disconnected from %s: %s", self.settings.url, reason_code)
 
-    def _handle_publish(self, client, userdata, mid, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
-        code = int(reason_code.value) if hasattr(reason_code, "value") else int(reason_code)
+    def _handle_publish(
+        self, client: paho.Client, userdata: object, mid: int, reason_code: ReasonCode | int, properties: Properties
+    ) -> None:
+        code = reason_code if isinstance(reason_code, int) else int(reason_code.value)
         with self._lock:
             cb = self._acks.pop(mid, None)
             if cb is None:
@@ -168,7 +185,7 @@ class MqttTransport:
                 return
         cb(code)
 
-    def _handle_message(self, client, userdata, message) -> None:  # type: ignore[no-untyped-def]
+    def _handle_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         with self._lock:
             handlers = list(self._handlers.items())
         for topic_filter, (handler, _) in handlers:
@@ -244,7 +261,7 @@ class MqttTransport:
             will = self._will()
             self._client.will_set(will.topic, will.payload, qos=1, retain=True)
         if first:
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = self.settings.session_expiry_s
             self._client.connect(
                 self.settings.host,

@@ -21,14 +21,17 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from shared.manifest import SeasonPreprocessing
+from shared.manifest import SeasonPreprocessing, SeasonVariable
 from shared.messages import YieldEstimate, YieldQuantiles
 
+from .config import YieldSettings
 from .inference import InferenceBackend, ModelLoadError
 from .outbox import Outbox
 from .pipeline import Identity, model_ref
@@ -36,7 +39,8 @@ from .pipeline import Identity, model_ref
 logger = logging.getLogger(__name__)
 
 _SUMMED = ("rainfall", "precip", "rain")
-_AGGREGATES = ("mean", "sum", "min", "max")
+_REDUCE: dict[str, Callable[[np.ndarray], Any]] = {"mean": np.mean, "sum": np.sum, "min": np.min, "max": np.max}
+_AGGREGATES = tuple(_REDUCE)
 
 
 def load_weather_csv(path: Path) -> dict[str, dict[date, float]]:
@@ -58,7 +62,10 @@ def load_weather_csv(path: Path) -> dict[str, dict[date, float]]:
 
 
 class YieldRunner:
-    def __init__(self, settings, backend: InferenceBackend, outbox: Outbox, identity: Identity) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, settings: YieldSettings, backend: InferenceBackend, outbox: Outbox, identity: Identity) -> None:
+        if settings.season_start is None:  # the config refuses this when [yield] is enabled
+            raise ValueError("a yield runner needs [yield] season_start (the planting date)")
+        self.season_start: date = settings.season_start
         self.settings = settings
         # While an over-the-air version is on trial the one it replaced stays here: a run the new
         # one fails is rolled back and done again with it.
@@ -90,7 +97,7 @@ class YieldRunner:
         """(tensor [T, V] float32, days into the season)."""
         prep = prep or self.prep
         now = now or datetime.now(UTC)
-        start = datetime.combine(self.settings.season_start, datetime.min.time(), tzinfo=UTC)
+        start = datetime.combine(self.season_start, datetime.min.time(), tzinfo=UTC)
         step = timedelta(days=prep.time_step_days)
         steps, variables = prep.time_steps, prep.variables
         tensor = np.empty((steps, len(variables)), dtype=np.float32)
@@ -108,7 +115,7 @@ class YieldRunner:
                 lo, hi = edges[i].timestamp(), edges[i + 1].timestamp()
                 sel = values[(at >= lo) & (at < hi)] if len(at) else values[:0]
                 if sel.size and edges[i] <= now:
-                    tensor[i, j] = {"mean": np.mean, "sum": np.sum, "min": np.min, "max": np.max}[aggregate](sel)
+                    tensor[i, j] = _REDUCE[aggregate](sel)
                     continue
                 days = [(edges[i] + timedelta(days=d)).date() for d in range(max(1, int(prep.time_step_days)))]
                 known = [weather[d] for d in days if d in weather]
@@ -125,7 +132,7 @@ class YieldRunner:
             return quantity, aggregate, 1.0
         return name, "sum" if any(s in name for s in _SUMMED) else "mean", 1.0
 
-    def _static_value(self, var) -> float:  # type: ignore[no-untyped-def]
+    def _static_value(self, var: SeasonVariable) -> float:
         if var.name in self.settings.static_values:
             return float(self.settings.static_values[var.name])
         key, sep, level = var.name.partition("=")
@@ -133,7 +140,9 @@ class YieldRunner:
             return 1.0 if level == self.settings.crop else 0.0
         return float(var.mean)
 
-    def _inputs(self, backend: InferenceBackend, prep: SeasonPreprocessing, tensor: np.ndarray) -> dict:  # type: ignore[type-arg]
+    def _inputs(
+        self, backend: InferenceBackend, prep: SeasonPreprocessing, tensor: np.ndarray
+    ) -> dict[str, np.ndarray]:
         specs = backend.manifest.inputs
         if len(specs) == 1:
             return {specs[0].name: self._input(backend, tensor)}
