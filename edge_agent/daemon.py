@@ -14,7 +14,6 @@ image not yet processed by a folder source is not marked seen, so it is processe
 from __future__ import annotations
 
 import logging
-import queue
 import re
 import signal
 import threading
@@ -40,7 +39,8 @@ from .logs import set_level
 from .outbox import Outbox
 from .pipeline import Identity, Pipeline, SamplePolicy, backend_variant, to_out
 from .sender import Sender, Transport
-from .sources import ImageItem, ReadingsItem, Source, build_source
+from .source_context import AgentSourceContext
+from .sources import Source, build_source
 from .systemd import Notifier
 from .updater import ModelUpdater
 from .version import AGENT_VERSION
@@ -49,42 +49,6 @@ from .yield_runner import YieldRunner
 logger = logging.getLogger(__name__)
 
 TTL_SWEEP_S = 60.0
-
-
-class _Ctx:
-    """What sources see of the agent."""
-
-    def __init__(self, agent: Agent) -> None:
-        self._agent = agent
-        self.stop_event = agent._stopping
-
-    def submit(self, item: ImageItem | ReadingsItem) -> bool:
-        q = self._agent.pipeline.queue
-        while not self.stop_event.is_set():
-            try:
-                q.put(item, timeout=1.0)
-                return True
-            except queue.Full:  # back-pressure: the source waits for the pipeline
-                continue
-        return False
-
-    def is_seen(self, source: str, key: str) -> bool:
-        return self._agent.outbox.is_seen(source, key)
-
-    def claim(self, source: str, key: str) -> bool:
-        """Reserve a file until its results are stored; survives a source restart on reload."""
-        with self._agent._claims_lock:
-            if (source, key) in self._agent._claims:
-                return False
-            self._agent._claims.add((source, key))
-            return True
-
-    def release(self, source: str, key: str) -> None:
-        with self._agent._claims_lock:
-            self._agent._claims.discard((source, key))
-
-    def count_error(self, code: str) -> None:
-        self._agent.count_error(code)
 
 
 class Agent:
@@ -116,11 +80,10 @@ class Agent:
         self.samples: SamplePolicy
         self.pipeline: Pipeline
         self.sender: Sender
+        self._source_ctx: AgentSourceContext
         self.transport: Transport | None = None
         self.updater: ModelUpdater | None = None
         self._next: dict[str, float] = {}
-        self._claims: set[tuple[str, str]] = set()
-        self._claims_lock = threading.Lock()
         self._shadow_check_scheduled = False
 
     # --- helpers used by every part ---------------------------------------------------------
@@ -146,6 +109,7 @@ class Agent:
             self.samples = SamplePolicy(cfg.samples, self.outbox)
             top = cfg.models[0].top_k if cfg.models else 3
             self.pipeline = Pipeline(self.identity, self.outbox, self.samples, self.count_error, cfg.queue_size, top)
+            self._source_ctx = AgentSourceContext(self._stopping, self.pipeline.queue, self.outbox, self.count_error)
             self._load_models(cfg)
             self.updater = ModelUpdater(self)
             self.pipeline.on_model_failure = self.updater.on_model_failure
@@ -261,7 +225,7 @@ class Agent:
             self._start_source(s)
 
     def _start_source(self, settings: SourceSettings) -> None:
-        src = build_source(settings, _Ctx(self))
+        src = build_source(settings, self._source_ctx)
         src.start()
         self.sources.append(src)
 

@@ -307,15 +307,7 @@ class Pipeline:
             ref = model_ref(champion)
             labels = champion.manifest.labels or [str(i) for i in range(probs.shape[1])]
             for i, (it, _) in enumerate(good):
-                shadow_result = None
-                if shadow is not None and shadow_out is not None:
-                    shadow_probs, shadow_ms = shadow_out
-                    s_labels = shadow.manifest.labels or [str(j) for j in range(shadow_probs.shape[1])]
-                    shadow_result = ShadowResult(
-                        model=model_ref(shadow),
-                        top_k=top_k(shadow_probs[i], s_labels, self.top_k),
-                        inference_ms=shadow_ms,
-                    )
+                shadow_result = self._shadow_result(shadow, shadow_out, i) if shadow is not None else None
                 det = Detection(
                     **self.identity.envelope(),
                     observed_at=it.at,
@@ -369,6 +361,16 @@ class Pipeline:
             if self.on_shadow_failure is not None:
                 self.on_shadow_failure(shadow, exc)
             return None
+
+    def _shadow_result(
+        self, shadow: InferenceBackend, out: tuple[np.ndarray, float] | None, i: int
+    ) -> ShadowResult | None:
+        """The challenger's view of image ``i`` of a batch (None: it failed the batch)."""
+        if out is None:
+            return None
+        probs, ms = out
+        labels = shadow.manifest.labels or [str(j) for j in range(probs.shape[1])]
+        return ShadowResult(model=model_ref(shadow), top_k=top_k(probs[i], labels, self.top_k), inference_ms=ms)
 
     @staticmethod
     def _resize(backend: InferenceBackend) -> str | None:
