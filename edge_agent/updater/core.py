@@ -12,10 +12,10 @@ from shared.messages import ActiveModel, DesiredModel
 from shared.topics import parse_topic
 
 from ..inference import InferenceBackend
-from . import policy
 from .common import CHAMPION, SHADOW, Reporter, Role, UpdateRejected, seen_key
 from .host import UpdaterHost
 from .loader import ModelLoader
+from .policy import screen
 from .shadow import ShadowSlots
 from .slots import SlotStore
 from .trial import Trial, Trials
@@ -138,7 +138,7 @@ class ModelUpdater:
                 logger.info("desired model %s cleared on %s; the running model keeps serving", name, topic)
             return
         try:
-            desired = policy.screen(payload, name, role, self._host.cfg.device.farm_id)
+            desired = screen(payload, name, role, self._host.cfg.device.farm_id)
         except UpdateRejected as exc:
             logger.warning("desired-model message on %s refused: %s", topic, exc)
             self._host.count_error(f"desired_{exc.reason}")

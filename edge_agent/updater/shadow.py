@@ -17,10 +17,10 @@ from shared.messages import DesiredModel
 from shared.rollout import selects
 
 from ..inference import InferenceBackend, ModelLoadError
-from . import policy
 from .common import DISEASE, SHADOW, Reporter, UpdateRejected
 from .host import UpdaterHost
 from .loader import ModelLoader
+from .policy import check_common, check_fresh, check_size
 from .slots import SlotStore
 
 logger = logging.getLogger(__name__)
@@ -73,10 +73,10 @@ class ShadowSlots:
 
     def vet(self, d: DesiredModel) -> None:
         name, version = d.model_name, d.version
-        policy.check_common(d, self._host.cfg, self._loader.trusted())
+        check_common(d, self._host.cfg, self._loader.trusted())
         if d.manifest.task != DISEASE:
             raise UpdateRejected("unsupported_task", f"shadow runs are for {DISEASE} models, not {d.manifest.task}")
-        policy.check_fresh(self.store, d, self._lock, closed=True)
+        check_fresh(self.store, d, self._lock, closed=True)
         device = self._host.cfg.device
         if not selects(d.rollout, name, device.device_id, device.groups):
             raise UpdateRejected("not_selected", "this device is not in the shadow run")
@@ -91,7 +91,7 @@ class ShadowSlots:
             raise UpdateRejected("current", "this challenger is already running")
         if self.store.read(name)["failed"].get(version) == d.msg_id:
             raise UpdateRejected("current", "this challenger failed here; publish it again to retry")
-        policy.check_size(self._loader.artifacts(d), self._host.cfg)
+        check_size(self._loader.artifacts(d), self._host.cfg)
 
     def start(self, d: DesiredModel, backend: InferenceBackend) -> None:
         name, version = d.model_name, d.version

@@ -21,10 +21,10 @@ from shared.manifest import ModelManifest
 from shared.messages import DesiredModel
 
 from ..inference import InferenceBackend, ModelLoadError
-from . import policy
 from .common import YIELD, Reporter, UpdateRejected, crash_point
 from .host import UpdaterHost
 from .loader import ModelLoader
+from .policy import check_common, check_fresh, check_size, check_targeted, check_version
 from .slots import SlotStore
 
 logger = logging.getLogger(__name__)
@@ -120,11 +120,11 @@ class Trials:
     def vet(self, d: DesiredModel) -> None:
         """Every check of a champion message, judged against the trial running for its task (if any)."""
         cfg = self._host.cfg
-        policy.check_common(d, cfg, self._loader.trusted())
+        check_common(d, cfg, self._loader.trusted())
         if d.rollout.mode != "active":
             raise UpdateRejected("wrong_topic", f"rollout mode {d.rollout.mode} is not for the champion's topic")
-        policy.check_fresh(self.store, d, self._lock)
-        policy.check_targeted(d, cfg)
+        check_fresh(self.store, d, self._lock)
+        check_targeted(d, cfg)
         task = d.manifest.task
         with self._lock:
             trial = self.by_task.get(task)
@@ -141,14 +141,14 @@ class Trials:
         # Judged against the model a trial would fall back to, and every check done before a trial
         # is ended: a message refused below must not cost a healthy trial.
         try:
-            policy.check_version(d, trial.old if trial is not None else self._host.serving(task))
+            check_version(d, trial.old if trial is not None else self._host.serving(task))
         except UpdateRejected as exc:
             if exc.reason == "current" and trial is not None:
                 self.supersede(trial, d.version)  # back to the version the message asks for
             raise
         if self.store.read(d.model_name)["failed"].get(d.version) == d.msg_id:
             raise UpdateRejected("current", "this version was rolled back here; publish it again to retry")
-        policy.check_size(self._loader.artifacts(d), cfg)
+        check_size(self._loader.artifacts(d), cfg)
         if trial is not None:
             self.supersede(trial, d.version)
 
