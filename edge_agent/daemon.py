@@ -278,7 +278,7 @@ class Agent:
         self.sources = []
         self._waiting_sources = []
         for s in cfg.sources:
-            if s.type != "sensors" and self.pipeline.champion is None:
+            if s.produces_images and self.pipeline.champion is None:
                 # Over-the-air updates may bring the first model; until then images would pile up.
                 logger.warning("source %s waits: no disease model loaded to process its images yet", s.name)
                 self.count_error("source_without_model")
