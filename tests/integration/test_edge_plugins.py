@@ -89,14 +89,12 @@ def test_a_backend_from_a_temporary_package_produces_the_agents_detections(
     classifier = build_classifier(tmp_path / "leaf")
     rec = Recorder(mqtt_broker.port, client_id=f"rec-{uuid.uuid4().hex[:8]}")
     wait_for(rec.subscribed.is_set, 10, what="recorder subscribed")
+    backend = {"type": "constant_test", "manifest": str(classifier.manifest_path), "label": "late_blight",
+               "confidence": 0.875}  # fmt: skip
     doc = agent_config(
         tmp_path,
         mqtt_broker.port,
-        {
-            "trust": {"public_keys": [str(classifier.public_key)]},
-            "models": [{"type": "constant_test", "manifest": str(classifier.manifest_path),
-                        "label": "late_blight", "confidence": 0.875}],
-        },  # fmt: skip
+        {"trust": {"public_keys": [str(classifier.public_key)]}, "models": [backend]},
         plugins={"modules": [plugin_package]},
         sources=[{"type": "simulated_camera", "name": "sim", "interval_s": 0.1, "count": 3, "width": 64, "height": 64}],
         samples={"enabled": False},

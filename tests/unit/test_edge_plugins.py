@@ -70,7 +70,7 @@ def test_a_plugins_own_options_are_validated_and_printed(tmp_path: Path) -> None
 
 
 # A sensor reader and an image source from outside the project: one file each.
-OUTSIDE = '''
+OUTSIDE = """
 from typing import Literal
 
 from edge_agent.sensors import READERS, ReaderSettings
@@ -109,7 +109,7 @@ class BlankSource(ThreadedSource):
 
 READERS.register(FixedSettings, FixedReader)
 SOURCES.register(BlankSettings, BlankSource)
-'''
+"""
 
 
 class Ctx:
