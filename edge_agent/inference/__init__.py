@@ -42,12 +42,18 @@ class InferenceBackend(Protocol):
     def close(self) -> None: ...
 
 
+ALL_VARIANTS: tuple[Variant, ...] = ("fp32", "int8")
+
+
 class BackendSettings(BaseModel):
     """What every ``[[models]]`` entry has; a backend's own settings model adds its options."""
 
     model_config = ConfigDict(extra="forbid")
     type: str
     manifest: Path
+    # The manifest's variants this device may fetch over the air and load (fp32 always comes too);
+    # the backend picks among those that pass their self-test.
+    variants: list[Variant] = Field(default_factory=lambda: list(ALL_VARIANTS))
     top_k: Annotated[int, Field(ge=1, le=20)] = 3
 
 

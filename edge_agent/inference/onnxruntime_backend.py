@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LATENCY_RUNS = 5
-_ALL_VARIANTS: tuple[Variant, ...] = ("fp32", "int8")
 
 
 class OnnxRuntimeSettings(BackendSettings):
@@ -42,7 +41,6 @@ class OnnxRuntimeSettings(BackendSettings):
     )
     threads: Annotated[int, Field(ge=1, le=64)] = 2
     batch_size: Annotated[int, Field(ge=1, le=256)] = 8
-    variants: list[Variant] = Field(default_factory=lambda: list(_ALL_VARIANTS))
     # The int8 variant must beat fp32 by this factor, so noise in a short measurement does not flip it.
     int8_min_speedup: Annotated[float, Field(gt=0)] = 1.1
 
