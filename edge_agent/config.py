@@ -9,13 +9,18 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, SerializeAsAny, model_validator
 
 from shared.config import load_config
 from shared.fields import Id
 from shared.settings import MqttSettings
+
+from .inference import BACKENDS, BackendSettings
+from .inference.onnxruntime_backend import OnnxRuntimeSettings
+from .plugins import import_plugin_modules, resolve_paths
+from .sources import SOURCES, SourceSettings
 
 STRICT = ConfigDict(extra="forbid")
 PositiveSeconds = Annotated[float, Field(gt=0)]
@@ -29,42 +34,39 @@ class DeviceSettings(BaseModel):
     groups: list[Id] = Field(default_factory=list, description="Rollout groups this device belongs to.")
 
 
+ExpiringKind = Literal["detection", "yield", "telemetry", "sample"]
+
+
+def _default_ttl() -> dict[ExpiringKind, float | None]:
+    return {"telemetry": 7 * 86400.0, "sample": 7 * 86400.0, "detection": 30 * 86400.0, "yield": 30 * 86400.0}
+
+
 class OutboxSettings(BaseModel):
     """The on-disk queue between results and the broker; see docs/edge-agent.md for the policy."""
 
     model_config = STRICT
     budget_mb: Annotated[float, Field(gt=0)] = 200.0
     # Per kind; None keeps messages until they are delivered. Events (alerts) never expire.
-    ttl_s: dict[Literal["detection", "yield", "telemetry", "sample"], PositiveSeconds | None] = Field(
-        default_factory=lambda: {
-            "telemetry": 7 * 86400.0,
-            "sample": 7 * 86400.0,
-            "detection": 30 * 86400.0,
-            "yield": 30 * 86400.0,
-        }
-    )
+    ttl_s: dict[ExpiringKind, PositiveSeconds | None] = Field(default_factory=_default_ttl)
     max_inflight: Annotated[int, Field(ge=1, le=1000)] = 64
 
 
-class ModelSettings(BaseModel):
+ModelEntry = Annotated[SerializeAsAny[BackendSettings], BeforeValidator(BACKENDS.validate)]
+SourceEntry = Annotated[SerializeAsAny[SourceSettings], BeforeValidator(SOURCES.validate)]
+# The default backend's settings: what a ``[[models]]`` table without ``type`` becomes, and what
+# code that makes a model entry for a manifest builds.
+ModelSettings = OnnxRuntimeSettings
+
+
+class PluginModules(BaseModel):
+    """Plugins from outside the project (docs/edge-agent.md "Plugins")."""
+
     model_config = STRICT
-    type: Literal["onnxruntime"] = "onnxruntime"
-    manifest: Path
-    # Providers to try, in order; those this onnxruntime build lacks are skipped.
-    providers: list[str] = Field(
-        default_factory=lambda: [
-            "TensorrtExecutionProvider",
-            "CUDAExecutionProvider",
-            "OpenVINOExecutionProvider",
-            "CPUExecutionProvider",
-        ]
+    modules: list[str] = Field(
+        default_factory=list,
+        description="Python modules imported before the rest of the config is read; each registers backends, "
+        "sources or sensor readers.",
     )
-    threads: Annotated[int, Field(ge=1, le=64)] = 2
-    batch_size: Annotated[int, Field(ge=1, le=256)] = 8
-    variants: list[Literal["fp32", "int8"]] = Field(default_factory=lambda: ["fp32", "int8"])
-    # The int8 variant must beat fp32 by this factor, so noise in a short measurement does not flip it.
-    int8_min_speedup: Annotated[float, Field(gt=0)] = 1.1
-    top_k: Annotated[int, Field(ge=1, le=20)] = 3
 
 
 class TrustSettings(BaseModel):
@@ -111,93 +113,6 @@ class SampleSettings(BaseModel):
     max_side: Annotated[int, Field(ge=32, le=4096)] = 640
 
 
-class FolderSource(BaseModel):
-    model_config = STRICT
-    type: Literal["folder"] = "folder"
-    name: Id
-    path: Path
-    patterns: list[str] = Field(default_factory=lambda: ["*.jpg", "*.jpeg", "*.png", "*.JPG", "*.JPEG", "*.PNG"])
-    after: Literal["keep", "move", "delete"] = "keep"
-    move_to: Path | None = None
-    scan_interval_s: PositiveSeconds = 2.0
-    # A file must be this old (by mtime) before it is read, so an upload still being written is left alone.
-    settle_s: Annotated[float, Field(ge=0)] = 1.0
-
-    @model_validator(mode="after")
-    def _move_target(self) -> FolderSource:
-        if self.after == "move" and self.move_to is None:
-            raise ValueError("after = 'move' needs move_to")
-        return self
-
-
-class CameraSource(BaseModel):
-    model_config = STRICT
-    type: Literal["camera"] = "camera"
-    name: Id
-    backend: Literal["opencv", "picamera2"] = "opencv"
-    device: str = Field("0", description="OpenCV index ('0') or URL (rtsp://...).")
-    interval_s: PositiveSeconds = 300.0
-    jpeg_quality: Annotated[int, Field(ge=30, le=100)] = 90
-
-
-class SimulatedCameraSource(BaseModel):
-    model_config = STRICT
-    type: Literal["simulated_camera"] = "simulated_camera"
-    name: Id
-    interval_s: PositiveSeconds = 60.0
-    width: Annotated[int, Field(ge=32, le=8192)] = 640
-    height: Annotated[int, Field(ge=32, le=8192)] = 480
-    seed: int = 0
-    count: Annotated[int, Field(ge=0)] | None = Field(None, description="Stop after this many images.")
-
-
-class SensorChannel(BaseModel):
-    model_config = STRICT
-    sensor: Id
-    quantity: Literal[
-        "soil_moisture", "soil_temperature", "air_temperature", "relative_humidity", "leaf_wetness",
-        "rainfall", "solar_radiation", "wind_speed", "battery_voltage",
-    ]  # fmt: skip
-    unit: str
-
-
-class SerialReaderSettings(BaseModel):
-    model_config = STRICT
-    kind: Literal["serial"] = "serial"
-    port: str = "/dev/ttyUSB0"
-    baudrate: int = 9600
-    timeout_s: PositiveSeconds = 2.0
-
-
-class SimulatedReaderSettings(BaseModel):
-    model_config = STRICT
-    kind: Literal["simulated"] = "simulated"
-    seed: int = 0
-
-
-class SensorSource(BaseModel):
-    model_config = STRICT
-    type: Literal["sensors"] = "sensors"
-    name: Id
-    interval_s: PositiveSeconds = 300.0
-    reader: Annotated[SerialReaderSettings | SimulatedReaderSettings, Field(discriminator="kind")] = Field(
-        default_factory=SimulatedReaderSettings
-    )
-    channels: list[SensorChannel] = Field(
-        default_factory=lambda: [
-            SensorChannel(sensor="soil1", quantity="soil_moisture", unit="%"),
-            SensorChannel(sensor="air1", quantity="air_temperature", unit="degC"),
-            SensorChannel(sensor="air1", quantity="relative_humidity", unit="%"),
-            SensorChannel(sensor="leaf1", quantity="leaf_wetness", unit="%"),
-        ]
-    )
-
-
-SourceSettings = Annotated[
-    FolderSource | CameraSource | SimulatedCameraSource | SensorSource, Field(discriminator="type")
-]
-
-
 class YieldVariableSource(BaseModel):
     """Where one season variable comes from: a sensor quantity aggregated per time step."""
 
@@ -211,7 +126,7 @@ class YieldVariableSource(BaseModel):
 class YieldSettings(BaseModel):
     model_config = STRICT
     enabled: bool = False
-    model: ModelSettings | None = None
+    model: ModelEntry | None = None
     interval_s: PositiveSeconds = 86400.0
     first_run_s: Annotated[float, Field(ge=0)] = Field(
         60.0, description="Seconds after start before the first outlook (at most interval_s), so sensors report first."
@@ -249,8 +164,9 @@ class AgentConfig(BaseModel):
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     trust: TrustSettings = Field(default_factory=TrustSettings)
-    models: list[ModelSettings] = Field(default_factory=list, max_length=4)
-    sources: list[SourceSettings] = Field(default_factory=list)
+    plugins: PluginModules = Field(default_factory=PluginModules)
+    models: list[ModelEntry] = Field(default_factory=list, max_length=4)
+    sources: list[SourceEntry] = Field(default_factory=list)
     samples: SampleSettings = Field(default_factory=SampleSettings)
     updates: UpdateSettings = Field(default_factory=UpdateSettings)
     yield_model: YieldSettings = Field(default_factory=YieldSettings, alias="yield")
@@ -258,6 +174,16 @@ class AgentConfig(BaseModel):
     log: LogSettings = Field(default_factory=LogSettings)
     shutdown_deadline_s: PositiveSeconds = 20.0
     queue_size: Annotated[int, Field(ge=1)] = 256
+
+    @model_validator(mode="before")
+    @classmethod
+    def _import_plugins(cls, data: Any) -> Any:
+        # Before the fields: the modules register the backends, sources and readers those name.
+        if isinstance(data, dict) and isinstance(data.get("plugins"), dict):
+            modules = data["plugins"].get("modules")
+            if isinstance(modules, list):
+                import_plugin_modules([m for m in modules if isinstance(m, str)])
+        return data
 
     @model_validator(mode="after")
     def _unique_sources(self) -> AgentConfig:
@@ -279,18 +205,10 @@ def _resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
     def fix(p: Path | None) -> Path | None:
         return None if p is None or p.is_absolute() else base / p
 
-    def model(m: ModelSettings) -> ModelSettings:
-        return m.model_copy(update={"manifest": fix(m.manifest) or m.manifest})
-
-    sources = []
-    for s in cfg.sources:
-        if isinstance(s, FolderSource):
-            s = s.model_copy(update={"path": fix(s.path) or s.path, "move_to": fix(s.move_to) or s.move_to})
-        sources.append(s)
     ym = cfg.yield_model
     ym = ym.model_copy(
         update={
-            "model": model(ym.model) if ym.model else None,
+            "model": resolve_paths(ym.model, base) if ym.model else None,
             "weather_csv": fix(ym.weather_csv) or ym.weather_csv,
         }
     )
@@ -303,8 +221,8 @@ def _resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
         update={
             "mqtt": cfg.mqtt.model_copy(update={"tls": tls}),
             "data_dir": fix(cfg.data_dir) or cfg.data_dir,
-            "models": [model(m) for m in cfg.models],
-            "sources": sources,
+            "models": [resolve_paths(m, base) for m in cfg.models],
+            "sources": [resolve_paths(s, base) for s in cfg.sources],
             "yield_model": ym,
             "trust": cfg.trust.model_copy(update={"public_keys": keys}),
         }

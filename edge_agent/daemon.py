@@ -31,7 +31,7 @@ from shared.messages import ActiveModel, Event, EventValue, Health, LogLevel, St
 from shared.topics import command_topic, device_topic, fleet_model_topic, fleet_shadow_topic
 
 from .commands import CommandActions, CommandHandler
-from .config import AgentConfig, SourceSettings, load_agent_config
+from .config import AgentConfig, load_agent_config
 from .health import ProcessStats, heartbeat
 from .inference import InferenceBackend, ModelLoadError, load_backend
 from .lock import InstanceLock
@@ -40,7 +40,7 @@ from .outbox import Outbox
 from .pipeline import Identity, Pipeline, SamplePolicy, backend_variant, to_out
 from .sender import Sender, Transport
 from .source_context import AgentSourceContext
-from .sources import Source, build_source
+from .sources import Source, SourceSettings, build_source
 from .systemd import Notifier
 from .updater import ModelUpdater
 from .version import AGENT_VERSION
@@ -216,7 +216,7 @@ class Agent:
         self.sources = []
         self._waiting_sources = []
         for s in cfg.sources:
-            if s.type != "sensors" and self.pipeline.champion is None:
+            if s.produces_images and self.pipeline.champion is None:
                 # Over-the-air updates may bring the first model; until then images would pile up.
                 logger.warning("source %s waits: no disease model loaded to process its images yet", s.name)
                 self.count_error("source_without_model")

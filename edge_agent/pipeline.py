@@ -17,7 +17,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol, cast
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -49,8 +49,7 @@ SampleReason = Literal["requested", "shadow_disagreement", "low_confidence"]
 
 
 def backend_variant(backend: InferenceBackend) -> Variant:
-    # A backend loads one of the variants its manifest lists, which are Variants by the manifest's schema.
-    return cast(Variant, backend.variant)
+    return backend.variant
 
 
 def model_ref(backend: InferenceBackend) -> ModelRef:

@@ -33,6 +33,7 @@ from .errors import MessageError
 from .fields import STRICT_MODEL, Id, Label, MsgId, Probability, Sha256Hex, ShortText, UtcDatetime, Version
 from .ids import new_msg_id, utcnow
 from .manifest import ModelManifest, Signature, TrustedKeys, Variant, canonical_json, sign_bytes, verify_bytes
+from .quantities import Quantity
 
 MAX_SAMPLE_IMAGE_BYTES = 256 * 1024
 # A sample's JPEG in base64 plus its metadata; anything larger is refused before parsing.
@@ -163,19 +164,6 @@ class YieldEstimate(Envelope):
     expected: float
     quantiles: YieldQuantiles
     unit: Annotated[str, StringConstraints(min_length=1, max_length=32)]
-
-
-Quantity = Literal[
-    "soil_moisture",
-    "soil_temperature",
-    "air_temperature",
-    "relative_humidity",
-    "leaf_wetness",
-    "rainfall",
-    "solar_radiation",
-    "wind_speed",
-    "battery_voltage",
-]
 
 
 class SensorReading(BaseModel):

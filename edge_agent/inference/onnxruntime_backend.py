@@ -1,4 +1,8 @@
-"""onnxruntime backend: provider fallback, warm-up, manifest self-test, int8/fp32 by measured latency."""
+"""onnxruntime backend: provider fallback, warm-up, manifest self-test, int8/fp32 by measured latency.
+
+onnxruntime is imported where a session is made, not with this module: the registry imports every
+backend module to read the config, and ``--check-config`` must work where the runtime is missing.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +10,44 @@ import logging
 import statistics
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
-import onnxruntime as ort
+from pydantic import Field
 
 from shared.errors import ManifestError
-from shared.manifest import ModelManifest, TrustedKeys, verify_artifact, verify_manifest
+from shared.manifest import ModelManifest, TrustedKeys, Variant, verify_artifact, verify_manifest
 
-from . import ModelLoadError
+from . import BACKENDS, BackendSettings, ModelLoadError
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 logger = logging.getLogger(__name__)
 
 LATENCY_RUNS = 5
 
 
+class OnnxRuntimeSettings(BackendSettings):
+    type: Literal["onnxruntime"] = "onnxruntime"
+    # Providers to try, in order; those this onnxruntime build lacks are skipped.
+    providers: list[str] = Field(
+        default_factory=lambda: [
+            "TensorrtExecutionProvider",
+            "CUDAExecutionProvider",
+            "OpenVINOExecutionProvider",
+            "CPUExecutionProvider",
+        ]
+    )
+    threads: Annotated[int, Field(ge=1, le=64)] = 2
+    batch_size: Annotated[int, Field(ge=1, le=256)] = 8
+    # The int8 variant must beat fp32 by this factor, so noise in a short measurement does not flip it.
+    int8_min_speedup: Annotated[float, Field(gt=0)] = 1.1
+
+
 def session_options(threads: int) -> ort.SessionOptions:
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -36,6 +63,8 @@ def session_options(threads: int) -> ort.SessionOptions:
 
 
 def available_providers(wanted: list[str]) -> list[str]:
+    import onnxruntime as ort
+
     have = set(ort.get_available_providers())
     chosen = [p for p in wanted if p in have]
     if "CPUExecutionProvider" not in chosen:
@@ -45,6 +74,8 @@ def available_providers(wanted: list[str]) -> list[str]:
 
 def create_session(path: Path, providers: list[str], threads: int) -> ort.InferenceSession:
     """Try the providers in order; one that fails to initialise (missing CUDA libs) is dropped."""
+    import onnxruntime as ort
+
     remaining = list(providers)
     while True:
         try:
@@ -56,12 +87,12 @@ def create_session(path: Path, providers: list[str], threads: int) -> ort.Infere
             remaining = remaining[1:]
 
 
-def self_test(session: ort.InferenceSession, manifest: ModelManifest, variant: str) -> float:
+def self_test(session: ort.InferenceSession, manifest: ModelManifest, variant: Variant) -> float:
     """Run the reference input; raise unless every expected output is reproduced within atol.
 
     Returns the largest absolute difference seen.
     """
-    entry = manifest.file(variant)  # type: ignore[arg-type]
+    entry = manifest.file(variant)
     if not manifest.self_test_inputs or not entry.expected_outputs:
         raise ModelLoadError(
             "no_self_test",
@@ -92,7 +123,7 @@ def self_test(session: ort.InferenceSession, manifest: ModelManifest, variant: s
 
 
 def measure_latency(session: ort.InferenceSession, inputs: dict[str, np.ndarray], runs: int = LATENCY_RUNS) -> float:
-    times = []
+    times: list[float] = []
     for _ in range(runs):
         t0 = time.perf_counter()
         session.run(None, inputs)
@@ -101,17 +132,21 @@ def measure_latency(session: ort.InferenceSession, inputs: dict[str, np.ndarray]
 
 
 class OnnxRuntimeBackend:
-    def __init__(self, manifest: ModelManifest, variant: str, session: ort.InferenceSession, max_batch: int) -> None:
+    def __init__(
+        self, manifest: ModelManifest, variant: Variant, session: ort.InferenceSession, max_batch: int
+    ) -> None:
         self.manifest = manifest
-        self.variant = variant
-        self.session = session
+        self.variant: Variant = variant
+        self.session: ort.InferenceSession | None = session
         self.provider = session.get_providers()[0]
         self.max_batch = max_batch
         self._output_names = [o.name for o in session.get_outputs()]
         self.latency_s: dict[str, float] = {}
 
     @classmethod
-    def load(cls, settings, trusted: TrustedKeys, require_signature: bool = True) -> OnnxRuntimeBackend:  # type: ignore[no-untyped-def]
+    def load(
+        cls, settings: OnnxRuntimeSettings, trusted: TrustedKeys, require_signature: bool = True
+    ) -> OnnxRuntimeBackend:
         manifest_path = Path(settings.manifest)
         try:
             manifest = ModelManifest.load(manifest_path)
@@ -127,8 +162,8 @@ class OnnxRuntimeBackend:
             except ManifestError as exc:
                 raise ModelLoadError(exc.reason, str(exc)) from exc
         providers = available_providers(list(settings.providers))
-        candidates: dict[str, tuple[ort.InferenceSession, float]] = {}
-        errors: dict[str, str] = {}
+        candidates: dict[Variant, tuple[ort.InferenceSession, float]] = {}
+        errors: dict[Variant, str] = {}
         for variant in settings.variants:
             try:
                 entry = manifest.file(variant)
@@ -147,7 +182,7 @@ class OnnxRuntimeBackend:
         if "fp32" not in candidates:
             detail = errors.get("fp32", "fp32 variant not configured")
             raise ModelLoadError("self_test" if "self-test" in detail else "load", detail)
-        chosen = "fp32"
+        chosen: Variant = "fp32"
         if "int8" in candidates:
             fp32_s, int8_s = candidates["fp32"][1], candidates["int8"][1]
             if int8_s * settings.int8_min_speedup <= fp32_s:
@@ -167,11 +202,19 @@ class OnnxRuntimeBackend:
         )  # fmt: skip
         return backend
 
+    def _live(self) -> ort.InferenceSession:
+        if self.session is None:
+            raise ModelLoadError("closed", f"model {self.manifest.name} {self.manifest.version} was closed")
+        return self.session
+
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self._output_names, self.session.run(None, inputs), strict=True))
+        return dict(zip(self._output_names, self._live().run(None, inputs), strict=True))
 
     def self_test(self) -> float:
-        return self_test(self.session, self.manifest, self.variant)
+        return self_test(self._live(), self.manifest, self.variant)
 
     def close(self) -> None:
-        self.session = None  # type: ignore[assignment]
+        self.session = None
+
+
+BACKENDS.register(OnnxRuntimeSettings, OnnxRuntimeBackend.load)

@@ -1,8 +1,9 @@
-"""Sources: small plugins chosen by config ``type``, each running on its own thread.
+"""Sources: plugins in this package, one file per config ``type`` (docs/edge-agent.md).
 
-A source hands work to the agent through :class:`SourceContext`: images (bytes plus a reference)
-for the disease model and sensor readings for telemetry and the yield model. Sources never decode
-images; the pipeline does that through :func:`shared.image.decode_image`.
+Each source runs on its own thread and hands work to the agent through :class:`SourceContext`:
+images (bytes plus a reference) for the disease model and sensor readings for telemetry and the
+yield model. Sources never decode images; the pipeline does that through
+:func:`shared.image.decode_image`.
 """
 
 from __future__ import annotations
@@ -12,9 +13,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import ClassVar, Protocol
 
+from pydantic import BaseModel, ConfigDict
+
+from shared.fields import Id
 from shared.ids import utcnow
+
+from ..plugins import PluginRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -136,22 +142,20 @@ class ThreadedSource:
         raise NotImplementedError
 
 
-def build_source(settings, ctx: SourceContext) -> Source:  # type: ignore[no-untyped-def]
-    """The plugin for ``settings.type``; device libraries are imported only when that type is used."""
-    if settings.type == "folder":
-        from .folder import FolderWatcher
+class SourceSettings(BaseModel):
+    """What every ``[[sources]]`` entry has; a source's own settings model adds its options."""
 
-        return FolderWatcher(settings, ctx)
-    if settings.type == "camera":
-        from .camera import CameraCapture
+    model_config = ConfigDict(extra="forbid")
+    # A source of images waits for a disease model; one of readings (sensors) starts at once.
+    produces_images: ClassVar[bool] = True
+    type: str
+    name: Id
 
-        return CameraCapture(settings, ctx)
-    if settings.type == "simulated_camera":
-        from .simulated_camera import SimulatedCamera
 
-        return SimulatedCamera(settings, ctx)
-    if settings.type == "sensors":
-        from .sensors import SensorPoller
+# factory(settings, context) -> a source, not started
+SOURCES: PluginRegistry[SourceSettings, [SourceContext], Source] = PluginRegistry("source", __name__, SourceSettings)
 
-        return SensorPoller(settings, ctx)
-    raise ValueError(f"unknown source type {settings.type!r}")
+
+def build_source(settings: SourceSettings, ctx: SourceContext) -> Source:
+    """The plugin for ``settings.type``; device libraries are imported only when that source starts."""
+    return SOURCES.create(settings, ctx)

@@ -7,17 +7,27 @@ runs on a device that has neither as long as no camera source is configured.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
 
 from shared.image import encode_jpeg
 
-from . import ImageItem, SourceContext, ThreadedSource
+from . import SOURCES, ImageItem, SourceContext, SourceSettings, ThreadedSource
 
 logger = logging.getLogger(__name__)
 
 
+class CameraSettings(SourceSettings):
+    type: Literal["camera"] = "camera"
+    backend: Literal["opencv", "picamera2"] = "opencv"
+    device: str = Field("0", description="OpenCV index ('0') or URL (rtsp://...).")
+    interval_s: Annotated[float, Field(gt=0)] = 300.0
+    jpeg_quality: Annotated[int, Field(ge=30, le=100)] = 90
+
+
 class CameraCapture(ThreadedSource):
-    def __init__(self, settings, ctx: SourceContext) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, settings: CameraSettings, ctx: SourceContext) -> None:
         super().__init__(settings.name, ctx)
         self.settings = settings
         self.interval_s = settings.interval_s
@@ -92,3 +102,6 @@ class CameraCapture(ThreadedSource):
                 self._cap.release()
         except Exception:
             logger.debug("camera close failed", exc_info=True)
+
+
+SOURCES.register(CameraSettings, CameraCapture)

@@ -13,17 +13,38 @@ import fnmatch
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated, Literal
 
-from . import ImageItem, SourceContext, ThreadedSource
+from pydantic import Field, model_validator
+
+from . import SOURCES, ImageItem, SourceContext, SourceSettings, ThreadedSource
 
 logger = logging.getLogger(__name__)
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
 
 
+class FolderSettings(SourceSettings):
+    type: Literal["folder"] = "folder"
+    path: Path
+    patterns: list[str] = Field(default_factory=lambda: ["*.jpg", "*.jpeg", "*.png", "*.JPG", "*.JPEG", "*.PNG"])
+    after: Literal["keep", "move", "delete"] = "keep"
+    move_to: Path | None = None
+    scan_interval_s: Annotated[float, Field(gt=0)] = 2.0
+    # A file must be this old (by mtime) before it is read, so an upload still being written is left alone.
+    settle_s: Annotated[float, Field(ge=0)] = 1.0
+
+    @model_validator(mode="after")
+    def _move_target(self) -> FolderSettings:
+        if self.after == "move" and self.move_to is None:
+            raise ValueError("after = 'move' needs move_to")
+        return self
+
+
 class FolderWatcher(ThreadedSource):
-    def __init__(self, settings, ctx: SourceContext) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, settings: FolderSettings, ctx: SourceContext) -> None:
         super().__init__(settings.name, ctx)
         self.settings = settings
         self.interval_s = settings.scan_interval_s
@@ -75,16 +96,19 @@ class FolderWatcher(ThreadedSource):
                 data=data,
                 ref=f"file://{path}",
                 seen_key=(self.name, key),
-                on_done=lambda ok, p=path, k=key: self._done(p, k, ok),
+                on_done=self._on_done(path, key),
                 requested=requested,
             )
             if not self.ctx.submit(item):
                 self.ctx.release(self.name, key)
                 return
 
-    def _done(self, path: Path, key: str, ok: bool) -> None:
-        self.ctx.release(self.name, key)
-        self._after(path, ok)
+    def _on_done(self, path: Path, key: str) -> Callable[[bool], None]:
+        def done(ok: bool) -> None:
+            self.ctx.release(self.name, key)
+            self._after(path, ok)
+
+        return done
 
     def _after(self, path: Path, ok: bool) -> None:
         action = self.settings.after
@@ -92,10 +116,14 @@ class FolderWatcher(ThreadedSource):
             if action == "delete" and ok:
                 path.unlink(missing_ok=True)
             elif action == "move":
-                target_dir = Path(self.settings.move_to) / ("" if ok else "rejected")
+                assert self.settings.move_to is not None  # the settings validator requires it for "move"
+                target_dir = self.settings.move_to / ("" if ok else "rejected")
                 target_dir.mkdir(parents=True, exist_ok=True)
                 if path.exists():
                     os.replace(path, target_dir / path.name)
         except OSError as exc:
             logger.warning("cannot %s %s after processing: %s", action, path, exc)
             self.ctx.count_error("file_after_action")
+
+
+SOURCES.register(FolderSettings, FolderWatcher)

@@ -1,113 +1,61 @@
-"""Sensors (soil moisture, air temperature, humidity, leaf wetness, ...) behind a reader interface.
-
-A :class:`SensorReader` returns ``{quantity: value}``. The serial reader speaks the simplest
-protocol a microcontroller can: one line per sample, ``quantity=value`` pairs separated by spaces
-or commas (``soil_moisture=31.2 air_temperature=18.4``). The simulated reader draws plausible
-diurnal curves for demos and tests.
-"""
+"""The ``sensors`` source: polls a sensor reader (edge_agent/sensors/) every ``interval_s`` and
+hands its configured channels on as readings, for telemetry and the yield model's history."""
 
 from __future__ import annotations
 
 import logging
-import math
-import random
-import time
-from typing import Protocol
+from typing import Annotated, Any, ClassVar, Literal
 
-from . import Reading, ReadingsItem, SourceContext, ThreadedSource
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializeAsAny, model_validator
+
+from shared.fields import Id
+from shared.quantities import CANONICAL_UNITS, Quantity
+
+from ..sensors import READERS, ReaderSettings, SensorReader, build_reader
+from . import SOURCES, Reading, ReadingsItem, SourceContext, SourceSettings, ThreadedSource
 
 logger = logging.getLogger(__name__)
 
 
-class SensorReader(Protocol):
-    def read(self) -> dict[str, float]: ...
-
-    def close(self) -> None: ...
-
-
-def parse_line(line: str) -> dict[str, float]:
-    """``a=1.5, b=2`` -> {"a": 1.5, "b": 2.0}; pairs that do not parse are skipped."""
-    out: dict[str, float] = {}
-    for part in line.replace(",", " ").split():
-        key, sep, value = part.partition("=")
-        if not sep:
-            continue
-        try:
-            number = float(value)
-        except ValueError:
-            continue
-        if math.isfinite(number):
-            out[key.strip()] = number
-    return out
+_DEFAULT_CHANNELS: tuple[tuple[str, Quantity], ...] = (
+    ("soil1", "soil_moisture"),
+    ("air1", "air_temperature"),
+    ("air1", "relative_humidity"),
+    ("leaf1", "leaf_wetness"),
+)
 
 
-class SerialReader:
-    """Reads one line from a serial port (pyserial when installed, else the tty as a file)."""
+class SensorChannel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sensor: Id
+    quantity: Quantity
+    unit: str = Field(description="The unit the reader reports in; by default the quantity's canonical unit.")
 
-    def __init__(self, port: str, baudrate: int = 9600, timeout_s: float = 2.0) -> None:
-        self.port, self.baudrate, self.timeout_s = port, baudrate, timeout_s
-        self._dev = None
-
-    def _open(self):  # type: ignore[no-untyped-def]
-        try:
-            import serial  # type: ignore[import-not-found]
-
-            return serial.Serial(self.port, self.baudrate, timeout=self.timeout_s)
-        except ModuleNotFoundError:
-            return open(self.port, "rb", buffering=0)
-
-    def read(self) -> dict[str, float]:
-        if self._dev is None:
-            self._dev = self._open()
-        raw = self._dev.readline()
-        return parse_line(raw.decode("ascii", errors="replace"))
-
-    def close(self) -> None:
-        if self._dev is not None:
-            self._dev.close()
-            self._dev = None
+    @model_validator(mode="before")
+    @classmethod
+    def _canonical_unit(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "unit" not in data and data.get("quantity") in CANONICAL_UNITS:
+            return {**data, "unit": CANONICAL_UNITS[data["quantity"]]}
+        return data
 
 
-class SimulatedReader:
-    """Diurnal air temperature and humidity, slowly drying soil with rain events, dew on leaves."""
-
-    def __init__(self, seed: int = 0, clock=time.time) -> None:  # type: ignore[no-untyped-def]
-        self._rng = random.Random(seed)
-        self._clock = clock
-        self._soil = 32.0
-
-    def read(self) -> dict[str, float]:
-        hour = (self._clock() / 3600.0) % 24
-        day_phase = math.sin((hour - 9) / 24 * 2 * math.pi)
-        temp = 18 + 7 * day_phase + self._rng.gauss(0, 0.5)
-        rh = min(100.0, max(20.0, 70 - 20 * day_phase + self._rng.gauss(0, 2)))
-        rain = 0.0
-        if self._rng.random() < 0.03:
-            rain = self._rng.uniform(1, 15)
-        self._soil = min(60.0, max(5.0, self._soil - 0.05 + rain * 0.8))
-        wet = 100.0 if rh > 90 or rain > 0 else max(0.0, (rh - 60) * 2)
-        return {
-            "air_temperature": round(temp, 2),
-            "relative_humidity": round(rh, 1),
-            "soil_moisture": round(self._soil, 2),
-            "leaf_wetness": round(wet, 1),
-            "rainfall": round(rain, 2),
-            "soil_temperature": round(temp - 3, 2),
-            "battery_voltage": 12.6,
-        }
-
-    def close(self) -> None:
-        pass
-
-
-def build_reader(settings) -> SensorReader:  # type: ignore[no-untyped-def]
-    if settings.kind == "serial":
-        return SerialReader(settings.port, settings.baudrate, settings.timeout_s)
-    return SimulatedReader(settings.seed)
+class SensorSourceSettings(SourceSettings):
+    produces_images: ClassVar[bool] = False
+    type: Literal["sensors"] = "sensors"
+    interval_s: Annotated[float, Field(gt=0)] = 300.0
+    reader: Annotated[SerializeAsAny[ReaderSettings], BeforeValidator(READERS.validate)] = Field(
+        default_factory=lambda: READERS.parse({"kind": "simulated"})
+    )
+    channels: list[SensorChannel] = Field(
+        default_factory=lambda: [
+            SensorChannel(sensor=sensor, quantity=quantity, unit=CANONICAL_UNITS[quantity])
+            for sensor, quantity in _DEFAULT_CHANNELS
+        ]
+    )
 
 
 class SensorPoller(ThreadedSource):
-    def __init__(self, settings, ctx: SourceContext, reader: SensorReader | None = None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, settings: SensorSourceSettings, ctx: SourceContext, reader: SensorReader | None = None) -> None:
         super().__init__(settings.name, ctx)
         self.settings = settings
         self.interval_s = settings.interval_s
@@ -133,3 +81,6 @@ class SensorPoller(ThreadedSource):
 
     def teardown(self) -> None:
         self.reader.close()
+
+
+SOURCES.register(SensorSourceSettings, SensorPoller)

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
-import logging
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from shared.image import encode_jpeg
 
-from . import ImageItem, SourceContext, ThreadedSource
+from . import SOURCES, ImageItem, SourceContext, SourceSettings, ThreadedSource
 from .leafdraw import CONDITIONS, draw_leaf
 
-logger = logging.getLogger(__name__)
+
+class SimulatedCameraSettings(SourceSettings):
+    type: Literal["simulated_camera"] = "simulated_camera"
+    interval_s: Annotated[float, Field(gt=0)] = 60.0
+    width: Annotated[int, Field(ge=32, le=8192)] = 640
+    height: Annotated[int, Field(ge=32, le=8192)] = 480
+    seed: int = 0
+    count: Annotated[int, Field(ge=0)] | None = Field(None, description="Stop after this many images.")
 
 
 class SimulatedCamera(ThreadedSource):
-    def __init__(self, settings, ctx: SourceContext) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, settings: SimulatedCameraSettings, ctx: SourceContext) -> None:
         super().__init__(settings.name, ctx)
         self.settings = settings
         self.interval_s = settings.interval_s
@@ -32,3 +41,6 @@ class SimulatedCamera(ThreadedSource):
                 source=self.name, data=data, ref=f"sim://{self.name}/{self.taken}/{condition}", requested=requested
             )
         )
+
+
+SOURCES.register(SimulatedCameraSettings, SimulatedCamera)

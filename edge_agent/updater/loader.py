@@ -10,7 +10,7 @@ from shared.manifest import ModelManifest, SeasonPreprocessing, TrustedKeys
 from shared.messages import Artifact, DesiredModel
 
 from ..config import ModelSettings
-from ..inference import InferenceBackend, ModelLoadError, load_backend
+from ..inference import BackendSettings, InferenceBackend, ModelLoadError, load_backend
 from .common import DISEASE, YIELD, UpdateRejected
 from .download import fetch_version
 from .host import UpdaterHost
@@ -25,7 +25,7 @@ class ModelLoader:
         keys = self._host.cfg.trust.public_keys
         return TrustedKeys.from_sources(keys) if keys else TrustedKeys()
 
-    def base_settings(self, task: str) -> ModelSettings | None:
+    def base_settings(self, task: str) -> BackendSettings | None:
         """The config's model for ``task``, whose settings (threads, providers, variants) a new version keeps."""
         cfg = self._host.cfg
         if task == YIELD:
@@ -35,7 +35,7 @@ class ModelLoader:
     def load(self, manifest_path: Path, task: str = DISEASE) -> InferenceBackend:
         """Load and self-test a model (raises ModelLoadError)."""
         base = self.base_settings(task)
-        settings = (
+        settings: BackendSettings = (
             ModelSettings(manifest=manifest_path)
             if base is None
             else base.model_copy(update={"manifest": manifest_path})

@@ -106,15 +106,17 @@ def test_yield_runner_builds_the_season_tensor_from_sensor_history(tmp_path: Pat
 
 
 def test_providers_fall_back_to_what_exists_and_what_initialises(built, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
     from edge_agent.inference import onnxruntime_backend as backend_mod
 
     wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "OpenVINOExecutionProvider", "CPUExecutionProvider"]
     present = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    monkeypatch.setattr(backend_mod.ort, "get_available_providers", lambda: present)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: present)
     assert backend_mod.available_providers(wanted) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert backend_mod.available_providers(["TensorrtExecutionProvider"]) == ["CPUExecutionProvider"]
     # A provider listed by the build but failing to initialise (no driver) is dropped, CPU remains.
-    real = backend_mod.ort.InferenceSession
+    real = ort.InferenceSession
     tried: list[list[str]] = []
 
     def session(path, sess_options=None, providers=()):  # type: ignore[no-untyped-def]
@@ -123,7 +125,7 @@ def test_providers_fall_back_to_what_exists_and_what_initialises(built, monkeypa
             raise RuntimeError("CUDA driver not found")
         return real(path, sess_options=sess_options, providers=providers)
 
-    monkeypatch.setattr(backend_mod.ort, "InferenceSession", session)
+    monkeypatch.setattr(ort, "InferenceSession", session)
     model, _ = built
     onnx_path = model.directory / model.manifest.file("fp32").path
     sess = backend_mod.create_session(onnx_path, ["CUDAExecutionProvider", "CPUExecutionProvider"], threads=1)

@@ -14,7 +14,8 @@ import pytest
 
 from edge_agent.commands import CommandActions, CommandHandler
 from edge_agent.config import load_agent_config
-from edge_agent.sources.sensors import SerialReader, SimulatedReader, parse_line
+from edge_agent.sensors.serial_line import SerialReader, SerialReaderSettings, parse_line
+from edge_agent.sensors.simulated import SimulatedReader, SimulatedReaderSettings
 from edge_agent.systemd import Notifier
 from edge_agent.transport import backoff_delays
 from shared.messages import CaptureNow, Ping, SetLogLevel
@@ -89,7 +90,7 @@ def test_sensor_line_protocol_over_a_real_pty() -> None:
         "air_temperature": 18.4,
     }
     master, slave = os.openpty()
-    reader = SerialReader(os.ttyname(slave))
+    reader = SerialReader(SerialReaderSettings(port=os.ttyname(slave)))
     os.write(master, b"relative_humidity=77.5 leaf_wetness=12\n")
     try:
         assert reader.read() == {"relative_humidity": 77.5, "leaf_wetness": 12.0}
@@ -97,7 +98,7 @@ def test_sensor_line_protocol_over_a_real_pty() -> None:
         reader.close()
         os.close(master)
         os.close(slave)
-    sim = SimulatedReader(seed=1, clock=lambda: 12 * 3600.0).read()
+    sim = SimulatedReader(SimulatedReaderSettings(seed=1), clock=lambda: 12 * 3600.0).read()
     assert {"air_temperature", "relative_humidity", "soil_moisture", "leaf_wetness"} <= set(sim)
 
 
@@ -175,8 +176,8 @@ def _no_leaked_threads():  # type: ignore[no-untyped-def]
 def test_camera_without_its_library_is_counted_not_fatal() -> None:
     import importlib.util
 
-    from edge_agent.config import CameraSource
     from edge_agent.sources import build_source
+    from edge_agent.sources.camera import CameraSettings
 
     if importlib.util.find_spec("cv2") is not None:
         pytest.skip("OpenCV is installed here; this checks the missing-library path")
@@ -202,7 +203,7 @@ def test_camera_without_its_library_is_counted_not_fatal() -> None:
             self.errors.append(code)
 
     ctx = Ctx()
-    cam = build_source(CameraSource(name="cam", device="rtsp://camera.local/stream", interval_s=3600), ctx)
+    cam = build_source(CameraSettings(name="cam", device="rtsp://camera.local/stream", interval_s=3600), ctx)
     cam.start()
     cam.capture_now()
     cam.stop()
