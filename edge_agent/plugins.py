@@ -54,13 +54,20 @@ class PluginRegistry(Generic[SettingsT, ArgsP, ProductT]):
     """
 
     def __init__(
-        self, what: str, package: str, base: type[SettingsT], key: str = "type", default: str | None = None
+        self,
+        what: str,
+        package: str,
+        base: type[SettingsT],
+        key: str = "type",
+        default: str | None = None,
+        old_key: str | None = None,
     ) -> None:
         self.what = what
         self.package = package
         self.base = base
         self.key = key
         self.default = default
+        self.old_key = old_key
         self._plugins: dict[str, Plugin[SettingsT, ArgsP, ProductT]] = {}
         self._discovered = False
         self._lock = threading.RLock()
@@ -111,6 +118,9 @@ class PluginRegistry(Generic[SettingsT, ArgsP, ProductT]):
 
     def parse(self, value: Mapping[str, object]) -> SettingsT:
         """The settings model ``value[key]`` names, validated; an unknown name lists the known ones."""
+        if self.old_key is not None and self.old_key in value and self.key not in value:
+            # Configs written before readers were plugins name the reader by ``kind``; they keep working.
+            value = {self.key: value[self.old_key], **{k: v for k, v in value.items() if k != self.old_key}}
         name = value.get(self.key, self.default)
         if not isinstance(name, str) or name not in self._all():
             given = f"{self.key} {name!r} is not known" if name is not None else f"has no {self.key}"

@@ -1,4 +1,4 @@
-"""Sensor readers: plugins in this package, one file per config ``kind`` (docs/edge-agent.md).
+"""Sensor readers: plugins in this package, one file per config ``type`` (docs/edge-agent.md).
 
 A reader returns ``{quantity: value}`` each time the ``sensors`` source polls it
 (:mod:`edge_agent.sources.sensors`); the source maps quantities to its configured channels.
@@ -25,12 +25,12 @@ class ReaderSettings(BaseModel):
     """What every ``[sources.reader]`` table has; a reader's own settings model adds its options."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: str
+    type: str
 
 
 # factory(settings) -> a reader; the device is opened at the first read, on the source's thread.
 READERS: PluginRegistry[ReaderSettings, [], SensorReader] = PluginRegistry(
-    "sensor reader", __name__, ReaderSettings, key="kind", default="simulated"
+    "sensor reader", __name__, ReaderSettings, key="type", default="simulated", old_key="kind"
 )
 
 

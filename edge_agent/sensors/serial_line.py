@@ -15,7 +15,7 @@ from . import READERS, ReaderSettings
 
 
 class SerialReaderSettings(ReaderSettings):
-    kind: Literal["serial"] = "serial"
+    type: Literal["serial"] = "serial"
     port: str = "/dev/ttyUSB0"
     baudrate: int = 9600
     timeout_s: Annotated[float, Field(gt=0)] = 2.0

@@ -12,7 +12,7 @@ from . import READERS, ReaderSettings
 
 
 class SimulatedReaderSettings(ReaderSettings):
-    kind: Literal["simulated"] = "simulated"
+    type: Literal["simulated"] = "simulated"
     seed: int = 0
 
 

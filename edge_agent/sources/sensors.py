@@ -44,7 +44,7 @@ class SensorSourceSettings(SourceSettings):
     type: Literal["sensors"] = "sensors"
     interval_s: Annotated[float, Field(gt=0)] = 300.0
     reader: Annotated[SerializeAsAny[ReaderSettings], BeforeValidator(READERS.validate)] = Field(
-        default_factory=lambda: READERS.parse({"kind": "simulated"})
+        default_factory=lambda: READERS.parse({"type": "simulated"})
     )
     channels: list[SensorChannel] = Field(
         default_factory=lambda: [

@@ -42,7 +42,7 @@ def test_each_kind_finds_its_plugins_in_its_package() -> None:
     [
         ({"sources": [{"type": "thermal", "name": "t"}]}, "sources.0", "camera, folder, sensors, simulated_camera"),
         ({"models": [{"type": "tflite", "manifest": "m.json"}]}, "models.0", "onnxruntime"),
-        ({"sources": [{"type": "sensors", "name": "s", "reader": {"kind": "modbus"}}]}, "sources.0.reader",
+        ({"sources": [{"type": "sensors", "name": "s", "reader": {"type": "modbus"}}]}, "sources.0.reader",
          "serial, simulated"),
     ],
 )  # fmt: skip
@@ -63,7 +63,7 @@ def test_a_plugins_own_options_are_validated_and_printed(tmp_path: Path) -> None
     assert cfg.models[0].type == "onnxruntime" and cfg.models[0].manifest == tmp_path / "m" / "manifest.json"
     shown = redacted(cfg)
     assert shown["models"][0]["threads"] == 1 and shown["sources"][0]["path"] == str(tmp_path / "in")
-    assert shown["sources"][1]["reader"] == {"kind": "simulated", "seed": 0}
+    assert shown["sources"][1]["reader"] == {"type": "simulated", "seed": 0}
     # A channel without a unit reports the quantity's canonical one.
     assert [c["unit"] for c in shown["sources"][1]["channels"]] == ["%", "degC", "%", "%"]
     assert json.loads(cfg.model_dump_json())["sources"][0]["patterns"][0] == "*.jpg"
@@ -78,7 +78,7 @@ from edge_agent.sources import SOURCES, ImageItem, SourceContext, SourceSettings
 
 
 class FixedSettings(ReaderSettings):
-    kind: Literal["fixed_test"] = "fixed_test"
+    type: Literal["fixed_test"] = "fixed_test"
     value: float
 
 
@@ -184,7 +184,7 @@ def test_checking_a_config_imports_no_optional_runtime(tmp_path: Path) -> None:
         "models": [{"manifest": "m.json"}],
         "sources": [
             {"type": "camera", "name": "cam"},
-            {"type": "sensors", "name": "env", "reader": {"kind": "serial"}},
+            {"type": "sensors", "name": "env", "reader": {"type": "serial"}},
             {"type": "folder", "name": "f", "path": "in"},
         ],
     }
