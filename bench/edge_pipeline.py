@@ -224,7 +224,7 @@ def measure_process(root: Path, port: int, manifest: Path, pub: Path, images_dir
     env = {k: v for k, v in os.environ.items() if not k.startswith("CROPWATCH_")}
     env["PYTHONPATH"] = str(REPO)
     log = open(root / "agent.log", "wb")  # noqa: SIM115 - the child writes it for its whole life
-    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "agent", "--config", str(config)], env=env, cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "cropwatch", "agent", "--config", str(config)], env=env, cwd=REPO,
                             stderr=log)  # fmt: skip
     db = root / "data" / "outbox.sqlite3"
     n_files = len(list(images_dir.glob("*.jpg")))
