@@ -34,15 +34,12 @@ def demo_key(root: Path) -> Path:
     return keys / "cropwatch-signing.pub"
 
 
-def agent_toml(root: Path, device_id: str, field_id: str, host: str, port: int, public_keys: list[Path]) -> Path:
-    folder = root / "agents" / device_id
-    (folder / "inbox").mkdir(parents=True, exist_ok=True)
-    text = f"""# made by cropwatch demo
+AGENT_TOML = """# made by cropwatch demo
 data_dir = "state"
 shutdown_deadline_s = 10.0
 
 [device]
-farm_id = "{FARM_ID}"
+farm_id = "{farm_id}"
 device_id = "{device_id}"
 field_id = "{field_id}"
 
@@ -51,7 +48,7 @@ host = "{host}"
 port = {port}
 
 [trust]
-public_keys = [{", ".join(f'"{k}"' for k in public_keys)}]
+public_keys = [{public_keys}]
 
 # No model here: the demo publishes one through the rollout path (retained desired-model
 # message, download from the registry, signature and self-test, swap).
@@ -62,9 +59,9 @@ health_window_s = 30.0
 # The yield model comes over the air too; the runner starts when it arrives.
 [yield]
 enabled = true
-season_start = "{season_start()}"
-crop = "{YIELD_CROP}"
-interval_s = {YIELD_INTERVAL_S}
+season_start = "{season_start}"
+crop = "{crop}"
+interval_s = {interval_s}
 # One round of the simulated sensors (every 15 s) is in by then; a second run shows an outlook at once.
 first_run_s = 20.0
 
@@ -89,7 +86,7 @@ interval_s = 15.0
 
 [sources.reader]
 kind = "simulated"
-seed = {abs(hash(device_id)) % 1000}
+seed = {seed}
 
 [[sources.channels]]
 sensor = "soil1"
@@ -111,6 +108,23 @@ interval_s = 10.0
 [log]
 format = "text"
 """
+
+
+def agent_toml(root: Path, device_id: str, field_id: str, host: str, port: int, public_keys: list[Path]) -> Path:
+    folder = root / "agents" / device_id
+    (folder / "inbox").mkdir(parents=True, exist_ok=True)
+    text = AGENT_TOML.format(
+        farm_id=FARM_ID,
+        device_id=device_id,
+        field_id=field_id,
+        host=host,
+        port=port,
+        public_keys=", ".join(f'"{k}"' for k in public_keys),
+        season_start=season_start(),
+        crop=YIELD_CROP,
+        interval_s=YIELD_INTERVAL_S,
+        seed=abs(hash(device_id)) % 1000,
+    )
     path = folder / "agent.toml"
     path.write_text(text, encoding="utf-8")
     return path
