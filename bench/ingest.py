@@ -276,7 +276,7 @@ def run_scale_out(port: int, url: str, processes: int, n: int, tmpdir: Path, tim
         )
         log = (tmpdir / f"scale-{i}.log").open("wb")
         procs.append(
-            subprocess.Popen([sys.executable, "-m", "shared.cli", "ingest", "--config", str(conf)], env=env,
+            subprocess.Popen([sys.executable, "-m", "cropwatch", "ingest", "--config", str(conf)], env=env,
                              stdout=log, stderr=subprocess.STDOUT)
         )  # fmt: skip
         ports.append(mport)

@@ -176,7 +176,7 @@ def cropwatch_cmd(*args: str) -> list[str]:
     """Run the CLI from this source tree (not whatever copy is installed)."""
     import sys
 
-    return [sys.executable, "-m", "shared.cli", *args]
+    return [sys.executable, "-m", "cropwatch", *args]
 
 
 def cropwatch_env(**extra: str) -> dict[str, str]:

@@ -197,7 +197,7 @@ def test_train_with_a_one_image_class_names_it(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "shared.cli",
+            "cropwatch",
             "train",
             "disease",
             "--data",

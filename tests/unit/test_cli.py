@@ -1,10 +1,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from shared import cli
+from cropwatch import cli
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -77,3 +82,36 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["version", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["schema_version"] == 1 and "cropwatch" in info
+
+
+EDGE_ONLY = """
+import importlib.abc, runpy, sys
+NOT_ON_EDGE = {"torch", "torchvision", "timm", "streamlit", "sqlalchemy", "pandas", "rich"}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in NOT_ON_EDGE:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, Block())
+sys.argv = ["cropwatch", *sys.argv[1:]]
+runpy.run_module("cropwatch", run_name="__main__")
+"""
+
+
+def _edge_only(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m cropwatch ARGS`` where only the edge extra is installed."""
+    return subprocess.run(
+        [sys.executable, "-c", EDGE_ONLY, *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_python_m_cropwatch_runs_the_agent_help_with_only_the_edge_extra() -> None:
+    result = _edge_only("agent", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage: cropwatch agent" in result.stdout
+
+
+def test_the_demo_help_needs_no_extra_either() -> None:
+    result = _edge_only("demo", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage: cropwatch demo" in result.stdout

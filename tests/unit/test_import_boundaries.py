@@ -20,8 +20,8 @@ sys.meta_path.insert(0, Block())
 import shared
 for mod in pkgutil.iter_modules(shared.__path__):
     __import__(f"shared.{mod.name}")
-from shared.cli import main
-assert main(["schema"]) == 0
+from shared.commands import main
+assert main([], prog="cropwatch schema") == 0
 print("OK", len(sys.modules))
 """
 

@@ -1,7 +1,9 @@
-"""The single ``cropwatch`` console script.
+"""The single ``cropwatch`` console script (also ``python -m cropwatch``).
 
-Subcommands are listed here by name only and their modules are imported when one is run, so
-``cropwatch agent --help`` needs only the ``edge`` extra and ``cropwatch --help`` needs nothing.
+It names every component, so it lives in this package, whose job is importing them all, and not
+in the contract. Subcommands are listed here by name only and their modules are imported when one
+is run, so ``cropwatch agent --help`` needs only the ``edge`` extra and ``cropwatch --help`` needs
+nothing.
 Each subcommand module exposes ``main(argv: list[str], prog: str) -> int``.
 """
 
@@ -29,8 +31,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "models": ("cloud_trainer.models_cli", "model registry and rollout (list, import, publish, ...)", "edge"),
     "registry": ("cloud_trainer.registry_cli", "serve the model registry over HTTP", "edge"),
     "devices": ("farm_monitor.devices_cli", "provision device credentials and configs", "edge"),
-    "demo": ("farm_monitor.demo", "run the demo farm on this machine", "all"),
+    "demo": ("cropwatch.demo", "run the demo farm on this machine", "all"),
 }
+
+# A missing module of one of these is a command not written yet, not a dependency to install.
+_OWN_PACKAGES = {"cropwatch", "shared"} | {module.split(".")[0] for module, _, _ in COMMANDS.values()}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         missing = exc.name or "a dependency"
-        if missing.split(".")[0] in {"shared", "edge_agent", "cloud_trainer", "farm_monitor"}:
+        if missing.split(".")[0] in _OWN_PACKAGES:
             if module_name == missing or module_name.startswith(missing + "."):
                 print(f"cropwatch {name}: not implemented yet in this version of Cropwatch", file=sys.stderr)
                 return 3
@@ -77,7 +82,3 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 3
     return int(module.main(rest, prog=f"cropwatch {name}") or 0)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

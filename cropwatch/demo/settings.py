@@ -1,0 +1,19 @@
+"""The demo farm's fixed choices: names, sizes and timings every part of the demo agrees on."""
+
+from __future__ import annotations
+
+FARM_ID = "demo-farm"
+DEVICE_IDS = ("gw-north", "gw-south", "gw-orchard", "gw-east", "gw-west")
+FIELDS = ("north-field", "south-field", "orchard", "east-field", "west-field")
+MODEL_NAME = "leaf-disease"
+MODEL_VERSION = "0.1.0-demo"
+CLASSES, PER_CLASS, FIELD_PHOTOS_PER_CLASS, IMAGE_SIZE, EPOCHS = 6, 40, 8, 128, 10
+YIELD_NAME, YIELD_VERSION, YIELD_CROP = "crop-yield", "0.1.0-demo", "corn"
+# A small cube and a short training: the demo shows the path, not a good model (docs/yield-model.md).
+YIELD_CUBE_ARGS = "--fields 20 --seasons 3 --seed 1"
+YIELD_TRAIN_ARGS = "--epochs 15 --hidden 16 --threads 1 --no-plots --quiet --seed 0"
+YIELD_INTERVAL_S = 120.0
+# Mid-season, so the outlook is a forecast: the season started this many days before the demo.
+SEASON_DAYS_AGO = 45
+DEMO_USERS = (("agronomist", "agronomist"), ("farmer", "farmer"), ("admin", "admin"))
+DEMO_PASSWORD = "cropwatch-demo"
