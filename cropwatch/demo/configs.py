@@ -85,7 +85,7 @@ name = "soil"
 interval_s = 15.0
 
 [sources.reader]
-kind = "simulated"
+type = "simulated"
 seed = {seed}
 
 [[sources.channels]]
