@@ -10,7 +10,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth-yield": ("cloud_trainer.yield_model.data_cmds:synth_yield_main", "synthetic season cube with a known yield"),
     "iowa-cube": ("cloud_trainer.yield_model.data_cmds:iowa_cube_main", "Iowa county-season cube from the team data"),
     "export-labels": (
-        "farm_monitor.labels:export_labels_main",
+        "farm_monitor.labels_cli:export_labels_main",
         "monitor labels: class folders + CSV",
     ),
 }

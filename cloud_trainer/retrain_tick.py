@@ -4,9 +4,9 @@ Each tick does at most one thing and says what it decided and why (a line per de
 whole decision as JSON with ``--json``):
 
 1. a shadow run is live (a retraining run has status ``shadow``): score it on the
-   detections since it was published (:func:`farm_monitor.shadow.shadow_report`). When the
+   detections since it was published (:func:`fleet.shadow.shadow_report`). When the
    challenger beats the champion by ``promotion.margin`` on at least ``promotion.min_labelled``
-   labelled detections, promote it (``cloud_trainer.rollout.promote``); when it loses by the margin,
+   labelled detections, promote it (``fleet.rollout.promote``); when it loses by the margin,
    end the shadow run; otherwise wait. No retraining while a challenger is being scored. A shadow
    run promoted by hand becomes ``promoted``; the newest run left a gate-passed ``candidate`` is
    adopted when published by hand, else published as shadow.
@@ -25,11 +25,20 @@ import argparse
 import datetime as dt
 import json
 import logging
+import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from sqlalchemy import Engine
+
+from fleet import history, lineage, rollout
+from fleet.registry import Registry
+from fleet.shadow import shadow_report
+
+if TYPE_CHECKING:  # the type only: importing it would need paho before anything is published
+    from fleet.mqtt_publish import Publisher
 
 logger = logging.getLogger(__name__)
 
@@ -111,31 +120,28 @@ class RetrainConfig(_Model):
         return self
 
 
-def _publisher(cfg: RetrainConfig) -> Any:
-    from .retrain import broker_publisher
+def _publisher(cfg: RetrainConfig) -> Publisher | None:
+    from fleet.mqtt_publish import broker_publisher
 
     if not cfg.broker.url:
         return None
-    password = cfg.broker.password.get_secret_value() if cfg.broker.password else None
+    secret = cfg.broker.password
+    password = secret.get_secret_value() if secret else os.environ.get("CROPWATCH_MQTT_PASSWORD")
     return broker_publisher(cfg.broker.url, cfg.broker.ca_file, password)
 
 
-def check_promotion(cfg: RetrainConfig, engine: Any, run: dict[str, Any], publisher: Any, act: bool) -> dict:
+def check_promotion(
+    cfg: RetrainConfig, engine: Engine, run: dict[str, Any], publisher: Publisher | None, act: bool
+) -> dict[str, Any]:
     """Score the live shadow run and promote, end or wait."""
-    from farm_monitor import lineage
-    from farm_monitor.shadow import shadow_report
-
     name, farm, p = cfg.retrain.model_name, cfg.shadow.farm, cfg.promotion
     if not farm:
         return {"action": "none", "why": "shadow.farm is not set; cannot score a shadow run"}
-    from . import rollout
-    from .registry import Registry
-
-    history = rollout.read_history(Registry(cfg.registry.path), farm, name)
-    if history:
-        live = rollout.current_shadow(history)
+    records = history.read_history(Registry(cfg.registry.path), farm, name)
+    if records:
+        live = history.current_shadow(records)
         if live is None or live["version"] != run["model_version"]:
-            champion = rollout.current_champion(history)
+            champion = history.current_champion(records)
             if champion is not None and champion["version"] == run["model_version"]:
                 # `cropwatch models promote` ends the shadow run it promotes: promoted, not superseded.
                 why = f"{run['model_version']} was promoted on farm {farm} (by hand)"
@@ -195,47 +201,37 @@ def check_promotion(cfg: RetrainConfig, engine: Any, run: dict[str, Any], publis
     return {**out, "action": "wait", "why": f"margin {margin:+.3f} within +-{p.margin}; keep scoring"}
 
 
-def _mark_promoted(engine: Any, name: str, run: dict[str, Any], why: str) -> None:
-    from farm_monitor import lineage
-
+def _mark_promoted(engine: Engine, name: str, run: dict[str, Any], why: str) -> None:
     for old in lineage.runs(engine, name):
         if old["status"] == "promoted" and old["run_id"] != run["run_id"]:
             lineage.set_status(engine, old["run_id"], "superseded", f"{run['model_version']} was promoted")
     lineage.set_status(engine, run["run_id"], "promoted", why)
 
 
-def champion_run(cfg: RetrainConfig, engine: Any) -> dict[str, Any] | None:
+def champion_run(cfg: RetrainConfig, engine: Engine) -> dict[str, Any] | None:
     """The run that made the farm's current champion (rollout history), else the newest promoted run.
 
     None when the champion was not made by retraining (the first base model): ``retrain.base_run``.
     """
-    from farm_monitor import lineage
-
-    from . import rollout
-    from .registry import Registry
-
     name = cfg.retrain.model_name
     if cfg.shadow.farm:
-        champion = rollout.current_champion(rollout.read_history(Registry(cfg.registry.path), cfg.shadow.farm, name))
+        champion = history.current_champion(history.read_history(Registry(cfg.registry.path), cfg.shadow.farm, name))
         if champion is not None:
             # The history is what devices run, whatever the lineage status says (promoted by hand, rolled back).
             return lineage.run_for_version(engine, name, champion["version"])
     return lineage.latest_run(engine, name, ("promoted",))
 
 
-def _adopt_candidate(cfg: RetrainConfig, engine: Any, run: dict[str, Any], publisher: Any, act: bool) -> dict | None:
+def _adopt_candidate(
+    cfg: RetrainConfig, engine: Engine, run: dict[str, Any], publisher: Publisher | None, act: bool
+) -> dict[str, Any] | None:
     """A ``candidate`` run: published as shadow by hand (``cropwatch models publish --mode shadow``) is scored
     too; published as champion by hand is promoted; a gate-passed one not published yet (a failed publish,
     a run by hand without ``--publish-farm``) is published as shadow now. Returns the decision or None."""
-    from farm_monitor import lineage
-
-    from . import rollout
-    from .registry import Registry
-
     farm, name = cfg.shadow.farm or "", run["model_name"]
     registry = Registry(cfg.registry.path)
-    history = rollout.read_history(registry, farm, name)
-    live = rollout.current_shadow(history)
+    records = history.read_history(registry, farm, name)
+    live = history.current_shadow(records)
     if live is not None and live["version"] == run["model_version"]:
         at = dt.datetime.fromisoformat(live["published_at"])
         reason = f"published as shadow to farm {farm} (by hand)"
@@ -243,7 +239,7 @@ def _adopt_candidate(cfg: RetrainConfig, engine: Any, run: dict[str, Any], publi
             lineage.set_status(engine, run["run_id"], "shadow", reason, at=at)
         run.update(status="shadow", status_at=at if at.tzinfo else at.replace(tzinfo=dt.UTC), status_reason=reason)
         return None
-    champion = rollout.current_champion(history)
+    champion = history.current_champion(records)
     if champion is not None and champion["version"] == run["model_version"]:
         why = f"{run['model_version']} was published as champion on farm {farm} (by hand)"
         if act:
@@ -266,9 +262,7 @@ def _adopt_candidate(cfg: RetrainConfig, engine: Any, run: dict[str, Any], publi
     return {"action": "publish_shadow", "why": why}
 
 
-def check_retrain(cfg: RetrainConfig, engine: Any, now: dt.datetime) -> dict:
-    from farm_monitor import lineage
-
+def check_retrain(cfg: RetrainConfig, engine: Engine, now: dt.datetime) -> dict[str, Any]:
     r = cfg.retrain
     last = lineage.latest_run(engine, r.model_name)
     since = last["labels_until"] if last else None
@@ -323,15 +317,16 @@ def retrain_args(cfg: RetrainConfig, base: Path, version: str) -> argparse.Names
     return build_parser("cropwatch retrain disease").parse_args(argv)
 
 
-def tick(cfg: RetrainConfig, dry_run: bool = False, publisher: Any = None, now: dt.datetime | None = None) -> dict:
+def tick(
+    cfg: RetrainConfig, dry_run: bool = False, publisher: Publisher | None = None, now: dt.datetime | None = None
+) -> dict[str, Any]:
     """Decide (and unless ``dry_run`` act); returns the decision document."""
-    from farm_monitor import lineage
-    from farm_monitor.config import DatabaseSettings
-    from farm_monitor.db import make_engine, migrate
+    from fleet.database import migrate, open_engine
 
     now = now or dt.datetime.now(dt.UTC)
     publisher = publisher or _publisher(cfg)
-    engine = make_engine(DatabaseSettings(url=cfg.database.url, password=cfg.database.password), writer=True)
+    password = cfg.database.password.get_secret_value() if cfg.database.password else None
+    engine = open_engine(cfg.database.url, password)
     try:
         migrate(engine)
         decision: dict[str, Any] = {"at": now.isoformat(), "model": cfg.retrain.model_name, "dry_run": dry_run}
@@ -371,7 +366,7 @@ def tick(cfg: RetrainConfig, dry_run: bool = False, publisher: Any = None, now: 
         engine.dispose()
 
 
-def describe(decision: dict) -> str:
+def describe(decision: dict[str, Any]) -> str:
     p, r = decision["promotion"], decision["retrain"]
     lines = [f"promotion: {p['action']} ({p['why']})", f"retrain: {r['action']} ({r['why']})"]
     if "gate_passed" in r:

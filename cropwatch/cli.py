@@ -28,8 +28,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("cloud_trainer.train_cli", "train a disease or yield model", "trainer"),
     "export": ("cloud_trainer.export_cli", "export a training run to signed ONNX", "trainer"),
     "retrain": ("cloud_trainer.retrain_cli", "retrain from field labels, gated by evaluation", "trainer"),
-    "models": ("cloud_trainer.models_cli", "model registry and rollout (list, import, publish, ...)", "edge"),
-    "registry": ("cloud_trainer.registry_cli", "serve the model registry over HTTP", "edge"),
+    "models": ("fleet.models_cli", "model registry and rollout (list, import, publish, ...)", "edge"),
+    "registry": ("fleet.registry_cli", "serve the model registry over HTTP", "edge"),
     "devices": ("farm_monitor.devices_cli", "provision device credentials and configs", "edge"),
     "demo": ("cropwatch.demo", "run the demo farm on this machine", "all"),
 }

@@ -143,7 +143,7 @@ def _messages(farm: str, devices: dict[str, str], now: datetime, secret: bool) -
 
 def _registry(root: Path) -> None:
     """A registry with one signed (tiny) classifier, as 'cropwatch models import' leaves it."""
-    from cloud_trainer.registry import Registry
+    from fleet.registry import Registry
     from shared.manifest import TrustedKeys, load_public_key
     from tests.edge_models import build_classifier
 

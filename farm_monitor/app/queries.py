@@ -335,7 +335,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-# --- retraining: shadow scoring and lineage (farm_monitor.shadow, farm_monitor.lineage) -----------
+# --- retraining: shadow scoring and lineage (fleet.shadow, fleet.lineage) -------------------------
 
 
 def model_names(sql: Sql, farm: str) -> list[str]:
@@ -348,7 +348,7 @@ def model_names(sql: Sql, farm: str) -> list[str]:
 
 
 def shadow_scores(sql: Sql, farm: str, model_name: str) -> pd.DataFrame:
-    from ..shadow import shadow_report
+    from fleet.shadow import shadow_report
 
     rows = [s.as_dict() for s in shadow_report(sql.engine, farm, model_name)]
     columns = ["champion_version", "challenger_version", "compared", "agreed", "agreement", "labelled",
@@ -358,7 +358,7 @@ def shadow_scores(sql: Sql, farm: str, model_name: str) -> pd.DataFrame:
 
 
 def training_runs(sql: Sql, model_name: str) -> pd.DataFrame:
-    from .. import lineage
+    from fleet import lineage
 
     rows = []
     for r in lineage.runs(sql.engine, model_name):
@@ -375,12 +375,12 @@ def training_runs(sql: Sql, model_name: str) -> pd.DataFrame:
 
 
 def version_lineage(sql: Sql, model_name: str, version: str) -> dict[str, Any]:
-    from .. import lineage
+    from fleet import lineage
 
     return lineage.version_lineage(sql.engine, model_name, version)
 
 
 def detection_lineage(sql: Sql, farm: str, msg_id: str) -> dict[str, Any] | None:
-    from .. import lineage
+    from fleet import lineage
 
     return lineage.detection_lineage(sql.engine, farm, msg_id)

@@ -23,11 +23,11 @@ import torch
 from sqlalchemy import text
 
 from cloud_trainer.disease.export import export_run
-from cloud_trainer.registry import Registry
 from farm_monitor.app.actions import label_sample
 from farm_monitor.app.auth import User
 from farm_monitor.db import make_engine
-from farm_monitor.shadow import shadow_report
+from fleet.registry import Registry
+from fleet.shadow import shadow_report
 from shared.manifest import generate_keypair
 from tests.integration.ingest_helpers import config as ingest_config
 from tests.integration.ingest_helpers import ingest_thread
@@ -147,7 +147,7 @@ def test_field_labels_to_a_promoted_model(tmp_path: Path, own_broker) -> None:  
         assert label_all(engine, truth2) >= len(truth2)
         (score,) = shadow_report(engine, FARM, NAME, challenger="2.0.0")
         report_lines += [
-            "== shadow scoring (farm_monitor.shadow.shadow_report) ==",
+            "== shadow scoring (fleet.shadow.shadow_report) ==",
             f"champion {score.champion_version} vs challenger {score.challenger_version}: "
             f"{score.compared} detections compared, agreement {score.agreement:.3f}; "
             f"{score.labelled} labelled: champion accuracy {score.champion_accuracy:.3f} "
@@ -186,7 +186,7 @@ def test_field_labels_to_a_promoted_model(tmp_path: Path, own_broker) -> None:  
         assert stored(engine, "SELECT COUNT(*) FROM detections WHERE farm_id = :f", f=FARM)[0][0] == before + 3
 
     # Lineage: a new detection -> 2.0.0 -> its run -> fingerprint and the labels in it.
-    from farm_monitor import lineage
+    from fleet import lineage
 
     det_id = stored(engine, new.replace("device_id, model_version", "msg_id"), f=FARM)[0][0]
     chain = lineage.detection_lineage(engine, FARM, det_id)

@@ -10,10 +10,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from cloud_trainer.registry import Registry
-from cloud_trainer.registry_server import RegistryHTTPServer
 from edge_agent.config import load_agent_config
 from edge_agent.daemon import Agent
+from fleet.registry import Registry
+from fleet.registry_server import RegistryHTTPServer
 from shared.ids import new_msg_id, utcnow
 from shared.manifest import (
     ImagePreprocessing,

@@ -242,7 +242,7 @@ def test_broken_layout_file_is_an_error_in_the_page(world: World, tmp_path: Path
 def test_retraining_page_shows_shadow_scores_and_lineage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from farm_monitor import lineage
+    from fleet import lineage
     from tests.integration.test_shadow_scoring import seed_shadow
 
     w = seed(tmp_path / "w")

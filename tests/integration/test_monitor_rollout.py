@@ -9,11 +9,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import text
 
-from cloud_trainer.registry import Registry
 from farm_monitor.app import rollout_bridge
 from farm_monitor.app.auth import User
 from farm_monitor.config import AppSettings, MonitorConfig
 from farm_monitor.db import make_engine, migrate
+from fleet.registry import Registry
 from shared.manifest import TrustedKeys, generate_keypair, load_public_key
 from shared.messages import parse_desired_model
 from shared.topics import fleet_model_topic

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from cloud_trainer import models_cli
-from cloud_trainer.registry import Registry, RegistryError
-from cloud_trainer.registry_server import RegistryHTTPServer
+from fleet import models_cli
+from fleet.registry import Registry, RegistryError
+from fleet.registry_server import RegistryHTTPServer
 from shared.errors import ManifestError
 from shared.examples import example_manifest
 from shared.manifest import (

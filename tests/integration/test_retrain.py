@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from cloud_trainer.registry import Registry
 from cloud_trainer.retrain import EXIT_GATE_FAILED, build_parser, run_cli
-from farm_monitor import lineage
 from farm_monitor.app.actions import label_sample
 from farm_monitor.app.auth import User
 from farm_monitor.db import make_engine
+from fleet import lineage
+from fleet.registry import Registry
 from shared.manifest import generate_keypair
 from tests.retrain_helpers import CONFUSED, make_base_run, store_samples
 
@@ -122,8 +122,8 @@ def test_retrain_without_labels_says_what_to_do(world: dict, tmp_path: Path, cap
 
 
 def test_a_label_correction_reaches_the_next_run_built_on_a_retrained_base(world: dict, tmp_path: Path) -> None:
-    from cloud_trainer.retrain import merge, sha256_bytes
-    from farm_monitor.labels import export_labels
+    from cloud_trainer.retrain_data import merge, sha256_bytes
+    from fleet.labels import export_labels
 
     base = world["root"] / "2.0.0"  # the run of the first test, itself trained on the field labels
     engine = make_engine(world["db"])

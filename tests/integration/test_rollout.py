@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from cloud_trainer import models_cli, rollout
-from cloud_trainer.mqtt_publish import publish_retained
-from cloud_trainer.registry import Registry, RegistryError
 from edge_agent.updater import CRASH_STEPS, UpdateRejected, download
+from fleet import models_cli, rollout
+from fleet.mqtt_publish import publish_retained
+from fleet.registry import Registry, RegistryError
 from shared.manifest import ModelManifest, generate_keypair, load_private_key, verify_artifact
 from shared.messages import Artifact, RolloutPolicy
 from shared.rollout import selects

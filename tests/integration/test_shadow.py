@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from cloud_trainer import models_cli, rollout
-from cloud_trainer.mqtt_publish import publish_retained
-from cloud_trainer.registry import Registry
+from fleet import models_cli, rollout
+from fleet.mqtt_publish import publish_retained
+from fleet.registry import Registry
 from shared.messages import RolloutPolicy
 from shared.topics import fleet_model_topic, fleet_shadow_topic
 from tests.edge_models import LEAF_LABELS, build_classifier

@@ -12,14 +12,14 @@ from PIL import Image
 from sqlalchemy import text as text_
 
 from cloud_trainer.retrain_tick import RetrainConfig, main, tick
-from farm_monitor import lineage
 from farm_monitor.app.actions import label_sample
 from farm_monitor.app.auth import User
 from farm_monitor.config import MonitorConfig
 from farm_monitor.db import make_engine, migrate
 from farm_monitor.metrics import Metrics
 from farm_monitor.pipeline import Ingestor
-from farm_monitor.shadow import shadow_report
+from fleet import lineage
+from fleet.shadow import shadow_report
 from shared import messages as m
 from shared.ids import new_msg_id
 from shared.topics import device_topic, fleet_shadow_topic
@@ -186,8 +186,8 @@ def test_tick_config_is_checked(tmp_path: Path, capsys: pytest.CaptureFixture) -
 
 
 def test_tick_leaves_a_shadow_run_that_was_ended_by_hand(tmp_path: Path) -> None:
-    from cloud_trainer import rollout
-    from cloud_trainer.registry import Registry
+    from fleet import rollout
+    from fleet.registry import Registry
     from shared.config import load_config
 
     url = f"sqlite:///{tmp_path / 'monitor.db'}"
@@ -238,8 +238,8 @@ def test_lineage_round_trip(db_url: str) -> None:
 
 
 def test_tick_scores_a_candidate_published_as_shadow_by_hand(tmp_path: Path) -> None:
-    from cloud_trainer import rollout
-    from cloud_trainer.registry import Registry
+    from fleet import rollout
+    from fleet.registry import Registry
     from shared.config import load_config
     from shared.messages import RolloutPolicy
     from tests.edge_models import build_classifier
@@ -274,8 +274,8 @@ def test_tick_scores_a_candidate_published_as_shadow_by_hand(tmp_path: Path) -> 
 
 
 def test_tick_marks_a_shadow_run_promoted_by_hand_and_retrains_from_it(tmp_path: Path) -> None:
-    from cloud_trainer import rollout
-    from cloud_trainer.registry import Registry
+    from fleet import rollout
+    from fleet.registry import Registry
     from shared.config import load_config
     from shared.messages import RolloutPolicy
     from tests.edge_models import build_classifier
@@ -342,8 +342,8 @@ def test_a_newer_run_does_not_hide_the_live_shadow_run(tmp_path: Path) -> None:
 
 
 def test_tick_publishes_a_gate_passed_candidate_left_unpublished(tmp_path: Path) -> None:
-    from cloud_trainer import rollout
-    from cloud_trainer.registry import Registry
+    from fleet import rollout
+    from fleet.registry import Registry
     from shared.config import load_config
     from tests.edge_models import build_classifier
     from tests.integration.rollout_helpers import import_model

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cloud_trainer import rollout
-from cloud_trainer.mqtt_publish import publish_retained
-from cloud_trainer.registry import Registry
+from fleet import rollout
+from fleet.mqtt_publish import publish_retained
+from fleet.registry import Registry
 from shared.manifest import SeasonPreprocessing, TensorData, TensorSpec
 from shared.messages import RolloutPolicy
 from shared.topics import fleet_model_topic

@@ -1,4 +1,4 @@
-"""The Models page's publish/rollback go through cloud_trainer.rollout, and only for those allowed."""
+"""The Models page's publish/rollback go through fleet.rollout, and only for those allowed."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ AGRO = User("ann", "agronomist", ("farm-a",))
 FARMER = User("fred", "farmer", ("farm-a",))
 
 
-def test_not_available_without_the_rollout_module(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "cloud_trainer.rollout", None)  # import raises ImportError
+def test_not_available_without_the_publisher_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "fleet.mqtt_publish", None)  # import raises ImportError (no paho)
     assert not rollout_bridge.available()
     with pytest.raises(RuntimeError, match="not available"):
         rollout_bridge.publish(AGRO, MonitorConfig(), "farm-a", "leaf", "1.0.0")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cloud_trainer.retrain import FieldItem, decide, field_split, gate_markdown
+from cloud_trainer.retrain_data import FieldItem, field_split
+from cloud_trainer.retrain_gate import decide, gate_markdown
 
 
 def _m(acc: float, n: int = 10) -> dict:
@@ -66,7 +67,7 @@ def test_since_with_a_utc_offset_becomes_utc() -> None:
 
 
 def test_store_replaces_a_truncated_image_left_by_a_crash(tmp_path: Path) -> None:
-    from cloud_trainer.retrain import _store, sha256_bytes
+    from cloud_trainer.retrain_data import _store, sha256_bytes
 
     src = tmp_path / "photo.jpg"
     src.write_bytes(b"\xff\xd8" + bytes(range(256)) * 4 + b"\xff\xd9")
@@ -83,7 +84,7 @@ def test_store_replaces_a_truncated_image_left_by_a_crash(tmp_path: Path) -> Non
 def test_a_relative_base_data_path_resolves_against_the_base_runs_folder_or_says_so(tmp_path: Path) -> None:
     import pytest
 
-    from cloud_trainer.retrain import RetrainError, _base_data_path
+    from cloud_trainer.retrain_data import RetrainError, _base_data_path
 
     assert _base_data_path(tmp_path, {"data": "leaves", "cwd": "/srv/train"}) == Path("/srv/train/leaves")
     assert _base_data_path(tmp_path, {"data": "/abs/leaves"}) == Path("/abs/leaves")

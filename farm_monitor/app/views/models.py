@@ -11,7 +11,7 @@ from farm_monitor.app.ui import Data, config, guarded, pick_farm, require_user
 
 
 def registry_table(root: str) -> pd.DataFrame:
-    from cloud_trainer.registry import Registry
+    from fleet.registry import Registry
 
     rows = []
     for e in Registry(root).entries():
@@ -60,7 +60,7 @@ def render() -> None:
         return
     st.subheader("Publish or roll back")
     if not rollout_bridge.available():
-        st.info("Rollout is not available in this installation (cloud_trainer.rollout is missing).")
+        st.info("Rollout is not available in this installation (paho-mqtt is not installed).")
         return
     missing = rollout_bridge.missing_settings(cfg)
     if missing:

@@ -1,26 +1,24 @@
-"""``cropwatch data export-labels``: labelled samples as class folders plus a path,label CSV.
+"""The labelled-sample export: labelled samples as class folders plus a path,label CSV.
 
 The CSV is what ``cropwatch train disease --data labels.csv`` reads (columns ``path,label``,
 paths relative to the CSV); the class folders work as ``--data DIR`` too. The current label of a
-sample is its latest by ``labelled_at``.
+sample is its latest by ``labelled_at``. The retrainer reads it (``cropwatch retrain disease``), and
+``cropwatch data export-labels`` (``farm_monitor.labels_cli``) writes it from the monitor's config.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import logging
 import re
-import sys
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import Engine, text
 
+from farm_monitor.db.dialect import bind_timestamp
 from shared.fsutil import atomic_write_bytes, atomic_write_text
-
-from .config import command_config
 
 logger = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.,()+-]+")
@@ -51,7 +49,7 @@ def export_labels(engine: Engine, out: Path, farms: list[str] | None = None, sin
         params.update({f"f{i}": f for i, f in enumerate(farms)})
     if since is not None:
         sql += " AND l.labelled_at >= :since"
-        params["since"] = since.replace(tzinfo=None).isoformat(" ") if engine.dialect.name == "sqlite" else since
+        params["since"] = bind_timestamp(engine, since)
     sql += " ORDER BY s.msg_id"
     out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
@@ -71,34 +69,3 @@ def export_labels(engine: Engine, out: Path, farms: list[str] | None = None, sin
     atomic_write_text(out / "labels.csv", buf.getvalue())
     logger.info("exported %d labelled samples to %s", n, out)
     return n
-
-
-def export_labels_main(argv: list[str], prog: str = "cropwatch data export-labels") -> int:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Write the samples labelled in the monitor as class folders plus labels.csv (path,label) "
-        "for 'cropwatch train disease --data OUT/labels.csv'.",
-    )
-    parser.add_argument("--config", "-c", help="monitor.toml (its database.url is read)")
-    parser.add_argument("--db", help="database URL (overrides the config)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--farm", action="append", default=[], help="only this farm (repeat)")
-    parser.add_argument("--days", type=float, help="only labels from the last N days")
-    args = parser.parse_args(argv)
-    cfg = command_config(args.config, prog)
-    if isinstance(cfg, int):
-        return cfg
-    from .db import make_engine
-
-    engine = make_engine(args.db or cfg.database.url)
-    since = datetime.now(UTC) - timedelta(days=args.days) if args.days else None
-    try:
-        n = export_labels(engine, args.out, args.farm or None, since)
-    except Exception as exc:
-        print(f"{prog}: export failed: {exc}", file=sys.stderr)
-        return 1
-    if n == 0:
-        print(f"{prog}: no labelled samples yet; label some on the monitor's Detections page", file=sys.stderr)
-        return 1
-    print(f"exported {n} labelled samples to {args.out} ({args.out / 'labels.csv'})")
-    return 0

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from .rows import _sqlite_ts
+from farm_monitor.db.dialect import bind_timestamp
 
 SQL = """
 SELECT d.msg_id, d.model_version, d.label, d.shadow,
@@ -72,10 +72,11 @@ def shadow_report(
     engine: Engine, farm: str, model_name: str, since: datetime | None = None, challenger: str | None = None
 ) -> list[ShadowScore]:
     """One score per (champion version, challenger version) seen on ``farm`` for ``model_name``."""
-    sql, params = SQL, {"farm": farm, "name": model_name}
+    sql = SQL
+    params: dict[str, Any] = {"farm": farm, "name": model_name}
     if since is not None:
         sql += " AND d.observed_at >= :since"
-        params["since"] = _sqlite_ts(since) if engine.dialect.name == "sqlite" else since
+        params["since"] = bind_timestamp(engine, since)
     scores: dict[tuple[str, str], ShadowScore] = {}
     with engine.connect() as conn:
         for r in conn.execute(text(sql), params):

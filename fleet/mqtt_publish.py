@@ -1,4 +1,4 @@
-"""One retained publish to the broker: the only module of cloud_trainer that imports paho.
+"""One retained publish to the broker: the only module of fleet that imports paho.
 
 ``cropwatch models publish/rollback/promote`` write one retained message and exit, so this is a
 connect, publish at QoS 1, wait for the PUBACK, disconnect; a refusal (MQTT v5 reason code, e.g.
@@ -10,13 +10,19 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 logger = logging.getLogger(__name__)
+# How rollout sends one message: ``publisher(topic, payload)``; tests pass a fake.
+Publisher = Callable[[str, bytes], None]
 
 
 class PublishError(Exception):
@@ -64,11 +70,13 @@ def publish_retained(
     connected, acked = threading.Event(), threading.Event()
     result: dict[str, object] = {}
 
-    def on_connect(c, userdata, flags, reason_code, properties):  # type: ignore[no-untyped-def]
+    def on_connect(
+        c: paho.Client, userdata: Any, flags: paho.ConnectFlags, reason_code: ReasonCode, properties: Properties | None
+    ) -> None:
         result["connect"] = reason_code
         connected.set()
 
-    def on_publish(c, userdata, mid, reason_code, properties):  # type: ignore[no-untyped-def]
+    def on_publish(c: paho.Client, userdata: Any, mid: int, reason_code: ReasonCode, properties: Properties) -> None:
         result["puback"] = reason_code
         acked.set()
 
@@ -95,3 +103,12 @@ def publish_retained(
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def broker_publisher(url: str, ca_file: str | None = None, password: str | None = None) -> Publisher:
+    """A :data:`Publisher` that sends each message with :func:`publish_retained` (one connection each)."""
+
+    def send(topic: str, payload: bytes) -> None:
+        publish_retained(url, topic, payload, ca_file=ca_file, password=password)
+
+    return send

@@ -21,6 +21,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from shared.errors import ManifestError
 from shared.fsutil import atomic_write_text, fsync_dir
@@ -43,7 +44,7 @@ class Entry:
     version: str
     path: Path
     manifest: ModelManifest
-    retired: dict | None
+    retired: dict[str, Any] | None
 
     @property
     def files(self) -> list[Path]:

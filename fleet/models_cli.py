@@ -32,7 +32,7 @@ def _who() -> str:
         return "cli"
 
 
-def main(argv: list[str], prog: str = "cropwatch models") -> int:
+def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("--registry", type=Path, default=Path("var/registry"), help="registry folder")
     sub = parser.add_subparsers(dest="action", required=True)
@@ -89,7 +89,11 @@ def main(argv: list[str], prog: str = "cropwatch models") -> int:
     for p in (ls, show, imp, ret, pub, rb, pro, es, st):
         # Also accepted after the action (`models publish ... --registry DIR`), as operators tend to write it.
         p.add_argument("--registry", type=Path, default=argparse.SUPPRESS, help="registry folder")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str], prog: str = "cropwatch models") -> int:
+    args = _parser(prog).parse_args(argv)
     registry = Registry(args.registry)
 
     if args.action in ROLLOUT_ACTIONS:
@@ -134,52 +138,60 @@ def main(argv: list[str], prog: str = "cropwatch models") -> int:
 def _rollout(args: argparse.Namespace, registry: Registry, prog: str) -> int:
     import os
 
-    from shared.messages import RolloutPolicy
-
     from . import rollout
-    from .mqtt_publish import PublishError, publish_retained
-
-    def publisher(topic: str, payload: bytes) -> None:
-        publish_retained(
-            args.broker, topic, payload, ca_file=args.ca_file, password=os.environ.get("CROPWATCH_MQTT_PASSWORD")
-        )
+    from .mqtt_publish import PublishError, broker_publisher
 
     try:
-        opts: dict[str, object] = {}
-        if args.action != "status":
-            opts = {"db_url": args.db, "by": _who()}
+        if args.action == "status":
+            return _status(args, registry)
+        publisher = broker_publisher(args.broker, args.ca_file, os.environ.get("CROPWATCH_MQTT_PASSWORD"))
+        signing_key = None
         if getattr(args, "signing_key", None) is not None:
             from shared.manifest import load_private_key
 
-            opts["signing_key"] = load_private_key(args.signing_key)
-        if args.action == "status":
-            rows = rollout.rollout_status(args.db, args.farm, args.name, registry)
-            if args.json:
-                print(json.dumps(rows))
-            elif not rows:
-                print(f"no devices of farm {args.farm} in {args.db}")
-            else:
-                header = ["device", "role", "desired", "active", "state", "since"]
-                print(_table([[r[h] for h in header] for r in rows], header))
-            return 0
+            signing_key = load_private_key(args.signing_key)
+        db_url, by = args.db, _who()
         if args.action == "publish":
+            from shared.messages import RolloutPolicy
+
             policy = RolloutPolicy(mode=args.mode, percent=args.percent, devices=args.devices, group=args.group)
-            d = rollout.publish(registry, args.name, args.version, args.farm, args.base_url, publisher, policy, **opts)
+            d = rollout.publish(
+                registry, args.name, args.version, args.farm, args.base_url, publisher, policy,
+                signing_key=signing_key, db_url=db_url, by=by,
+            )  # fmt: skip
             what = "as shadow challenger " if policy.mode == "shadow" else ""
             print(
                 f"published {d.model_name} {d.version} {what}to farm {d.farm_id} ({policy.percent:g}%, msg {d.msg_id})"
             )
         elif args.action == "rollback":
-            d = rollout.rollback(registry, args.name, args.farm, publisher, args.base_url, **opts)
+            d = rollout.rollback(
+                registry, args.name, args.farm, publisher, args.base_url, signing_key=signing_key, db_url=db_url, by=by
+            )
             print(f"rolled back {d.model_name} on farm {d.farm_id} to {d.version} (was {d.previous_version})")
         elif args.action == "promote":
-            d = rollout.promote(registry, args.name, args.farm, publisher, args.base_url, **opts)
+            d = rollout.promote(
+                registry, args.name, args.farm, publisher, args.base_url, signing_key=signing_key, db_url=db_url, by=by
+            )
             was = f" (champion was {d.previous_version})" if d.previous_version else ""
             print(f"promoted {d.model_name} {d.version} to every device of farm {d.farm_id}{was}")
         elif args.action == "end-shadow":
-            rollout.end_shadow(registry, args.name, args.farm, publisher, **opts)  # type: ignore[arg-type]
+            rollout.end_shadow(registry, args.name, args.farm, publisher, db_url=db_url, by=by)
             print(f"ended the shadow run of {args.name} on farm {args.farm}; devices unload the challenger")
     except (RegistryError, ManifestError, PublishError, ValueError, OSError) as exc:
         print(f"{prog} {args.action}: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _status(args: argparse.Namespace, registry: Registry) -> int:
+    from .desired import rollout_status
+
+    rows = rollout_status(args.db, args.farm, args.name, registry)
+    if args.json:
+        print(json.dumps(rows))
+    elif not rows:
+        print(f"no devices of farm {args.farm} in {args.db}")
+    else:
+        header = ["device", "role", "desired", "active", "state", "since"]
+        print(_table([[r[h] for h in header] for r in rows], header))
     return 0

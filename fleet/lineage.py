@@ -4,7 +4,8 @@
 version, dataset fingerprint, gate result, status) and one ``training_run_labels`` row per field
 sample it considered (the label as it was then: who labelled it and when, and what the run did with
 it). Detections already carry model name, version and sha256, so the chain is joins only. The
-monitor's Retraining page and ``cropwatch retrain tick`` read it through these functions.
+monitor's Retraining page and ``cropwatch retrain tick`` read it through these functions; the
+writes go through the ORM models of ``farm_monitor.db``.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, select, text, update
+from sqlalchemy import Engine, delete, func, insert, select, text, update
 
-from .db.models import LabelRow, SampleRow, TrainingRun, TrainingRunLabel
-from .rows import _sqlite_ts
+from farm_monitor.db.dialect import bind_timestamp
+from farm_monitor.db.models import LabelRow, SampleRow, TrainingRun, TrainingRunLabel
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +32,8 @@ def _aware(value: Any) -> datetime | None:
     """SQLite gives naive UTC (or text), PostgreSQL aware datetimes: both become aware UTC."""
     if value is None:
         return None
-    if not isinstance(value, datetime):
-        value = datetime.fromisoformat(str(value))
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    at = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def _json(value: Any) -> Any:
@@ -47,9 +47,9 @@ def record_run(engine: Engine, run: dict[str, Any], labels: list[dict[str, Any]]
     with engine.begin() as conn:
         conn.execute(delete(TrainingRunLabel).where(TrainingRunLabel.run_id == run["run_id"]))
         conn.execute(delete(TrainingRun).where(TrainingRun.run_id == run["run_id"]))
-        conn.execute(TrainingRun.__table__.insert().values(**row))
+        conn.execute(insert(TrainingRun).values(**row))
         if labels:
-            conn.execute(TrainingRunLabel.__table__.insert(), [{"run_id": run["run_id"], **r} for r in labels])
+            conn.execute(insert(TrainingRunLabel), [{"run_id": run["run_id"], **r} for r in labels])
     logger.info("recorded training run %s (%d field labels)", run["run_id"], len(labels))
 
 
@@ -128,7 +128,7 @@ def labels_since(engine: Engine, since: datetime | None, farms: list[str] | None
     params: dict[str, Any] = {}
     if since is not None:
         sql += " AND l.labelled_at > :since"
-        params["since"] = _sqlite_ts(since) if engine.dialect.name == "sqlite" else since
+        params["since"] = bind_timestamp(engine, since)
     if farms:
         sql += " AND s.farm_id IN (" + ", ".join(f":f{i}" for i in range(len(farms))) + ")"
         params.update({f"f{i}": f for i, f in enumerate(farms)})

@@ -188,4 +188,5 @@ class RegistryHTTPServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        name = host.decode() if isinstance(host, bytes) else host  # typeshed allows bytes; AF_INET gives str
+        return f"http://{name}:{port}"
