@@ -8,7 +8,6 @@ on ``(sample,)``, and the target on ``(sample,)`` with its unit. Any other namin
 """
 
 from __future__ import annotations
-from __future__ import annotations
 
 import logging
 import os
@@ -96,4 +95,3 @@ def load_cube(
     ds = source if isinstance(source, xr.Dataset) else open_dataset(source, lazy=lazy)
     spec = spec or infer_spec(ds)
     return align_cube(ds, spec)
-

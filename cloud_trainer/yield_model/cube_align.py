@@ -19,6 +19,7 @@ from .spec import CategoricalMap, CubeSpec, VariableMap
 
 logger = logging.getLogger(__name__)
 
+
 def infer_spec(ds: xr.Dataset) -> CubeSpec:
     """The spec of a cube already in the convention: roles from ``cropwatch_role`` or from dims and dtype."""
     target = str(ds.attrs.get("cropwatch_target", "yield"))

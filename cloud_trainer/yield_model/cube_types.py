@@ -127,4 +127,3 @@ class SeasonCube:
             h.update(np.ascontiguousarray(arr).tobytes())
         h.update("|".join(a.sample_ids.tolist()).encode())
         return "sha256:" + h.hexdigest()
-
