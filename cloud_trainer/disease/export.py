@@ -114,6 +114,9 @@ def export_onnx(model: ProbabilityModel, path: Path, image_size: int) -> Path:
         external_data=False,
         verbose=False,
     )
+    if program is None:
+        # Only the TorchScript path (dynamo=False) returns None; dynamo always gives a program.
+        raise ExportError("torch.onnx.export returned no ONNX program")
     program.save(str(tmp))
     try:
         onnx.checker.check_model(str(tmp), full_check=True)
@@ -277,7 +280,7 @@ def export_run(
     if int8:
         rng = np.random.default_rng(0)
         train = list(split["train"])
-        rng.shuffle(train)  # type: ignore[arg-type]
+        rng.shuffle(train)
         calib = _arrays(train, size, calibration_images)
         int8_path = quantize_int8(fp32_path, out_dir / f"{stem}.int8.onnx", calib)
         int8_session = ort_session(int8_path)
