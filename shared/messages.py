@@ -12,7 +12,7 @@ import base64
 import json
 import typing
 from datetime import date
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, cast
 
 from pydantic import (
     AfterValidator,
@@ -465,7 +465,8 @@ def parse_device_message(payload: bytes | str, expected_kind: str | None = None)
     msg = _validate(_device_adapter, payload, DEVICE_KINDS, MAX_PAYLOAD_BYTES)
     if expected_kind is not None and msg.kind != expected_kind:
         raise MessageError("kind_mismatch", f"payload kind {msg.kind!r} does not match topic kind {expected_kind!r}")
-    return msg
+    # The adapter validates the DeviceMessage union, whose members are all Envelopes.
+    return cast(Envelope, msg)
 
 
 def parse_command(payload: bytes | str, expected_command: str | None = None) -> CommandBase:
@@ -487,12 +488,14 @@ def parse_command(payload: bytes | str, expected_command: str | None = None) -> 
         raise MessageError(
             "kind_mismatch", f"payload command {msg.command!r} does not match topic command {expected_command!r}"
         )
-    return msg
+    # The adapter validates the Command union, whose members are all CommandBases.
+    return cast(CommandBase, msg)
 
 
 def parse_desired_model(payload: bytes | str) -> DesiredModel:
     """Validate a retained desired-model message; raises MessageError only."""
-    return _validate(TypeAdapter(DesiredModel), payload, ("desired_model",), MAX_FLEET_PAYLOAD_BYTES)
+    desired: DesiredModel = _validate(TypeAdapter(DesiredModel), payload, ("desired_model",), MAX_FLEET_PAYLOAD_BYTES)
+    return desired
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:

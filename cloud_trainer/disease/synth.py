@@ -80,7 +80,9 @@ def _background(rng: random.Random, size: int) -> Image.Image:
         0, 1, (size // 8 + 1, size // 8 + 1, 3)
     )
     noise = np.asarray(
-        Image.fromarray(((low * 20) + 128).clip(0, 255).astype(np.uint8)).resize((size, size), Image.Resampling.BILINEAR),
+        Image.fromarray(((low * 20) + 128).clip(0, 255).astype(np.uint8)).resize(
+            (size, size), Image.Resampling.BILINEAR
+        ),
         dtype=np.float32,
     )
     arr = np.asarray(base, dtype=np.float32)[None, None, :] + (noise - 128) * rng.uniform(0.3, 1.0)

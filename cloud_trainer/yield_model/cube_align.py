@@ -162,9 +162,10 @@ def _offsets(ds: xr.Dataset, spec: CubeSpec, years: np.ndarray | None) -> tuple[
                 spec.season_start,
                 f"season start {spec.season_start!r} has dims {_dims_text(start_var)}, expected ({spec.sample_dim},)",
             )
-        starts = _as_dates(start_var)
-        if starts is None:
+        start_dates = _as_dates(start_var)
+        if start_dates is None:
             raise CubeError("wrong_dims", spec.season_start, f"season start {spec.season_start!r} does not hold dates")
+        starts = start_dates
         if years is None:
             years = starts.astype("datetime64[Y]").astype(int) + 1970
     grid = dates[None, :] if dates.ndim == 1 else dates

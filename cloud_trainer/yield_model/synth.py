@@ -14,6 +14,7 @@ and the three factors are kept as ``diagnostic`` variables, which are never mode
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -162,7 +163,7 @@ def generate(cfg: SynthConfig) -> xr.Dataset:
         "disease_pressure": (np.clip(rng.binomial(40, disease) / 40.0, 0, 1), "1"),
         "ndvi": (ndvi + rng.normal(0, 0.02 * s, (n, t)), "1"),
     }
-    data_vars = {}
+    data_vars: dict[str, tuple[tuple[str, ...], np.ndarray, dict[str, Any]]] = {}
     for name, (values, unit) in observed.items():
         gappy = np.where(_gaps(rng, (n, t), cfg.gap_fraction), np.nan, values).astype(np.float32)
         data_vars[name] = (("sample", "time"), gappy, {"units": unit, ROLE_ATTR: "dynamic"})

@@ -286,7 +286,9 @@ def _fit(
     is_main = rank == 0
     points = [float(p) for p in args.progress_points.split(",")]
     train_set = tensors(arrays, split["train"])
-    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, seed=args.seed) if world > 1 else None
+    sampler: DistributedSampler[int] | None = None
+    if world > 1:
+        sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, seed=args.seed)
     order = torch.Generator()
     loader: DataLoader[tuple[torch.Tensor, ...]] = DataLoader(
         train_set,
@@ -314,7 +316,7 @@ def _fit(
         state["history"].append({"epoch": epoch, "train_loss": loss, "val_rmse": score})
         improved = score < state["best_score"] - 1e-9
         if improved:
-            state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
+            state["best_score"], state["best_epoch"], state["bad_epochs"] = score, epoch, 0
         else:
             state["bad_epochs"] += 1
         outer.set_postfix(loss=f"{loss:.4f}", val_rmse=f"{score:.4g}", best=state["best_epoch"])
