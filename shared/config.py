@@ -168,7 +168,8 @@ def redacted(config: BaseModel) -> dict[str, Any]:
             return str(value)
         return value
 
-    return walk(config)
+    plain: dict[str, Any] = walk(config)
+    return plain
 
 
 def redacted_json(config: BaseModel) -> str:

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import base64
 import json
-import typing
 from datetime import date
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -69,11 +68,11 @@ class Envelope(BaseModel):
             # A one-value Literal (the fleet's device_id) is implied by the class in code, but
             # still required on the wire.
             for name, field in cls.model_fields.items():
-                args = typing.get_args(field.annotation)
+                args = get_args(field.annotation)
                 if (
                     name not in data
                     and field.is_required()
-                    and typing.get_origin(field.annotation) is Literal
+                    and get_origin(field.annotation) is Literal
                     and len(args) == 1
                 ):
                     data[name] = args[0]
@@ -453,7 +452,7 @@ def parse_device_message(payload: bytes | str, expected_kind: str | None = None)
     msg = _validate(_device_adapter, payload, DEVICE_KINDS, MAX_PAYLOAD_BYTES)
     if expected_kind is not None and msg.kind != expected_kind:
         raise MessageError("kind_mismatch", f"payload kind {msg.kind!r} does not match topic kind {expected_kind!r}")
-    return msg
+    return cast(Envelope, msg)  # each member of the DeviceMessage union is an Envelope
 
 
 def parse_command(payload: bytes | str, expected_command: str | None = None) -> CommandBase:
@@ -475,12 +474,13 @@ def parse_command(payload: bytes | str, expected_command: str | None = None) -> 
         raise MessageError(
             "kind_mismatch", f"payload command {msg.command!r} does not match topic command {expected_command!r}"
         )
-    return msg
+    return cast(CommandBase, msg)  # each member of the Command union is a CommandBase
 
 
 def parse_desired_model(payload: bytes | str) -> DesiredModel:
     """Validate a retained desired-model message; raises MessageError only."""
-    return _validate(TypeAdapter(DesiredModel), payload, ("desired_model",), MAX_FLEET_PAYLOAD_BYTES)
+    desired = _validate(TypeAdapter(DesiredModel), payload, ("desired_model",), MAX_FLEET_PAYLOAD_BYTES)
+    return cast(DesiredModel, desired)
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:

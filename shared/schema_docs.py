@@ -27,7 +27,8 @@ TOPICS = {
 
 def _type(prop: dict[str, Any]) -> str:
     if "$ref" in prop:
-        return prop["$ref"].rsplit("/", 1)[-1]
+        ref: str = prop["$ref"]
+        return ref.rsplit("/", 1)[-1]
     if "const" in prop:
         return f"`{json.dumps(prop['const'])}`"
     if "enum" in prop:

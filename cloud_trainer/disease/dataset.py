@@ -23,12 +23,20 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from shared.errors import ImageDecodeError
 from shared.fsutil import atomic_write_text
 from shared.image import decode_image
+
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.data import Dataset
+
+    # torch stays out of this module's import: the dataset checks run without it.
+    ImageSet = Dataset[tuple[torch.Tensor, int]]
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +235,9 @@ def eval_array(sample: Sample, size: int) -> np.ndarray:
     return decode_image(sample.path.read_bytes(), size, "center_crop")
 
 
-def make_torch_dataset(samples: list[Sample], class_to_idx: dict[str, int], size: int, train: bool, cache: bool = True):
+def make_torch_dataset(
+    samples: list[Sample], class_to_idx: dict[str, int], size: int, train: bool, cache: bool = True
+) -> ImageSet:
     import torch
     from torch.utils.data import Dataset
     from torchvision.transforms import v2
@@ -249,7 +259,7 @@ def make_torch_dataset(samples: list[Sample], class_to_idx: dict[str, int], size
         ]
     )
 
-    class _Images(Dataset):
+    class _Images(Dataset[tuple[torch.Tensor, int]]):
         def __init__(self) -> None:
             self.cache: dict[int, np.ndarray] = {}
 
@@ -266,7 +276,7 @@ def make_torch_dataset(samples: list[Sample], class_to_idx: dict[str, int], size
                 self.cache[i] = arr
             return arr
 
-        def __getitem__(self, i: int):
+        def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
             img = torch.from_numpy(np.array(self._array(i), copy=True)).permute(2, 0, 1)
             if train:
                 img = train_tf(img)

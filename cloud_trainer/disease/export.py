@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,6 +40,9 @@ from shared.manifest import (
 
 from . import dataset as ds
 from .models import DiseaseNet, build_model
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +75,7 @@ class ProbabilityModel(nn.Module):
 @dataclass
 class LoadedRun:
     run_dir: Path
-    info: dict
+    info: dict[str, Any]
     model: ProbabilityModel
     classes: list[str]
     image_size: int
@@ -114,6 +118,9 @@ def export_onnx(model: ProbabilityModel, path: Path, image_size: int) -> Path:
         external_data=False,
         verbose=False,
     )
+    if program is None:
+        # Only the TorchScript path (dynamo=False) returns None; dynamo always gives a program.
+        raise ExportError("torch.onnx.export returned no ONNX program")
     program.save(str(tmp))
     try:
         onnx.checker.check_model(str(tmp), full_check=True)
@@ -123,7 +130,7 @@ def export_onnx(model: ProbabilityModel, path: Path, image_size: int) -> Path:
     return path
 
 
-def ort_session(path: Path, threads: int = 1, spin: bool = True):
+def ort_session(path: Path, threads: int = 1, spin: bool = True) -> InferenceSession:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -134,7 +141,7 @@ def ort_session(path: Path, threads: int = 1, spin: bool = True):
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def run_ort(session, images: np.ndarray, batch: int = 16) -> np.ndarray:
+def run_ort(session: InferenceSession, images: np.ndarray, batch: int = 16) -> np.ndarray:
     out = [session.run([OUTPUT_NAME], {INPUT_NAME: images[i : i + batch]})[0] for i in range(0, len(images), batch)]
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
@@ -208,7 +215,7 @@ def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
     return float((probs.argmax(axis=1) == labels).mean()) if len(labels) else 0.0
 
 
-def latency_ms(session, image: np.ndarray, repeats: int = 30) -> float:
+def latency_ms(session: InferenceSession, image: np.ndarray, repeats: int = 30) -> float:
     """Median milliseconds per call: the median shrugs off other processes' bursts on a shared CPU."""
     session.run([OUTPUT_NAME], {INPUT_NAME: image})
     times = []
@@ -244,68 +251,43 @@ def export_run(
     version = version or dt.datetime.now(dt.UTC).strftime("%Y.%m.%d-%H%M%S")
     stem = f"{name}-{version}"
 
-    # The same images, decoded the same way as on a device; the split is the run's own.
-    data = ds.load_dataset(info["data"], min_per_class=1)
-    split = ds.load_split(run_dir / "split.csv", data)
-    c2i = {c: i for i, c in enumerate(classes)}
+    split = _run_split(run_dir, info)
     test_images = _arrays(split["test"], size)
-    test_labels = np.array([c2i[s.label] for s in split["test"]], dtype=np.int64)
+    test_labels = _labels(split["test"], classes)
 
     fp32_path = export_onnx(loaded.model, out_dir / f"{stem}.onnx", size)
     parity = check_parity(loaded.model, fp32_path, test_images[:32])
+    n_parity = min(32, len(test_images))
     logger.info(
-        "fp32 ONNX %s: onnx.checker ok, max |ort - torch| = %.2e on %d test images",
-        fp32_path,
-        parity,
-        min(32, len(test_images)),
+        "fp32 ONNX %s: onnx.checker ok, max |ort - torch| = %.2e on %d test images", fp32_path, parity, n_parity
     )
 
     fp32_session = ort_session(fp32_path)
-    fp32_probs = run_ort(fp32_session, test_images)
-    fp32_acc = accuracy(fp32_probs, test_labels)
+    fp32_acc = accuracy(run_ort(fp32_session, test_images), test_labels)
     self_test = TensorData.seeded("uint8", [2, size, size, 3], seed=f"{name}:{version}:self-test")
     self_in = self_test.to_array()
-    files = [
-        _model_file(
-            "fp32", fp32_path, fp32_session, self_in, {"test_accuracy": fp32_acc, "parity_max_abs_diff": parity}
-        )
-    ]
+    fp32_metrics = {"test_accuracy": fp32_acc, "parity_max_abs_diff": parity}
+    files = [_model_file("fp32", fp32_path, fp32_session, self_in, fp32_metrics)]
     notes = {
         "exporter": f"torch {torch.__version__} dynamo, opset {OPSET}",
         "parity": f"max abs diff {parity:.2e} vs torch",
     }
     if int8:
-        rng = np.random.default_rng(0)
-        train = list(split["train"])
-        rng.shuffle(train)  # type: ignore[arg-type]
-        calib = _arrays(train, size, calibration_images)
-        int8_path = quantize_int8(fp32_path, out_dir / f"{stem}.int8.onnx", calib)
-        int8_session = ort_session(int8_path)
-        int8_acc = accuracy(run_ort(int8_session, test_images), test_labels)
-        drop = (fp32_acc - int8_acc) * 100
-        one = test_images[:1]
-        speed = latency_ms(fp32_session, one) / max(latency_ms(int8_session, one), 1e-9)
-        summary = (
-            f"test accuracy int8 {int8_acc:.4f} vs fp32 {fp32_acc:.4f} "
-            f"({(int8_acc - fp32_acc) * 100:+.2f} points against fp32, budget -{int8_budget_points}); "
-            f"batch-1 speed int8/fp32 {speed:.2f}x on the export machine, 1 thread"
+        int8_file, notes["int8"] = _int8_variant(
+            fp32_path,
+            fp32_session,
+            fp32_acc,
+            out_dir / f"{stem}.int8.onnx",
+            _arrays(_shuffled(list(split["train"])), size, calibration_images),
+            (test_images, test_labels),
+            self_in,
+            int8_budget_points,
+            int8_min_speedup,
         )
-        # The export machine is rarely the field device, so speed only decides when asked to.
-        too_slow = int8_min_speedup is not None and speed < int8_min_speedup
-        if drop <= int8_budget_points and not too_slow:
-            files.append(
-                _model_file(
-                    "int8", int8_path, int8_session, self_in, {"test_accuracy": int8_acc, "speedup_vs_fp32": speed}
-                )
-            )
-            notes["int8"] = "kept: " + summary
-        else:
-            int8_path.unlink()
-            why = "over the accuracy budget" if drop > int8_budget_points else f"slower than {int8_min_speedup}x"
-            notes["int8"] = f"dropped ({why}): " + summary
+        if int8_file is not None:
+            files.append(int8_file)
         logger.info("int8: %s", notes["int8"])
 
-    m = info["metrics"]
     manifest = ModelManifest(
         name=name,
         version=version,
@@ -313,40 +295,106 @@ def export_run(
         synthetic=bool(info.get("synthetic", False)),
         files=files,
         inputs=[TensorSpec(name=INPUT_NAME, dtype="uint8", shape=["batch", size, size, 3], description="RGB, NHWC")],
-        outputs=[
-            TensorSpec(
-                name=OUTPUT_NAME,
-                dtype="float32",
-                shape=["batch", len(classes)],
-                description="calibrated class probabilities, in the order of labels",
-            )
-        ],
+        outputs=[_output_spec(len(classes))],
         labels=classes,
         preprocessing=ImagePreprocessing(height=size, width=size, resize="center_crop"),
-        metrics={
-            "test_accuracy": float(m["test_accuracy"]),
-            "test_macro_f1": float(m["test_macro_f1"]),
-            "test_ece": float(m["test_ece"]),
-            "test_images": float(m["test_images"]),
-            "temperature": float(info["temperature"]),
-            "onnx_fp32_test_accuracy": fp32_acc,
-            **{k: float(v) for k, v in (extra_metrics or {}).items()},
-        },
+        metrics=_manifest_metrics(info, fp32_acc, extra_metrics),
         training_data_fingerprint=info["dataset_fingerprint"],
         training_run=str(run_dir.resolve())[-256:],
         self_test_inputs={INPUT_NAME: self_test},
         notes={**notes, "arch": info["arch"], **(extra_notes or {})},
     )
     if key_path is not None:
-        private = load_private_key(key_path)
-        manifest = sign_manifest(manifest, private)
-        # Verify as an agent would, before anything leaves this machine.
-        verify_manifest(manifest, TrustedKeys([private.public_key()]))
+        manifest = _signed(manifest, key_path)
     manifest_path = manifest.save(out_dir / "manifest.json")
     return manifest, manifest_path
 
 
-def _model_file(variant, path: Path, session, self_in: np.ndarray, metrics: dict[str, float]) -> ModelFile:
+def _run_split(run_dir: Path, info: dict[str, Any]) -> dict[str, list[ds.Sample]]:
+    """The run's own split, over the same images decoded the same way as on a device."""
+    data = ds.load_dataset(info["data"], min_per_class=1)
+    return ds.load_split(run_dir / "split.csv", data)
+
+
+def _labels(samples: list[ds.Sample], classes: list[str]) -> np.ndarray:
+    c2i = {c: i for i, c in enumerate(classes)}
+    return np.array([c2i[s.label] for s in samples], dtype=np.int64)
+
+
+def _output_spec(n_classes: int) -> TensorSpec:
+    return TensorSpec(
+        name=OUTPUT_NAME,
+        dtype="float32",
+        shape=["batch", n_classes],
+        description="calibrated class probabilities, in the order of labels",
+    )
+
+
+def _signed(manifest: ModelManifest, key_path: Path) -> ModelManifest:
+    private = load_private_key(key_path)
+    manifest = sign_manifest(manifest, private)
+    # Verify as an agent would, before anything leaves this machine.
+    verify_manifest(manifest, TrustedKeys([private.public_key()]))
+    return manifest
+
+
+def _shuffled(samples: list[ds.Sample]) -> list[ds.Sample]:
+    """The calibration pool in a fixed random order (seed 0), so the int8 file is reproducible."""
+    rng = np.random.default_rng(0)
+    rng.shuffle(samples)
+    return samples
+
+
+def _int8_variant(
+    fp32_path: Path,
+    fp32_session: InferenceSession,
+    fp32_acc: float,
+    int8_path: Path,
+    calib: np.ndarray,
+    test: tuple[np.ndarray, np.ndarray],
+    self_in: np.ndarray,
+    budget_points: float,
+    min_speedup: float | None,
+) -> tuple[ModelFile | None, str]:
+    """The int8 file when it stays within the accuracy budget (and speed-up, when asked), and the note why."""
+    test_images, test_labels = test
+    quantize_int8(fp32_path, int8_path, calib)
+    int8_session = ort_session(int8_path)
+    int8_acc = accuracy(run_ort(int8_session, test_images), test_labels)
+    drop = (fp32_acc - int8_acc) * 100
+    one = test_images[:1]
+    speed = latency_ms(fp32_session, one) / max(latency_ms(int8_session, one), 1e-9)
+    summary = (
+        f"test accuracy int8 {int8_acc:.4f} vs fp32 {fp32_acc:.4f} "
+        f"({(int8_acc - fp32_acc) * 100:+.2f} points against fp32, budget -{budget_points}); "
+        f"batch-1 speed int8/fp32 {speed:.2f}x on the export machine, 1 thread"
+    )
+    # The export machine is rarely the field device, so speed only decides when asked to.
+    too_slow = min_speedup is not None and speed < min_speedup
+    if drop <= budget_points and not too_slow:
+        metrics = {"test_accuracy": int8_acc, "speedup_vs_fp32": speed}
+        return _model_file("int8", int8_path, int8_session, self_in, metrics), "kept: " + summary
+    int8_path.unlink()
+    why = "over the accuracy budget" if drop > budget_points else f"slower than {min_speedup}x"
+    return None, f"dropped ({why}): " + summary
+
+
+def _manifest_metrics(info: dict[str, Any], fp32_acc: float, extra: dict[str, float] | None) -> dict[str, float]:
+    m = info["metrics"]
+    return {
+        "test_accuracy": float(m["test_accuracy"]),
+        "test_macro_f1": float(m["test_macro_f1"]),
+        "test_ece": float(m["test_ece"]),
+        "test_images": float(m["test_images"]),
+        "temperature": float(info["temperature"]),
+        "onnx_fp32_test_accuracy": fp32_acc,
+        **{k: float(v) for k, v in (extra or {}).items()},
+    }
+
+
+def _model_file(
+    variant: str, path: Path, session: InferenceSession, self_in: np.ndarray, metrics: dict[str, float]
+) -> ModelFile:
     digest, size = sha256_file(path)
     expected = session.run([OUTPUT_NAME], {INPUT_NAME: self_in})[0]
     return ModelFile(

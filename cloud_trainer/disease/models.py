@@ -61,6 +61,9 @@ def arch_spec(name: str) -> ArchSpec:
 class DiseaseNet(nn.Module):
     """A timm backbone with the input normalisation as part of the module."""
 
+    pixel_scale: torch.Tensor
+    pixel_shift: torch.Tensor
+
     def __init__(self, backbone: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.backbone = backbone
@@ -146,7 +149,8 @@ def _load_by_order(backbone: nn.Module, state: dict[str, torch.Tensor], source: 
 
 
 def _classifier_params(backbone: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    name = backbone.default_cfg.get("classifier", "classifier") if hasattr(backbone, "default_cfg") else "classifier"
+    cfg = getattr(backbone, "default_cfg", None)
+    name = cfg.get("classifier", "classifier") if isinstance(cfg, dict) else "classifier"
     return [(f"{name}.{k}", v) for k, v in backbone.get_submodule(name).state_dict().items()]
 
 
@@ -203,7 +207,9 @@ def load_pretrained(backbone: nn.Module, spec: ArchSpec, pretrained: str) -> Loa
     return _load_by_name(backbone, donor.state_dict(), f"timm hub {hub_name}")
 
 
-def build_model(arch: str, num_classes: int, pretrained: str = "none", drop_rate: float = 0.2):
+def build_model(
+    arch: str, num_classes: int, pretrained: str = "none", drop_rate: float = 0.2
+) -> tuple[DiseaseNet, LoadReport]:
     """The network and a report of the weights it started from."""
     import timm
 

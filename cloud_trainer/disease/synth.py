@@ -19,6 +19,7 @@ import math
 import random
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
@@ -35,7 +36,8 @@ Rgb = tuple[int, int, int]
 
 
 def _jitter(rng: random.Random, rgb: Rgb, amount: int) -> Rgb:
-    return tuple(max(0, min(255, c + rng.randint(-amount, amount))) for c in rgb)  # type: ignore[return-value]
+    r, g, b = (max(0, min(255, c + rng.randint(-amount, amount))) for c in rgb)
+    return r, g, b
 
 
 def _leaf_outline(rng: random.Random, cx: float, cy: float, length: float, angle: float) -> list[tuple[float, float]]:
@@ -78,7 +80,9 @@ def _background(rng: random.Random, size: int) -> Image.Image:
         0, 1, (size // 8 + 1, size // 8 + 1, 3)
     )
     noise = np.asarray(
-        Image.fromarray(((low * 20) + 128).clip(0, 255).astype(np.uint8)).resize((size, size), Image.BILINEAR),
+        Image.fromarray(((low * 20) + 128).clip(0, 255).astype(np.uint8)).resize(
+            (size, size), Image.Resampling.BILINEAR
+        ),
         dtype=np.float32,
     )
     arr = np.asarray(base, dtype=np.float32)[None, None, :] + (noise - 128) * rng.uniform(0.3, 1.0)
@@ -198,7 +202,8 @@ def draw_leaf(condition: str, rng: random.Random, size: int = 128) -> Image.Imag
             along = rng.uniform(-0.4, 0.4) * scale
             across = rng.uniform(-0.16, 0.16) * scale
             x, y = _rotate(cx, cy, along, across, angle)
-            if 0 <= x < big and 0 <= y < big and mask.getpixel((int(x), int(y))) > 0:
+            # An 'L' image's pixel is one int (PIL types getpixel for every mode).
+            if 0 <= x < big and 0 <= y < big and cast(int, mask.getpixel((int(x), int(y)))) > 0:
                 return x, y
 
     if painter is not None:
@@ -210,7 +215,7 @@ def draw_leaf(condition: str, rng: random.Random, size: int = 128) -> Image.Imag
     # Nuisance: lighting, blur, sensor noise; the lesion pattern stays the only signal.
     img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.65, 1.3))
     img = ImageEnhance.Contrast(img).enhance(rng.uniform(0.75, 1.2))
-    img = img.resize((size, size), Image.LANCZOS)
+    img = img.resize((size, size), Image.Resampling.LANCZOS)
     if rng.random() < 0.35:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
     noise = np.random.default_rng(rng.getrandbits(32)).normal(0, rng.uniform(0.5, 4), (size, size, 3))
@@ -262,11 +267,11 @@ def generate(out: Path, classes: int, per_class: int, size: int = 128, seed: int
         "Synthetic data: procedurally drawn leaves made by 'cropwatch data synth-leaves'.\n"
         "Not photographs; for tests and demos only. Models trained on it are marked synthetic.\n",
     )
-    buf = io.StringIO()
-    writer = csv.writer(buf)
+    text = io.StringIO()
+    writer = csv.writer(text)
     writer.writerow(["path", "label"])
     writer.writerows(rows)
-    atomic_write_text(out / "labels.csv", buf.getvalue())
+    atomic_write_text(out / "labels.csv", text.getvalue())
     logger.info("wrote %d synthetic images in %d classes to %s", total, classes, out)
     return info
 

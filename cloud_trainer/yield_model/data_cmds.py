@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from .cube import load_cube, write_cube
+from .errors import UsageError, run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +64,13 @@ def synth_yield_main(argv: list[str] | None = None, prog: str = "cropwatch data 
         seed=args.seed,
         histogram_bins=args.histogram_bins,
     )
-    write_cube(generate(cfg), args.out)
-    print(_summary(args.out))
-    return 0
+
+    def body() -> int:
+        write_cube(generate(cfg), args.out)
+        print(_summary(args.out))
+        return 0
+
+    return run_cli(prog, body)
 
 
 def iowa_cube_main(argv: list[str] | None = None, prog: str = "cropwatch data iowa-cube") -> int:
@@ -84,11 +88,15 @@ def iowa_cube_main(argv: list[str] | None = None, prog: str = "cropwatch data io
     if source is None:
         p.error("cannot find the yield_iowa folder; pass --source DIR")
     _logging()
-    try:
-        ds = build_iowa_cube(source, args.season_start, args.days)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 1
-    write_cube(ds, args.out)
-    print(_summary(args.out))
-    return 0
+
+    def body() -> int:
+        try:
+            ds = build_iowa_cube(source, args.season_start, args.days)
+        except ValueError as exc:
+            # No county-season with both weather and a yield: the source folder holds the wrong files.
+            raise UsageError(f"{exc}; check --source, --season-start and --days") from exc
+        write_cube(ds, args.out)
+        print(_summary(args.out))
+        return 0
+
+    return run_cli(prog, body)

@@ -18,7 +18,7 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,18 +38,18 @@ from shared.manifest import (
     verify_manifest,
 )
 
+from .errors import ExportError, one_line, run_cli
 from .models import SeasonNet, build_model
 from .train import BEST, CONFIG_FILE, TASK
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 logger = logging.getLogger(__name__)
 
 OPSET = 17
 REFERENCE_FILE = "reference_inputs.npz"
 OUTPUTS = ("yield", "quantiles", "season_progress")
-
-
-class ExportError(RuntimeError):
-    """An export check failed; the message names the check and the numbers."""
 
 
 def load_run(run_dir: Path) -> tuple[dict[str, Any], SeasonNet]:
@@ -73,6 +73,9 @@ def input_names(model: SeasonNet) -> list[str]:
     return ["season", "static"] if model.n_static else ["season"]
 
 
+Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
 class _WithStatic(torch.nn.Module):
     """The inference signature only: (season, static) -> (yield, quantiles, season_progress)."""
 
@@ -80,13 +83,21 @@ class _WithStatic(torch.nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, season: torch.Tensor, static: torch.Tensor):
-        return self.net(season, static)
+    def forward(self, season: torch.Tensor, static: torch.Tensor) -> Outputs:
+        expected, quantiles, progress = self.net(season, static)
+        return expected, quantiles, progress
 
 
-class _SeasonOnly(_WithStatic):
-    def forward(self, season: torch.Tensor):  # type: ignore[override]
-        return self.net(season, None)
+class _SeasonOnly(torch.nn.Module):
+    """The signature of a model without static inputs: season -> (yield, quantiles, season_progress)."""
+
+    def __init__(self, net: SeasonNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, season: torch.Tensor) -> Outputs:
+        expected, quantiles, progress = self.net(season, None)
+        return expected, quantiles, progress
 
 
 def export_onnx(model: SeasonNet, path: Path) -> Path:
@@ -96,7 +107,7 @@ def export_onnx(model: SeasonNet, path: Path) -> Path:
     example: tuple[torch.Tensor, ...] = (torch.zeros(2, t, c),)
     if s:
         example += (torch.zeros(2, s),)
-    wrapper = _WithStatic(model) if s else _SeasonOnly(model)
+    wrapper: torch.nn.Module = _WithStatic(model) if s else _SeasonOnly(model)
     names = input_names(model)
     dynamic = {n: {0: "batch"} for n in (*names, *OUTPUTS)}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +134,7 @@ def export_onnx(model: SeasonNet, path: Path) -> Path:
     return path
 
 
-def ort_session(path: Path, threads: int = 1):
+def ort_session(path: Path, threads: int = 1) -> InferenceSession:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -131,7 +142,7 @@ def ort_session(path: Path, threads: int = 1):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def run_ort(session, season: np.ndarray, static: np.ndarray | None) -> dict[str, np.ndarray]:
+def run_ort(session: InferenceSession, season: np.ndarray, static: np.ndarray | None) -> dict[str, np.ndarray]:
     feeds = {"season": season.astype(np.float32)}
     if static is not None and static.shape[1]:
         feeds["static"] = static.astype(np.float32)
@@ -157,7 +168,7 @@ def random_seasons(model: SeasonNet, n: int, seed: int = 0) -> tuple[np.ndarray,
     return x.astype(np.float32), st.astype(np.float32)
 
 
-def check_parity(model: SeasonNet, session, season: np.ndarray, static: np.ndarray) -> float:
+def check_parity(model: SeasonNet, session: InferenceSession, season: np.ndarray, static: np.ndarray) -> float:
     """Max |ORT - torch| over all outputs, at the given batch and one sample at a time."""
     worst = 0.0
     for lo, hi in ((0, len(season)), (0, 1), (len(season) - 1, len(season))):
@@ -191,22 +202,10 @@ def export_run(
     version = version or dt.datetime.now(dt.UTC).strftime("%Y.%m.%d-%H%M%S")
     onnx_path = export_onnx(model, out / f"{name}-{version}.onnx")
     session = ort_session(onnx_path)
-
-    ref_path = run_dir / REFERENCE_FILE
-    if ref_path.is_file():
-        ref = np.load(ref_path)
-        ref_season, ref_static = ref["season"], ref["static"]
-    else:
-        ref_season, ref_static = random_seasons(model, 8, seed=1)
-    rand_season, rand_static = random_seasons(model, 32)
-    atol = parity_atol(model)
-    parity = max(
-        check_parity(model, session, ref_season, ref_static),
-        check_parity(model, session, rand_season, rand_static),
-    )
-    if not parity <= atol:
-        raise ExportError(f"onnxruntime and torch disagree: max abs difference {parity:.3g} > {atol:.3g}")
-    logger.info("ONNX %s: checker ok, max |ort - torch| = %.2e (atol %.1e)", onnx_path, parity, atol)
+    ref_season, ref_static = reference_seasons(run_dir, model)
+    n_random = 32
+    parity = check_export_parity(model, session, ref_season, ref_static, n_random)
+    logger.info("ONNX %s: checker ok, max |ort - torch| = %.2e", onnx_path, parity)
 
     # Self-test: two real seasons (one cut half-way, one whole) so the device checks masking too.
     self_season, self_static = ref_season[:2], ref_static[:2]
@@ -215,8 +214,7 @@ def export_run(
     if model.n_static:
         self_inputs["static"] = TensorData.from_array(self_static.astype(np.float32))
     digest, size = sha256_file(onnx_path)
-    report = _load_report(run_dir)
-    metrics = _metrics(report)
+    metrics = _metrics(_load_report(run_dir))
     files = [
         ModelFile(
             variant="fp32",
@@ -225,27 +223,78 @@ def export_run(
             size=size,
             expected_outputs={k: TensorData.from_array(v.astype(np.float32)) for k, v in expected.items()},
             # Another CPU reorders float sums; this bounds that, not model error.
-            atol=min(1.0, max(1e-3, 20 * atol)),
+            atol=min(1.0, max(1e-3, 20 * parity_atol(model))),
             metrics={"parity_max_abs_diff": parity, **metrics},
         )
     ]
+    inputs, outputs = tensor_specs(model, config)
+    manifest = ModelManifest(
+        name=name,
+        version=version,
+        task=TASK,
+        synthetic=bool(config.get("synthetic", False)),
+        files=files,
+        inputs=inputs,
+        outputs=outputs,
+        labels=[],
+        preprocessing=season_preprocessing(model, config),
+        metrics=metrics,
+        training_data_fingerprint=config.get("training_data_fingerprint", "")[:128],
+        training_run=str(run_dir.resolve())[-256:],
+        self_test_inputs=self_inputs,
+        notes={
+            "arch": model.arch,
+            "exporter": f"torch {torch.__version__} TorchScript exporter, opset {OPSET}",
+            "parity": f"max abs diff {parity:.2e} vs torch over {len(ref_season) + n_random} seasons",
+            "int8": "not produced: the model is a few thousand parameters and already sub-millisecond in fp32",
+            "split": json.dumps(config.get("split", {}))[:1000],
+        },
+    )
+    if key_path is not None:
+        key = load_private_key(key_path)
+        manifest = sign_manifest(manifest, key)
+        verify_manifest(manifest, TrustedKeys([key.public_key()]))
+    verify_artifact(manifest, "fp32", onnx_path)
+    manifest_path = manifest.save(out / "manifest.json")
+    logger.info("manifest %s (%s)", manifest_path, "signed" if manifest.signature else "UNSIGNED")
+    return manifest, manifest_path
+
+
+def reference_seasons(run_dir: Path, model: SeasonNet) -> tuple[np.ndarray, np.ndarray]:
+    """The run's reference seasons (real test seasons), or random ones for a run that has none."""
+    ref_path = run_dir / REFERENCE_FILE
+    if not ref_path.is_file():
+        return random_seasons(model, 8, seed=1)
+    ref = np.load(ref_path)
+    return ref["season"], ref["static"]
+
+
+def check_export_parity(
+    model: SeasonNet, session: InferenceSession, ref_season: np.ndarray, ref_static: np.ndarray, n_random: int
+) -> float:
+    """Max |ORT - torch| over the reference and ``n_random`` random seasons; ExportError above the tolerance."""
+    rand_season, rand_static = random_seasons(model, n_random)
+    atol = parity_atol(model)
+    parity = max(
+        check_parity(model, session, ref_season, ref_static),
+        check_parity(model, session, rand_season, rand_static),
+    )
+    if not parity <= atol:
+        raise ExportError(f"onnxruntime and torch disagree: max abs difference {parity:.3g} > {atol:.3g}")
+    return parity
+
+
+def tensor_specs(model: SeasonNet, config: dict[str, Any]) -> tuple[list[TensorSpec], list[TensorSpec]]:
     t, c, s = model.time_steps, model.n_channels, model.n_static
     unit = config.get("target_unit", "")
-    norm = config["normalisation"]
-    variables = [
-        SeasonVariable(name=n[:64], unit=u[:32], static=False, mean=m, std=sd)
-        for n, u, m, sd in zip(config["channels"], config["channel_units"], norm["x_mean"], norm["x_std"], strict=True)
-    ] + [
-        SeasonVariable(name=n[:64], unit=u[:32], static=True, mean=m, std=sd)
-        for n, u, m, sd in zip(config["static"], config["static_units"], norm["s_mean"], norm["s_std"], strict=True)
-    ]
+    step = f"{config['time_step_days']:g}"
     inputs = [
         TensorSpec(
             name="season",
             dtype="float32",
             shape=["batch", t, c],
             description=f"day-step x variable, variables in preprocessing order (non-static); NaN = gap/not yet; "
-            f"step k = days [{config['time_step_days']:g}k, {config['time_step_days']:g}(k+1)) since start",
+            f"step k = days [{step}k, {step}(k+1)) since start",
         )
     ]
     if s:
@@ -272,44 +321,24 @@ def export_run(
             description="fraction of the season up to the last step with any observation",
         ),
     ]
-    manifest = ModelManifest(
-        name=name,
-        version=version,
-        task=TASK,
-        synthetic=bool(config.get("synthetic", False)),
-        files=files,
-        inputs=inputs,
-        outputs=outputs,
-        labels=[],
-        preprocessing=SeasonPreprocessing(
-            variables=variables,
-            time_steps=t,
-            time_step_days=float(config["time_step_days"]),
-            align=config["align"],
-            target=config["target"],
-            target_unit=unit,
-            quantiles=list(model.quantiles),
-        ),
-        metrics=metrics,
-        training_data_fingerprint=config.get("training_data_fingerprint", "")[:128],
-        training_run=str(run_dir.resolve())[-256:],
-        self_test_inputs=self_inputs,
-        notes={
-            "arch": model.arch,
-            "exporter": f"torch {torch.__version__} TorchScript exporter, opset {OPSET}",
-            "parity": f"max abs diff {parity:.2e} vs torch over {len(ref_season) + len(rand_season)} seasons",
-            "int8": "not produced: the model is a few thousand parameters and already sub-millisecond in fp32",
-            "split": json.dumps(config.get("split", {}))[:1000],
-        },
+    return inputs, outputs
+
+
+def season_preprocessing(model: SeasonNet, config: dict[str, Any]) -> SeasonPreprocessing:
+    norm = config["normalisation"]
+    dynamic = zip(config["channels"], config["channel_units"], norm["x_mean"], norm["x_std"], strict=True)
+    static = zip(config["static"], config["static_units"], norm["s_mean"], norm["s_std"], strict=True)
+    variables = [SeasonVariable(name=n[:64], unit=u[:32], static=False, mean=m, std=sd) for n, u, m, sd in dynamic]
+    variables += [SeasonVariable(name=n[:64], unit=u[:32], static=True, mean=m, std=sd) for n, u, m, sd in static]
+    return SeasonPreprocessing(
+        variables=variables,
+        time_steps=model.time_steps,
+        time_step_days=float(config["time_step_days"]),
+        align=config["align"],
+        target=config["target"],
+        target_unit=config.get("target_unit", ""),
+        quantiles=list(model.quantiles),
     )
-    if key_path is not None:
-        key = load_private_key(key_path)
-        manifest = sign_manifest(manifest, key)
-        verify_manifest(manifest, TrustedKeys([key.public_key()]))
-    verify_artifact(manifest, "fp32", onnx_path)
-    manifest_path = manifest.save(out / "manifest.json")
-    logger.info("manifest %s (%s)", manifest_path, "signed" if manifest.signature else "UNSIGNED")
-    return manifest, manifest_path
 
 
 def _load_report(run_dir: Path) -> dict[str, Any]:
@@ -345,16 +374,20 @@ def main_cli(argv: list[str] | None = None, prog: str = "cropwatch export") -> i
     args = p.parse_args(argv)
     if args.key is None and not args.allow_unsigned:
         p.error("--key is required (or --allow-unsigned); make one with 'cropwatch keys generate'")
+    if args.key is not None and not args.key.is_file():
+        fix = "make one with 'cropwatch keys generate', or pass --allow-unsigned"
+        print(one_line(prog, FileNotFoundError(f"no signing key at {args.key}; {fix}")), file=sys.stderr)
+        return 1
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
+
+    def body() -> int:
         manifest, path = export_run(args.run_dir, args.key, args.out, args.name, args.version)
-    except ExportError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 1
-    print(path)
-    print(f"{manifest.name} {manifest.version}: {manifest.files[0].path} sha256 {manifest.sha256}")
-    return 0
+        print(path)
+        print(f"{manifest.name} {manifest.version}: {manifest.files[0].path} sha256 {manifest.sha256}")
+        return 0
+
+    return run_cli(prog, body)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import csv
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -64,7 +65,9 @@ def read_yields(path: Path) -> dict[tuple[int, int], tuple[float, float]]:
     return out
 
 
-def build_iowa_cube(source: str | os.PathLike[str], season_start: str = SEASON_START, days: int = SEASON_DAYS):
+def build_iowa_cube(
+    source: str | os.PathLike[str], season_start: str = SEASON_START, days: int = SEASON_DAYS
+) -> xr.Dataset:
     """County-season cube in the Cropwatch convention; the target is corn yield in bu/acre."""
     src = Path(source)
     for f in (WEATHER_FILE, YIELDS_FILE):
@@ -78,7 +81,7 @@ def build_iowa_cube(source: str | os.PathLike[str], season_start: str = SEASON_S
     fips_all = [int(f) for f in weather["fips"].values]
 
     samples, sample_years, sample_fips = [], [], []
-    series = {k: [] for k in VARIABLES}
+    series: dict[str, list[np.ndarray]] = {k: [] for k in VARIABLES}
     corn, soy = [], []
     for year in years:
         start = np.datetime64(f"{year:04d}-{month:02d}-{day:02d}")
@@ -99,7 +102,7 @@ def build_iowa_cube(source: str | os.PathLike[str], season_start: str = SEASON_S
             soy.append(s)
     if not samples:
         raise ValueError(f"no county-season in {src} has both weather and a yield")
-    data_vars = {
+    data_vars: dict[str, tuple[tuple[str, ...], np.ndarray, dict[str, Any]]] = {
         name: (("sample", "time"), np.stack(series[name]).astype(np.float32), {"units": unit, ROLE_ATTR: "dynamic"})
         for name, (_, _, unit) in VARIABLES.items()
     }

@@ -22,6 +22,14 @@ ARCHS = ("cnn", "gru", "lstm")
 class SeasonNet(nn.Module):
     """Outputs ``(yield [N], quantiles [N, Q], season_progress [N])`` in the target's unit."""
 
+    # Buffers (registered in __init__): the training normalisation, saved with the weights and part of the graph.
+    x_mean: torch.Tensor
+    x_std: torch.Tensor
+    s_mean: torch.Tensor
+    s_std: torch.Tensor
+    y_mean: torch.Tensor
+    y_std: torch.Tensor
+
     def __init__(
         self,
         n_channels: int,

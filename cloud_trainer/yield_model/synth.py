@@ -14,6 +14,7 @@ and the three factors are kept as ``diagnostic`` variables, which are never mode
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -162,9 +163,33 @@ def generate(cfg: SynthConfig) -> xr.Dataset:
         "disease_pressure": (np.clip(rng.binomial(40, disease) / 40.0, 0, 1), "1"),
         "ndvi": (ndvi + rng.normal(0, 0.02 * s, (n, t)), "1"),
     }
-    data_vars = {}
+    static = {"area": (area, "ha"), "soil_awc": (awc, "mm")}
+    return _dataset(rng, cfg, observed, static, crop, y, truth, Seasons(field_idx, year, planting_doy))
+
+
+@dataclass
+class Seasons:
+    """Which field and year each sample is, and its planting day of year."""
+
+    field_idx: np.ndarray
+    year: np.ndarray
+    planting_doy: np.ndarray
+
+
+def _dataset(
+    rng: np.random.Generator,
+    cfg: SynthConfig,
+    observed: dict[str, tuple[np.ndarray, str]],
+    static: dict[str, tuple[np.ndarray, str]],
+    crop: np.ndarray,
+    y: np.ndarray,
+    truth: dict[str, np.ndarray],
+    seasons: Seasons,
+) -> xr.Dataset:
+    """The observations with gaps, the static inputs, the target and the diagnostics as a convention cube."""
+    data_vars: dict[str, tuple[tuple[str, ...], np.ndarray, dict[str, Any]]] = {}
     for name, (values, unit) in observed.items():
-        gappy = np.where(_gaps(rng, (n, t), cfg.gap_fraction), np.nan, values).astype(np.float32)
+        gappy = np.where(_gaps(rng, (y.shape[0], cfg.days), cfg.gap_fraction), np.nan, values).astype(np.float32)
         data_vars[name] = (("sample", "time"), gappy, {"units": unit, ROLE_ATTR: "dynamic"})
     if cfg.histogram_bins:
         data_vars["ndvi_hist"] = (
@@ -172,22 +197,32 @@ def generate(cfg: SynthConfig) -> xr.Dataset:
             _pixel_histograms(rng, data_vars["ndvi"][1], cfg.histogram_bins),
             {"units": "1", ROLE_ATTR: "histogram"},
         )
-    data_vars["area"] = (("sample",), area.astype(np.float32), {"units": "ha", ROLE_ATTR: "static"})
-    data_vars["soil_awc"] = (("sample",), awc.astype(np.float32), {"units": "mm", ROLE_ATTR: "static"})
+    for name, (values, unit) in static.items():
+        data_vars[name] = (("sample",), values.astype(np.float32), {"units": unit, ROLE_ATTR: "static"})
     data_vars["crop"] = (("sample",), crop.astype(str), {ROLE_ATTR: "categorical", "levels": sorted(CROPS)})
     data_vars["yield"] = (("sample",), y.astype(np.float32), {"units": "t ha-1", ROLE_ATTR: "target"})
     for name in ("yield_expected", "gdd", "f_heat", "f_water", "f_disease"):
         data_vars[name] = (("sample",), truth[name].astype(np.float32), {ROLE_ATTR: "diagnostic"})
     planting = np.array(
-        [np.datetime64(f"{y_:04d}-01-01") + int(d) - 1 for y_, d in zip(year, planting_doy, strict=True)]
+        [
+            np.datetime64(f"{y_:04d}-01-01") + int(d) - 1
+            for y_, d in zip(seasons.year, seasons.planting_doy, strict=True)
+        ]
     )
     ds = xr.Dataset(
         data_vars,
         coords={
-            "sample": ("sample", np.array([f"f{f:04d}-{y_}" for f, y_ in zip(field_idx, year, strict=True)])),
-            "time": ("time", np.arange(t, dtype=np.float32), {"units": "days", "long_name": "days since planting"}),
-            "season_year": ("sample", year.astype(np.int64)),
-            "field_id": ("sample", np.array([f"f{f:04d}" for f in field_idx])),
+            "sample": (
+                "sample",
+                np.array([f"f{f:04d}-{y_}" for f, y_ in zip(seasons.field_idx, seasons.year, strict=True)]),
+            ),
+            "time": (
+                "time",
+                np.arange(cfg.days, dtype=np.float32),
+                {"units": "days", "long_name": "days since planting"},
+            ),
+            "season_year": ("sample", seasons.year.astype(np.int64)),
+            "field_id": ("sample", np.array([f"f{f:04d}" for f in seasons.field_idx])),
             "planting_date": ("sample", planting.astype("datetime64[ns]")),
         },
         attrs={

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from cloud_trainer.yield_model import data_cmds, export, train
-from cloud_trainer.yield_model.cube import load_cube
+from cloud_trainer.yield_model.cube import load_cube, write_cube
+from cloud_trainer.yield_model.synth import SynthConfig, generate
 from shared.manifest import (
     ModelManifest,
     TrustedKeys,
@@ -211,6 +212,30 @@ def test_histogram_cnn_trains_and_exports_with_parity(tmp_path):
     manifest, _ = export.export_run(out, None, version="0.0.3")
     assert manifest.inputs[0].shape == ["batch", 40, 12]
     assert manifest.files[0].metrics["parity_max_abs_diff"] <= 1e-4
+
+
+def test_a_cube_with_only_time_varying_inputs_trains_and_exports(tmp_path):
+    """No static or categorical variables: zero static columns all the way to an ONNX with one input."""
+    ds = generate(SynthConfig(fields=10, seasons=2, days=30, seed=5))
+    full = load_cube(ds)
+    cube = write_cube(ds.drop_vars([*full.static, *full.categorical]), tmp_path / "time_only.nc")
+    out = tmp_path / "run"
+    assert train.main_cli(["--cube", str(cube), "--output-dir", str(out), "--epochs", "1", "--no-plots", *FAST]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["static"] == [] and config["model"]["n_static"] == 0
+    ref = np.load(out / "reference_inputs.npz")
+    assert ref["static"].shape == (ref["season"].shape[0], 0)
+
+    manifest, _ = export.export_run(out, None, version="0.0.5")
+    assert [i.name for i in manifest.inputs] == ["season"] and set(manifest.self_test_inputs) == {"season"}
+    assert not any(v.static for v in manifest.preprocessing.variables)
+    session = ort.InferenceSession(str(out / "export" / manifest.files[0].path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["season"]
+    _, model = export.load_run(out)
+    a = export.run_ort(session, ref["season"], ref["static"])
+    b = export.run_torch(model, ref["season"], ref["static"])
+    for name in export.OUTPUTS:
+        np.testing.assert_allclose(a[name], b[name], atol=1e-4)
 
 
 @pytest.mark.gpu
