@@ -16,8 +16,8 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, func, select, text, update
 
+from .db.dialect import sqlite_timestamp as _sqlite_ts
 from .db.models import LabelRow, SampleRow, TrainingRun, TrainingRunLabel
-from .rows import _sqlite_ts
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from .rows import _sqlite_ts
+from .db.dialect import sqlite_timestamp as _sqlite_ts
 
 SQL = """
 SELECT d.msg_id, d.model_version, d.label, d.shadow,

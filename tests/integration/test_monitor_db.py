@@ -9,14 +9,15 @@ import pytest
 from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
 
-from farm_monitor import db_cli
-from farm_monitor.alerts import acknowledge
 from farm_monitor.config import MonitorConfig
 from farm_monitor.db import LATEST_VERSION, current_version, make_engine, migrate
+from farm_monitor.db import cli as db_cli
+from farm_monitor.db.alerts import acknowledge
+from farm_monitor.db.dialect import Dialect
 from farm_monitor.db.models import Detection, Device, DeviceModel
-from farm_monitor.metrics import Metrics
-from farm_monitor.pipeline import Ingestor
-from farm_monitor.rows import Dialect, detection_row
+from farm_monitor.ingest.metrics import Metrics
+from farm_monitor.ingest.pipeline import Ingestor
+from farm_monitor.ingest.rows import detection_row
 from shared import messages as m
 from shared.examples import example_messages
 from shared.topics import device_topic
@@ -183,7 +184,7 @@ def test_dead_letters_are_counted_each_but_logged_at_a_limited_rate(sqlite_url, 
     topic = device_topic("f1", "gw-01", "detection")
     now = time.monotonic()
     items = [(topic, b"{not json " + str(i).encode(), i, 1, 0, now) for i in range(5)]
-    with caplog.at_level("WARNING", logger="farm_monitor.pipeline"):
+    with caplog.at_level("WARNING", logger="farm_monitor.ingest.pipeline"):
         assert ing.process(items)
     lines = [r for r in caplog.records if "dead letter (invalid_json)" in r.getMessage()]
     assert len(lines) == 1

@@ -9,8 +9,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, inspect, text
 
-from .config import RETENTION_TABLES, RetentionSettings
-from .rows import Dialect
+from ..config import RETENTION_TABLES, RetentionSettings
+from .dialect import Dialect
 
 logger = logging.getLogger(__name__)
 

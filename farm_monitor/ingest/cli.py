@@ -11,7 +11,7 @@ from typing import Any
 
 from shared.errors import ConfigError
 
-from .config import MonitorConfig, command_config
+from ..config import MonitorConfig, command_config
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def main(argv: list[str], prog: str = "cropwatch ingest") -> int:
 
 
 def run(cfg: MonitorConfig, stop: threading.Event | None = None) -> int:
-    from .db import make_engine, migrate
+    from ..db import make_engine, migrate
     from .metrics import Metrics, MetricsServer
     from .pipeline import Ingestor
     from .transport import MqttTransport
