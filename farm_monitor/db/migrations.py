@@ -12,12 +12,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, inspect, select, text
+from sqlalchemy import Connection, Engine, Table, inspect, select, text
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from shared.ids import utcnow
 
-from .models import Base, SchemaMigration
+from .models import Base, SchemaMigration, table_of
 
 logger = logging.getLogger(__name__)
 
@@ -36,13 +36,13 @@ class Migration:
 LATER_TABLES = {"training_runs": 4, "training_run_labels": 4}
 
 
-def _data_tables() -> list:
+def _data_tables() -> list[Table]:
     return [
         t for t in Base.metadata.sorted_tables if t.name != SchemaMigration.__tablename__ and t.name not in LATER_TABLES
     ]
 
 
-def _tables_of_step(step: int) -> list:
+def _tables_of_step(step: int) -> list[Table]:
     return [t for t in Base.metadata.sorted_tables if LATER_TABLES.get(t.name) == step]
 
 
@@ -107,7 +107,7 @@ LATEST_VERSION = MIGRATIONS[-1].version
 
 
 def _ensure_version_table(conn: Connection) -> None:
-    conn.execute(CreateTable(SchemaMigration.__table__, if_not_exists=True))
+    conn.execute(CreateTable(table_of(SchemaMigration), if_not_exists=True))
 
 
 def current_version(engine: Engine) -> int:
@@ -144,9 +144,9 @@ def migrate(engine: Engine, target: int | None = None, timescaledb: str = "auto"
             logger.info("applying migration %d: %s", migration.version, migration.name)
             migration.apply(conn)
             conn.execute(
-                SchemaMigration.__table__.insert().values(
-                    version=migration.version, name=migration.name, applied_at=utcnow()
-                )
+                table_of(SchemaMigration)
+                .insert()
+                .values(version=migration.version, name=migration.name, applied_at=utcnow())
             )
             applied.append(migration.version)
         conn.info.pop("cropwatch_timescaledb", None)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared import messages as m
@@ -51,9 +51,9 @@ _ST_OBSERVED, _ST_SINCE, _ST_MODELS, _ST_HEALTH = (_STATUS[c] for c in ("observe
 
 @dataclass
 class Batch:
-    rows: dict[str, list[tuple]] = field(default_factory=lambda: defaultdict(list))
+    rows: dict[str, list[r.Row]] = field(default_factory=lambda: defaultdict(list))
     seen: dict[tuple[str, str], Any] = field(default_factory=dict)  # (farm, device) -> received
-    statuses: list[tuple[m.Status, Any, tuple]] = field(default_factory=list)  # message, received, row
+    statuses: list[tuple[m.Status, Any, r.Row]] = field(default_factory=list)  # message, received, row
     fields: set[tuple[str, str]] = field(default_factory=set)
     dead: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     received: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -396,7 +396,7 @@ class Ingestor:
                 )
         self._dirty_fields |= batch.fields
 
-    def _insert(self, conn: Any, table: str, rows: list[tuple]) -> int:
+    def _insert(self, conn: Connection, table: str, rows: list[r.Row]) -> int:
         """Insert rows ignoring duplicates; returns rows inserted (-1 when the driver cannot tell).
 
         Measured on PostgreSQL: executemany (pipelined by psycopg 3), COPY into a staging table

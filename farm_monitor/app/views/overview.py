@@ -89,15 +89,15 @@ def draw_map(farm: str, fleet: pd.DataFrame, risk: pd.DataFrame) -> None:
     status = dict(zip(fleet["device_id"], fleet["status"], strict=False)) if not fleet.empty else {}
     placed = set()
     for d in lay.devices:
-        p = d.properties
-        placed.add(p.device_id)
-        s = status.get(p.device_id, "never reported")
+        dp = d.properties
+        placed.add(dp.device_id)
+        s = status.get(dp.device_id, "never reported")
         coords.append(list(d.geometry.coordinates))
         points.append(
             {
                 "position": list(d.geometry.coordinates),
                 "colour": STATUS_COLOURS.get(s, [128, 128, 128]),
-                "tip": f"{p.device_id} · {s}",
+                "tip": f"{dp.device_id} · {s}",
             }
         )
     if not polygons and not points:
