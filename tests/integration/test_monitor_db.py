@@ -15,6 +15,7 @@ from farm_monitor.db import cli as db_cli
 from farm_monitor.db.alerts import acknowledge
 from farm_monitor.db.dialect import Dialect
 from farm_monitor.db.models import Detection, Device, DeviceModel
+from farm_monitor.ingest import rows
 from farm_monitor.ingest.metrics import Metrics
 from farm_monitor.ingest.pipeline import Ingestor
 from farm_monitor.ingest.rows import detection_row
@@ -190,6 +191,22 @@ def test_dead_letters_are_counted_each_but_logged_at_a_limited_rate(sqlite_url, 
     assert len(lines) == 1
     assert ing.metrics.get("cropwatch_ingest_dead_letters_total", reason="invalid_json") == 5
     assert query(sqlite_url, "SELECT COUNT(*) FROM dead_letters WHERE reason = 'invalid_json'") == [(5,)]
+    ing.engine.dispose()
+
+
+def test_a_valid_kind_nobody_wired_into_ingest_is_a_dead_letter_not_an_event(sqlite_url, monkeypatch):
+    # The contract accepts the kind (topic and schema are valid), but ingest has no registry entry
+    # for it, as when someone adds a message kind to shared and forgets ingest.
+    monkeypatch.delitem(rows.KINDS, "yield")
+    ing = _ingestor(sqlite_url)
+    ex = example_messages(farm_id="f1", device_id="gw-01", fixed=False)
+    _feed(ing, ex["yield"], ex["event"])
+    assert ing.metrics.get("cropwatch_ingest_dead_letters_total", reason="unknown_kind") == 1
+    assert query(sqlite_url, "SELECT reason, topic FROM dead_letters") == [
+        ("unknown_kind", device_topic("f1", "gw-01", "yield"))
+    ]
+    assert query(sqlite_url, "SELECT msg_id FROM events") == [(ex["event"].msg_id,)]
+    assert query(sqlite_url, "SELECT COUNT(*) FROM yield_estimates") == [(0,)]
     ing.engine.dispose()
 
 

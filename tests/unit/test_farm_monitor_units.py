@@ -88,6 +88,26 @@ def test_rows_match_their_column_lists():
     assert all(len(r) == len(COLUMNS["telemetry"]) for r in rows)
 
 
+def test_every_contract_kind_is_wired_into_ingest_with_rows_in_its_tables_column_order():
+    from farm_monitor.db.models import Base
+    from farm_monitor.ingest.rows import KINDS
+    from shared.messages import DEVICE_KINDS
+
+    assert set(KINDS) == set(DEVICE_KINDS)
+    ex = example_messages(fixed=True)
+    for kind, spec in KINDS.items():
+        assert isinstance(ex[kind], spec.model)
+        columns = COLUMNS[spec.table.name]
+        assert columns == tuple(c.name for c in Base.metadata.tables[spec.table.name].columns)
+        for row in spec.rows(_Pg, ex[kind], "now"):
+            values = dict(zip(columns, row, strict=True))
+            assert (values["msg_id"], values["farm_id"], values["received_at"]) == (
+                ex[kind].msg_id,
+                ex[kind].farm_id,
+                "now",
+            )
+
+
 def test_a_failing_message_handler_is_logged_counted_and_survived(caplog):
     from farm_monitor.ingest.transport import MqttTransport
     from shared.settings import MqttSettings
