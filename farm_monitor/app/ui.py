@@ -8,6 +8,7 @@ a user or changing a role takes effect at once.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 from collections.abc import Callable
@@ -107,31 +108,26 @@ class CachedQuery(Generic[T]):
             runner.clear()
 
 
-class Data:
-    """The cached read layer; each call is one SQL query (or a few) scoped to a farm."""
+class _Queries:
+    """The cached read layer: ``Data.<name>`` is :mod:`.queries`' ``<name>``, cached per database and arguments.
 
-    farms_with_devices = CachedQuery(q.farms_with_devices)
-    device_ids = CachedQuery(q.device_ids)
-    devices = CachedQuery(q.devices)
-    kpis = CachedQuery(q.kpis)
-    latest_yield = CachedQuery(q.latest_yield)
-    field_risk = CachedQuery(q.field_risk)
-    detections_by_day = CachedQuery(q.detections_by_day)
-    field_quantities = CachedQuery(q.field_quantities)
-    telemetry_series = CachedQuery(q.telemetry_series)
-    yield_history = CachedQuery(q.yield_history)
-    samples = CachedQuery(q.samples)
-    sample_images = CachedQuery(q.sample_images)
-    sample_labels = CachedQuery(q.sample_labels)
-    detection_labels = CachedQuery(q.detection_labels)
-    alerts = CachedQuery(q.alerts)
-    device_history = CachedQuery(q.device_history)
-    device_models = CachedQuery(q.device_models)
-    model_names = CachedQuery(q.model_names)
-    shadow_scores = CachedQuery(q.shadow_scores)
-    training_runs = CachedQuery(q.training_runs)
-    version_lineage = CachedQuery(q.version_lineage)
-    detection_lineage = CachedQuery(q.detection_lineage)
+    Each query becomes its :class:`CachedQuery` on first use, so a new query needs no line here.
+    """
+
+    def __init__(self) -> None:
+        self._cached: dict[str, CachedQuery[Any]] = {}
+
+    def __getattr__(self, name: str) -> CachedQuery[Any]:
+        cached = self._cached.get(name)
+        if cached is None:
+            fn = getattr(q, name, None)
+            if not (inspect.isfunction(fn) and fn.__module__ == q.__name__ and not name.startswith("_")):
+                raise AttributeError(f"{q.__name__} has no query {name!r}")
+            cached = self._cached.setdefault(name, CachedQuery(fn))  # setdefault: two sessions, one cache
+        return cached
+
+
+Data = _Queries()
 
 
 def clear_after_write() -> None:
