@@ -63,16 +63,40 @@ def _tuple_of(table: Table) -> Callable[[Values], Row]:
 
 
 class Kind(Generic[M]):
-    """How one message kind becomes rows: its contract model, its ORM table, the values of each row."""
+    """How one message kind becomes rows: its contract model and its ORM table.
 
-    def __init__(self, model: type[M], orm: type[Base], values: Callable[[Converter, M, Any], list[Values]]) -> None:
+    A kind's values function names each column's value; the tuples for ``executemany`` take them
+    in the table's column order (a missing column is a ``KeyError``: that message is dead-lettered).
+    """
+
+    def __init__(self, model: type[M], orm: type[Base]) -> None:
         self.model = model
         self.table = table_of(orm)
-        self.values = values
         self._pick = _tuple_of(self.table)
 
     def rows(self, d: Converter, msg: M, received: Any) -> list[Row]:
-        """The message's rows as tuples in the table's column order (what ``executemany`` takes)."""
+        raise NotImplementedError
+
+
+class OneRow(Kind[M]):
+    """A kind stored as one row per message."""
+
+    def __init__(self, model: type[M], orm: type[Base], values: Callable[[Converter, M, Any], Values]) -> None:
+        super().__init__(model, orm)
+        self.values = values
+
+    def rows(self, d: Converter, msg: M, received: Any) -> list[Row]:
+        return [self._pick(self.values(d, msg, received))]
+
+
+class RowPerItem(Kind[M]):
+    """A kind stored as several rows per message (telemetry: one per reading)."""
+
+    def __init__(self, model: type[M], orm: type[Base], values: Callable[[Converter, M, Any], list[Values]]) -> None:
+        super().__init__(model, orm)
+        self.values = values
+
+    def rows(self, d: Converter, msg: M, received: Any) -> list[Row]:
         pick = self._pick
         return [pick(v) for v in self.values(d, msg, received)]
 
@@ -96,27 +120,27 @@ def dumps(value: Any) -> str:
     return _dumps(value)
 
 
-def _detection(d: Converter, msg: m.Detection, received: Any) -> list[Values]:
+def _detection(d: Converter, msg: m.Detection, received: Any) -> Values:
     ref = msg.model
     top = msg.top_k[0]
-    return [{
+    return {
         **_header(d, msg, received), "field_id": msg.field_id, "model_name": ref.name,
         "model_version": ref.version, "model_sha256": ref.sha256, "model_variant": ref.variant,
         "source": msg.source, "image_ref": msg.image_ref, "image_sha256": msg.image_sha256, "label": top.label,
         "confidence": top.probability, "top_k": top_k_json(msg.top_k), "inference_ms": msg.inference_ms,
         "shadow": msg.shadow.model_dump_json() if msg.shadow is not None else None,
-    }]  # fmt: skip
+    }  # fmt: skip
 
 
-def _yield(d: Converter, msg: m.YieldEstimate, received: Any) -> list[Values]:
+def _yield(d: Converter, msg: m.YieldEstimate, received: Any) -> Values:
     ref, q = msg.model, msg.quantiles
-    return [{
+    return {
         **_header(d, msg, received), "field_id": msg.field_id, "model_name": ref.name,
         "model_version": ref.version, "model_sha256": ref.sha256, "crop": msg.crop,
         "season_start": d.date(msg.season_start), "days_into_season": msg.days_into_season,
         "season_progress": msg.season_progress, "expected": msg.expected, "p10": q.p10, "p50": q.p50,
         "p90": q.p90, "unit": msg.unit,
-    }]  # fmt: skip
+    }  # fmt: skip
 
 
 def _telemetry(d: Converter, msg: m.Telemetry, received: Any) -> list[Values]:
@@ -127,41 +151,41 @@ def _telemetry(d: Converter, msg: m.Telemetry, received: Any) -> list[Values]:
     ]
 
 
-def _sample(d: Converter, msg: m.Sample, received: Any) -> list[Values]:
+def _sample(d: Converter, msg: m.Sample, received: Any) -> Values:
     ref = msg.model
-    return [{
+    return {
         **_header(d, msg, received), "field_id": msg.field_id, "reason": msg.reason,
         "model_name": ref.name if ref else None, "model_version": ref.version if ref else None,
         "detection_msg_id": msg.detection_msg_id, "source": msg.source, "image_ref": msg.image_ref,
         "predicted_label": msg.predicted_label, "confidence": msg.confidence, "width": msg.width,
         "height": msg.height, "image_size": len(msg.image_jpeg), "image_jpeg": msg.image_jpeg,
-    }]  # fmt: skip
+    }  # fmt: skip
 
 
-def _status(d: Converter, msg: m.Status, received: Any) -> list[Values]:
-    return [{
+def _status(d: Converter, msg: m.Status, received: Any) -> Values:
+    return {
         **_header(d, msg, received), "state": msg.state, "since": d.ts(msg.since),
         "agent_version": msg.agent_version, "models": status_models_json(msg),
         "health": msg.health.model_dump_json() if msg.health is not None else None, "reason": msg.reason,
-    }]  # fmt: skip
+    }  # fmt: skip
 
 
-def _event(d: Converter, msg: m.Event, received: Any) -> list[Values]:
-    return [{
+def _event(d: Converter, msg: m.Event, received: Any) -> Values:
+    return {
         **_header(d, msg, received), "level": msg.level, "code": msg.code, "message": msg.message,
         "details": _dumps(msg.details) if msg.details else None,
-    }]  # fmt: skip
+    }  # fmt: skip
 
 
 # kind (the topic's last segment) -> how ingest stores it. A kind the contract accepts but that
 # has no entry here is dead-lettered as ``unknown_kind``, never stored somewhere by default.
 KINDS: dict[str, Kind[Any]] = {
-    "detection": Kind(m.Detection, Detection, _detection),
-    "yield": Kind(m.YieldEstimate, YieldEstimate, _yield),
-    "telemetry": Kind(m.Telemetry, TelemetryReading, _telemetry),
-    "sample": Kind(m.Sample, SampleRow, _sample),
-    "status": Kind(m.Status, StatusReport, _status),
-    "event": Kind(m.Event, EventRow, _event),
+    "detection": OneRow(m.Detection, Detection, _detection),
+    "yield": OneRow(m.YieldEstimate, YieldEstimate, _yield),
+    "telemetry": RowPerItem(m.Telemetry, TelemetryReading, _telemetry),
+    "sample": OneRow(m.Sample, SampleRow, _sample),
+    "status": OneRow(m.Status, StatusReport, _status),
+    "event": OneRow(m.Event, EventRow, _event),
 }
 
 DEAD_LETTERS = table_of(DeadLetter)
