@@ -3,7 +3,9 @@
 Rules for whoever changes the schema: never edit an applied migration's effect; append a new
 numbered step (ALTER TABLE / CREATE INDEX / data copy) and update models.py to match. Step 1
 creates the tables as models.py defines them *without* secondary indexes; once a table changes
-after release, freeze its old definition inside step 1 before adding the new step.
+after release, freeze its old definition inside step 1 before adding the new step. A new table
+(a new message kind's, say) is one ``LATER_TABLES`` entry and a step that calls
+:func:`create_tables_of_step`.
 """
 
 from __future__ import annotations
@@ -83,12 +85,17 @@ def _m3_timescale(conn: Connection) -> None:
         logger.info("made %s a TimescaleDB hypertable on %s", table, column)
 
 
-def _m4_lineage(conn: Connection) -> None:
-    # Retraining lineage: which run made a model version, from which data and which people's labels.
-    for table in _tables_of_step(4):
+def create_tables_of_step(conn: Connection, step: int) -> None:
+    """Create the tables ``LATER_TABLES`` assigns to ``step``, with their indexes (a new table's whole step)."""
+    for table in _tables_of_step(step):
         conn.execute(CreateTable(table, if_not_exists=True))
         for index in sorted(table.indexes, key=lambda i: i.name or ""):
             conn.execute(CreateIndex(index, if_not_exists=True))
+
+
+def _m4_lineage(conn: Connection) -> None:
+    # Retraining lineage: which run made a model version, from which data and which people's labels.
+    create_tables_of_step(conn, 4)
     # Shadow scoring joins every shadowed detection to its sample's labels; a database migrated
     # from version 3 lacks this index (step 2 creates it on a new one).
     samples = Base.metadata.tables["samples"]

@@ -339,6 +339,12 @@ class TrainingRunLabel(Base):
 TABLES = Base.metadata.tables
 
 
+def message_tables() -> list[Table]:
+    """The device message tables (those with the :class:`MessageHeader` columns), in definition order."""
+    headed = {mp.class_.__tablename__ for mp in Base.registry.mappers if MessageHeader in mp.class_.__mro__}
+    return [t for name, t in TABLES.items() if name in headed]
+
+
 def table_of(model: type[Base]) -> Table:
     """The ``Table`` an ORM class maps (typed, unlike ``__table__``)."""
     return TABLES[model.__tablename__]
