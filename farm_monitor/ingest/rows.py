@@ -108,14 +108,6 @@ def _header(d: Converter, msg: m.Envelope, received: Any) -> Values:
     }  # fmt: skip
 
 
-def top_k_json(top_k: list[m.LabelScore]) -> str:
-    return _TOP_K.dump_json(top_k).decode()
-
-
-def status_models_json(msg: m.Status) -> str:
-    return _MODELS.dump_json(msg.models).decode()
-
-
 def dumps(value: Any) -> str:
     return _dumps(value)
 
@@ -127,7 +119,7 @@ def _detection(d: Converter, msg: m.Detection, received: Any) -> Values:
         **_header(d, msg, received), "field_id": msg.field_id, "model_name": ref.name,
         "model_version": ref.version, "model_sha256": ref.sha256, "model_variant": ref.variant,
         "source": msg.source, "image_ref": msg.image_ref, "image_sha256": msg.image_sha256, "label": top.label,
-        "confidence": top.probability, "top_k": top_k_json(msg.top_k), "inference_ms": msg.inference_ms,
+        "confidence": top.probability, "top_k": _TOP_K.dump_json(msg.top_k).decode(), "inference_ms": msg.inference_ms,
         "shadow": msg.shadow.model_dump_json() if msg.shadow is not None else None,
     }  # fmt: skip
 
@@ -165,7 +157,7 @@ def _sample(d: Converter, msg: m.Sample, received: Any) -> Values:
 def _status(d: Converter, msg: m.Status, received: Any) -> Values:
     return {
         **_header(d, msg, received), "state": msg.state, "since": d.ts(msg.since),
-        "agent_version": msg.agent_version, "models": status_models_json(msg),
+        "agent_version": msg.agent_version, "models": _MODELS.dump_json(msg.models).decode(),
         "health": msg.health.model_dump_json() if msg.health is not None else None, "reason": msg.reason,
     }  # fmt: skip
 
@@ -192,16 +184,5 @@ DEAD_LETTERS = table_of(DeadLetter)
 COLUMNS: dict[str, tuple[str, ...]] = {
     t.name: insert_columns(t) for t in [*(k.table for k in KINDS.values()), DEAD_LETTERS]
 }
-_dead_letter_row = _tuple_of(DEAD_LETTERS)
-
-
-def dead_letter_row(values: Values) -> Row:
-    return _dead_letter_row(values)
-
-
-def detection_row(d: Converter, msg: m.Detection, received: Any) -> Row:
-    return KINDS["detection"].rows(d, msg, received)[0]
-
-
-def telemetry_rows(d: Converter, msg: m.Telemetry, received: Any) -> list[Row]:
-    return KINDS["telemetry"].rows(d, msg, received)
+# A dead letter's values (named by column) as the tuple its INSERT takes.
+dead_letter_row = _tuple_of(DEAD_LETTERS)

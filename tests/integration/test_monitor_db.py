@@ -18,7 +18,6 @@ from farm_monitor.db.models import Detection, Device, DeviceModel
 from farm_monitor.ingest import rows
 from farm_monitor.ingest.metrics import Metrics
 from farm_monitor.ingest.pipeline import Ingestor
-from farm_monitor.ingest.rows import detection_row
 from shared import messages as m
 from shared.examples import example_messages
 from shared.topics import device_topic
@@ -73,7 +72,9 @@ def test_migrations_upgrade_a_database_keeping_its_data(db_url):
     det = example_messages(farm_id="f1", device_id="gw-01", fixed=False)["detection"]
     d = Dialect(engine)
     with engine.begin() as conn:
-        conn.exec_driver_sql(d.insert_ignore("detections"), [detection_row(d, det, d.ts(datetime.now(UTC)))])
+        conn.exec_driver_sql(
+            d.insert_ignore("detections"), rows.KINDS["detection"].rows(d, det, d.ts(datetime.now(UTC)))
+        )
     assert "ix_detections_field_time" not in {i["name"] for i in inspect(engine).get_indexes("detections")}
 
     assert db_cli.main(["--url", db_url, "migrate"]) == 0

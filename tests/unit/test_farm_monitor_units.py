@@ -9,7 +9,7 @@ import pytest
 from farm_monitor.config import MonitorConfig
 from farm_monitor.db.dialect import sqlite_timestamp
 from farm_monitor.ingest.metrics import Metrics
-from farm_monitor.ingest.rows import COLUMNS, detection_row, telemetry_rows
+from farm_monitor.ingest.rows import COLUMNS, KINDS
 from shared.config import load_config
 from shared.errors import ConfigError
 from shared.examples import example_messages
@@ -75,7 +75,7 @@ class _Pg:
 
 def test_rows_match_their_column_lists():
     ex = example_messages(fixed=True)
-    row = detection_row(_Pg, ex["detection"], "now")
+    (row,) = KINDS["detection"].rows(_Pg, ex["detection"], "now")
     assert len(row) == len(COLUMNS["detections"])
     as_dict = dict(zip(COLUMNS["detections"], row, strict=True))
     assert (as_dict["label"], as_dict["confidence"], as_dict["model_version"]) == (
@@ -83,14 +83,13 @@ def test_rows_match_their_column_lists():
         0.87,
         "1.2.0",
     )
-    rows = telemetry_rows(_Pg, ex["telemetry"], "now")
+    rows = KINDS["telemetry"].rows(_Pg, ex["telemetry"], "now")
     assert [r[1] for r in rows] == [0, 1, 2, 3]
     assert all(len(r) == len(COLUMNS["telemetry"]) for r in rows)
 
 
 def test_every_contract_kind_is_wired_into_ingest_with_rows_in_its_tables_column_order():
     from farm_monitor.db.models import Base
-    from farm_monitor.ingest.rows import KINDS
     from shared.messages import DEVICE_KINDS
 
     assert set(KINDS) == set(DEVICE_KINDS)
