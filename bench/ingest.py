@@ -46,9 +46,9 @@ from paho.mqtt.properties import Properties  # noqa: E402
 
 from farm_monitor.config import MonitorConfig  # noqa: E402
 from farm_monitor.db import make_engine, migrate  # noqa: E402
-from farm_monitor.metrics import Metrics  # noqa: E402
-from farm_monitor.pipeline import Ingestor  # noqa: E402
-from farm_monitor.transport import MqttTransport  # noqa: E402
+from farm_monitor.ingest.metrics import Metrics  # noqa: E402
+from farm_monitor.ingest.pipeline import Ingestor  # noqa: E402
+from farm_monitor.ingest.transport import MqttTransport  # noqa: E402
 from shared.examples import example_messages  # noqa: E402
 from shared.ids import new_msg_id  # noqa: E402
 from shared.messages import parse_device_message  # noqa: E402
@@ -358,7 +358,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level="WARNING")
     # every run's detections are 87% late blight: the disease alert is expected, its log line is noise
-    logging.getLogger("farm_monitor.alerts").setLevel(logging.ERROR)
+    logging.getLogger("farm_monitor.ingest.alerts").setLevel(logging.ERROR)
     if not shutil.which("mosquitto") or not shutil.which("mosquitto_sub"):
         print("needs the mosquitto and mosquitto_sub binaries", file=sys.stderr)
         return 2

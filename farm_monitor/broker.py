@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def run_mosquitto(binary: str, host: str, port: int, data_dir: Path) -> int:
     return proc.wait()
 
 
-def amqtt_config(host: str, port: int, data_dir: Path) -> dict:
+def amqtt_config(host: str, port: int, data_dir: Path) -> dict[str, Any]:
     return {
         "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 1000}},
         "plugins": {

@@ -13,18 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from shared.ids import ID_RE
 from shared.settings import MqttSettings
 
-# Tables that retention may prune, with the column that dates a row.
-RETENTION_TABLES: dict[str, str] = {
-    "detections": "observed_at",
-    "yield_estimates": "observed_at",
-    "telemetry": "observed_at",
-    "samples": "observed_at",
-    "status_reports": "observed_at",
-    "events": "observed_at",
-    "dead_letters": "received_at",
-    "alerts": "resolved_at",
-}
-
 
 class DatabaseSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -137,6 +125,8 @@ class RetentionSettings(BaseModel):
     @field_validator("days")
     @classmethod
     def _known_tables(cls, value: dict[str, int]) -> dict[str, int]:
+        from .db.retention import RETENTION_TABLES  # here: the database layer imports this module
+
         unknown = sorted(set(value) - set(RETENTION_TABLES))
         if unknown:
             raise ValueError(f"no retention for {', '.join(unknown)}; tables: {', '.join(RETENTION_TABLES)}")

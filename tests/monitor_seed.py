@@ -1,6 +1,6 @@
 """A small two-farm monitor world for the monitor tests, stored through ingest's own code.
 
-Messages are built with the shared schemas and fed to :class:`farm_monitor.pipeline.Ingestor`
+Messages are built with the shared schemas and fed to :class:`farm_monitor.ingest.pipeline.Ingestor`
 (the code ``cropwatch ingest`` runs), so the rows are exactly what production writes. farm-b's
 labels and device names contain ``secret`` so tests can assert that they never show for farm-a.
 """
@@ -15,13 +15,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from farm_monitor.alerts import AlertEngine
 from farm_monitor.app.auth import UsersFile
 from farm_monitor.config import MonitorConfig
 from farm_monitor.db import make_engine, migrate
-from farm_monitor.metrics import Metrics
-from farm_monitor.pipeline import Ingestor
-from farm_monitor.rows import Dialect
+from farm_monitor.db.dialect import Dialect
+from farm_monitor.ingest.alerts import AlertEngine
+from farm_monitor.ingest.metrics import Metrics
+from farm_monitor.ingest.pipeline import Ingestor
 from shared import messages as m
 from shared.ids import new_msg_id
 from shared.topics import device_topic

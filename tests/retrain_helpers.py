@@ -19,8 +19,8 @@ from cloud_trainer import data_cli, train_cli
 from cloud_trainer.disease.synth import CONDITIONS, SYNTHETIC_PREFIX, draw_leaf
 from farm_monitor.config import MonitorConfig
 from farm_monitor.db import make_engine, migrate
-from farm_monitor.metrics import Metrics
-from farm_monitor.pipeline import Ingestor
+from farm_monitor.ingest.metrics import Metrics
+from farm_monitor.ingest.pipeline import Ingestor
 from shared import messages as m
 from shared.ids import new_msg_id
 from shared.topics import device_topic

@@ -12,8 +12,8 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from ..alerts import acknowledge
-from ..rows import Dialect
+from ..db.alerts import acknowledge
+from ..db.dialect import Dialect
 from .auth import PermissionDenied, User
 from .layout import FarmLayout, load_layout, replace_farm, save_layout
 

@@ -8,6 +8,7 @@ models, an admin also manages users and the farm layout. Every user is scoped to
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -77,12 +79,12 @@ class UsersFile:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
 
-    def _load(self) -> dict[str, dict]:
+    def _load(self) -> dict[str, dict[str, Any]]:
         if not self.path.exists():
             return {}
         try:
             doc = json.loads(self.path.read_text(encoding="utf-8"))
-            users = doc["users"]
+            users: dict[str, dict[str, Any]] = doc["users"]
             if not isinstance(users, dict):
                 raise TypeError("users is not an object")
         except (ValueError, KeyError, TypeError) as exc:
@@ -91,7 +93,7 @@ class UsersFile:
             ) from None
         return users
 
-    def _save(self, users: dict[str, dict]) -> None:
+    def _save(self, users: dict[str, dict[str, Any]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path, json.dumps({"users": users}, indent=2, sort_keys=True) + "\n", mode=0o600)
 
@@ -102,7 +104,8 @@ class UsersFile:
         rec = self._load().get(username)
         return _user(username, rec) if rec else None
 
-    def add(self, username: str, password: str, role: str, farms: list[str], replace: bool = False) -> User:
+    # builtins.list: inside this class, ``list`` is the method above.
+    def add(self, username: str, password: str, role: str, farms: builtins.list[str], replace: bool = False) -> User:
         if not USERNAME_RE.fullmatch(username):
             raise AuthError(f"user name {username!r} must match {USERNAME_RE.pattern}")
         if role not in ROLES:
@@ -174,7 +177,7 @@ class LoginThrottle:
             self._failures.pop(username, None)
 
 
-def _user(name: str, rec: dict) -> User:
+def _user(name: str, rec: dict[str, Any]) -> User:
     role = rec.get("role")
     if role not in ROLES:
         raise AuthError(f"user {name} has unknown role {role!r}; fix it with 'cropwatch users add --replace'")

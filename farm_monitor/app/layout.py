@@ -98,13 +98,13 @@ def parse_layout(doc: Any) -> FarmLayout:
         kind = (feat.get("properties") or {}).get("kind") if isinstance(feat, dict) else None
         try:
             if kind == "field":
-                item = FieldFeature.model_validate(feat)
-                key = ("field", item.properties.farm_id, item.properties.field_id)
-                fields.append(item)
+                fld = FieldFeature.model_validate(feat)
+                key = ("field", fld.properties.farm_id, fld.properties.field_id)
+                fields.append(fld)
             elif kind == "device":
-                item = DeviceFeature.model_validate(feat)
-                key = ("device", item.properties.farm_id, item.properties.device_id)
-                devices.append(item)
+                dev = DeviceFeature.model_validate(feat)
+                key = ("device", dev.properties.farm_id, dev.properties.device_id)
+                devices.append(dev)
             else:
                 raise LayoutError(f'feature {i}: properties.kind must be "field" or "device" (got {kind!r})')
         except ValidationError as exc:
@@ -140,7 +140,7 @@ def save_layout(path: str | os.PathLike[str], layout: FarmLayout) -> None:
 def replace_farm(layout: FarmLayout, farm_id: str, farm_doc: Any) -> FarmLayout:
     """``layout`` with farm ``farm_id``'s features replaced by those in ``farm_doc`` (all must be that farm's)."""
     new = parse_layout(farm_doc)
-    others = [*new.fields, *new.devices]
+    others: list[FieldFeature | DeviceFeature] = [*new.fields, *new.devices]
     wrong = sorted({f.properties.farm_id for f in others} - {farm_id})
     if wrong:
         raise LayoutError(f"this editor changes farm {farm_id} only; features name farm(s) {', '.join(wrong)}")

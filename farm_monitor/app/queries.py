@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Engine, bindparam, text
 
-from ..rows import _sqlite_ts
+from ..db.dialect import bind_timestamp
 
 
 class Sql:
@@ -26,7 +26,7 @@ class Sql:
         self.sqlite = engine.dialect.name == "sqlite"
 
     def ts(self, value: datetime) -> Any:
-        return _sqlite_ts(value) if self.sqlite else value
+        return bind_timestamp(self.engine, value)
 
     def bucket(self, column: str, unit: str) -> str:
         if self.sqlite:

@@ -8,14 +8,16 @@ a user or changing a role takes effect at once.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import streamlit as st
 from sqlalchemy import Engine
+from streamlit.runtime.caching.cache_utils import CachedFunc
 
 from shared.config import load_config
 
@@ -77,61 +79,61 @@ def require_user() -> User:
     return user
 
 
-def _cached(fn: Callable[..., T]) -> Callable[..., T]:
+class CachedQuery(Generic[T]):
     """``fn(sql, ...)`` cached per database URL and arguments for ``app.cache_ttl_s`` seconds."""
-    runners: dict[float, Any] = {}
 
-    def runner() -> Any:
+    def __init__(self, fn: Callable[..., T]) -> None:
+        self.fn = fn
+        self._runners: dict[float, CachedFunc[..., T]] = {}
+        functools.update_wrapper(self, fn)
+
+    def _runner(self) -> CachedFunc[..., T]:
         ttl = config().app.cache_ttl_s
-        if ttl not in runners:
+        if ttl not in self._runners:
+            fn = self.fn
 
             def run(url: str, *args: Any, **kwargs: Any) -> T:
                 return fn(q.Sql(_engine(url)), *args, **kwargs)
 
             # Streamlit keys a cache on the function's qualified name and source: make it per query.
             run.__qualname__ = f"cached_{fn.__name__}"
-            runners[ttl] = st.cache_data(ttl=timedelta(seconds=ttl), show_spinner=False, max_entries=512)(run)
-        return runners[ttl]
+            self._runners[ttl] = st.cache_data(ttl=timedelta(seconds=ttl), show_spinner=False, max_entries=512)(run)
+        return self._runners[ttl]
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> T:
-        return runner()(config().database.url, *args, **kwargs)
+    def __call__(self, *args: Any, **kwargs: Any) -> T:
+        return self._runner()(config().database.url, *args, **kwargs)
 
-    wrapper.clear = lambda: [r.clear() for r in runners.values()]  # type: ignore[attr-defined]
-    return wrapper
+    def clear(self) -> None:
+        for runner in self._runners.values():
+            runner.clear()
 
 
-class Data:
-    """The cached read layer; each call is one SQL query (or a few) scoped to a farm."""
+class _Queries:
+    """The cached read layer: ``Data.<name>`` is :mod:`.queries`' ``<name>``, cached per database and arguments.
 
-    farms_with_devices = staticmethod(_cached(q.farms_with_devices))
-    device_ids = staticmethod(_cached(q.device_ids))
-    devices = staticmethod(_cached(q.devices))
-    kpis = staticmethod(_cached(q.kpis))
-    latest_yield = staticmethod(_cached(q.latest_yield))
-    field_risk = staticmethod(_cached(q.field_risk))
-    detections_by_day = staticmethod(_cached(q.detections_by_day))
-    field_quantities = staticmethod(_cached(q.field_quantities))
-    telemetry_series = staticmethod(_cached(q.telemetry_series))
-    yield_history = staticmethod(_cached(q.yield_history))
-    samples = staticmethod(_cached(q.samples))
-    sample_images = staticmethod(_cached(q.sample_images))
-    sample_labels = staticmethod(_cached(q.sample_labels))
-    detection_labels = staticmethod(_cached(q.detection_labels))
-    alerts = staticmethod(_cached(q.alerts))
-    device_history = staticmethod(_cached(q.device_history))
-    device_models = staticmethod(_cached(q.device_models))
-    model_names = staticmethod(_cached(q.model_names))
-    shadow_scores = staticmethod(_cached(q.shadow_scores))
-    training_runs = staticmethod(_cached(q.training_runs))
-    version_lineage = staticmethod(_cached(q.version_lineage))
-    detection_lineage = staticmethod(_cached(q.detection_lineage))
+    Each query becomes its :class:`CachedQuery` on first use, so a new query needs no line here.
+    """
+
+    def __init__(self) -> None:
+        self._cached: dict[str, CachedQuery[Any]] = {}
+
+    def __getattr__(self, name: str) -> CachedQuery[Any]:
+        cached = self._cached.get(name)
+        if cached is None:
+            fn = getattr(q, name, None)
+            if not (inspect.isfunction(fn) and fn.__module__ == q.__name__ and not name.startswith("_")):
+                raise AttributeError(f"{q.__name__} has no query {name!r}")
+            cached = self._cached.setdefault(name, CachedQuery(fn))  # setdefault: two sessions, one cache
+        return cached
+
+
+Data = _Queries()
 
 
 def clear_after_write() -> None:
     """A write (label, acknowledgement) must show at once, not after the TTL."""
     for fn in (Data.samples, Data.alerts, Data.kpis):
-        fn.clear()  # type: ignore[attr-defined]
+        fn.clear()
 
 
 def layout() -> FarmLayout:
@@ -192,6 +194,6 @@ def guarded(page: Callable[[], None]) -> None:
 
 def dt(value: Any) -> str:
     try:
-        return value.strftime("%Y-%m-%d %H:%M UTC")
+        return str(value.strftime("%Y-%m-%d %H:%M UTC"))
     except (AttributeError, ValueError):
         return "—"

@@ -3,7 +3,9 @@
 Rules for whoever changes the schema: never edit an applied migration's effect; append a new
 numbered step (ALTER TABLE / CREATE INDEX / data copy) and update models.py to match. Step 1
 creates the tables as models.py defines them *without* secondary indexes; once a table changes
-after release, freeze its old definition inside step 1 before adding the new step.
+after release, freeze its old definition inside step 1 before adding the new step. A new table
+(a new message kind's, say) is one ``LATER_TABLES`` entry and a step that calls
+:func:`create_tables_of_step`.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, inspect, select, text
+from sqlalchemy import Connection, Engine, Table, inspect, select, text
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from shared.ids import utcnow
 
-from .models import Base, SchemaMigration
+from .models import Base, SchemaMigration, table_of
 
 logger = logging.getLogger(__name__)
 
@@ -36,13 +38,13 @@ class Migration:
 LATER_TABLES = {"training_runs": 4, "training_run_labels": 4}
 
 
-def _data_tables() -> list:
+def _data_tables() -> list[Table]:
     return [
         t for t in Base.metadata.sorted_tables if t.name != SchemaMigration.__tablename__ and t.name not in LATER_TABLES
     ]
 
 
-def _tables_of_step(step: int) -> list:
+def _tables_of_step(step: int) -> list[Table]:
     return [t for t in Base.metadata.sorted_tables if LATER_TABLES.get(t.name) == step]
 
 
@@ -83,12 +85,17 @@ def _m3_timescale(conn: Connection) -> None:
         logger.info("made %s a TimescaleDB hypertable on %s", table, column)
 
 
-def _m4_lineage(conn: Connection) -> None:
-    # Retraining lineage: which run made a model version, from which data and which people's labels.
-    for table in _tables_of_step(4):
+def create_tables_of_step(conn: Connection, step: int) -> None:
+    """Create the tables ``LATER_TABLES`` assigns to ``step``, with their indexes (a new table's whole step)."""
+    for table in _tables_of_step(step):
         conn.execute(CreateTable(table, if_not_exists=True))
         for index in sorted(table.indexes, key=lambda i: i.name or ""):
             conn.execute(CreateIndex(index, if_not_exists=True))
+
+
+def _m4_lineage(conn: Connection) -> None:
+    # Retraining lineage: which run made a model version, from which data and which people's labels.
+    create_tables_of_step(conn, 4)
     # Shadow scoring joins every shadowed detection to its sample's labels; a database migrated
     # from version 3 lacks this index (step 2 creates it on a new one).
     samples = Base.metadata.tables["samples"]
@@ -107,7 +114,7 @@ LATEST_VERSION = MIGRATIONS[-1].version
 
 
 def _ensure_version_table(conn: Connection) -> None:
-    conn.execute(CreateTable(SchemaMigration.__table__, if_not_exists=True))
+    conn.execute(CreateTable(table_of(SchemaMigration), if_not_exists=True))
 
 
 def current_version(engine: Engine) -> int:
@@ -144,9 +151,9 @@ def migrate(engine: Engine, target: int | None = None, timescaledb: str = "auto"
             logger.info("applying migration %d: %s", migration.version, migration.name)
             migration.apply(conn)
             conn.execute(
-                SchemaMigration.__table__.insert().values(
-                    version=migration.version, name=migration.name, applied_at=utcnow()
-                )
+                table_of(SchemaMigration)
+                .insert()
+                .values(version=migration.version, name=migration.name, applied_at=utcnow())
             )
             applied.append(migration.version)
         conn.info.pop("cropwatch_timescaledb", None)

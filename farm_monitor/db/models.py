@@ -23,6 +23,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     Text,
     text,
 )
@@ -39,6 +40,26 @@ AutoId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements
 
 class Base(DeclarativeBase):
     pass
+
+
+class MessageHeader:
+    """The columns every device message table starts with (the contract's envelope plus arrival time).
+
+    ``sort_order`` keeps them first, in this order, as the tables were created before the mixin:
+    declarative puts a mixin's columns after the class's own otherwise.
+    """
+
+    msg_id: Mapped[str] = mapped_column(MsgIdCol, primary_key=True, sort_order=-10)
+    farm_id: Mapped[str] = mapped_column(IdCol, sort_order=-8)
+    device_id: Mapped[str] = mapped_column(IdCol, sort_order=-7)
+    observed_at: Mapped[datetime] = mapped_column(Ts, sort_order=-5)
+    received_at: Mapped[datetime] = mapped_column(Ts, sort_order=-4)
+
+
+class FieldMessageHeader(MessageHeader):
+    """The header of messages that can name a field (all but status and event)."""
+
+    field_id: Mapped[str | None] = mapped_column(IdCol, sort_order=-6)
 
 
 class SchemaMigration(Base):
@@ -66,15 +87,10 @@ class Device(Base):
     reason: Mapped[str | None] = mapped_column(String(256))
 
 
-class StatusReport(Base):
+class StatusReport(MessageHeader, Base):
     """Every status message (heartbeat history); short retention."""
 
     __tablename__ = "status_reports"
-    msg_id: Mapped[str] = mapped_column(MsgIdCol, primary_key=True)
-    farm_id: Mapped[str] = mapped_column(IdCol)
-    device_id: Mapped[str] = mapped_column(IdCol)
-    observed_at: Mapped[datetime] = mapped_column(Ts)
-    received_at: Mapped[datetime] = mapped_column(Ts)
     state: Mapped[str] = mapped_column(String(16))
     since: Mapped[datetime] = mapped_column(Ts)
     agent_version: Mapped[str] = mapped_column(String(64))
@@ -85,14 +101,8 @@ class StatusReport(Base):
     __table_args__ = (Index("ix_status_reports_device_time", "farm_id", "device_id", "observed_at"),)
 
 
-class Detection(Base):
+class Detection(FieldMessageHeader, Base):
     __tablename__ = "detections"
-    msg_id: Mapped[str] = mapped_column(MsgIdCol, primary_key=True)
-    farm_id: Mapped[str] = mapped_column(IdCol)
-    device_id: Mapped[str] = mapped_column(IdCol)
-    field_id: Mapped[str | None] = mapped_column(IdCol)
-    observed_at: Mapped[datetime] = mapped_column(Ts)
-    received_at: Mapped[datetime] = mapped_column(Ts)
     model_name: Mapped[str] = mapped_column(IdCol)
     model_version: Mapped[str] = mapped_column(String(64))
     model_sha256: Mapped[str] = mapped_column(String(64))
@@ -112,14 +122,8 @@ class Detection(Base):
     )
 
 
-class YieldEstimate(Base):
+class YieldEstimate(FieldMessageHeader, Base):
     __tablename__ = "yield_estimates"
-    msg_id: Mapped[str] = mapped_column(MsgIdCol, primary_key=True)
-    farm_id: Mapped[str] = mapped_column(IdCol)
-    device_id: Mapped[str] = mapped_column(IdCol)
-    field_id: Mapped[str | None] = mapped_column(IdCol)
-    observed_at: Mapped[datetime] = mapped_column(Ts)
-    received_at: Mapped[datetime] = mapped_column(Ts)
     model_name: Mapped[str] = mapped_column(IdCol)
     model_version: Mapped[str] = mapped_column(String(64))
     model_sha256: Mapped[str] = mapped_column(String(64))
@@ -139,17 +143,12 @@ class YieldEstimate(Base):
     )
 
 
-class TelemetryReading(Base):
+class TelemetryReading(FieldMessageHeader, Base):
     """One row per sensor reading; a telemetry message with 4 readings makes 4 rows."""
 
     __tablename__ = "telemetry"
-    msg_id: Mapped[str] = mapped_column(MsgIdCol, primary_key=True)
-    reading_index: Mapped[int] = mapped_column(Integer, primary_key=True)
-    farm_id: Mapped[str] = mapped_column(IdCol)
-    device_id: Mapped[str] = mapped_column(IdCol)
-    field_id: Mapped[str | None] = mapped_column(IdCol)
-    observed_at: Mapped[datetime] = mapped_column(Ts)
-    received_at: Mapped[datetime] = mapped_column(Ts)
+    # Second in the key, right after msg_id (the header's sort_order puts msg_id at -10).
+    reading_index: Mapped[int] = mapped_column(Integer, primary_key=True, sort_order=-9)
     sensor: Mapped[str] = mapped_column(IdCol)
     quantity: Mapped[str] = mapped_column(String(32))
     value: Mapped[float] = mapped_column(Float)
@@ -161,16 +160,10 @@ class TelemetryReading(Base):
     )
 
 
-class SampleRow(Base):
+class SampleRow(FieldMessageHeader, Base):
     """An image sent for labelling, with its JPEG bytes."""
 
     __tablename__ = "samples"
-    msg_id: Mapped[str] = mapped_column(MsgIdCol, primary_key=True)
-    farm_id: Mapped[str] = mapped_column(IdCol)
-    device_id: Mapped[str] = mapped_column(IdCol)
-    field_id: Mapped[str | None] = mapped_column(IdCol)
-    observed_at: Mapped[datetime] = mapped_column(Ts)
-    received_at: Mapped[datetime] = mapped_column(Ts)
     reason: Mapped[str] = mapped_column(String(32))
     model_name: Mapped[str | None] = mapped_column(IdCol)
     model_version: Mapped[str | None] = mapped_column(String(64))
@@ -238,13 +231,8 @@ class DeviceModel(Base):
     reported_at: Mapped[datetime | None] = mapped_column(Ts)
 
 
-class EventRow(Base):
+class EventRow(MessageHeader, Base):
     __tablename__ = "events"
-    msg_id: Mapped[str] = mapped_column(MsgIdCol, primary_key=True)
-    farm_id: Mapped[str] = mapped_column(IdCol)
-    device_id: Mapped[str] = mapped_column(IdCol)
-    observed_at: Mapped[datetime] = mapped_column(Ts)
-    received_at: Mapped[datetime] = mapped_column(Ts)
     level: Mapped[str] = mapped_column(String(16))
     code: Mapped[str] = mapped_column(IdCol)
     message: Mapped[str] = mapped_column(Text)
@@ -349,3 +337,14 @@ class TrainingRunLabel(Base):
 
 
 TABLES = Base.metadata.tables
+
+
+def message_tables() -> list[Table]:
+    """The device message tables (those with the :class:`MessageHeader` columns), in definition order."""
+    headed = {mp.class_.__tablename__ for mp in Base.registry.mappers if MessageHeader in mp.class_.__mro__}
+    return [t for name, t in TABLES.items() if name in headed]
+
+
+def table_of(model: type[Base]) -> Table:
+    """The ``Table`` an ORM class maps (typed, unlike ``__table__``)."""
+    return TABLES[model.__tablename__]

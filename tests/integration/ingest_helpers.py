@@ -82,7 +82,7 @@ def config(url: str, broker: Broker, **ingest: Any) -> MonitorConfig:
 @contextlib.contextmanager
 def ingest_thread(cfg: MonitorConfig) -> Iterator[str]:
     """Run ingest in this process; yields its metrics base URL."""
-    from farm_monitor.ingest_cli import run
+    from farm_monitor.ingest.cli import run
 
     stop = threading.Event()
     result: list[int] = []

@@ -327,7 +327,7 @@ def test_database_outage_is_retried_and_nothing_is_lost(own_broker, sqlite_url):
 def test_ingest_started_before_the_broker_connects_when_it_comes_up(own_broker, sqlite_url):
     import threading
 
-    from farm_monitor.ingest_cli import run
+    from farm_monitor.ingest.cli import run
 
     own_broker.stop()
     cfg = config(sqlite_url, own_broker)

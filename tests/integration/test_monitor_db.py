@@ -9,14 +9,15 @@ import pytest
 from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
 
-from farm_monitor import db_cli
-from farm_monitor.alerts import acknowledge
 from farm_monitor.config import MonitorConfig
 from farm_monitor.db import LATEST_VERSION, current_version, make_engine, migrate
+from farm_monitor.db import cli as db_cli
+from farm_monitor.db.alerts import acknowledge
+from farm_monitor.db.dialect import Dialect
 from farm_monitor.db.models import Detection, Device, DeviceModel
-from farm_monitor.metrics import Metrics
-from farm_monitor.pipeline import Ingestor
-from farm_monitor.rows import Dialect, detection_row
+from farm_monitor.ingest import rows
+from farm_monitor.ingest.metrics import Metrics
+from farm_monitor.ingest.pipeline import Ingestor
 from shared import messages as m
 from shared.examples import example_messages
 from shared.topics import device_topic
@@ -71,7 +72,9 @@ def test_migrations_upgrade_a_database_keeping_its_data(db_url):
     det = example_messages(farm_id="f1", device_id="gw-01", fixed=False)["detection"]
     d = Dialect(engine)
     with engine.begin() as conn:
-        conn.exec_driver_sql(d.insert_ignore("detections"), [detection_row(d, det, d.ts(datetime.now(UTC)))])
+        conn.exec_driver_sql(
+            d.insert_ignore("detections"), rows.KINDS["detection"].rows(d, det, d.ts(datetime.now(UTC)))
+        )
     assert "ix_detections_field_time" not in {i["name"] for i in inspect(engine).get_indexes("detections")}
 
     assert db_cli.main(["--url", db_url, "migrate"]) == 0
@@ -183,12 +186,28 @@ def test_dead_letters_are_counted_each_but_logged_at_a_limited_rate(sqlite_url, 
     topic = device_topic("f1", "gw-01", "detection")
     now = time.monotonic()
     items = [(topic, b"{not json " + str(i).encode(), i, 1, 0, now) for i in range(5)]
-    with caplog.at_level("WARNING", logger="farm_monitor.pipeline"):
+    with caplog.at_level("WARNING", logger="farm_monitor.ingest.pipeline"):
         assert ing.process(items)
     lines = [r for r in caplog.records if "dead letter (invalid_json)" in r.getMessage()]
     assert len(lines) == 1
     assert ing.metrics.get("cropwatch_ingest_dead_letters_total", reason="invalid_json") == 5
     assert query(sqlite_url, "SELECT COUNT(*) FROM dead_letters WHERE reason = 'invalid_json'") == [(5,)]
+    ing.engine.dispose()
+
+
+def test_a_valid_kind_nobody_wired_into_ingest_is_a_dead_letter_not_an_event(sqlite_url, monkeypatch):
+    # The contract accepts the kind (topic and schema are valid), but ingest has no registry entry
+    # for it, as when someone adds a message kind to shared and forgets ingest.
+    monkeypatch.delitem(rows.KINDS, "yield")
+    ing = _ingestor(sqlite_url)
+    ex = example_messages(farm_id="f1", device_id="gw-01", fixed=False)
+    _feed(ing, ex["yield"], ex["event"])
+    assert ing.metrics.get("cropwatch_ingest_dead_letters_total", reason="unknown_kind") == 1
+    assert query(sqlite_url, "SELECT reason, topic FROM dead_letters") == [
+        ("unknown_kind", device_topic("f1", "gw-01", "yield"))
+    ]
+    assert query(sqlite_url, "SELECT msg_id FROM events") == [(ex["event"].msg_id,)]
+    assert query(sqlite_url, "SELECT COUNT(*) FROM yield_estimates") == [(0,)]
     ing.engine.dispose()
 
 

@@ -16,8 +16,8 @@ from farm_monitor.app.actions import label_sample
 from farm_monitor.app.auth import User
 from farm_monitor.config import MonitorConfig
 from farm_monitor.db import make_engine, migrate
-from farm_monitor.metrics import Metrics
-from farm_monitor.pipeline import Ingestor
+from farm_monitor.ingest.metrics import Metrics
+from farm_monitor.ingest.pipeline import Ingestor
 from fleet import lineage
 from fleet.shadow import shadow_report
 from shared import messages as m

@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from farm_monitor.config import MonitorConfig
-from farm_monitor.metrics import Metrics
-from farm_monitor.rows import COLUMNS, _sqlite_ts, detection_row, telemetry_rows
+from farm_monitor.db.dialect import sqlite_timestamp
+from farm_monitor.ingest.metrics import Metrics
+from farm_monitor.ingest.rows import COLUMNS, KINDS
 from shared.config import load_config
 from shared.errors import ConfigError
 from shared.examples import example_messages
@@ -57,8 +58,8 @@ def test_metrics_render_prometheus_text():
 
 def test_sqlite_times_are_utc_in_sqlalchemy_format():
     cest = timezone(timedelta(hours=2))
-    assert _sqlite_ts(datetime(2026, 6, 14, 11, 30, 0, 5, tzinfo=cest)) == "2026-06-14 09:30:00.000005"
-    assert _sqlite_ts(datetime(2026, 6, 14, 9, 30, tzinfo=UTC)) == "2026-06-14 09:30:00.000000"
+    assert sqlite_timestamp(datetime(2026, 6, 14, 11, 30, 0, 5, tzinfo=cest)) == "2026-06-14 09:30:00.000005"
+    assert sqlite_timestamp(datetime(2026, 6, 14, 9, 30, tzinfo=UTC)) == "2026-06-14 09:30:00.000000"
 
 
 class _Pg:
@@ -74,7 +75,7 @@ class _Pg:
 
 def test_rows_match_their_column_lists():
     ex = example_messages(fixed=True)
-    row = detection_row(_Pg, ex["detection"], "now")
+    (row,) = KINDS["detection"].rows(_Pg, ex["detection"], "now")
     assert len(row) == len(COLUMNS["detections"])
     as_dict = dict(zip(COLUMNS["detections"], row, strict=True))
     assert (as_dict["label"], as_dict["confidence"], as_dict["model_version"]) == (
@@ -82,13 +83,32 @@ def test_rows_match_their_column_lists():
         0.87,
         "1.2.0",
     )
-    rows = telemetry_rows(_Pg, ex["telemetry"], "now")
+    rows = KINDS["telemetry"].rows(_Pg, ex["telemetry"], "now")
     assert [r[1] for r in rows] == [0, 1, 2, 3]
     assert all(len(r) == len(COLUMNS["telemetry"]) for r in rows)
 
 
+def test_every_contract_kind_is_wired_into_ingest_with_rows_in_its_tables_column_order():
+    from farm_monitor.db.models import Base
+    from shared.messages import DEVICE_KINDS
+
+    assert set(KINDS) == set(DEVICE_KINDS)
+    ex = example_messages(fixed=True)
+    for kind, spec in KINDS.items():
+        assert isinstance(ex[kind], spec.model)
+        columns = COLUMNS[spec.table.name]
+        assert columns == tuple(c.name for c in Base.metadata.tables[spec.table.name].columns)
+        for row in spec.rows(_Pg, ex[kind], "now"):
+            values = dict(zip(columns, row, strict=True))
+            assert (values["msg_id"], values["farm_id"], values["received_at"]) == (
+                ex[kind].msg_id,
+                ex[kind].farm_id,
+                "now",
+            )
+
+
 def test_a_failing_message_handler_is_logged_counted_and_survived(caplog):
-    from farm_monitor.transport import MqttTransport
+    from farm_monitor.ingest.transport import MqttTransport
     from shared.settings import MqttSettings
 
     metrics = Metrics()
@@ -102,7 +122,7 @@ def test_a_failing_message_handler_is_logged_counted_and_survived(caplog):
             raise RuntimeError("boom")
 
     transport._handler = handler
-    with caplog.at_level("ERROR", logger="farm_monitor.transport"):
+    with caplog.at_level("ERROR", logger="farm_monitor.ingest.transport"):
         assert transport._on_publish(b"cropwatch/v1/f/d/event", b"{}", 7, 1) is None
     transport._on_publish(b"cropwatch/v1/f/d/event", b"{}", 8, 1)
     assert [c[2] for c in calls] == [7, 8]
@@ -121,4 +141,4 @@ def test_only_the_transport_module_of_ingest_imports_paho():
         if re.search(r"^\s*(import paho|from paho)", p.read_text(), flags=re.MULTILINE)
     )
     # demo.py is the demo farm's device simulator (a publisher), not part of the ingest service
-    assert [p for p in importing if p != "demo.py"] == ["transport.py"]
+    assert [p for p in importing if p != "demo.py"] == ["ingest/transport.py"]

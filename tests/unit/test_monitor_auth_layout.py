@@ -10,7 +10,7 @@ import pytest
 from farm_monitor.app.auth import AuthError, PermissionDenied, UsersFile
 from farm_monitor.app.layout import LayoutError, load_layout, parse_layout, replace_farm
 from farm_monitor.app.risk import risk_level
-from farm_monitor.users_cli import main as users_main
+from farm_monitor.app.users_cli import main as users_main
 from tests.monitor_seed import layout_doc
 
 
@@ -110,7 +110,7 @@ def test_risk_level(n: int, share: float, level: str) -> None:
 
 
 def test_monitor_check_config_shows_the_app_section(tmp_path: Path, capsys) -> None:
-    from farm_monitor.app_cli import main as monitor_main
+    from farm_monitor.app.cli import main as monitor_main
 
     cfg = tmp_path / "monitor.toml"
     cfg.write_text('[app]\nport = 8600\nusers_file = "u.json"\n')

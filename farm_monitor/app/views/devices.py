@@ -41,9 +41,9 @@ def render() -> None:
     )  # fmt: skip
     if not fleet["in_layout"].all():
         st.caption("Devices not in the layout have no place on the map; an admin can add them on Farm layout.")
-    c = st.columns([3, 1], vertical_alignment="bottom")
-    device = c[0].selectbox("Device history", list(fleet["device_id"]), key="fleet_open_pick")
-    if c[1].button("Open", key="fleet_open"):
+    pick = st.columns([3, 1], vertical_alignment="bottom")
+    device = pick[0].selectbox("Device history", list(fleet["device_id"]), key="fleet_open_pick")
+    if pick[1].button("Open", key="fleet_open"):
         st.switch_page("views/device.py", query_params={"device": device})
 
 

@@ -80,11 +80,11 @@ def render() -> None:
     try:
         if b[0].button(f"Publish {name} {version} to {farm}", key="mdl_publish"):
             rollout_bridge.publish(user, cfg, farm, name, version)
-            Data.device_models.clear()  # type: ignore[attr-defined]
+            Data.device_models.clear()
             st.success(f"Published {name} {version} to {farm}.")
         if b[1].button(f"Roll back {name} on {farm}", key="mdl_rollback"):
             rollout_bridge.rollback(user, cfg, farm, name)
-            Data.device_models.clear()  # type: ignore[attr-defined]
+            Data.device_models.clear()
             st.success(f"Rolled back {name} on {farm}.")
     except PermissionDenied as exc:
         st.error(str(exc))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import timedelta
+from typing import Any
 
 import pandas as pd
 import pydeck as pdk
@@ -71,7 +72,9 @@ def draw_map(farm: str, fleet: pd.DataFrame, risk: pd.DataFrame) -> None:
     lay = layout().for_farm(farm)
     rule = cfg.alerts.disease
     by_field = {r.field_id: r for r in risk.itertuples()}
-    polygons, points, coords = [], [], []
+    polygons: list[dict[str, Any]] = []
+    points: list[dict[str, Any]] = []
+    coords: list[list[float]] = []
     for f in lay.fields:
         p = f.properties
         r = by_field.get(p.field_id)
@@ -89,15 +92,15 @@ def draw_map(farm: str, fleet: pd.DataFrame, risk: pd.DataFrame) -> None:
     status = dict(zip(fleet["device_id"], fleet["status"], strict=False)) if not fleet.empty else {}
     placed = set()
     for d in lay.devices:
-        p = d.properties
-        placed.add(p.device_id)
-        s = status.get(p.device_id, "never reported")
+        dp = d.properties
+        placed.add(dp.device_id)
+        s = status.get(dp.device_id, "never reported")
         coords.append(list(d.geometry.coordinates))
         points.append(
             {
                 "position": list(d.geometry.coordinates),
                 "colour": STATUS_COLOURS.get(s, [128, 128, 128]),
-                "tip": f"{p.device_id} · {s}",
+                "tip": f"{dp.device_id} · {s}",
             }
         )
     if not polygons and not points:
@@ -105,43 +108,7 @@ def draw_map(farm: str, fleet: pd.DataFrame, risk: pd.DataFrame) -> None:
             "No field polygons or device locations for this farm yet: an admin can add them on the Farm layout page."
         )
     else:
-        lons, lats = [c[0] for c in coords], [c[1] for c in coords]
-        lon, lat = (min(lons) + max(lons)) / 2, (min(lats) + max(lats)) / 2
-        span = max(max(lons) - min(lons), max(lats) - min(lats), 1e-4)
-        zoom = max(1.0, min(18.0, math.log2(360 / span) - 1.5))  # the whole farm fits the map
-        layers = [
-            pdk.Layer(
-                "PolygonLayer",
-                polygons,
-                get_polygon="polygon",
-                get_fill_color="colour",
-                pickable=True,
-                stroked=True,
-                get_line_color=[40, 40, 40],
-                line_width_min_pixels=1,
-                opacity=0.6,
-            ),
-            pdk.Layer(
-                "ScatterplotLayer",
-                points,
-                get_position="position",
-                get_fill_color="colour",
-                pickable=True,
-                radius_min_pixels=6,
-                radius_max_pixels=12,
-                stroked=True,
-                get_line_color=[0, 0, 0],
-            ),
-        ]
-        st.pydeck_chart(
-            pdk.Deck(
-                layers=layers,
-                initial_view_state=pdk.ViewState(longitude=lon, latitude=lat, zoom=zoom),
-                map_style=None,
-                tooltip={"text": "{tip}"},
-            ),
-            height=420,
-        )
+        _show_deck(polygons, points, coords)
         st.caption(
             "Fields: green low risk, orange medium, red high, grey too few detections. "
             "Devices: green online, orange silent, red offline, grey never reported."
@@ -152,6 +119,47 @@ def draw_map(farm: str, fleet: pd.DataFrame, risk: pd.DataFrame) -> None:
             f"{len(unplaced)} device(s) report but are not in the farm layout: {', '.join(unplaced[:20])}"
             + (" …" if len(unplaced) > 20 else "")
         )
+
+
+def _show_deck(polygons: list[dict[str, Any]], points: list[dict[str, Any]], coords: list[list[float]]) -> None:
+    """Field polygons and device points on a map zoomed so the whole farm fits."""
+    lons, lats = [c[0] for c in coords], [c[1] for c in coords]
+    lon, lat = (min(lons) + max(lons)) / 2, (min(lats) + max(lats)) / 2
+    span = max(max(lons) - min(lons), max(lats) - min(lats), 1e-4)
+    zoom = max(1.0, min(18.0, math.log2(360 / span) - 1.5))  # the whole farm fits the map
+    layers = [
+        pdk.Layer(
+            "PolygonLayer",
+            polygons,
+            get_polygon="polygon",
+            get_fill_color="colour",
+            pickable=True,
+            stroked=True,
+            get_line_color=[40, 40, 40],
+            line_width_min_pixels=1,
+            opacity=0.6,
+        ),
+        pdk.Layer(
+            "ScatterplotLayer",
+            points,
+            get_position="position",
+            get_fill_color="colour",
+            pickable=True,
+            radius_min_pixels=6,
+            radius_max_pixels=12,
+            stroked=True,
+            get_line_color=[0, 0, 0],
+        ),
+    ]
+    st.pydeck_chart(
+        pdk.Deck(
+            layers=layers,
+            initial_view_state=pdk.ViewState(longitude=lon, latitude=lat, zoom=zoom),
+            map_style=None,
+            tooltip={"text": "{tip}"},
+        ),
+        height=420,
+    )
 
 
 guarded(render)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 import streamlit as st
 
@@ -35,7 +37,7 @@ def _scores(farm: str, name: str) -> None:
     st.bar_chart(chart, stack=False, y_label="share", x_label="champion vs challenger")
 
 
-def _lineage(doc: dict, user: User) -> None:
+def _lineage(doc: dict[str, Any], user: User) -> None:
     run = doc.get("run")
     det = doc.get("detection")
     if det:

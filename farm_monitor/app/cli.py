@@ -8,10 +8,10 @@ import os
 import sys
 from pathlib import Path
 
-from .config import MonitorConfig, command_config
+from ..config import MonitorConfig, command_config
 
 logger = logging.getLogger(__name__)
-MAIN = Path(__file__).parent / "app" / "main.py"
+MAIN = Path(__file__).parent / "main.py"
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -44,7 +44,7 @@ def main(argv: list[str], prog: str = "cropwatch monitor") -> int:
     if isinstance(cfg, int):
         return cfg
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .db import make_engine, migrate
+    from ..db import make_engine, migrate
 
     try:
         engine = make_engine(cfg.database, writer=True)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -42,12 +43,14 @@ class Transport(Protocol):
 
     def subscribe(self, handler: MessageHandler) -> None: ...
     def poll(self, timeout: float) -> None: ...
-    def ack(self, items: list[tuple]) -> None: ...
+    def ack(self, items: list[tuple[Any, ...]]) -> None: ...
     def pause(self) -> None: ...
     def stop(self) -> None: ...
 
 
 _U16 = struct.Struct("!H")
+# paho leaves Properties.__init__ unannotated; this gives the one call we make a type.
+_properties: Callable[[int], Properties] = Properties
 _PUBACK = struct.Struct("!BBH")
 _PUBACK_BYTE = 0x40
 
@@ -88,7 +91,7 @@ class _IngestClient(mqtt.Client):
         self._rbuf, self._rpos = b"", 0
         super()._sock_close()
 
-    def _handle_publish(self) -> mqtt.MQTTErrorCode:
+    def _handle_publish(self) -> MQTTErrorCode:
         header = self._in_packet["command"]
         qos = (header & 0x06) >> 1
         deliver = self.fast_deliver
@@ -113,9 +116,9 @@ class _IngestClient(mqtt.Client):
                 shift += 7
             pos += props_len
         except (struct.error, IndexError):
-            return mqtt.MQTTErrorCode.MQTT_ERR_PROTOCOL
+            return MQTTErrorCode.MQTT_ERR_PROTOCOL
         deliver(topic, bytes(packet[pos:]), mid, qos)
-        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def ack_many(self, mids: list[int]) -> None:
         if mids:
@@ -168,7 +171,7 @@ class MqttTransport:
         self._delay = settings.reconnect_min_s
         self._next_attempt = 0.0
         self.client = _IngestClient(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=mqtt.MQTTv5,
             transport=settings.transport,
@@ -199,7 +202,7 @@ class MqttTransport:
     def subscribe(self, handler: MessageHandler) -> None:
         """Deliver every message to ``handler`` from :meth:`poll`; connects on the first poll."""
         self._handler = handler
-        props = Properties(PacketTypes.CONNECT)
+        props = _properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.settings.session_expiry_s
         props.ReceiveMaximum = self.receive_maximum
         logger.info("connecting to %s as %s, subscribing to %s", self.settings.url, self.client_id, self.topic)
@@ -246,7 +249,7 @@ class MqttTransport:
             logger.warning("cannot reach broker %s: %s", self.settings.url, exc)
             self._schedule_reconnect()
 
-    def ack(self, items: list[tuple]) -> None:
+    def ack(self, items: list[tuple[Any, ...]]) -> None:
         """Send the PUBACKs for committed messages received on the current connection.
 
         A message from an earlier connection is not acknowledged: its packet id belongs to that
@@ -325,4 +328,4 @@ class MqttTransport:
         except UnicodeDecodeError:
             topic = msg._topic.decode("utf-8", "replace")
         self._received += 1
-        self._handler(topic, msg.payload, msg.mid, msg.qos, self._generation)
+        self._handler(topic, bytes(msg.payload), msg.mid, msg.qos, self._generation)

@@ -3,6 +3,7 @@
 An episode is identified by ``dedup_key`` (rule, farm and subject); the partial unique index on
 open alerts turns a repeated raise into a no-op, so two ingest processes cannot double an alert.
 An alert is resolved (``resolved_at``) when its condition clears; a later recurrence is a new row.
+The monitor acknowledges through :func:`farm_monitor.db.alerts.acknowledge`.
 """
 
 from __future__ import annotations
@@ -10,21 +11,26 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection
 
 from shared import messages as m
 
-from .config import AlertSettings
+from ..config import AlertSettings
+from ..db.dialect import Dialect, insert_columns
+from ..db.models import Alert, table_of
 from .metrics import Metrics
-from .rows import Dialect, dumps
+from .rows import dumps
 
 logger = logging.getLogger(__name__)
 
-ALERT_COLUMNS = (
-    "rule", "dedup_key", "severity", "farm_id", "device_id", "field_id", "message", "details", "raised_at",
-)  # fmt: skip
+# A raised alert sets every column but those its later life fills in.
+ALERT_COLUMNS = tuple(
+    c for c in insert_columns(table_of(Alert)) if c not in ("resolved_at", "acknowledged_at", "acknowledged_by")
+)
+_alert_row = itemgetter(*ALERT_COLUMNS)
 
 
 class AlertEngine:
@@ -49,7 +55,10 @@ class AlertEngine:
         field_id: str | None = None,
         details: dict[str, Any] | None = None,
     ) -> bool:
-        row = (rule, key, severity, farm_id, device_id, field_id, message, dumps(details or {}), self.d.ts(now))
+        row = _alert_row({
+            "rule": rule, "dedup_key": key, "severity": severity, "farm_id": farm_id, "device_id": device_id,
+            "field_id": field_id, "message": message, "details": dumps(details or {}), "raised_at": self.d.ts(now),
+        })  # fmt: skip
         raised = conn.exec_driver_sql(self._insert, row).rowcount > 0
         if raised:
             self.metrics.inc("cropwatch_alerts_raised_total", rule=rule)
@@ -171,13 +180,3 @@ class AlertEngine:
             for (key,) in open_keys:
                 if key.removeprefix(prefix) not in firing:
                     self.resolve(conn, key, now)
-
-
-def acknowledge(conn: Connection, alert_id: int, who: str, when: datetime, dialect: Dialect) -> bool:
-    """Mark an alert acknowledged (the monitor's button calls this); False if it was already."""
-    p = dialect.ph
-    res = conn.exec_driver_sql(
-        f"UPDATE alerts SET acknowledged_at = {p}, acknowledged_by = {p} WHERE id = {p} AND acknowledged_at IS NULL",
-        (dialect.ts(when), who, alert_id),
-    )
-    return res.rowcount > 0

@@ -7,11 +7,18 @@ import logging
 import signal
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import ConfigError
 
-from .config import MonitorConfig, command_config
+from ..config import MonitorConfig, command_config
+
+if TYPE_CHECKING:  # imported when run, so that --help and --check-config stay fast
+    from sqlalchemy import Engine
+
+    from .pipeline import Ingestor
+    from .transport import MqttTransport
 
 logger = logging.getLogger(__name__)
 
@@ -41,14 +48,11 @@ def main(argv: list[str], prog: str = "cropwatch ingest") -> int:
     return run(cfg)
 
 
-def run(cfg: MonitorConfig, stop: threading.Event | None = None) -> int:
-    from .db import make_engine, migrate
-    from .metrics import Metrics, MetricsServer
-    from .pipeline import Ingestor
-    from .transport import MqttTransport
-
-    stop = stop or threading.Event()
+def _open_database(cfg: MonitorConfig) -> Engine | int:
+    """The migrated database engine, or the exit code after logging why it cannot be opened."""
     from sqlalchemy.exc import OperationalError
+
+    from ..db import make_engine, migrate
 
     try:
         engine = make_engine(cfg.database, writer=True)
@@ -65,17 +69,10 @@ def run(cfg: MonitorConfig, stop: threading.Event | None = None) -> int:
         return 1
     if applied:
         logger.info("database migrated to version %d", applied[-1])
-    metrics = Metrics()
-    transport = MqttTransport(
-        cfg.mqtt,
-        cfg.ingest.topic_filter,
-        metrics,
-        client_id=cfg.ingest.client_id,
-        shared_group=cfg.ingest.shared_group,
-        receive_maximum=cfg.ingest.receive_maximum,
-    )
-    ingestor = Ingestor(cfg, engine, metrics, ack=transport.ack)
+    return engine
 
+
+def _health(cfg: MonitorConfig, ingestor: Ingestor, transport: MqttTransport) -> Callable[[], dict[str, Any]]:
     def health() -> dict[str, Any]:
         age = ingestor.oldest_pending_age()
         since_commit = None if ingestor.last_commit is None else round(time.monotonic() - ingestor.last_commit, 3)
@@ -90,6 +87,30 @@ def run(cfg: MonitorConfig, stop: threading.Event | None = None) -> int:
             "seconds_since_commit": since_commit,
             "batches": ingestor.batches,
         }
+
+    return health
+
+
+def run(cfg: MonitorConfig, stop: threading.Event | None = None) -> int:
+    from .metrics import Metrics, MetricsServer
+    from .pipeline import Ingestor
+    from .transport import MqttTransport
+
+    stop = stop or threading.Event()
+    engine = _open_database(cfg)
+    if isinstance(engine, int):
+        return engine
+    metrics = Metrics()
+    transport = MqttTransport(
+        cfg.mqtt,
+        cfg.ingest.topic_filter,
+        metrics,
+        client_id=cfg.ingest.client_id,
+        shared_group=cfg.ingest.shared_group,
+        receive_maximum=cfg.ingest.receive_maximum,
+    )
+    ingestor = Ingestor(cfg, engine, metrics, ack=transport.ack)
+    health = _health(cfg, ingestor, transport)
 
     server = None
     if cfg.metrics.port:

@@ -10,8 +10,8 @@ import sys
 from shared.config import load_config
 from shared.errors import ConfigError
 
-from .app.auth import ROLES, AuthError, UsersFile
-from .config import MonitorConfig
+from ..config import MonitorConfig
+from .auth import ROLES, AuthError, UsersFile
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:

@@ -21,18 +21,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared import messages as m
 from shared.errors import MessageError, TopicError
 from shared.topics import Topic, parse_topic
 
+from ..config import MonitorConfig
+from ..db.dialect import Dialect
+from ..db.retention import prune
 from . import rows as r
 from .alerts import AlertEngine
-from .config import MonitorConfig
 from .metrics import Metrics
-from .retention import prune
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +44,16 @@ AckFn = Callable[[list[Item]], None]
 _TOPIC_CACHE_MAX = 50_000
 # The database cannot be reached: retry the same batch later, never dead-letter it.
 _OUTAGE = (OperationalError, InterfaceError)
+# Where the device upsert finds the status_reports values it reuses.
+_STATUS = {name: i for i, name in enumerate(r.COLUMNS["status_reports"])}
+_ST_OBSERVED, _ST_SINCE, _ST_MODELS, _ST_HEALTH = (_STATUS[c] for c in ("observed_at", "since", "models", "health"))
 
 
 @dataclass
 class Batch:
-    rows: dict[str, list[tuple]] = field(default_factory=lambda: defaultdict(list))
+    rows: dict[str, list[r.Row]] = field(default_factory=lambda: defaultdict(list))
     seen: dict[tuple[str, str], Any] = field(default_factory=dict)  # (farm, device) -> received
-    statuses: list[tuple[m.Status, Any, tuple]] = field(default_factory=list)  # message, received, row
+    statuses: list[tuple[m.Status, Any, r.Row]] = field(default_factory=list)  # message, received, row
     fields: set[tuple[str, str]] = field(default_factory=set)
     dead: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     received: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -62,7 +66,7 @@ class Ingestor:
         self.engine = engine
         self.metrics = metrics
         self.ack = ack
-        self.d = r.Dialect(engine)
+        self.d = Dialect(engine)
         self.alerts = AlertEngine(config.alerts, self.d, metrics)
         self._sql = {table: self.d.insert_ignore(table) for table in r.COLUMNS}
         self._sql_seen, self._sql_status, self._sql_models = self._device_sql()
@@ -241,27 +245,24 @@ class Ingestor:
                     parsed, received,
                 )  # fmt: skip
                 continue
+            spec = r.KINDS.get(kind)
+            if spec is None:
+                self._dead(
+                    batch, topic, payload, "unknown_kind", f"ingest stores no {kind!r} messages", parsed, received
+                )
+                continue
             try:
-                if kind == "detection":
-                    rows["detections"].append(r.detection_row(d, msg, received))
-                    if msg.field_id is not None:
-                        batch.fields.add((msg.farm_id, msg.field_id))
-                elif kind == "telemetry":
-                    rows["telemetry"].extend(r.telemetry_rows(d, msg, received))
-                elif kind == "status":
-                    row = r.status_row(d, msg, received)
-                    rows["status_reports"].append(row)
-                    batch.statuses.append((msg, received, row))
-                elif kind == "sample":
-                    rows["samples"].append(r.sample_row(d, msg, received))
-                elif kind == "yield":
-                    rows["yield_estimates"].append(r.yield_row(d, msg, received))
-                else:
-                    rows["events"].append(r.event_row(d, msg, received))
+                built = spec.rows(d, msg, received)
             except Exception as exc:  # a bug here must cost one message, not the daemon
                 logger.exception("could not turn a valid %s message into rows", kind)
                 self._dead(batch, topic, payload, "internal_error", repr(exc)[:500], parsed, received)
                 continue
+            rows[spec.table.name].extend(built)
+            # Beyond storing: detections feed the disease alert, statuses the devices table.
+            if kind == "detection" and msg.field_id is not None:
+                batch.fields.add((msg.farm_id, msg.field_id))
+            elif kind == "status":
+                batch.statuses.append((msg, received, built[0]))
             batch.received[kind] += 1
             seen[(msg.farm_id, msg.device_id)] = received
             obs = msg.observed_at
@@ -277,11 +278,12 @@ class Ingestor:
         batch.received["invalid"] += 1
         digest = hashlib.sha256(topic.encode("utf-8", "replace") + b"\0" + payload).hexdigest()
         keep = payload[: self.cfg.ingest.dead_letter_max_bytes]
-        batch.rows["dead_letters"].append(
-            (
-                digest, received, topic[:1024], parsed.farm_id if parsed else None,
-                parsed.device_id if parsed else None, reason, detail[:2000], len(payload), keep,
-            )
+        batch.rows[r.DEAD_LETTERS.name].append(
+            r.dead_letter_row({
+                "digest": digest, "received_at": received, "topic": topic[:1024],
+                "farm_id": parsed.farm_id if parsed else None, "device_id": parsed.device_id if parsed else None,
+                "reason": reason, "detail": detail[:2000], "payload_size": len(payload), "payload": keep,
+            })
         )  # fmt: skip
         now = time.monotonic()
         interval = self.cfg.ingest.dead_letter_log_interval_s
@@ -355,14 +357,14 @@ class Ingestor:
             for table, rows in batch.rows.items():
                 if rows:
                     stored = self._insert(conn, table, rows)
-                    if table != "dead_letters" and stored >= 0:
+                    if table != r.DEAD_LETTERS.name and stored >= 0:
                         self.metrics.inc("cropwatch_ingest_stored_rows_total", stored, table=table)
             if batch.statuses:
                 status_rows = []
                 model_rows = []
                 for st, received, row in batch.statuses:  # arrival order: a last will lands after heartbeats
-                    observed, models_json, health = row[3], row[8], row[9]
-                    since = row[6] if st.state == "online" else received
+                    observed, models_json, health = row[_ST_OBSERVED], row[_ST_MODELS], row[_ST_HEALTH]
+                    since = row[_ST_SINCE] if st.state == "online" else received
                     status_rows.append(
                         (
                             st.farm_id, st.device_id, st.state, since, observed,
@@ -380,7 +382,11 @@ class Ingestor:
                 conn.exec_driver_sql(self._sql_status, status_rows)
                 if model_rows:
                     conn.exec_driver_sql(self._sql_models, model_rows)
-                online = [(st.farm_id, st.device_id, row[3]) for st, _, row in batch.statuses if st.state == "online"]
+                online = [
+                    (st.farm_id, st.device_id, row[_ST_OBSERVED])
+                    for st, _, row in batch.statuses
+                    if st.state == "online"
+                ]
                 if online:
                     conn.exec_driver_sql(self._sql_stale_shadow, online)
                 self.alerts.on_statuses(conn, [s for s, _, _ in batch.statuses], now)
@@ -390,7 +396,7 @@ class Ingestor:
                 )
         self._dirty_fields |= batch.fields
 
-    def _insert(self, conn: Any, table: str, rows: list[tuple]) -> int:
+    def _insert(self, conn: Connection, table: str, rows: list[r.Row]) -> int:
         """Insert rows ignoring duplicates; returns rows inserted (-1 when the driver cannot tell).
 
         Measured on PostgreSQL: executemany (pipelined by psycopg 3), COPY into a staging table

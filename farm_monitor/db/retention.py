@@ -9,8 +9,16 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, inspect, text
 
-from .config import RETENTION_TABLES, RetentionSettings
-from .rows import Dialect
+from ..config import RetentionSettings
+from .dialect import Dialect
+from .models import message_tables
+
+# Tables that retention may prune, with the column that dates a row (every device message table: observed_at).
+RETENTION_TABLES: dict[str, str] = {
+    **{t.name: "observed_at" for t in message_tables()},
+    "dead_letters": "received_at",
+    "alerts": "resolved_at",
+}
 
 logger = logging.getLogger(__name__)
 
