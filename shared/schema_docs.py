@@ -8,21 +8,14 @@ from typing import Any
 
 from . import SCHEMA_VERSION
 from .examples import example_messages
-from .messages import MAX_PAYLOAD_BYTES, MAX_SAMPLE_IMAGE_BYTES, MESSAGE_TYPES, json_schemas
+from .messages import COMMANDS, DEVICE_KINDS, MAX_PAYLOAD_BYTES, MAX_SAMPLE_IMAGE_BYTES, MESSAGE_TYPES, json_schemas
 
-TOPICS = {
-    "detection": "cropwatch/v1/{farm_id}/{device_id}/detection",
-    "yield": "cropwatch/v1/{farm_id}/{device_id}/yield",
-    "telemetry": "cropwatch/v1/{farm_id}/{device_id}/telemetry",
-    "sample": "cropwatch/v1/{farm_id}/{device_id}/sample",
-    "status": "cropwatch/v1/{farm_id}/{device_id}/status (retained)",
-    "event": "cropwatch/v1/{farm_id}/{device_id}/event",
-    "capture_now": "cropwatch/v1/{farm_id}/{device_id}/cmd/capture_now",
-    "reload_config": "cropwatch/v1/{farm_id}/{device_id}/cmd/reload_config",
-    "set_log_level": "cropwatch/v1/{farm_id}/{device_id}/cmd/set_log_level",
-    "ping": "cropwatch/v1/{farm_id}/{device_id}/cmd/ping",
-    "desired_model": "cropwatch/v1/{farm_id}/_fleet/model/{model_name} (retained)",
-}
+# Derived from the contract's kind lists, so a new kind needs no line here.
+TOPICS = (
+    {k: f"cropwatch/v1/{{farm_id}}/{{device_id}}/{k}" + (" (retained)" if k == "status" else "") for k in DEVICE_KINDS}
+    | {c: f"cropwatch/v1/{{farm_id}}/{{device_id}}/cmd/{c}" for c in COMMANDS}
+    | {"desired_model": "cropwatch/v1/{farm_id}/_fleet/model/{model_name} (retained)"}
+)
 
 
 def _type(prop: dict[str, Any]) -> str:
