@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "agent": ("edge_agent.cli", "run the field agent daemon", "edge"),
     "ingest": ("farm_monitor.ingest.cli", "store device messages from MQTT in the database", "monitor"),
     "monitor": ("farm_monitor.app.cli", "serve the Streamlit farm monitor", "monitor"),
-    "db": ("farm_monitor.db.cli", "database maintenance (prune, size, migrate)", "monitor"),
+    "db": ("farm_monitor.db_cli", "database maintenance (prune, size, migrate)", "monitor"),
     "users": ("farm_monitor.app.users_cli", "manage monitor users and roles", "monitor"),
     "data": ("cloud_trainer.data_cli", "build datasets: synthetic leaves, yield cubes, label export", "trainer"),
     "train": ("cloud_trainer.train_cli", "train a disease or yield model", "trainer"),

@@ -13,21 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from shared.ids import ID_RE
 from shared.settings import MqttSettings
 
-
-class DatabaseSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    url: str = Field(
-        "sqlite:///var/cropwatch.db",
-        description="SQLAlchemy URL: sqlite:///path.db (default, WAL mode) or postgresql+psycopg://user@host/db.",
-    )
-    password: SecretStr | None = Field(None, description="Put into a PostgreSQL URL that has none (or password_file).")
-    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
-        "FULL", description="FULL: a committed (and so acknowledged) batch survives a power cut."
-    )
-    busy_timeout_s: Annotated[float, Field(gt=0)] = 30.0
-    timescaledb: Literal["auto", "off"] = Field(
-        "auto", description="auto: make time-series tables hypertables when the timescaledb extension exists."
-    )
+from .db.engine import DatabaseSettings
+from .db.retention import RetentionSettings
 
 
 class IngestSettings(BaseModel):
@@ -98,39 +85,6 @@ class AlertSettings(BaseModel):
     disease: DiseaseRule = Field(default_factory=DiseaseRule)
     device_offline: OfflineRule = Field(default_factory=OfflineRule)
     outbox_backlog: BacklogRule = Field(default_factory=BacklogRule)
-
-
-def _default_retention() -> dict[str, int]:
-    return {
-        "detections": 730,
-        "yield_estimates": 1095,
-        "telemetry": 400,
-        "samples": 90,
-        "status_reports": 30,
-        "events": 180,
-        "dead_letters": 30,
-        "alerts": 365,
-    }
-
-
-class RetentionSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    days: dict[str, Annotated[int, Field(ge=1)]] = Field(
-        default_factory=_default_retention, description="Days to keep, per table; a table left out is kept forever."
-    )
-    interval_s: Annotated[float, Field(ge=0)] = Field(3600.0, description="Periodic prune in ingest; 0 turns it off.")
-    keep_labelled_samples: bool = Field(True, description="Labelled samples are training data: never pruned.")
-    chunk_rows: Annotated[int, Field(ge=100)] = 10_000
-
-    @field_validator("days")
-    @classmethod
-    def _known_tables(cls, value: dict[str, int]) -> dict[str, int]:
-        from .db.retention import RETENTION_TABLES  # here: the database layer imports this module
-
-        unknown = sorted(set(value) - set(RETENTION_TABLES))
-        if unknown:
-            raise ValueError(f"no retention for {', '.join(unknown)}; tables: {', '.join(RETENTION_TABLES)}")
-        return value
 
 
 class MetricsSettings(BaseModel):

@@ -4,14 +4,32 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 from shared.errors import ConfigError
 
-from ..config import DatabaseSettings
+
+class DatabaseSettings(BaseModel):
+    """``[database]`` of monitor.toml: what the database layer needs to open an engine."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(
+        "sqlite:///var/cropwatch.db",
+        description="SQLAlchemy URL: sqlite:///path.db (default, WAL mode) or postgresql+psycopg://user@host/db.",
+    )
+    password: SecretStr | None = Field(None, description="Put into a PostgreSQL URL that has none (or password_file).")
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL", description="FULL: a committed (and so acknowledged) batch survives a power cut."
+    )
+    busy_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    timescaledb: Literal["auto", "off"] = Field(
+        "auto", description="auto: make time-series tables hypertables when the timescaledb extension exists."
+    )
+
 
 logger = logging.getLogger(__name__)
 

@@ -6,10 +6,11 @@ import logging
 import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Annotated
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import Engine, inspect, text
 
-from ..config import RetentionSettings
 from .dialect import Dialect
 from .models import message_tables
 
@@ -19,6 +20,40 @@ RETENTION_TABLES: dict[str, str] = {
     "dead_letters": "received_at",
     "alerts": "resolved_at",
 }
+
+
+def _default_retention() -> dict[str, int]:
+    return {
+        "detections": 730,
+        "yield_estimates": 1095,
+        "telemetry": 400,
+        "samples": 90,
+        "status_reports": 30,
+        "events": 180,
+        "dead_letters": 30,
+        "alerts": 365,
+    }
+
+
+class RetentionSettings(BaseModel):
+    """``[retention]`` of monitor.toml; the table names are checked against the tables retention knows."""
+
+    model_config = ConfigDict(extra="forbid")
+    days: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=_default_retention, description="Days to keep, per table; a table left out is kept forever."
+    )
+    interval_s: Annotated[float, Field(ge=0)] = Field(3600.0, description="Periodic prune in ingest; 0 turns it off.")
+    keep_labelled_samples: bool = Field(True, description="Labelled samples are training data: never pruned.")
+    chunk_rows: Annotated[int, Field(ge=100)] = 10_000
+
+    @field_validator("days")
+    @classmethod
+    def _known_tables(cls, value: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(value) - set(RETENTION_TABLES))
+        if unknown:
+            raise ValueError(f"no retention for {', '.join(unknown)}; tables: {', '.join(RETENTION_TABLES)}")
+        return value
+
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from shared.config import load_config
 from shared.errors import ConfigError
 
-from ..config import MonitorConfig
+from .config import MonitorConfig
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ def _human(n: int | None) -> str:
 def main(argv: list[str], prog: str = "cropwatch db") -> int:
     args = _parser(prog).parse_args(argv)
     logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
-    from . import LATEST_VERSION, current_version, make_engine, migrate
-    from .retention import database_size, prune
+    from .db import LATEST_VERSION, current_version, make_engine, migrate
+    from .db.retention import database_size, prune
 
     try:
         cfg = load_config(MonitorConfig, args.config)
