@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
 
+from farm_monitor import db_cli
 from farm_monitor.config import MonitorConfig
 from farm_monitor.db import LATEST_VERSION, current_version, make_engine, migrate
-from farm_monitor import db_cli
 from farm_monitor.db.alerts import acknowledge
 from farm_monitor.db.dialect import Dialect
 from farm_monitor.db.models import Detection, Device, DeviceModel

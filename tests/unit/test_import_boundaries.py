@@ -15,8 +15,6 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-
-
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "architecture.md"
 TOP_LEVEL = ("shared", "edge_agent", "cloud_trainer", "fleet", "farm_monitor", "cropwatch")
