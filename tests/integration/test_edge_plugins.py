@@ -80,6 +80,9 @@ def plugin_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     (package / "__init__.py").write_text("")
     (package / "constant.py").write_text(CONSTANT_BACKEND)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    # The registry is process-wide: the throwaway backend must not outlive this test.
+    BACKENDS.types()
+    monkeypatch.setattr(BACKENDS, "_plugins", dict(BACKENDS._plugins))
     return f"{name}.constant"
 
 

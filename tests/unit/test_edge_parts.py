@@ -91,10 +91,20 @@ def test_sensor_line_protocol_over_a_real_pty() -> None:
     }
     master, slave = os.openpty()
     reader = SerialReader(SerialReaderSettings(port=os.ttyname(slave)))
-    os.write(master, b"relative_humidity=77.5 leaf_wetness=12\n")
+    done = threading.Event()
+
+    def microcontroller() -> None:
+        # A probe sends a line every interval; pyserial flushes what arrived before the port opened.
+        while not done.wait(0.05):
+            os.write(master, b"relative_humidity=77.5 leaf_wetness=12\n")
+
+    sender = threading.Thread(target=microcontroller, daemon=True)
+    sender.start()
     try:
         assert reader.read() == {"relative_humidity": 77.5, "leaf_wetness": 12.0}
     finally:
+        done.set()
+        sender.join(timeout=5)
         reader.close()
         os.close(master)
         os.close(slave)
