@@ -11,6 +11,7 @@ import pytest
 
 from edge_agent.config import load_agent_config
 from edge_agent.daemon import Agent
+from edge_agent.inference import BACKENDS
 from tests.edge_helpers import Recorder, agent_config, to_toml
 from tests.edge_models import build_classifier
 from tests.services import wait_for
