@@ -9,9 +9,9 @@ writes the dataset the trainer reads::
     DIR/card.json, card.md  the dataset card (see :mod:`.card`)
     DIR/duplicates.csv      every exact duplicate removed and every near-duplicate pair found
 
-Images are processed in sorted path order, so the first copy of a duplicate kept is the same on
-every run. Identical bytes under two different labels are a labelling conflict: every copy is
-dropped and counted, because no one can say which label is right.
+Images are processed in sorted path order (a merge: in the order of its inputs), so the copy of a
+duplicate that is kept is the same on every run. Identical bytes under two different labels are a
+labelling conflict: every copy is dropped and counted, because no one can say which label is right.
 """
 
 from __future__ import annotations
@@ -82,6 +82,8 @@ class Collected:
     skipped: list[dict[str, str]] = field(default_factory=list)
     # Format-specific facts for the card: the class mapping used, unmapped classes, ...
     notes: dict[str, Any] = field(default_factory=dict)
+    # True: candidates are already in priority order (merge: the first input's copy of a duplicate wins).
+    ordered: bool = False
 
 
 @dataclass
@@ -149,7 +151,8 @@ def import_images(col: Collected, out: Path, near_threshold: int = 4, link: bool
     conflicts: set[str] = set()
     exact: list[dict[str, str]] = []
     taken: dict[str, set[str]] = {}
-    for n, cand in enumerate(sorted(col.candidates, key=lambda c: (str(c.path), c.label)), start=1):
+    order = col.candidates if col.ordered else sorted(col.candidates, key=lambda c: (str(c.path), c.label))
+    for n, cand in enumerate(order, start=1):
         if n % 2000 == 0:
             logger.info("checked %d of %d images", n, len(col.candidates))
         try:

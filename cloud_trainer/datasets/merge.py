@@ -2,8 +2,9 @@
 
 Each input is a folder written by ``cropwatch data import`` (its ``index.csv`` and ``card.json``). The
 merge runs the same checks as an import over the union, so an image present in two inputs (PlantVillage
-and a per-crop repackaging of it) is kept once; every image keeps its domain, source and split group,
-and ``class_map.json`` gives each class its output index and the sources that hold it.
+and a per-crop repackaging of it) is kept once, from the first input that has it; every image keeps
+its domain, source and split group, and ``class_map.json`` gives each class its output index and the
+sources that hold it.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def collect(inputs: list[Path]) -> Collected:
                     )
                 )
     notes = {"merged_from": [str(p) for p in inputs], "grouping": "each input's split groups, kept"}
-    return Collected("merge", Path(", ".join(str(p) for p in inputs)), sources, found, notes=notes)
+    return Collected("merge", Path(", ".join(str(p) for p in inputs)), sources, found, notes=notes, ordered=True)
 
 
 def class_map(out: Path) -> dict[str, Any]:
