@@ -9,17 +9,26 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shared.fsutil import atomic_write_text
-
-if TYPE_CHECKING:
-    from .core import SourceInfo
 
 CARD_JSON = "card.json"
 CARD_MD = "card.md"
 LISTED = 200  # file lists in the card stop here; duplicates.csv and the skipped list carry everything
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """Where images came from and on what terms; every image names one by ``name``."""
+
+    name: str
+    domain: str
+    licence: str
+    attribution: str
+    url: str = ""
 
 
 def write_card(

@@ -30,7 +30,7 @@ from shared.errors import ImageDecodeError
 from shared.fsutil import atomic_write_text
 from shared.image import decode_image
 
-from .card import write_card
+from .card import SourceInfo, write_card
 from .dedupe import UnionFind, near_pairs, perceptual_hash
 
 logger = logging.getLogger(__name__)
@@ -46,17 +46,6 @@ HASH_SIZE = 64  # decode side for the perceptual hash; the full check of the str
 
 class DatasetImportError(ValueError):
     """An import that cannot run; the message says what to fix."""
-
-
-@dataclass(frozen=True)
-class SourceInfo:
-    """Where images came from and on what terms; every image names one by ``name``."""
-
-    name: str
-    domain: str
-    licence: str
-    attribution: str
-    url: str = ""
 
 
 @dataclass(frozen=True)
