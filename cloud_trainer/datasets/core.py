@@ -21,7 +21,6 @@ import hashlib
 import io
 import logging
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,7 +234,3 @@ def _write_duplicates(
     for i, j, d in near:
         w.writerow(["near", kept[i].rel, kept[j].rel, d])
     atomic_write_text(out / "duplicates.csv", buf.getvalue())
-
-
-def reason_counts(skipped: list[dict[str, str]]) -> dict[str, int]:
-    return dict(sorted(Counter(s["reason"] for s in skipped).items()))

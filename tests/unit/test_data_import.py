@@ -318,3 +318,26 @@ def test_identical_bytes_under_two_labels_are_dropped(tmp_path: Path) -> None:
     card = _card(out)
     assert card["label_conflicts_removed"] == 2 and card["images"] == 7
     assert not (out / "a" / "0.jpg").exists()
+
+
+def test_near_pairs_match_brute_force() -> None:
+    import random
+
+    from cloud_trainer.datasets.dedupe import near_pairs
+
+    rng = random.Random(4)
+    hashes = [rng.getrandbits(64) for _ in range(300)]
+    # Plant close relatives: flip up to 5 bits of some hashes.
+    for i in range(0, 300, 7):
+        h = hashes[i]
+        for bit in rng.sample(range(64), rng.randint(0, 5)):
+            h ^= 1 << bit
+        hashes.append(h)
+    for threshold in (0, 3, 4, 6):
+        brute = [
+            (i, j, (hashes[i] ^ hashes[j]).bit_count())
+            for i in range(len(hashes))
+            for j in range(i + 1, len(hashes))
+            if (hashes[i] ^ hashes[j]).bit_count() <= threshold
+        ]
+        assert near_pairs(hashes, threshold) == brute
