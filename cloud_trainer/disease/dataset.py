@@ -259,6 +259,8 @@ def dataset_summary(dataset: LeafDataset, fp: str) -> dict:
         "classes": dataset.classes,
         "counts": dataset.counts(),
         "images": len(dataset.samples),
+        "domains": dict(sorted(Counter(s.domain for s in dataset.samples if s.domain).items())),
+        "sources": dict(sorted(Counter(s.source for s in dataset.samples if s.source).items())),
         "skipped_count": len(dataset.skipped),
         "skipped": dataset.skipped,
     }

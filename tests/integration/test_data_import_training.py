@@ -65,6 +65,7 @@ def test_tiny_run_reports_accuracy_per_domain_and_source(merged: dict[str, Path]
     run = tmp_path / "run"
     argv = ["disease", "--data", str(merged["all"]), "--arch", "mobilenetv3_large_100", "--epochs", "1"]
     assert train_cli.main([*argv, "--out", str(run), *TINY], "cropwatch train") == 0
+    assert json.loads((run / "dataset.json").read_text())["domains"] == {"field": 16, "lab": 24}
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     by_domain, by_source = metrics["test_by_domain"], metrics["test_by_source"]
     assert set(by_domain) == {"lab", "field"} and set(by_source) == {"plantvillage", "plantdoc"}

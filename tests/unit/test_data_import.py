@@ -341,3 +341,12 @@ def test_near_pairs_match_brute_force() -> None:
             if (hashes[i] ^ hashes[j]).bit_count() <= threshold
         ]
         assert near_pairs(hashes, threshold) == brute
+
+
+def test_grouped_split_names_a_class_with_too_few_leaves(tmp_path: Path) -> None:
+    samples = [
+        ds.Sample(tmp_path / f"{c}{i}.jpg", c, f"{c}/{i}.jpg", group=f"{c}:{i // 3}") for c in "ab" for i in range(6)
+    ]
+    data = ds.LeafDataset(root=tmp_path, samples=samples, classes=["a", "b"])
+    with pytest.raises(ds.DatasetError, match=r"class 'a' has 6 images in 2 leaf groups"):
+        ds.stratified_split(data)
