@@ -9,6 +9,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth-leaves": ("cloud_trainer.disease.synth:main", "draw synthetic leaf photos with lesions into class folders"),
     "synth-yield": ("cloud_trainer.yield_model.data_cmds:synth_yield_main", "synthetic season cube with a known yield"),
     "iowa-cube": ("cloud_trainer.yield_model.data_cmds:iowa_cube_main", "Iowa county-season cube from the team data"),
+    "import": (
+        "cloud_trainer.datasets.cli:import_main",
+        "import PlantVillage, PlantDoc, iBean, Cassava or your photos (see docs/datasets.md)",
+    ),
+    "merge": ("cloud_trainer.datasets.cli:merge_main", "merge imported datasets into one training set"),
     "export-labels": (
         "farm_monitor.labels_cli:export_labels_main",
         "monitor labels: class folders + CSV",

@@ -5,7 +5,10 @@ Two sources give the same list of (path, label) samples:
 * a folder of class folders in the PlantVillage naming (``Tomato___Late_blight``,
   ``Orange___Haunglongbing_(Citrus_greening)``; spaces, commas and parentheses are fine);
 * a CSV file with a header and columns ``path,label`` (paths relative to the CSV's folder), which
-  is what the monitor's labelling queue exports.
+  is what the monitor's labelling queue exports; optional columns ``domain`` (lab/field), ``source``
+  and ``group`` (photos of one leaf or plant, kept on one side of the split);
+* a folder written by ``cropwatch data import`` or ``data merge``: class folders plus ``index.csv``
+  (the CSV form above, with those columns), which is read instead of scanning the folders.
 
 Every image is decoded once up front with :func:`shared.image.decode_image`; those that fail are
 listed with the reason and skipped. Evaluation images go through the same function at the model's
@@ -42,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 SPLITS = ("train", "val", "test")
+INDEX = "index.csv"  # what cloud_trainer.datasets writes beside the class folders
 
 
 class DatasetError(ValueError):
@@ -55,6 +59,10 @@ class Sample:
     # The path as written in the split file: relative to the dataset root, so a split stays valid
     # when the folder moves.
     rel: str
+    domain: str = ""
+    source: str = ""
+    # Photos of one leaf or plant share a group and one split; "" = the image is its own group.
+    group: str = ""
 
 
 @dataclass
@@ -101,7 +109,9 @@ def _read_csv(csv_path: Path) -> list[Sample]:
             p = Path(row["path"])
             full = p if p.is_absolute() else root / p
             rel = p.as_posix()
-            samples.append(Sample(full, row["label"], rel))
+            samples.append(
+                Sample(full, row["label"], rel, row.get("domain", ""), row.get("source", ""), row.get("group", ""))
+            )
     return samples
 
 
@@ -118,6 +128,8 @@ def load_dataset(source: str | Path, min_per_class: int = 3, check_size: int = 3
         if source.suffix.lower() != ".csv":
             raise DatasetError(f"{source} is a file but not a .csv label file; give a folder of class folders or a CSV")
         samples, root, kind = _read_csv(source), source.parent, "csv"
+    elif (source / INDEX).is_file():
+        samples, root, kind = _read_csv(source / INDEX), source, "import"
     else:
         samples, root, kind = _scan_folder(source), source, "folder"
     synthetic = (root / "SYNTHETIC.txt").exists() or any(s.label.startswith("Synthetic_leaf___") for s in samples)
@@ -168,9 +180,14 @@ def fingerprint(dataset: LeafDataset) -> str:
 def stratified_split(
     dataset: LeafDataset, val_frac: float = 0.2, test_frac: float = 0.2, seed: int = 0
 ) -> dict[str, list[Sample]]:
-    """Per class: shuffle (by seed, from sorted order) and cut; every split gets each class at least once."""
+    """Per class: shuffle (by seed, from sorted order) and cut; every split gets each class at least once.
+
+    When samples carry groups (photos of one leaf), whole groups are shuffled and dealt instead.
+    """
     if not (0 < val_frac < 1 and 0 < test_frac < 1 and val_frac + test_frac < 1):
         raise DatasetError(f"val fraction {val_frac} and test fraction {test_frac} must be in (0, 1) and sum below 1")
+    if any(s.group for s in dataset.samples):
+        return _grouped_split(dataset, val_frac, test_frac, seed)
     out: dict[str, list[Sample]] = {k: [] for k in SPLITS}
     for c in dataset.classes:
         items = sorted((s for s in dataset.samples if s.label == c), key=lambda s: s.rel)
@@ -183,6 +200,30 @@ def stratified_split(
         out["test"] += items[:n_test]
         out["val"] += items[n_test : n_test + n_val]
         out["train"] += items[n_test + n_val :]
+    return out
+
+
+def _grouped_split(dataset: LeafDataset, val_frac: float, test_frac: float, seed: int) -> dict[str, list[Sample]]:
+    """Per class: shuffle the leaf groups and deal whole groups to test, then val, until each has its share."""
+    out: dict[str, list[Sample]] = {k: [] for k in SPLITS}
+    for c in dataset.classes:
+        groups: dict[str, list[Sample]] = {}
+        for s in sorted((s for s in dataset.samples if s.label == c), key=lambda s: s.rel):
+            groups.setdefault(s.group or "\0" + s.rel, []).append(s)
+        keys = sorted(groups)
+        random.Random(f"{seed}:{c}").shuffle(keys)
+        n = sum(len(g) for g in groups.values())
+        want = {"test": max(1, round(n * test_frac)), "val": max(1, round(n * val_frac))}
+        got = {k: 0 for k in SPLITS}
+        for key in keys:
+            split = next((k for k in ("test", "val") if got[k] < want[k]), "train")
+            out[split] += groups[key]
+            got[split] += len(groups[key])
+        if not all(got.values()):
+            raise DatasetError(
+                f"class {c!r} has {n} images in {len(keys)} leaf groups, too few to put whole groups into train, "
+                "validation and test; add photos of more leaves"
+            )
     return out
 
 
@@ -218,6 +259,8 @@ def dataset_summary(dataset: LeafDataset, fp: str) -> dict:
         "classes": dataset.classes,
         "counts": dataset.counts(),
         "images": len(dataset.samples),
+        "domains": dict(sorted(Counter(s.domain for s in dataset.samples if s.domain).items())),
+        "sources": dict(sorted(Counter(s.source for s in dataset.samples if s.source).items())),
         "skipped_count": len(dataset.skipped),
         "skipped": dataset.skipped,
     }

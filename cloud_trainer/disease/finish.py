@@ -6,7 +6,7 @@ import csv
 import io
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ class FinishedRun:
     config: dict[str, Any]
     load_report: LoadReport
     history: list[dict[str, float]]
+    # The test split in loader order: its domain and source columns give the per-domain report.
+    test_samples: list[ds.Sample] = field(default_factory=list)
 
 
 def write_history(run: Path, history: list[dict[str, float]]) -> None:
@@ -72,6 +74,8 @@ def finish(done: FinishedRun, model: nn.Module, val: Scored, test: Scored, best_
         "test": test_m,
         "val": val_m,
     }
+    by = test_breakdown(done.test_samples, M.softmax(test_logits, temperature), test_labels, data.classes)
+    summary |= {f"test_by_{k}": v for k, v in by.items() if v}
     ds.write_json(eval_dir / "metrics.json", summary)
     np.savez(eval_dir / "test_logits.npz", logits=test_logits, labels=test_labels)
     extra = {
@@ -82,9 +86,8 @@ def finish(done: FinishedRun, model: nn.Module, val: Scored, test: Scored, best_
         "pretrained": done.load_report.summary(),
         "best epoch": best_epoch,
     }
-    atomic_write_text(
-        eval_dir / "report.md", M.report_markdown(run.name, test_m, val_m, temperature, test_raw["ece"], extra)
-    )
+    report = M.report_markdown(run.name, test_m, val_m, temperature, test_raw["ece"], extra)
+    atomic_write_text(eval_dir / "report.md", report + M.breakdown_markdown(by))
     save_checkpoint(
         run / "model.pt",
         {
@@ -102,6 +105,7 @@ def finish(done: FinishedRun, model: nn.Module, val: Scored, test: Scored, best_
         "test_ece_uncalibrated": test_raw["ece"],
         "val_accuracy": val_m["accuracy"],
         "test_images": test_m["n"],
+        **{f"test_accuracy_{k}_{v}": m["accuracy"] for k, table in by.items() for v, m in table.items()},
     }
     ds.write_json(run / "run.json", run_info(done, temperature, best_epoch, metrics))
     logger.info(
@@ -113,6 +117,20 @@ def finish(done: FinishedRun, model: nn.Module, val: Scored, test: Scored, best_
         temperature,
         eval_dir / "report.md",
     )
+
+
+def test_breakdown(
+    samples: list[ds.Sample], probs: np.ndarray, labels: np.ndarray, classes: list[str]
+) -> dict[str, dict[str, dict]]:
+    """Test metrics per domain and per source, for data that has those columns (else empty tables)."""
+    if len(samples) != len(labels):
+        return {"domain": {}, "source": {}}
+    return {
+        what: M.breakdown(probs, labels, [getattr(s, what) for s in samples], classes)
+        if any(getattr(s, what) for s in samples)
+        else {}
+        for what in ("domain", "source")
+    }
 
 
 def run_info(done: FinishedRun, temperature: float, best_epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:

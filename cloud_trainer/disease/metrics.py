@@ -99,6 +99,31 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[
     }
 
 
+def breakdown(probs: np.ndarray, labels: np.ndarray, keys: list[str], classes: list[str]) -> dict[str, dict]:
+    """Accuracy, macro-F1 and ECE for each value of ``keys`` (one per image: its domain or source)."""
+    arr = np.asarray(keys)
+    out = {}
+    for value in sorted(set(keys)):
+        sel = arr == value
+        m = classification_metrics(probs[sel], labels[sel], classes)
+        out[value] = {k: m[k] for k in ("n", "accuracy", "macro_f1", "ece", "mean_confidence")}
+    return out
+
+
+def breakdown_markdown(by: dict[str, dict[str, dict]]) -> str:
+    """The per-domain and per-source tables of the report ("" when the data has neither column)."""
+    lines = []
+    for what, table in by.items():
+        if not table:
+            continue
+        lines += [f"| test {what} | images | accuracy | macro-F1 | ECE |", "|---|---|---|---|---|"]
+        lines += [
+            f"| {v} | {m['n']} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | {m['ece']:.3f} |" for v, m in table.items()
+        ]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def write_confusion(out_dir: Path, cm: np.ndarray, classes: list[str], title: str) -> None:
     buf = io.StringIO()
     w = csv.writer(buf)

@@ -359,7 +359,7 @@ def main(args: argparse.Namespace) -> int:
         if ctx.is_main:
             logger.info("paused after epoch %d of %d; continue with --resume auto", end_epoch, args.epochs)
     elif ctx.is_main:
-        done = FinishedRun(run, data, fp, ctx.spec, ctx.size, config, load_report, progress.history)
+        done = FinishedRun(run, data, fp, ctx.spec, ctx.size, config, load_report, progress.history, split["test"])
         _finish(done, model, loaders, ctx.device)
     if ctx.world > 1:
         dist.barrier()
