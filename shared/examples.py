@@ -104,13 +104,12 @@ def example_messages(farm_id: str = "demo-farm", device_id: str = "gw-01", fixed
                 m.SensorReading(sensor="air-1", quantity="air_temperature", value=21.4, unit="degC"),
                 m.SensorReading(sensor="air-1", quantity="relative_humidity", value=68.0, unit="%"),
                 m.SensorReading(sensor="leaf-1", quantity="leaf_wetness", value=0.2, unit="1"),
-                m.SensorReading(sensor="soil-2", quantity="soil_ec", value=31.5, unit="dS m-1"),
             ],
             sensor_health=[
                 m.SensorHealth(
-                    sensor="soil-2",
-                    quantity="soil_ec",
-                    state="out_of_range",
+                    sensor="leaf-1",
+                    quantity="leaf_wetness",
+                    state="stuck",
                     since=datetime(2026, 6, 14, 5, 0, tzinfo=UTC),
                 )
             ],

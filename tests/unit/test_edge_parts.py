@@ -91,6 +91,8 @@ def test_sensor_line_protocol_over_a_real_pty() -> None:
     }
     master, slave = os.openpty()
     reader = SerialReader(SerialReaderSettings(port=os.ttyname(slave)))
+    # Open before the sensor speaks: pyserial (when installed) flushes what arrived before the open.
+    reader._dev = reader._open()
     os.write(master, b"relative_humidity=77.5 leaf_wetness=12\n")
     try:
         assert reader.read() == {"relative_humidity": 77.5, "leaf_wetness": 12.0}

@@ -82,7 +82,7 @@ def test_telemetry_with_only_flags_is_valid_and_with_neither_is_not() -> None:
     doc = _telemetry_doc()
     doc["readings"] = []
     msg = parse_device_message(json.dumps(doc).encode(), expected_kind="telemetry")
-    assert msg.sensor_health[0].state == "out_of_range"  # type: ignore[union-attr]
+    assert msg.sensor_health[0].state == "stuck"  # type: ignore[union-attr]
     doc["sensor_health"] = []
     with pytest.raises(MessageError) as err:
         parse_device_message(json.dumps(doc).encode(), expected_kind="telemetry")
