@@ -100,6 +100,23 @@ def test_fleet_table_opens_a_device_page(world: World) -> None:
     assert at.metric[0].value == "offline"
 
 
+def test_device_page_shows_flagged_sensors_and_field_page_every_quantity_with_its_unit(world: World) -> None:
+    at = page("device", "farmer-a")
+    at.selectbox(key="dev_pick").set_value("gw-a2").run()
+    assert not at.exception
+    assert "Sensor health" in [h.value for h in at.subheader]
+    table = at.dataframe[0].value
+    assert list(table["sensor"]) == ["probe-2"] and list(table["state"]) == ["out of range"]
+    assert list(table["unit"]) == ["dS m-1"]
+    at.selectbox(key="dev_pick").set_value("gw-a1").run()
+    assert "Sensor health" not in [h.value for h in at.subheader]
+    field = page("field", "farmer-a")
+    field.selectbox(key="field_pick").set_value("south").run()
+    captions = [c.value for c in field.caption]
+    assert any(c.startswith("soil ec (dS m-1") for c in captions), captions
+    assert any(c.startswith("air temperature (degC") for c in captions), captions
+
+
 def test_pages_need_a_login(world: World) -> None:
     at = page("detections", None)
     assert any("log in" in w.value for w in at.warning)
