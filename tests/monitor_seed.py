@@ -114,7 +114,7 @@ def _messages(farm: str, devices: dict[str, str], now: datetime, secret: bool) -
                     m.SensorReading(sensor="air-1", quantity="air_temperature", value=18 + (h % 24) / 3, unit="degC"),
                 ],
             ))  # fmt: skip
-        if dev == "gw-a2":  # a Modbus EC probe gone bad: readings stored, flagged, alert raised
+        if dev == "gw-a1":  # a Modbus EC probe gone bad: readings stored, flagged, alert raised
             for h in range(3):
                 out.append(m.Telemetry(
                     **base, msg_id=new_msg_id(), observed_at=now - timedelta(hours=h), field_id=fld,
