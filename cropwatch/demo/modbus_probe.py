@@ -19,6 +19,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,10 @@ class ProbeServer:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="modbus-probe", daemon=True)
         self._error: BaseException | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
 
     def set(self, slave: int, table: Table, address: int, values: list[int]) -> None:
         for i, w in enumerate(values):
@@ -145,12 +150,9 @@ class ProbeServer:
         self.stop()
 
 
-# The demo's probes: a soil_mte_3in1 at slave 1 and a soil_npk at slave 2 (edge_agent/sensors/maps/).
-DEMO_SLAVES = {1: {("holding", a): 0 for a in (0, 1, 2)}, 2: {("holding", a): 0 for a in (0x1E, 0x1F, 0x20)}}
-
-
 def demo_values(t: float, rng: random.Random) -> dict[int, dict[int, int]]:
-    """Plausible drifting readings at time ``t`` (seconds), as register words per slave."""
+    """Plausible drifting readings at time ``t`` (seconds), as register words per slave: a
+    soil_mte_3in1 at slave 1 and a soil_npk at slave 2 (edge_agent/sensors/maps/)."""
     day = math.sin(t / 86400 * 2 * math.pi)
     slow = math.sin(t / 600)
     moisture = 28 + 4 * slow + rng.gauss(0, 0.3)
@@ -158,8 +160,92 @@ def demo_values(t: float, rng: random.Random) -> dict[int, dict[int, int]]:
     ec = 850 + 60 * slow + rng.gauss(0, 10)
     return {
         1: {0: round(moisture * 10), 1: words(temperature * 10, "int16")[0], 2: round(ec)},
-        2: {0x1E: round(42 + 3 * slow + rng.gauss(0, 1)), 0x1F: round(18 + rng.gauss(0, 1)), 0x20: round(95 + rng.gauss(0, 2))},
+        2: {
+            0x1E: round(42 + 3 * slow + rng.gauss(0, 1)),
+            0x1F: round(18 + rng.gauss(0, 1)),
+            0x20: round(95 + rng.gauss(0, 2)),
+        },
     }
+
+
+# What the demo adds to one agent's config: the two probes on one bus, each its own sensors source.
+DEMO_SOURCES = """
+# A simulated RS-485 bus behind a Modbus TCP gateway (cropwatch/demo/modbus_probe.py): two probes,
+# one connection, requests in turn.
+[[sources]]
+type = "sensors"
+name = "modbus-soil"
+interval_s = 15.0
+
+[sources.reader]
+type = "modbus_tcp"
+host = "127.0.0.1"
+port = {port}
+map = "soil_mte_3in1"
+slave_id = 1
+
+[[sources.channels]]
+sensor = "probe1"
+quantity = "soil_moisture"
+
+[[sources.channels]]
+sensor = "probe1"
+quantity = "soil_temperature"
+
+[[sources.channels]]
+sensor = "probe1"
+quantity = "soil_ec"
+
+[[sources]]
+type = "sensors"
+name = "modbus-npk"
+interval_s = 15.0
+
+[sources.reader]
+type = "modbus_tcp"
+host = "127.0.0.1"
+port = {port}
+map = "soil_npk"
+slave_id = 2
+
+[[sources.channels]]
+sensor = "npk1"
+quantity = "nitrogen"
+
+[[sources.channels]]
+sensor = "npk1"
+quantity = "phosphorus"
+
+[[sources.channels]]
+sensor = "npk1"
+quantity = "potassium"
+"""
+
+
+def drifting_probe(port: int, host: str = "127.0.0.1", every_s: float = 2.0) -> ProbeServer:
+    """The demo's two probes on ``host:port``, their values drifting every ``every_s`` seconds."""
+    rng = random.Random(7)
+    slaves = {s: {("holding", a): w for a, w in regs.items()} for s, regs in demo_values(time.time(), rng).items()}
+    server = ProbeServer(slaves, tcp=(host, port)).start()
+
+    def drift() -> None:
+        while server.running:
+            time.sleep(every_s)
+            for slave, regs in demo_values(time.time(), rng).items():
+                for address, word in regs.items():
+                    server.set(slave, "holding", address, [word])
+
+    threading.Thread(target=drift, name="modbus-probe-drift", daemon=True).start()
+    return server
+
+
+def start_demo_probe(agent_config: Path, port: int) -> ProbeServer:
+    """Serve the demo's probes on ``port`` (threads of the demo process, like the photo dropper) and
+    add their sources to the agent config at ``agent_config``."""
+    server = drifting_probe(port)
+    with agent_config.open("a", encoding="utf-8") as fh:
+        fh.write(DEMO_SOURCES.format(port=port))
+    return server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,14 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    rng = random.Random(7)
-    with ProbeServer(DEMO_SLAVES, tcp=(args.host, args.port)) as server:
-        logger.info("simulated Modbus probes on %s:%d (slave 1 soil_mte_3in1, slave 2 soil_npk)", args.host, args.port)
-        while not stop.is_set():
-            for slave, regs in demo_values(time.time(), rng).items():
-                for address, word in regs.items():
-                    server.set(slave, "holding", address, [word])
-            stop.wait(args.every)
+    server = drifting_probe(args.port, args.host, args.every)
+    logger.info("simulated Modbus probes on %s:%d (slave 1 soil_mte_3in1, slave 2 soil_npk)", args.host, args.port)
+    stop.wait()
+    server.stop()
     return 0
 
 

@@ -74,7 +74,9 @@ def test_modbus_probe_to_database_with_a_sensor_health_alert(tmp_path: Path, mqt
             probe.set(1, "holding", 0, [1500])  # 150 %: a broken probe
             wait_for(alert, 30, what="the sensor_health alert")
             assert alert()[0] == (None, DEVICE, "north")
-            flagged = query(sqlite_url, "SELECT COUNT(*) FROM telemetry WHERE quantity = 'soil_moisture' AND value = 150")
+            flagged = query(
+                sqlite_url, "SELECT COUNT(*) FROM telemetry WHERE quantity = 'soil_moisture' AND value = 150"
+            )
             assert flagged[0][0] >= 1  # the reading keeps flowing, flagged
             probe.set(1, "holding", 0, [301])
             wait_for(lambda: alert()[0][0] is not None, 30, what="the alert resolved by a healthy reading")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -182,3 +183,32 @@ def test_readers_on_threads_never_overlap_requests_on_the_shared_bus(rtu_bus: di
     finally:
         for r in readers:
             r.close()
+
+
+def test_the_demo_probe_and_its_agent_config(tmp_path: Path) -> None:
+    from cropwatch.demo.configs import agent_toml, demo_key
+    from cropwatch.demo.modbus_probe import start_demo_probe
+    from edge_agent.config import load_agent_config
+    from shared.quantities import QUANTITIES
+    from shared.sensor_health import SensorHealthTracker
+
+    config = agent_toml(tmp_path, "gw-north", "north-field", "127.0.0.1", 1883, [demo_key(tmp_path)])
+    server = start_demo_probe(config, free_port())
+    try:
+        sources = {s.name: s for s in load_agent_config(config).sources}
+        assert {"soil", "modbus-soil", "modbus-npk"} <= set(sources)  # beside the simulated sensors
+        health = SensorHealthTracker()
+        for name in ("modbus-soil", "modbus-npk"):
+            probe = build_reader(sources[name].reader)  # type: ignore[attr-defined]
+            try:
+                values = probe.read()
+            finally:
+                probe.close()
+            channels = {(c.sensor, c.quantity) for c in sources[name].channels}  # type: ignore[attr-defined]
+            assert {q for _, q in channels} == set(values)
+            for q, v in values.items():
+                assert QUANTITIES[q].low < v < QUANTITIES[q].high  # type: ignore[index]
+            by_channel = {(s, q): values[q] for s, q in channels}
+            assert health.observe(channels, by_channel, datetime.now(UTC)) == []
+    finally:
+        server.stop()

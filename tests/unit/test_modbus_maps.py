@@ -64,8 +64,11 @@ def test_bad_maps_and_settings_say_what_is_wrong(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unit 'furlongs' is not known"):
         spec(unit="furlongs")
     bad = tmp_path / "probe.toml"
-    bad.write_text('model = "x"\nsources = ["me"]\n[[registers]]\nname = "a"\naddress = 70000\nunit = "%"\nquantity = "soil_moisture"\n')
-    with pytest.raises(ValueError, match="(?s)probe.toml.*registers.0.address"):
+    bad.write_text(
+        'model = "x"\nsources = ["me"]\n[[registers]]\n'
+        'name = "a"\naddress = 70000\nunit = "%"\nquantity = "soil_moisture"\n'
+    )
+    with pytest.raises(ValueError, match=r"(?s)probe\.toml.*registers\.0\.address"):
         load_register_map(path=bad)
     with pytest.raises(ValidationError, match="not shipped; use one of soil_mte_3in1"):
         READERS.parse({"type": "modbus_tcp", "host": "h", "map": "nope"})

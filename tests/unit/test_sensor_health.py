@@ -28,7 +28,9 @@ def test_out_of_range_is_flagged_from_the_first_bad_reading_and_clears() -> None
     h = SensorHealthTracker()
     assert h.observe([SOIL], {SOIL: 30.0}, at(0)) == []
     flags = h.observe([SOIL], {SOIL: 130.0}, at(1))
-    assert [(f.sensor, f.quantity, f.state, f.since) for f in flags] == [("soil1", "soil_moisture", "out_of_range", at(1))]
+    assert [(f.sensor, f.quantity, f.state, f.since) for f in flags] == [
+        ("soil1", "soil_moisture", "out_of_range", at(1))
+    ]
     assert h.observe([SOIL], {SOIL: 140.0}, at(2))[0].since == at(1)
     assert h.observe([SOIL], {SOIL: 31.0}, at(3)) == []
 
