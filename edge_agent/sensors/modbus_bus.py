@@ -317,18 +317,19 @@ class ModbusProbeReader:
         return out
 
     def _read_block(self, bus: ModbusBus, block: Block) -> list[int]:
-        for attempt in range(self.settings.retries + 1):
+        tries = 0
+        while True:
+            tries += 1
             try:
                 return bus.read(block, self.slave_id)
             except ModbusTimeout:
                 self.errors["modbus_timeout"] += 1
-                if attempt == self.settings.retries:
+                if tries > self.settings.retries:
                     raise
             except ModbusExceptionReply as exc:
                 # A slave that answers with an exception answers the same again: no retry.
                 self.errors[f"modbus_exception_{exc.code}"] += 1
                 raise
-        raise AssertionError("unreachable")  # the loop returns or raises
 
     def take_errors(self) -> dict[str, int]:
         """Errors since the last call, for the agent's error counters."""
