@@ -93,3 +93,79 @@ def test_telemetry_with_only_flags_is_valid_and_with_neither_is_not() -> None:
     doc["sensor_health"][0]["state"] = "sleepy"
     with pytest.raises(MessageError):
         parse_device_message(json.dumps(doc).encode(), expected_kind="telemetry")
+
+
+class _Ctx:
+    """The part of the agent a source talks to, recording what it gets."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.stop_event = threading.Event()
+        self.items: list[object] = []
+        self.errors: list[str] = []
+
+    def submit(self, item: object) -> bool:
+        self.items.append(item)
+        return True
+
+    def count_error(self, code: str) -> None:
+        self.errors.append(code)
+
+
+class _FlakyProbe:
+    """A reader (a stand-in for a bus probe) that answers, then fails, reporting its own errors."""
+
+    def __init__(self) -> None:
+        self.answers: list[dict[str, float] | None] = []
+        self.closed = 0
+        self.pending: dict[str, int] = {}
+
+    def read(self) -> dict[str, float]:
+        answer = self.answers.pop(0)
+        if answer is None:
+            self.pending = {"modbus_timeout": 2}
+            raise OSError("slave 3: no answer")
+        return answer
+
+    def take_errors(self) -> dict[str, int]:
+        out, self.pending = self.pending, {}
+        return out
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_the_sensors_source_converts_units_flags_health_and_counts_reader_errors() -> None:
+    from edge_agent.sources.sensors import SensorPoller, SensorSourceSettings
+
+    settings = SensorSourceSettings.model_validate(
+        {
+            "name": "probe",
+            "reader": {"type": "simulated"},
+            "channels": [
+                {"sensor": "air1", "quantity": "air_temperature", "unit": "degF"},
+                {"sensor": "soil1", "quantity": "soil_moisture", "unit": "m3 m-3"},
+            ],
+            "health": {"missing_intervals": 2},
+        }
+    )
+    ctx, probe = _Ctx(), _FlakyProbe()
+    poller = SensorPoller(settings, ctx, reader=probe)  # type: ignore[arg-type]
+    probe.answers = [{"air_temperature": 68.0, "soil_moisture": 1.4}, None, None]
+    for _ in range(3):
+        poller.tick(False)
+    # The first failed poll repeats the flag that still holds; the second adds missing for both channels.
+    first, held, second = ctx.items
+    assert held.readings == [] and [h.state for h in held.health] == ["out_of_range"]  # type: ignore[attr-defined]
+    readings = {(r.quantity, r.unit): r.value for r in first.readings}  # type: ignore[attr-defined]
+    assert readings == {("air_temperature", "degC"): pytest.approx(20.0), ("soil_moisture", "%"): pytest.approx(140.0)}
+    assert [(h.sensor, h.state) for h in first.health] == [("soil1", "out_of_range")]  # type: ignore[attr-defined]
+    assert second.readings == []  # type: ignore[attr-defined]
+    assert {(h.sensor, h.state) for h in second.health} == {  # type: ignore[attr-defined]
+        ("air1", "missing"),
+        ("soil1", "missing"),
+        ("soil1", "out_of_range"),
+    }
+    assert ctx.errors.count("sensor_read") == 2 and ctx.errors.count("modbus_timeout") == 4
+    assert probe.closed == 2
