@@ -9,8 +9,9 @@ A "reading" is one value (a register map entry) delivered in its canonical unit;
 one request of 3 registers. Both modes use one TCP connection and poll the probes in turn, as the
 shared bus lock makes the agent do; the ratio is the reader's cost (plan, lock, decode, unit
 conversion, error accounting) over the bare request. A real RS-485 line is far slower than either:
-at 9600 baud one such request and its answer take about 17 ms of line time (~175 readings/s at
-most), so on a serial bus the line, not the reader, is the limit.
+at 9600 baud one such request (8 bytes) and its answer (11 bytes) take about 27 ms of line time
+with the silences between frames (~110 readings/s at most), so on a serial bus the line, not the
+reader, is the limit.
 """
 
 from __future__ import annotations
