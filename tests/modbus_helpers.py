@@ -8,11 +8,25 @@ other, each through pyserial as on a real port.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import select
 import threading
 import tty
 from collections.abc import Iterator
+
+import pytest
+
+
+def require_modbus_extra() -> None:
+    """Skip without pymodbus and pyserial (the modbus extra), except under CI=true, where it must be installed."""
+    missing = [name for name in ("pymodbus", "serial") if importlib.util.find_spec(name) is None]
+    if not missing:
+        return
+    reason = f"the Modbus tests need the modbus extra ({', '.join(missing)} missing): pip install cropwatch[modbus]"
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason, allow_module_level=True)
 
 
 @contextlib.contextmanager

@@ -14,9 +14,10 @@ from edge_agent.config import load_agent_config
 from edge_agent.daemon import Agent
 from tests.edge_helpers import DEVICE, FARM, agent_config, to_toml
 from tests.integration.ingest_helpers import config, ingest_thread, query
+from tests.modbus_helpers import require_modbus_extra
 from tests.services import free_port, wait_for
 
-pytest.importorskip("pymodbus", reason="the Modbus readers need the modbus extra (pymodbus)")
+require_modbus_extra()
 
 PROBE = {1: {("holding", 0): 283, ("holding", 1): words(185, "int16")[0], ("holding", 2): 900}}
 

@@ -13,11 +13,10 @@ import pytest
 from cropwatch.demo.modbus_probe import ProbeServer, words
 from edge_agent.sensors import READERS, build_reader
 from edge_agent.sensors.modbus_bus import ModbusProbeReader
-from tests.modbus_helpers import serial_line
+from tests.modbus_helpers import require_modbus_extra, serial_line
 from tests.services import free_port
 
-pytest.importorskip("pymodbus", reason="the Modbus readers need the modbus extra (pymodbus)")
-pytest.importorskip("serial", reason="the RTU reader needs the modbus extra (pyserial)")
+require_modbus_extra()
 
 SOIL, NPK, WEATHER, DEAD, REFUSES = 1, 2, 5, 3, 4
 # What the probes hold, as their datasheets encode it (see edge_agent/sensors/maps/).
