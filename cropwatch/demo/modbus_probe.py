@@ -55,6 +55,7 @@ class ProbeServer:
         self.silent = set(silent)
         self._loop = asyncio.new_event_loop()
         self._server: Any = None
+        self._done = asyncio.Event()  # bound to the server's loop at first use (Python 3.10+)
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="modbus-probe", daemon=True)
         self._error: BaseException | None = None
@@ -121,8 +122,7 @@ class ProbeServer:
                 )
             await self._server.serve_forever(background=True)
             self._ready.set()
-            while self._server is not None:
-                await asyncio.sleep(0.05)
+            await self._done.wait()
 
         try:
             self._loop.run_until_complete(serve())
@@ -136,11 +136,14 @@ class ProbeServer:
             raise RuntimeError(f"the Modbus probe server did not start: {self._error!r}")
         return self
 
+    async def _shutdown(self) -> None:
+        await self._server.shutdown()
+        self._server = None
+        self._done.set()
+
     def stop(self) -> None:
-        server = self._server
-        if server is not None:
-            asyncio.run_coroutine_threadsafe(server.shutdown(), self._loop).result(10)
-            self._server = None
+        if self._server is not None:
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
         self._thread.join(10)
 
     def __enter__(self) -> ProbeServer:
