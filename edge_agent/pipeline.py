@@ -30,6 +30,7 @@ from shared.messages import (
     LabelScore,
     ModelRef,
     Sample,
+    SensorHealth,
     SensorReading,
     ShadowResult,
     Telemetry,
@@ -259,6 +260,9 @@ class Pipeline:
             observed_at=item.at,
             readings=[
                 SensorReading(sensor=r.sensor, quantity=r.quantity, value=r.value, unit=r.unit) for r in item.readings
+            ],
+            sensor_health=[
+                SensorHealth(sensor=h.sensor, quantity=h.quantity, state=h.state, since=h.since) for h in item.health
             ],
         )
         at = item.at.timestamp()

@@ -149,10 +149,15 @@ def import_plugin_modules(names: list[str]) -> None:
 
 
 def resolve_paths(settings: SettingsT, base: Path) -> SettingsT:
-    """Relative ``Path`` fields of plugin settings, taken relative to the config file's folder."""
-    update: dict[str, Path] = {}
+    """Relative ``Path`` fields of plugin settings (and of settings nested in them, such as a sensor
+    source's reader), taken relative to the config file's folder."""
+    update: dict[str, object] = {}
     for name in type(settings).model_fields:
         value = getattr(settings, name)
         if isinstance(value, Path) and not value.is_absolute():
             update[name] = base / value
+        elif isinstance(value, BaseModel):
+            nested = resolve_paths(value, base)
+            if nested is not value:
+                update[name] = nested
     return settings.model_copy(update=update) if update else settings

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from shared.ids import ID_RE
+from shared.sensor_health import HEALTH_STATES, HealthState
 from shared.settings import MqttSettings
 
 from .db.engine import DatabaseSettings
@@ -77,6 +78,16 @@ class BacklogRule(BaseModel):
     severity: Literal["info", "warning", "critical"] = "warning"
 
 
+class SensorHealthRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    states: list[HealthState] = Field(
+        default_factory=lambda: list(HEALTH_STATES),
+        description="Which telemetry sensor_health flags raise an alert.",
+    )
+    severity: Literal["info", "warning", "critical"] = "warning"
+
+
 class AlertSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     evaluate_every_s: Annotated[float, Field(gt=0)] = Field(
@@ -85,6 +96,7 @@ class AlertSettings(BaseModel):
     disease: DiseaseRule = Field(default_factory=DiseaseRule)
     device_offline: OfflineRule = Field(default_factory=OfflineRule)
     outbox_backlog: BacklogRule = Field(default_factory=BacklogRule)
+    sensor_health: SensorHealthRule = Field(default_factory=SensorHealthRule)
 
 
 class MetricsSettings(BaseModel):

@@ -105,6 +105,14 @@ def example_messages(farm_id: str = "demo-farm", device_id: str = "gw-01", fixed
                 m.SensorReading(sensor="air-1", quantity="relative_humidity", value=68.0, unit="%"),
                 m.SensorReading(sensor="leaf-1", quantity="leaf_wetness", value=0.2, unit="1"),
             ],
+            sensor_health=[
+                m.SensorHealth(
+                    sensor="leaf-1",
+                    quantity="leaf_wetness",
+                    state="stuck",
+                    since=datetime(2026, 6, 14, 5, 0, tzinfo=UTC),
+                )
+            ],
         ),
         "sample": m.Sample(
             **env(),

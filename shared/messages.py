@@ -33,6 +33,7 @@ from .fields import STRICT_MODEL, Id, Label, MsgId, Probability, Sha256Hex, Shor
 from .ids import new_msg_id, utcnow
 from .manifest import ModelManifest, Signature, TrustedKeys, Variant, canonical_json, sign_bytes, verify_bytes
 from .quantities import Quantity
+from .sensor_health import HealthState
 
 MAX_SAMPLE_IMAGE_BYTES = 256 * 1024
 # A sample's JPEG in base64 plus its metadata; anything larger is refused before parsing.
@@ -173,12 +174,34 @@ class SensorReading(BaseModel):
     unit: Annotated[str, StringConstraints(min_length=1, max_length=16)]
 
 
+class SensorHealth(BaseModel):
+    """A channel whose readings are not to be trusted (shared/sensor_health.py says when)."""
+
+    model_config = STRICT_MODEL
+    sensor: Id
+    quantity: Quantity
+    state: HealthState
+    since: UtcDatetime
+
+
 class Telemetry(Envelope):
-    """Sensor readings taken at ``observed_at``."""
+    """Sensor readings taken at ``observed_at``, with the channels whose health is in doubt.
+
+    ``sensor_health`` (added after schema 1 shipped, optional, so older payloads stay valid) lists
+    each flagged channel in every message while the flag holds; a flagged reading is still in
+    ``readings``. A message may carry no readings only when it carries flags (every channel missing).
+    """
 
     kind: Literal["telemetry"] = "telemetry"
     field_id: Id | None = None
-    readings: Annotated[list[SensorReading], Field(min_length=1, max_length=64)]
+    readings: Annotated[list[SensorReading], Field(max_length=64)]
+    sensor_health: Annotated[list[SensorHealth], Field(max_length=64)] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _something_to_say(self) -> Telemetry:
+        if not self.readings and not self.sensor_health:
+            raise ValueError("telemetry needs at least one reading or one sensor_health flag")
+        return self
 
 
 def _from_base64(value: Any) -> Any:

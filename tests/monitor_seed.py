@@ -114,6 +114,14 @@ def _messages(farm: str, devices: dict[str, str], now: datetime, secret: bool) -
                     m.SensorReading(sensor="air-1", quantity="air_temperature", value=18 + (h % 24) / 3, unit="degC"),
                 ],
             ))  # fmt: skip
+        if dev == "gw-a1":  # a Modbus EC probe gone bad: readings stored, flagged, alert raised
+            for h in range(3):
+                out.append(m.Telemetry(
+                    **base, msg_id=new_msg_id(), observed_at=now - timedelta(hours=h), field_id=fld,
+                    readings=[m.SensorReading(sensor="probe-2", quantity="soil_ec", value=31.5 + h, unit="dS m-1")],
+                    sensor_health=[m.SensorHealth(sensor="probe-2", quantity="soil_ec", state="out_of_range",
+                                                  since=now - timedelta(hours=3))],
+                ))  # fmt: skip
         for d in range(10):
             out.append(m.YieldEstimate(
                 **base, msg_id=new_msg_id(), observed_at=now - timedelta(days=9 - d, minutes=i), field_id=fld,

@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 from .configs import agent_toml, demo_key, demo_users, farm_layout, monitor_toml
 from .console import counts, failure_detail, print_by_class, print_counts
+from .modbus_probe import start_demo_probe
 from .models import build_model, build_yield_model, import_model, publish_model
 from .processes import Background, Stack, free_port, port_open, stop_background_steps, wait_until
 from .settings import DEMO_PASSWORD, DEVICE_IDS, FARM_ID, FIELDS
@@ -74,6 +75,8 @@ def start_farm(args: argparse.Namespace, console: Console, root: Path, stack: St
     devices = DEVICE_IDS[: args.devices]
     for device_id, field_id in zip(devices, FIELDS, strict=False):
         config = agent_toml(root, device_id, field_id, host, port, trusted)
+        if device_id == devices[0]:  # one simulated Modbus bus (two probes) beside the simulated sensors
+            start_demo_probe(config, free_port())
         stack.start(f"agent-{device_id}", ["agent", "--config", str(config)])
         farm.inboxes.append(config.parent / "inbox")
     console.print(f"agents      {', '.join(devices)} (farm {FARM_ID})")

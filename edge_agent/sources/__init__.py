@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from shared.fields import Id
 from shared.ids import utcnow
+from shared.sensor_health import HealthState
 
 from ..plugins import PluginRegistry
 
@@ -46,10 +47,21 @@ class Reading:
 
 
 @dataclass
+class HealthItem:
+    """A flagged channel (shared/sensor_health.py); becomes one ``sensor_health`` entry of the telemetry."""
+
+    sensor: str
+    quantity: str
+    state: HealthState
+    since: datetime
+
+
+@dataclass
 class ReadingsItem:
     source: str
     readings: list[Reading]
     at: datetime = field(default_factory=utcnow)
+    health: list[HealthItem] = field(default_factory=list)
 
 
 class SourceContext(Protocol):

@@ -15,7 +15,12 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Engine, bindparam, text
 
+from shared.quantities import CANONICAL_UNITS
+
 from ..db.dialect import bind_timestamp
+
+# Canonical unit by quantity name, for names read back from the database (plain strings).
+UNITS: dict[str, str] = {q: u for q, u in CANONICAL_UNITS.items()}
 
 
 class Sql:
@@ -318,6 +323,27 @@ def device_history(sql: Sql, farm: str, device: str, since: datetime) -> dict[st
     )
     events["observed_at"] = to_utc(events["observed_at"])
     return {"detections": det, "heartbeats": beats, "events": events}
+
+
+def sensor_health(sql: Sql, farm: str, device: str) -> pd.DataFrame:
+    """The device's open sensor_health alerts: which channel is flagged, how, since when."""
+    df = sql.frame(
+        "SELECT details, raised_at FROM alerts WHERE farm_id = :f AND device_id = :dev AND rule = 'sensor_health' "
+        "AND resolved_at IS NULL ORDER BY raised_at",
+        {"f": farm, "dev": device},
+    )
+    rows = []
+    for details, raised in zip(df["details"], df["raised_at"], strict=True):
+        d = _json(details) or {}
+        quantity = str(d.get("quantity", ""))
+        rows.append({
+            "sensor": d.get("sensor"), "quantity": quantity, "unit": UNITS.get(quantity, ""),
+            "state": str(d.get("state", "")).replace("_", " "), "since": d.get("since"), "alert raised": raised,
+        })  # fmt: skip
+    out = pd.DataFrame(rows, columns=["sensor", "quantity", "unit", "state", "since", "alert raised"])
+    for col in ("since", "alert raised"):
+        out[col] = to_utc(out[col])
+    return out
 
 
 def device_models(sql: Sql, farm: str) -> pd.DataFrame:

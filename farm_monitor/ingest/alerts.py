@@ -8,6 +8,7 @@ The monitor acknowledges through :func:`farm_monitor.db.alerts.acknowledge`.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -31,6 +32,23 @@ ALERT_COLUMNS = tuple(
     c for c in insert_columns(table_of(Alert)) if c not in ("resolved_at", "acknowledged_at", "acknowledged_by")
 )
 _alert_row = itemgetter(*ALERT_COLUMNS)
+
+
+_STATE_TEXT = {
+    "out_of_range": "reports values outside the physical range",
+    "stuck": "has reported the same value for many readings",
+    "missing": "has sent no value for several intervals",
+}
+_KEPT_TEXT = {"out_of_range": "stored but flagged", "stuck": "stored but flagged", "missing": "absent"}
+
+
+def _since(details: Any) -> datetime | None:
+    """The flag's start kept in an open sensor_health alert's details (JSON text or a dict)."""
+    try:
+        doc = json.loads(details) if isinstance(details, str | bytes) else details
+        return datetime.fromisoformat(doc["since"])
+    except (TypeError, ValueError, KeyError):
+        return None
 
 
 class AlertEngine:
@@ -110,6 +128,51 @@ class AlertEngine:
             for key in clear:
                 if key in open_keys:
                     self.resolve(conn, key, now)
+
+    def on_telemetry(self, conn: Connection, messages: Iterable[m.Telemetry], now: datetime) -> None:
+        """Sensor health: a ``sensor_health`` flag raises one alert per device, channel and state; the
+        alert is resolved by a later message that carries the channel's reading without that flag."""
+        rule = self.settings.sensor_health
+        if not rule.enabled:
+            return
+        by_device: dict[tuple[str, str], list[m.Telemetry]] = {}
+        for msg in messages:
+            by_device.setdefault((msg.farm_id, msg.device_id), []).append(msg)
+        p = self.d.ph
+        open_rows = conn.exec_driver_sql(
+            f"SELECT farm_id, device_id, dedup_key, details FROM alerts WHERE rule = {p} AND resolved_at IS NULL",
+            ("sensor_health",),
+        ).all()
+        open_by_device: dict[tuple[str, str], list[tuple[str, Any]]] = {}
+        for farm_id, device_id, key, details in open_rows:
+            open_by_device.setdefault((farm_id, device_id), []).append((key, details))
+        for (farm_id, device_id), msgs in by_device.items():
+            # Oldest first, so a batch holding an outage's replay ends in the latest state.
+            msgs.sort(key=lambda t: t.observed_at)
+            still_open = {key: _since(details) for key, details in open_by_device.get((farm_id, device_id), [])}
+            for msg in msgs:
+                flagged = set()
+                for h in msg.sensor_health:
+                    if h.state not in rule.states:
+                        continue
+                    key = f"sensor_health:{farm_id}:{device_id}:{h.sensor}:{h.quantity}:{h.state}"
+                    flagged.add(key)
+                    self.raise_alert(
+                        conn, "sensor_health", key, rule.severity, farm_id,
+                        f"{device_id}: sensor {h.sensor} ({h.quantity}) {_STATE_TEXT[h.state]} since "
+                        f"{h.since:%Y-%m-%d %H:%M} UTC; its readings are {_KEPT_TEXT[h.state]}",
+                        now, device_id=device_id, field_id=msg.field_id,
+                        details={"sensor": h.sensor, "quantity": h.quantity, "state": h.state,
+                                 "since": h.since.isoformat()},
+                    )  # fmt: skip
+                    still_open.setdefault(key, h.since)
+                present = {(r.sensor, r.quantity) for r in msg.readings}
+                for key, since in list(still_open.items()):
+                    sensor, quantity = key.split(":")[3:5]
+                    healthy = key not in flagged and (sensor, quantity) in present
+                    if healthy and (since is None or msg.observed_at > since):
+                        self.resolve(conn, key, now)
+                        del still_open[key]
 
     def evaluate_offline(self, conn: Connection, now: datetime) -> None:
         rule = self.settings.device_offline

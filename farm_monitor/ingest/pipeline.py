@@ -54,6 +54,7 @@ class Batch:
     rows: dict[str, list[r.Row]] = field(default_factory=lambda: defaultdict(list))
     seen: dict[tuple[str, str], Any] = field(default_factory=dict)  # (farm, device) -> received
     statuses: list[tuple[m.Status, Any, r.Row]] = field(default_factory=list)  # message, received, row
+    telemetry: list[m.Telemetry] = field(default_factory=list)
     fields: set[tuple[str, str]] = field(default_factory=set)
     dead: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     received: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -263,6 +264,8 @@ class Ingestor:
                 batch.fields.add((msg.farm_id, msg.field_id))
             elif kind == "status":
                 batch.statuses.append((msg, received, built[0]))
+            elif kind == "telemetry":
+                batch.telemetry.append(msg)
             batch.received[kind] += 1
             seen[(msg.farm_id, msg.device_id)] = received
             obs = msg.observed_at
@@ -390,6 +393,8 @@ class Ingestor:
                 if online:
                     conn.exec_driver_sql(self._sql_stale_shadow, online)
                 self.alerts.on_statuses(conn, [s for s, _, _ in batch.statuses], now)
+            if batch.telemetry:
+                self.alerts.on_telemetry(conn, batch.telemetry, now)
             if batch.seen:
                 conn.exec_driver_sql(
                     self._sql_seen, [(f, dev, rec, rec) for (f, dev), rec in sorted(batch.seen.items())]

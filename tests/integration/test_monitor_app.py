@@ -100,6 +100,23 @@ def test_fleet_table_opens_a_device_page(world: World) -> None:
     assert at.metric[0].value == "offline"
 
 
+def test_device_page_shows_flagged_sensors_and_field_page_every_quantity_with_its_unit(world: World) -> None:
+    at = page("device", "farmer-a")
+    at.selectbox(key="dev_pick").set_value("gw-a1").run()
+    assert not at.exception
+    assert "Sensor health" in [h.value for h in at.subheader]
+    table = at.dataframe[0].value
+    assert list(table["sensor"]) == ["probe-2"] and list(table["state"]) == ["out of range"]
+    assert list(table["unit"]) == ["dS m-1"]
+    at.selectbox(key="dev_pick").set_value("gw-a2").run()
+    assert "Sensor health" not in [h.value for h in at.subheader]
+    field = page("field", "farmer-a")
+    field.selectbox(key="field_pick").set_value("north").run()
+    captions = [c.value for c in field.caption]
+    assert any(c.startswith("soil ec (dS m-1") for c in captions), captions
+    assert any(c.startswith("air temperature (degC") for c in captions), captions
+
+
 def test_pages_need_a_login(world: World) -> None:
     at = page("detections", None)
     assert any("log in" in w.value for w in at.warning)
@@ -139,7 +156,8 @@ def test_models_page_lists_registry_versions_and_device_state(world: World) -> N
 def test_overview_kpis_and_what_needs_attention(world: World) -> None:
     at = page("overview", "farmer-a")
     kpis = {m.label: m.value for m in at.metric}
-    assert kpis["Devices online"] == "2" and kpis["Offline or silent"] == "1" and kpis["Open alerts"] == "2"
+    # Open alerts: gw-a2 offline, north's Late_blight and gw-a1's flagged EC probe (sensor_health).
+    assert kpis["Devices online"] == "2" and kpis["Offline or silent"] == "1" and kpis["Open alerts"] == "3"
     attention = next(md.value for md in at.markdown if "Needs attention" in md.value)
     assert "gw-a2 has been offline" in attention and "Late_blight" in attention
     assert any("gw-a3" in w.value for w in at.warning)  # reports, but not in the layout

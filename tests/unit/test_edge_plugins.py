@@ -34,7 +34,7 @@ def check(tmp_path: Path, **sections: Any) -> AgentConfig:
 def test_each_kind_finds_its_plugins_in_its_package() -> None:
     assert BACKENDS.types() == ["onnxruntime"]
     assert SOURCES.types() == ["camera", "folder", "sensors", "simulated_camera"]
-    assert READERS.types() == ["serial", "simulated"]
+    assert READERS.types() == ["modbus_rtu", "modbus_tcp", "serial", "simulated"]
 
 
 @pytest.mark.parametrize(
@@ -43,7 +43,7 @@ def test_each_kind_finds_its_plugins_in_its_package() -> None:
         ({"sources": [{"type": "thermal", "name": "t"}]}, "sources.0", "camera, folder, sensors, simulated_camera"),
         ({"models": [{"type": "tflite", "manifest": "m.json"}]}, "models.0", "onnxruntime"),
         ({"sources": [{"type": "sensors", "name": "s", "reader": {"type": "modbus"}}]}, "sources.0.reader",
-         "serial, simulated"),
+         "modbus_rtu, modbus_tcp, serial, simulated"),
     ],
 )  # fmt: skip
 def test_an_unknown_type_names_the_known_ones(tmp_path: Path, sections: dict[str, Any], where: str, known: str) -> None:

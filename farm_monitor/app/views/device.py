@@ -1,4 +1,4 @@
-"""Device: one device's status, heartbeats, detections and events over time."""
+"""Device: one device's status, flagged sensors, heartbeats, detections and events over time."""
 
 from __future__ import annotations
 
@@ -33,6 +33,14 @@ def render() -> None:
         f"Last heartbeat {dt(row['last_heartbeat_at'])} · last seen {dt(row['last_seen_at'])} · "
         f"agent {row['agent_version'] or '?'} · models {row['models'] or '—'}"
     )
+    health = Data.sensor_health(farm, device)
+    if not health.empty:
+        st.subheader("Sensor health")
+        st.warning(
+            f"{len(health)} sensor channel(s) flagged: out of range or stuck readings are still stored but not to be "
+            "trusted; missing ones send nothing. The alert resolves when the channel reads normally again."
+        )
+        st.dataframe(health, hide_index=True, width="stretch")
     days = st.selectbox("Period", [1, 7, 30], index=1, format_func=lambda d: f"{d} days", key="dev_days")
     hist = Data.device_history(farm, device, now - timedelta(days=days))
     st.subheader("Heartbeats per hour")

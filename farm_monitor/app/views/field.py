@@ -7,6 +7,7 @@ from datetime import timedelta
 import altair as alt
 import streamlit as st
 
+from farm_monitor.app.queries import UNITS
 from farm_monitor.app.risk import risk_level
 from farm_monitor.app.ui import Data, config, field_ids, guarded, layout, minute_now, pick_farm, require_user
 
@@ -53,10 +54,14 @@ def render() -> None:
     if not quantities:
         st.info("No sensor readings from this field in this period.")
     unit = "hour" if days <= 30 else "day"
-    for quantity in quantities[:6]:
+    # Every quantity the field reported (a Modbus probe or a LoRaWAN node adds its own), two per row.
+    for i, quantity in enumerate(quantities):
+        if i % 2 == 0:
+            cols = st.columns(2)
         series = Data.telemetry_series(farm, field, quantity, now - timedelta(days=days), unit)
-        st.caption(f"{quantity} ({unit}ly mean)")
-        st.line_chart(series.set_index("t")[["mean"]], height=180)
+        with cols[i % 2]:
+            st.caption(f"{quantity.replace('_', ' ')} ({UNITS.get(quantity, '?')}, {unit}ly mean)")
+            st.line_chart(series.set_index("t")[["mean"]], height=180)
 
     st.subheader("Yield forecast")
     yh = Data.yield_history(farm, field)
