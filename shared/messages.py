@@ -173,12 +173,24 @@ class SensorReading(BaseModel):
     unit: Annotated[str, StringConstraints(min_length=1, max_length=16)]
 
 
+class RadioLink(BaseModel):
+    """How a radio sensor's message arrived (a LoRaWAN uplink through the bridge): the best gateway's view."""
+
+    model_config = STRICT_MODEL
+    rssi_dbm: Annotated[float, Field(ge=-200, le=50)] | None = None
+    snr_db: Annotated[float, Field(ge=-50, le=50)] | None = None
+    frame_counter: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
+    gateway_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    gateways: Annotated[int, Field(ge=0, le=1000)] | None = Field(None, description="How many gateways heard it.")
+
+
 class Telemetry(Envelope):
     """Sensor readings taken at ``observed_at``."""
 
     kind: Literal["telemetry"] = "telemetry"
     field_id: Id | None = None
     readings: Annotated[list[SensorReading], Field(min_length=1, max_length=64)]
+    link: RadioLink | None = Field(None, description="Radio link of a bridged sensor (LoRaWAN); absent otherwise.")
 
 
 def _from_base64(value: Any) -> Any:
