@@ -8,7 +8,7 @@ import threading
 
 from .config import LorawanConfig
 from .convert import Converter
-from .transport import TelemetryPublisher, UplinkSubscriber
+from .transport import Publisher, UplinkSubscriber
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ class Bridge:
         self.converter = Converter(config)
         self.counters = self.converter.counters
         host = socket.gethostname()
-        self.publisher = TelemetryPublisher(
+        self.publisher = Publisher(
             config.cropwatch, config.cropwatch.client_id or f"cropwatch-bridge-lorawan-{host}", self.counters
         )
         self.publisher.on_refused = self._refused

@@ -145,11 +145,11 @@ class UplinkSubscriber(Link):
         self._handler(msg.topic, bytes(msg.payload))
 
 
-class TelemetryPublisher(Link):
-    """The Cropwatch broker: QoS 1 publishes; a refused PUBACK is counted and logged."""
+class Publisher(Link):
+    """QoS 1 publishes (the bridge's telemetry; the demo's simulated uplinks); a refused PUBACK is counted."""
 
-    def __init__(self, settings: MqttSettings, client_id: str, counters: Counter[str]) -> None:
-        super().__init__("cropwatch", settings, client_id, counters)
+    def __init__(self, settings: MqttSettings, client_id: str, counters: Counter[str], name: str = "cropwatch") -> None:
+        super().__init__(name, settings, client_id, counters)
         self.client.on_publish = _guarded(counters, "publish", self._on_publish)
         self._topics: dict[int, str] = {}
         self._lock = threading.Lock()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from bridges.lorawan.config import LorawanConfig, acl_lines
 from bridges.lorawan.convert import Converter, OutOfRange
+from bridges.lorawan.simulate import SoilProbe
 from bridges.lorawan.uplink import parse_uplink
 from shared.ids import MSG_ID_RE, msg_id_time
 from shared.messages import parse_device_message
@@ -161,3 +163,20 @@ def test_config_mistakes_are_named(change: object, message: str) -> None:
     change(doc)  # type: ignore[operator]
     with pytest.raises(ValidationError, match=message):
         LorawanConfig.model_validate(doc)
+
+
+def test_demo_config_maps_the_simulated_probe(tmp_path: Path) -> None:
+    from cropwatch.demo.lorawan import DEV_EUI, DEVICE_ID, lorawan_toml
+    from shared.config import load_config
+
+    cfg = load_config(LorawanConfig, lorawan_toml(tmp_path, "127.0.0.1", 1883), environ={})
+    conv = Converter(cfg)
+    result = conv.convert(SoilProbe(DEV_EUI).payload())
+    assert result is not None and result[1].device_id == DEVICE_ID and result[1].field_id == "north-field"
+    assert {r.quantity for r in result[1].readings} == {
+        "soil_temperature",
+        "soil_moisture",
+        "soil_ec",
+        "battery_voltage",
+    }
+    assert sum(conv.counters[k] for k in ("unknown_field", "out_of_range", "bad_value")) == 0
