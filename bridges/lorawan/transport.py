@@ -14,6 +14,7 @@ import functools
 import logging
 import ssl
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -76,6 +77,7 @@ class Link:
         self.settings = settings
         self.counters = counters
         self.connected = threading.Event()
+        self._stopping = False
         self.client = _client(settings, client_id, counters)
         self.client.on_connect = _guarded(counters, f"{name} connect", self._on_connect)
         self.client.on_disconnect = _guarded(counters, f"{name} disconnect", self._on_disconnect)
@@ -89,7 +91,7 @@ class Link:
         self.connected.set()
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._stopping:
             logger.warning("lost the %s broker %s (%s); reconnecting", self.name, self.settings.url, reason)
         self.connected.clear()
 
@@ -104,6 +106,7 @@ class Link:
         self.client.loop_start()
 
     def stop(self) -> None:
+        self._stopping = True
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -152,18 +155,45 @@ class Publisher(Link):
         super().__init__(name, settings, client_id, counters)
         self.client.on_publish = _guarded(counters, "publish", self._on_publish)
         self._topics: dict[int, str] = {}
+        self._early: dict[int, Any] = {}
         self._lock = threading.Lock()
         self.on_refused: Callable[[str, str], None] | None = None
 
     def publish(self, topic: str, payload: bytes) -> None:
-        # The lock spans publish and the mid bookkeeping: the PUBACK may arrive on paho's thread first.
+        # paho calls on_publish holding its own lock, so ours is never held across a paho call (that
+        # order inversion deadlocks under load). A PUBACK may therefore arrive before the mid is
+        # noted here; _on_publish parks it in _early and this side settles it.
+        info = self.client.publish(topic, payload, qos=1)
         with self._lock:
-            info = self.client.publish(topic, payload, qos=1)
-            self._topics[info.mid] = topic
+            early = self._early.pop(info.mid, None)
+            if early is None:
+                self._topics[info.mid] = topic
+        if early is not None:
+            self._settle(topic, early)
 
     def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, reason: Any, _p: Any) -> None:
         with self._lock:
-            topic = self._topics.pop(mid, "?")
+            topic = self._topics.pop(mid, None)
+            if topic is None:
+                self._early[mid] = reason
+                return
+        self._settle(topic, reason)
+
+    def pending(self) -> int:
+        """Publishes not yet acknowledged (sent or queued)."""
+        with self._lock:
+            return len(self._topics)
+
+    def stop(self, flush_s: float = 10.0) -> None:
+        """Wait (while connected, up to ``flush_s``) for outstanding PUBACKs, then disconnect."""
+        deadline = time.monotonic() + flush_s
+        while self.pending() and self.connected.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if self.pending():
+            logger.warning("stopping with %d telemetry publishes not acknowledged", self.pending())
+        super().stop()
+
+    def _settle(self, topic: str, reason: Any) -> None:
         if reason.is_failure:
             self.counters["publish_refused"] += 1
             if self.on_refused is not None:
