@@ -57,10 +57,10 @@ class Bridge:
     def ready(self) -> bool:
         return self.publisher.connected.is_set() and self.subscriber.subscribed.is_set()
 
-    def health_line(self) -> str:
+    def health_line(self, state: str | None = None) -> str:
         parts = [f"{k}={self.counters[k]}" for k in HEADLINE]
         parts += [f"{k}={v}" for k, v in sorted(self.counters.items()) if k not in HEADLINE and v]
-        state = "ok" if self.ready() else "not connected"
+        state = state or ("ok" if self.ready() else "not connected")
         return f"lorawan bridge {state}: " + " ".join(parts)
 
     def run(self, stop: threading.Event) -> int:
@@ -70,5 +70,5 @@ class Bridge:
                 logger.info("%s", self.health_line())
         finally:
             self.stop()
-            logger.info("%s (stopped)", self.health_line())
+            logger.info("%s", self.health_line("stopped"))
         return 0

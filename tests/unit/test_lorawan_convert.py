@@ -180,3 +180,26 @@ def test_demo_config_maps_the_simulated_probe(tmp_path: Path) -> None:
         "battery_voltage",
     }
     assert sum(conv.counters[k] for k in ("unknown_field", "out_of_range", "bad_value")) == 0
+
+
+def test_cli_prints_the_acl_checks_the_config_and_names_mistakes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cropwatch.cli import main
+    from cropwatch.demo.lorawan import lorawan_toml
+
+    path = lorawan_toml(tmp_path, "127.0.0.1", 1883)
+    path.write_text(
+        path.read_text().replace("[cropwatch]\n", '[cropwatch]\nusername = "bridge"\npassword = "s3cret"\n')
+    )
+    assert main(["bridge", "lorawan", "--config", str(path), "--print-acl"]) == 0
+    assert "user bridge\ntopic write cropwatch/v1/demo-farm/lora-soil-1/telemetry\n" in capsys.readouterr().out
+    assert main(["bridge", "lorawan", "--config", str(path), "--check-config"]) == 0
+    out = capsys.readouterr().out
+    assert '"dev_eui": "a84041000181c061"' in out and "s3cret" not in out
+    path.write_text(path.read_text().replace('"soil_ec"', '"soil_salt"'))
+    assert main(["bridge", "lorawan", "--config", str(path)]) == 2
+    assert "quantity" in capsys.readouterr().err
+    assert main(["bridge", "lorawan", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert main(["bridge", "zigbee"]) == 2
+    assert "unknown bridge 'zigbee'" in capsys.readouterr().err
