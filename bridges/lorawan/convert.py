@@ -165,8 +165,12 @@ class Converter:
                     )  # fmt: skip
                 continue
             reading = self._reading(dev, name, raw, spec)
-            if reading is not None and len(readings) < MAX_READINGS:
-                readings.append(reading)
+            if reading is None:
+                continue
+            if len(readings) == MAX_READINGS:
+                self.counters["too_many_fields"] += 1
+                continue
+            readings.append(reading)
         return readings
 
     def _reading(self, dev: DeviceMap, name: str, raw: Any, spec: FieldMap) -> SensorReading | None:

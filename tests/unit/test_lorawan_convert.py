@@ -203,3 +203,11 @@ def test_cli_prints_the_acl_checks_the_config_and_names_mistakes(
     assert main(["bridge", "lorawan", "--config", str(tmp_path / "missing.toml")]) == 2
     assert main(["bridge", "zigbee"]) == 2
     assert "unknown bridge 'zigbee'" in capsys.readouterr().err
+
+
+def test_derived_msg_id_refuses_a_time_outside_48_bits() -> None:
+    from shared.ids import derived_msg_id
+
+    assert derived_msg_id(0, b"x") == "0000000000" + derived_msg_id(0, b"x")[10:]
+    with pytest.raises(ValueError, match="48-bit"):
+        derived_msg_id(1 << 48, b"x")
