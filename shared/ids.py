@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import threading
@@ -56,6 +57,18 @@ def new_msg_id(now_ms: int | None = None) -> str:
             rand = int.from_bytes(os.urandom(10), "big") >> 1
         _last_ms, _last_rand = ms, rand
     return _encode(ms, 10) + _encode(rand, 16)
+
+
+def derived_msg_id(time_ms: int, key: bytes) -> str:
+    """A ULID whose time part is ``time_ms`` and whose random part is a hash of ``key``.
+
+    The same (time, key) always gives the same id, so a message that reaches a bridge twice (a
+    LoRaWAN uplink replayed by its network server) carries one msg_id and ingest stores it once.
+    """
+    if not 0 <= time_ms < 1 << 48:
+        raise ValueError(f"time_ms {time_ms} is outside the 48-bit range of a msg_id")
+    digest = int.from_bytes(hashlib.blake2b(key, digest_size=10).digest(), "big") >> 1
+    return _encode(time_ms, 10) + _encode(digest, 16)
 
 
 def msg_id_time(msg_id: str) -> datetime:

@@ -32,8 +32,18 @@ from .errors import MessageError
 from .fields import STRICT_MODEL, Id, Label, MsgId, Probability, Sha256Hex, ShortText, UtcDatetime, Version
 from .ids import new_msg_id, utcnow
 from .manifest import ModelManifest, Signature, TrustedKeys, Variant, canonical_json, sign_bytes, verify_bytes
-from .quantities import Quantity
-from .sensor_health import HealthState
+from .message_parts import (
+    ActiveModel as ActiveModel,
+    Health as Health,
+    LabelScore as LabelScore,
+    ModelRef as ModelRef,
+    RadioLink as RadioLink,
+    SensorHealth as SensorHealth,
+    SensorReading as SensorReading,
+    ShadowResult as ShadowResult,
+    TopK as TopK,
+    YieldQuantiles as YieldQuantiles,
+)
 
 MAX_SAMPLE_IMAGE_BYTES = 256 * 1024
 # A sample's JPEG in base64 plus its metadata; anything larger is refused before parsing.
@@ -83,39 +93,6 @@ class Envelope(BaseModel):
         return self.model_dump_json().encode("utf-8")
 
 
-class ModelRef(BaseModel):
-    model_config = STRICT_MODEL
-    name: Id
-    version: Version
-    sha256: Sha256Hex
-    variant: Variant = "fp32"
-
-
-class LabelScore(BaseModel):
-    model_config = STRICT_MODEL
-    label: Label
-    probability: Probability
-
-
-def _descending(scores: list[LabelScore]) -> list[LabelScore]:
-    probs = [s.probability for s in scores]
-    if probs != sorted(probs, reverse=True):
-        raise ValueError("top_k must be sorted by probability, highest first")
-    return scores
-
-
-TopK = Annotated[list[LabelScore], Field(min_length=1, max_length=20), AfterValidator(_descending)]
-
-
-class ShadowResult(BaseModel):
-    """A challenger model's answer on the same image, reported beside the champion's."""
-
-    model_config = STRICT_MODEL
-    model: ModelRef
-    top_k: TopK
-    inference_ms: Annotated[float, Field(ge=0)] | None = None
-
-
 class Detection(Envelope):
     """A leaf-disease classification of one image."""
 
@@ -138,19 +115,6 @@ class Detection(Envelope):
         return self.top_k[0].probability
 
 
-class YieldQuantiles(BaseModel):
-    model_config = STRICT_MODEL
-    p10: float
-    p50: float
-    p90: float
-
-    @model_validator(mode="after")
-    def _ordered(self) -> YieldQuantiles:
-        if not self.p10 <= self.p50 <= self.p90:
-            raise ValueError("quantiles must satisfy p10 <= p50 <= p90")
-        return self
-
-
 class YieldEstimate(Envelope):
     """The yield outlook for a field, from the season so far."""
 
@@ -166,24 +130,6 @@ class YieldEstimate(Envelope):
     unit: Annotated[str, StringConstraints(min_length=1, max_length=32)]
 
 
-class SensorReading(BaseModel):
-    model_config = STRICT_MODEL
-    sensor: Id
-    quantity: Quantity
-    value: float
-    unit: Annotated[str, StringConstraints(min_length=1, max_length=16)]
-
-
-class SensorHealth(BaseModel):
-    """A channel whose readings are not to be trusted (shared/sensor_health.py says when)."""
-
-    model_config = STRICT_MODEL
-    sensor: Id
-    quantity: Quantity
-    state: HealthState
-    since: UtcDatetime
-
-
 class Telemetry(Envelope):
     """Sensor readings taken at ``observed_at``, with the channels whose health is in doubt.
 
@@ -196,6 +142,7 @@ class Telemetry(Envelope):
     field_id: Id | None = None
     readings: Annotated[list[SensorReading], Field(max_length=64)]
     sensor_health: Annotated[list[SensorHealth], Field(max_length=64)] = Field(default_factory=list)
+    link: RadioLink | None = Field(None, description="Radio link of a bridged sensor (LoRaWAN); absent otherwise.")
 
     @model_validator(mode="after")
     def _something_to_say(self) -> Telemetry:
@@ -246,32 +193,6 @@ class Sample(Envelope):
     width: Annotated[int, Field(ge=1, le=65535)]
     height: Annotated[int, Field(ge=1, le=65535)]
     image_jpeg: JpegBytes = Field(description="Base64 of a JPEG of at most 256 KiB.")
-
-
-class ActiveModel(BaseModel):
-    model_config = STRICT_MODEL
-    name: Id
-    version: Version
-    sha256: Sha256Hex
-    variant: Variant = "fp32"
-    role: Literal["champion", "shadow"] = "champion"
-    state: Literal["active", "trial", "downloading", "verifying", "rejected", "rolled_back"] = "active"
-
-
-class Health(BaseModel):
-    model_config = STRICT_MODEL
-    uptime_s: Annotated[float, Field(ge=0)]
-    cpu_percent: Annotated[float, Field(ge=0)] | None = None
-    memory_rss_mb: Annotated[float, Field(ge=0)] | None = None
-    disk_free_mb: Annotated[float, Field(ge=0)] | None = None
-    temperature_c: float | None = None
-    outbox_depth: Annotated[int, Field(ge=0)] = 0
-    outbox_oldest_age_s: Annotated[float, Field(ge=0)] | None = None
-    outbox_refused: Annotated[int, Field(ge=0)] = 0
-    dropped: dict[Id, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=32)
-    errors: dict[Id, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=32)
-    inference_p50_ms: Annotated[float, Field(ge=0)] | None = None
-    inference_p95_ms: Annotated[float, Field(ge=0)] | None = None
 
 
 class Status(Envelope):

@@ -15,8 +15,7 @@ from torch import nn
 
 from shared.fsutil import atomic_write_text
 
-from . import dataset as ds
-from . import metrics as M
+from . import dataset as ds, metrics as M
 from .models import ArchSpec, LoadReport
 from .run_setup import save_checkpoint
 

@@ -28,8 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from . import dataset as ds
-from . import metrics as M
+from . import dataset as ds, metrics as M
 from .finish import TASK, FinishedRun, finish, write_history
 from .models import MODEL_REGISTRY, ArchSpec, arch_spec, build_model
 from .run_setup import build_optimizer, init_distributed, init_from_run, resolve_split, resume_path, save_checkpoint

@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 from .configs import agent_toml, demo_key, demo_users, farm_layout, monitor_toml
 from .console import counts, failure_detail, print_by_class, print_counts
+from .lorawan import LorawanSensor
 from .modbus_probe import start_demo_probe
 from .models import build_model, build_yield_model, import_model, publish_model
 from .processes import Background, Stack, free_port, port_open, stop_background_steps, wait_until
@@ -204,6 +205,7 @@ def run_demo(args: argparse.Namespace) -> int:
     root: Path = args.data_dir.resolve()
     root.mkdir(parents=True, exist_ok=True)
     stack = Stack(root / "logs")
+    lorawan: LorawanSensor | None = None
     started = time.monotonic()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
@@ -211,6 +213,9 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         public_key, manifest, photos = _model(args, root, console)
         farm = start_farm(args, console, root, stack, manifest, public_key)
+        broker = urlparse(farm.broker_url)
+        lorawan = LorawanSensor(root, broker.hostname or "127.0.0.1", broker.port or 1883, stack)
+        console.print("lorawan     a simulated soil probe's ChirpStack uplinks, bridged to lora-soil-1")
         # After the disease model is out, so it never delays the first detection.
         yield_build = None
         if not args.no_yield:
@@ -232,6 +237,8 @@ def run_demo(args: argparse.Namespace) -> int:
         console.print(f"[red]demo failed:[/red] {exc}")
         return 1
     finally:
+        if lorawan is not None:
+            lorawan.stop()
         stop_background_steps()
         stack.stop()
         console.print("all demo processes stopped")

@@ -72,7 +72,10 @@ def test_demo_farm_stores_detections_and_stops_cleanly(tmp_path: Path, team_data
     with sqlite3.connect(tmp_path / "demo" / "cropwatch.db") as conn:
         detections = conn.execute("SELECT COUNT(*), COUNT(DISTINCT device_id) FROM detections").fetchone()
         model_versions = {row[0] for row in conn.execute("SELECT DISTINCT model_version FROM detections")}
-        devices = conn.execute("SELECT COUNT(*) FROM devices").fetchone()[0]
+        devices = {row[0] for row in conn.execute("SELECT device_id FROM devices")}
+        lora = conn.execute(
+            "SELECT DISTINCT quantity, field_id FROM telemetry WHERE device_id = 'lora-soil-1'"
+        ).fetchall()
         yields = conn.execute("SELECT DISTINCT model_name, model_version, crop FROM yield_estimates").fetchall()
         probe_sql = "SELECT DISTINCT quantity FROM telemetry WHERE sensor IN ('probe1', 'npk1')"
         probe = {r[0] for r in conn.execute(probe_sql)}
@@ -81,9 +84,13 @@ def test_demo_farm_stores_detections_and_stops_cleanly(tmp_path: Path, team_data
     # The version the demo published through the rollout path is the one that made the estimates.
     published = json.loads((tmp_path / "demo" / "yield" / "run" / "export" / "manifest.json").read_text())
     assert yields == [(published["name"], published["version"], "corn")]
-    assert devices == 2
     # The simulated Modbus bus, read by the first agent through the modbus_tcp reader.
     assert probe == {"soil_moisture", "soil_temperature", "soil_ec", "nitrogen", "phosphorus", "potassium"}
+    # The two gateways, and the LoRaWAN soil probe whose replayed ChirpStack uplinks the bridge carried.
+    assert devices == {"gw-north", "gw-south", "lora-soil-1"}
+    assert set(lora) == {
+        (q, "north-field") for q in ("soil_temperature", "soil_moisture", "soil_ec", "battery_voltage")
+    }
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "demo")], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", "demo processes left running"
     assert not port_open("127.0.0.1", port), "the monitor's web server outlived the demo"

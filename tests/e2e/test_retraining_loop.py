@@ -29,8 +29,7 @@ from farm_monitor.db import make_engine
 from fleet.registry import Registry
 from fleet.shadow import shadow_report
 from shared.manifest import generate_keypair
-from tests.integration.ingest_helpers import config as ingest_config
-from tests.integration.ingest_helpers import ingest_thread
+from tests.integration.ingest_helpers import config as ingest_config, ingest_thread
 from tests.integration.rollout_helpers import farm_recorder, fleet_doc, import_model, running, serving
 from tests.retrain_helpers import CONFUSED, class_names, field_jpeg, make_base_run
 from tests.services import cropwatch_cmd, cropwatch_env, wait_for

@@ -9,8 +9,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from shared import messages as m
-from shared import topics
+from shared import messages as m, topics
 from shared.examples import example_messages
 from tests.services import Broker, wait_for
 

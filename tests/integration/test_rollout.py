@@ -22,8 +22,7 @@ from shared.messages import Artifact, RolloutPolicy
 from shared.rollout import selects
 from shared.topics import fleet_model_topic, fleet_shadow_topic
 from tests.edge_helpers import to_toml
-from tests.integration.ingest_helpers import config as ingest_config
-from tests.integration.ingest_helpers import ingest_thread
+from tests.integration.ingest_helpers import config as ingest_config, ingest_thread
 from tests.integration.rollout_helpers import (
     NAME,
     TOKEN,

@@ -18,8 +18,7 @@ from fleet.registry import Registry
 from shared.messages import RolloutPolicy
 from shared.topics import fleet_model_topic, fleet_shadow_topic
 from tests.edge_models import LEAF_LABELS, build_classifier
-from tests.integration.ingest_helpers import config as ingest_config
-from tests.integration.ingest_helpers import ingest_thread
+from tests.integration.ingest_helpers import config as ingest_config, ingest_thread
 from tests.integration.rollout_helpers import (
     NAME,
     build_fixed_batch,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "architecture.md"
-TOP_LEVEL = ("shared", "edge_agent", "cloud_trainer", "fleet", "farm_monitor", "cropwatch")
+TOP_LEVEL = ("shared", "edge_agent", "cloud_trainer", "fleet", "farm_monitor", "bridges", "cropwatch")
 
 
 def _modules() -> dict[str, Path]:

@@ -5,8 +5,7 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from shared import messages as m
 from shared.examples import example_messages, tiny_jpeg
