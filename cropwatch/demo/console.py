@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from shared.display_names import display_name
 
 from .settings import FARM_ID
 
@@ -45,10 +48,11 @@ def print_counts(console: Console, elapsed_s: float, current: dict[str, int]) ->
     console.print(table)
 
 
-def print_by_class(console: Console, db: Path) -> None:
+def print_by_class(console: Console, db: Path, names: Mapping[str, str] | None = None) -> None:
+    """Counts per class as people read them (``Apple · Cedar apple rust``): the model's table, else the rule."""
     classes = by_class(db)
     if classes:
-        console.print("detections by class: " + ", ".join(f"{label} {n}" for label, n in classes))
+        console.print("detections by class: " + ", ".join(f"{display_name(label, names)} {n}" for label, n in classes))
 
 
 def failure_detail(exc: Exception) -> str:

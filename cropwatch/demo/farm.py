@@ -6,7 +6,6 @@ import argparse
 import functools
 import os
 import random
-import shutil
 import signal
 import subprocess
 import threading
@@ -16,8 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
+from shared.manifest import ModelManifest
+
 from .configs import agent_toml, demo_key, demo_users, farm_layout, monitor_toml
 from .console import counts, failure_detail, print_by_class, print_counts
+from .leaves import reshoot
 from .models import build_model, build_yield_model, import_model, publish_model
 from .processes import Background, Stack, free_port, port_open, stop_background_steps, wait_until
 from .settings import DEMO_PASSWORD, DEVICE_IDS, FARM_ID, FIELDS
@@ -94,10 +96,11 @@ def start_monitor(args: argparse.Namespace, console: Console, farm: Farm) -> Non
 
 def drop_photos(inboxes: list[Path], pictures: list[Path], rng: random.Random, now: float) -> None:
     for inbox in inboxes:
-        # Copied under a hidden name, then renamed: the agent never sees half a photo.
+        # A fresh shot of a held-out photo (rotated, rescaled, re-lit), written under a hidden name
+        # and then renamed: the agent never sees half a photo.
         src = rng.choice(pictures)
-        name = f"{src.stem}-{int(now * 1000)}{src.suffix}"
-        shutil.copyfile(src, inbox / f".{name}.part")
+        name = f"{src.stem}-{int(now * 1000)}.jpg"
+        (inbox / f".{name}.part").write_bytes(reshoot(src, rng))
         os.replace(inbox / f".{name}.part", inbox / name)
 
 
@@ -223,7 +226,7 @@ def run_demo(args: argparse.Namespace) -> int:
         while not stop.is_set() and not watch.tick(time.monotonic()):
             time.sleep(0.5)
         console.rule("stopping")
-        print_by_class(console, farm.db)
+        print_by_class(console, farm.db, ModelManifest.load(manifest).display_names)
         return 0 if watch.first_detection is not None or stop.is_set() else 1
     except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
         console.print(f"[red]demo failed:[/red] {exc}")
