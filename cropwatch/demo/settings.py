@@ -11,7 +11,10 @@ MODEL_NAME = "leaf-disease"
 MODEL_VERSION = "0.2.0-demo"
 # Of the 12 shipped photos per class: held out (test split, the cameras' photos), validation, the
 # rest (7) training.
-HELD_OUT_PER_CLASS, VAL_PER_CLASS, IMAGE_SIZE, EPOCHS = 3, 2, 128, 10
+HELD_OUT_PER_CLASS, VAL_PER_CLASS, IMAGE_SIZE, EPOCHS = 3, 2, 128, 8
+# The ImageNet backbone frozen (and its BatchNorm statistics), only the classifier learns, at a head's
+# learning rate: a third of the CPU work of fine-tuning everything, and on 63 photos no less accurate.
+TRAIN_ARGS = "--backbone-lr-scale 0 --freeze-bn --lr 1e-2"
 YIELD_NAME, YIELD_VERSION, YIELD_CROP = "crop-yield", "0.1.0-demo", "corn"
 # A small cube and a short training: the demo shows the path, not a good model (docs/yield-model.md).
 YIELD_CUBE_ARGS = "--fields 20 --seasons 3 --seed 1"
