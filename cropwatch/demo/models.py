@@ -18,6 +18,7 @@ from .leaves import copy_held_out, split_sample, write_split
 from .processes import cropwatch_command, quiet_step, run_step
 from .settings import (
     EPOCHS,
+    EXPORT_ARGS,
     FARM_ID,
     IMAGE_SIZE,
     MODEL_NAME,
@@ -79,7 +80,7 @@ def build_model(root: Path, console: Console) -> tuple[Path, Path, Path]:
         # No int8: 27 test photos cannot show an int8 file within a 1-point budget (one photo is 3.7
         # points), and its calibration and check cost the first run time.
         ["export", str(run), "--key", str(keys / "cropwatch-signing.key"),
-         "--name", MODEL_NAME, "--version", MODEL_VERSION, "--no-int8"],
+         "--name", MODEL_NAME, "--version", MODEL_VERSION, *EXPORT_ARGS.split()],
     )  # fmt: skip
     console.print(_held_out_accuracy(manifest))
     return public_key, manifest, field_photos
