@@ -27,6 +27,32 @@ def counts(db: Path) -> dict[str, int]:
     return out
 
 
+def has_tables(db: Path) -> bool:
+    """True once ingest has created the database's tables (its first migration)."""
+    if not db.exists():
+        return False
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as conn:
+        try:
+            return (
+                conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'models'").fetchone()
+                is not None
+            )
+        except sqlite3.Error:
+            return False
+
+
+def latest_detection(db: Path) -> tuple[str, str, float] | None:
+    """Label, device and confidence of the newest detection."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as conn:
+        try:
+            row = conn.execute(
+                "SELECT label, device_id, confidence FROM detections ORDER BY received_at DESC LIMIT 1"
+            ).fetchone()
+        except sqlite3.Error:
+            return None
+    return (str(row[0]), str(row[1]), float(row[2])) if row else None
+
+
 def by_class(db: Path) -> list[tuple[str, int]]:
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as conn:
         try:

@@ -10,15 +10,17 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
+from shared.display_names import display_name
 from shared.manifest import ModelManifest
 
 from .configs import agent_toml, demo_key, demo_users, farm_layout, monitor_toml
-from .console import counts, failure_detail, print_by_class, print_counts
+from .console import counts, failure_detail, has_tables, latest_detection, print_by_class, print_counts
 from .leaves import reshoot
 from .models import build_model, build_yield_model, import_model, publish_model
 from .processes import Background, Stack, free_port, port_open, stop_background_steps, wait_until
@@ -79,7 +81,9 @@ def start_farm(args: argparse.Namespace, console: Console, root: Path, stack: St
         stack.start(f"agent-{device_id}", ["agent", "--config", str(config)])
         farm.inboxes.append(config.parent / "inbox")
     console.print(f"agents      {', '.join(devices)} (farm {FARM_ID})")
-    name, version = publish_model(registry, manifest, farm.broker_url, farm.base_url)
+    # The publish records the manifest in the database ingest creates: wait for its tables first.
+    wait_until(lambda: has_tables(farm.db), 60, "ingest to create its database", stack)
+    name, version = publish_model(registry, manifest, farm.broker_url, farm.base_url, farm.db)
     console.print(f"rollout     {name} {version} published to {FARM_ID}; agents download, verify and swap it in")
     return farm
 
@@ -111,7 +115,7 @@ def publish_yield(console: Console, farm: Farm, build: Background) -> bool:
             raise build.error
         assert build.result is not None
         import_model(farm.registry, build.result, farm.yield_key)
-        name, version = publish_model(farm.registry, build.result, farm.broker_url, farm.base_url)
+        name, version = publish_model(farm.registry, build.result, farm.broker_url, farm.base_url, farm.db)
         console.print(f"rollout     {name} {version} published to {FARM_ID}; the yield runners start")
         return True
     except Exception as exc:  # the yield model is an extra: the farm goes on without it
@@ -129,6 +133,7 @@ class Watch:
     pictures: list[Path]
     yield_build: Background | None
     started: float
+    names: Mapping[str, str] | None = None  # the model's display names
     rng: random.Random = field(default_factory=lambda: random.Random(7))
     already: int = 0
     yields_before: int = 0
@@ -162,8 +167,10 @@ class Watch:
         c = counts(self.farm.db)
         if self.first_detection is None and c["detections"] > self.already:
             self.first_detection = now
+            latest = latest_detection(self.farm.db)
+            what = f": {display_name(latest[0], self.names)} on {latest[1]} ({latest[2]:.0%})" if latest else ""
             self.console.print(
-                f"[bold green]first detection stored[/bold green] {now - self.started:.0f} s after start"
+                f"[bold green]first detection stored[/bold green] {now - self.started:.0f} s after start{what}"
             )
         if self.yield_pending and self.first_yield is None and c["yield_estimates"] > self.yields_before:
             self.first_yield, self.yield_pending = now, False
@@ -222,11 +229,12 @@ def run_demo(args: argparse.Namespace) -> int:
         pictures = sorted(p for p in photos.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         if not pictures:
             raise RuntimeError(f"no photos in {photos}")
-        watch = Watch(args, console, farm, pictures, yield_build, started)
+        names = ModelManifest.load(manifest).display_names
+        watch = Watch(args, console, farm, pictures, yield_build, started, names)
         while not stop.is_set() and not watch.tick(time.monotonic()):
             time.sleep(0.5)
         console.rule("stopping")
-        print_by_class(console, farm.db, ModelManifest.load(manifest).display_names)
+        print_by_class(console, farm.db, names)
         return 0 if watch.first_detection is not None or stop.is_set() else 1
     except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
         console.print(f"[red]demo failed:[/red] {exc}")

@@ -128,12 +128,14 @@ def import_model(registry: Path, manifest: Path, public_key: Path) -> None:
     )  # fmt: skip
 
 
-def publish_model(registry: Path, manifest: Path, broker_url: str, base_url: str) -> tuple[str, str]:
-    """Through the real rollout path: the retained desired-model message the agents act on."""
+def publish_model(registry: Path, manifest: Path, broker_url: str, base_url: str, db: Path) -> tuple[str, str]:
+    """Through the real rollout path: the retained desired-model message the agents act on; ``--db``
+    also keeps the manifest in the monitor's database, where its pages read the display names."""
     doc = json.loads(manifest.read_text(encoding="utf-8"))
     subprocess.run(
         cropwatch_command("models", "--registry", str(registry), "publish", doc["name"], doc["version"],
-                          "--farm", FARM_ID, "--broker", broker_url, "--base-url", base_url),
+                          "--farm", FARM_ID, "--broker", broker_url, "--base-url", base_url,
+                          "--db", f"sqlite:///{db}"),
         check=True,
         capture_output=True,
     )  # fmt: skip
