@@ -134,7 +134,8 @@ class Watch:
     yield_build: Background | None
     started: float
     names: Mapping[str, str] | None = None  # the model's display names
-    rng: random.Random = field(default_factory=lambda: random.Random(7))
+    # Unseeded: each run's camera frames differ from every earlier run's too.
+    rng: random.Random = field(default_factory=random.Random)
     already: int = 0
     yields_before: int = 0
     first_detection: float | None = None
