@@ -17,8 +17,9 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from farm_monitor.db import make_engine
-from farm_monitor.db.models import Device, DeviceModel, EventRow
+from farm_monitor.db.models import Device, DeviceModel, EventRow, ModelRow
 from shared.ids import utcnow
+from shared.manifest import ModelManifest
 from shared.messages import RolloutPolicy
 from shared.rollout import selects
 
@@ -85,6 +86,27 @@ def record_desired(
     finally:
         engine.dispose()
     return len(chosen)
+
+
+def record_model(db_url: str, manifest: ModelManifest) -> None:
+    """Keep the published manifest in the monitor's ``models`` table (one row per name and version):
+    the monitor reads the model's display names from it."""
+    engine = make_engine(db_url, writer=True)
+    dialect = sqlite if engine.dialect.name == "sqlite" else postgresql
+    row = {
+        "name": manifest.name, "version": manifest.version, "task": manifest.task, "sha256": manifest.sha256,
+        "manifest": manifest.model_dump(mode="json"), "created_at": manifest.created_at, "registered_at": utcnow(),
+    }  # fmt: skip
+    stmt = dialect.insert(ModelRow).values(row)
+    # A version's manifest never changes (the registry refuses that), so a second publish only notes the time.
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["name", "version"], set_={"registered_at": stmt.excluded.registered_at}
+    )
+    try:
+        with engine.begin() as conn:
+            conn.execute(stmt)
+    finally:
+        engine.dispose()
 
 
 def _read_status(

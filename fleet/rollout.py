@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared import SCHEMA_VERSION
 from shared.ids import new_msg_id, utcnow
+from shared.manifest import ModelManifest
 from shared.messages import Artifact, DesiredModel, RolloutPolicy
 from shared.rollout import is_newer
 from shared.topics import fleet_model_topic, fleet_shadow_topic
@@ -96,7 +97,8 @@ def _deliver(
     publisher(topic_for(desired), desired.to_json())
     write_history(registry, desired.farm_id, desired.model_name, history)
     role = "shadow" if desired.rollout.mode == "shadow" else "champion"
-    _note_desired(db_url, desired.farm_id, desired.model_name, role, desired.version, desired.rollout, by)
+    _note_desired(db_url, desired.farm_id, desired.model_name, role, desired.version, desired.rollout, by,
+                  desired.manifest)  # fmt: skip
 
 
 def _note_desired(
@@ -107,18 +109,22 @@ def _note_desired(
     version: str | None,
     policy: RolloutPolicy | None,
     by: str | None,
+    manifest: ModelManifest | None = None,
 ) -> None:
-    """``record_desired`` after the publish and its history record: a database error then costs
-    only the monitor's ``desired`` column, never the history that rollback and promote rely on."""
+    """``record_desired`` (and the manifest, for the monitor's display names) after the publish and
+    its history record: a database error then costs only the monitor's ``desired`` column and names,
+    never the history that rollback and promote rely on."""
     if db_url is None:
         return
     # Here, not at the top: publishing without --db needs neither SQLAlchemy nor the monitor.
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .desired import record_desired
+    from .desired import record_desired, record_model
 
     try:
         record_desired(db_url, farm, name, role, version, policy, by)
+        if manifest is not None:
+            record_model(db_url, manifest)
     except SQLAlchemyError as exc:
         logger.error(
             "published %s %s on farm %s, but device_models in %s was not updated (%s); the monitor shows the "

@@ -20,8 +20,16 @@ import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import BaseModel, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    model_serializer,
+    model_validator,
+)
 
+from .display_names import display_name
 from .errors import ManifestError
 from .fields import STRICT_MODEL, Id, Label, Sha256Hex, UtcDatetime, Version
 from .fsutil import atomic_write_bytes
@@ -177,6 +185,11 @@ class ModelManifest(BaseModel):
     self_test_inputs: dict[str, TensorData] = Field(default_factory=dict)
     min_agent_version: Version = "0.1.0"
     notes: dict[str, str] = Field(default_factory=dict)
+    display_names: dict[Label, Annotated[str, StringConstraints(min_length=1, max_length=128)]] | None = Field(
+        None,
+        description="What people read for each label (`Apple · Cedar apple rust`); the labels stay the class ids. "
+        "Absent in manifests written before it existed, which still verify.",
+    )
     signature: Signature | None = None
 
     @model_validator(mode="after")
@@ -186,6 +199,9 @@ class ModelManifest(BaseModel):
             raise ValueError("a manifest must list an fp32 file")
         if len(set(variants)) != len(variants):
             raise ValueError("each variant may appear once")
+        unknown = sorted(set(self.display_names or {}) - set(self.labels))
+        if unknown:
+            raise ValueError(f"display_names names labels the model does not have: {unknown}")
         return self
 
     def file(self, variant: Variant = "fp32") -> ModelFile:
@@ -202,9 +218,23 @@ class ModelManifest(BaseModel):
     def size(self) -> int:
         return self.file("fp32").size
 
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # An optional field added later stays out of every dump while it is None, so a manifest (or a
+        # desired-model message holding one) signed before the field existed has the same canonical
+        # bytes, and one without the field still loads in older readers.
+        doc: dict[str, Any] = handler(self)
+        if self.display_names is None:
+            doc.pop("display_names", None)
+        return doc
+
     def canonical_bytes(self) -> bytes:
         """The bytes that are signed: the manifest without its signature, canonical JSON."""
         return canonical_json(self.model_dump(mode="json", exclude={"signature"}))
+
+    def display_name(self, label: str) -> str:
+        """What a person reads for ``label``: this model's table, else the shared rule."""
+        return display_name(label, self.display_names)
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True, ensure_ascii=False)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from cloud_trainer.disease import LEAF_SAMPLE
 from farm_monitor.app.auth import UsersFile
 from farm_monitor.config import MonitorConfig
 from farm_monitor.db import make_engine, migrate
@@ -26,7 +27,7 @@ from shared import messages as m
 from shared.ids import new_msg_id
 from shared.topics import device_topic
 
-LEAVES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "leaf_sample"  # the team data
+LEAVES = LEAF_SAMPLE  # the real photos shipped with the trainer
 PASSWORD = "correct horse battery"
 SHA = "0" * 64
 FARM_A = {"gw-a1": "north", "gw-a2": "south", "gw-a3": "south"}  # gw-a3 is not in the layout
@@ -76,10 +77,6 @@ def layout_doc() -> dict:
 
 def _leaf_jpegs() -> list[tuple[str, bytes, int, int]]:
     out = []
-    if not LEAVES.is_dir():  # without the team data: plain green squares still make valid samples
-        buf = io.BytesIO()
-        Image.new("RGB", (64, 64), (60, 140, 60)).save(buf, "JPEG")
-        return [("Tomato___healthy", buf.getvalue(), 64, 64)]
     for folder in sorted(p for p in LEAVES.iterdir() if p.is_dir()):
         path = sorted(folder.iterdir())[0]
         img = Image.open(path).convert("RGB")

@@ -12,11 +12,13 @@ budget (otherwise the int8 file is dropped and the reason written in the manifes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from shared.display_names import display_names
 from shared.manifest import (
     ImagePreprocessing,
     ModelFile,
@@ -179,6 +182,19 @@ class _Calibration:
         pass
 
 
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """onnxruntime's quantizer logs through the root logger, one INFO line per tensor: hold the root
+    at WARNING meanwhile, so its warnings and this module's errors still show."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def quantize_int8(fp32_path: Path, int8_path: Path, calibration_images: np.ndarray) -> Path:
     """Static QDQ quantisation: int8 weights per channel, uint8 activations, calibrated on ``images``."""
     import onnx
@@ -195,17 +211,18 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration_images: np.ndarr
     # Probabilities stay float: a uint8 softmax output would be quantised to steps of 1/255.
     exclude = [n.name for n in graph.graph.node if n.op_type == "Softmax"]
     tmp = int8_path.with_name(int8_path.name + ".partial")
-    quantize_static(
-        str(pre),
-        str(tmp),
-        _Calibration(calibration_images),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-        nodes_to_exclude=exclude,
-    )
+    with _quiet_quantizer():
+        quantize_static(
+            str(pre),
+            str(tmp),
+            _Calibration(calibration_images),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=exclude,
+        )
     pre.unlink(missing_ok=True)
     tmp.replace(int8_path)
     return int8_path
@@ -297,6 +314,7 @@ def export_run(
         inputs=[TensorSpec(name=INPUT_NAME, dtype="uint8", shape=["batch", size, size, 3], description="RGB, NHWC")],
         outputs=[_output_spec(len(classes))],
         labels=classes,
+        display_names=display_names(classes),
         preprocessing=ImagePreprocessing(height=size, width=size, resize="center_crop"),
         metrics=_manifest_metrics(info, fp32_acc, extra_metrics),
         training_data_fingerprint=info["dataset_fingerprint"],

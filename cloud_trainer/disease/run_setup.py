@@ -113,15 +113,19 @@ def build_optimizer(
         # whose gradients would shake the pretrained features in the first steps.
         for p_ in head:
             nn.init.zeros_(p_)
-    groups = [
-        {"params": [p_ for p_ in model.parameters() if id(p_) not in head_ids], "lr": lr * scale},
-        {"params": head, "lr": lr},
-    ]
+    body = [p_ for p_ in model.parameters() if id(p_) not in head_ids]
+    if scale == 0:
+        # A frozen backbone needs no gradients at all: on a CPU that is most of the work of a step.
+        for p_ in body:
+            p_.requires_grad_(False)
+    groups = [{"params": body, "lr": lr * scale}] if scale else []
+    groups.append({"params": head, "lr": lr})
     optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, args.epochs, args.warmup_epochs))
     chosen = {
         "lr_head": lr,
         "lr_backbone": lr * scale,
+        "backbone_frozen": scale == 0,
         "pretrained_loaded": load_report.as_dict(),
         "head_zero_init": pretrained and args.init is None,
     }

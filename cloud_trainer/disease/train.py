@@ -60,7 +60,8 @@ def get_args_parser(prog: str = "cropwatch train disease") -> argparse.ArgumentP
         type=float,
         default=None,
         help="backbone lr = lr x this (default 0.3 with pretrained weights, 1 without): "
-        "a few hundred photos should adjust ImageNet features, not overwrite them",
+        "a few hundred photos should adjust ImageNet features, not overwrite them; 0 freezes the backbone "
+        "(only the classifier learns, several times faster on a CPU; pair with --freeze-bn)",
     )
     p.add_argument("--weight-decay", type=float, default=0.02)
     p.add_argument("--label-smoothing", type=float, default=0.1)

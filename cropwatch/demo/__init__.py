@@ -4,12 +4,15 @@ What runs, each as its own process, all stopped by Ctrl-C:
 
 1. an MQTT v5 broker (``cropwatch broker``: Mosquitto with persistence) on a free port, unless
    ``--broker`` names one;
-2. the disease model: synthetic leaves are drawn, EfficientNet-Lite0 is fine-tuned from the
-   offline ImageNet weights, exported to signed ONNX and imported into a registry folder, which
-   ``cropwatch registry serve`` serves; a second run reuses all of it;
+2. the disease model: EfficientNet-Lite0's classifier is trained (ImageNet backbone frozen) on the
+   108 real PlantVillage photos shipped with the trainer (``cloud_trainer/disease/leaf_sample``,
+   CC BY-SA 3.0), 3 per class held out; the held-out accuracy is printed; the model is exported to
+   signed ONNX and imported into a registry folder, which ``cropwatch registry serve`` serves; a
+   second run reuses all of it;
 3. ``cropwatch ingest`` storing every message in SQLite (``var/demo/cropwatch.db``);
 4. simulated field devices, each a real ``cropwatch agent`` with a watched folder (the demo drops
-   held-out synthetic leaf photos into it, like a camera trap) and simulated soil/air sensors;
+   the held-out real photos into it, like a camera trap, each frame rotated, rescaled and re-lit)
+   and simulated soil/air sensors;
 5. the farm monitor at http://localhost:8501, with demo logins printed;
 6. the yield model, built in the background once the disease model is published (a synthetic
    season cube, ``cropwatch train yield``, signed ONNX export; under a minute), imported and

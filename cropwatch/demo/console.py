@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from shared.display_names import display_name
 
 from .settings import FARM_ID
 
@@ -22,6 +25,32 @@ def counts(db: Path) -> dict[str, int]:
             with contextlib.suppress(sqlite3.Error):
                 out[table] = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
     return out
+
+
+def has_tables(db: Path) -> bool:
+    """True once ingest has created the database's tables (its first migration)."""
+    if not db.exists():
+        return False
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as conn:
+        try:
+            return (
+                conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'models'").fetchone()
+                is not None
+            )
+        except sqlite3.Error:
+            return False
+
+
+def latest_detection(db: Path) -> tuple[str, str, float] | None:
+    """Label, device and confidence of the newest detection."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as conn:
+        try:
+            row = conn.execute(
+                "SELECT label, device_id, confidence FROM detections ORDER BY received_at DESC LIMIT 1"
+            ).fetchone()
+        except sqlite3.Error:
+            return None
+    return (str(row[0]), str(row[1]), float(row[2])) if row else None
 
 
 def by_class(db: Path) -> list[tuple[str, int]]:
@@ -45,10 +74,11 @@ def print_counts(console: Console, elapsed_s: float, current: dict[str, int]) ->
     console.print(table)
 
 
-def print_by_class(console: Console, db: Path) -> None:
+def print_by_class(console: Console, db: Path, names: Mapping[str, str] | None = None) -> None:
+    """Counts per class as people read them (``Apple · Cedar apple rust``): the model's table, else the rule."""
     classes = by_class(db)
     if classes:
-        console.print("detections by class: " + ", ".join(f"{label} {n}" for label, n in classes))
+        console.print("detections by class: " + ", ".join(f"{display_name(label, names)} {n}" for label, n in classes))
 
 
 def failure_detail(exc: Exception) -> str:

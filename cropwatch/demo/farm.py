@@ -6,18 +6,22 @@ import argparse
 import functools
 import os
 import random
-import shutil
 import signal
 import subprocess
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
+from shared.display_names import display_name
+from shared.manifest import ModelManifest
+
 from .configs import agent_toml, demo_key, demo_users, farm_layout, monitor_toml
-from .console import counts, failure_detail, print_by_class, print_counts
+from .console import counts, failure_detail, has_tables, latest_detection, print_by_class, print_counts
+from .leaves import reshoot
 from .lorawan import LorawanSensor
 from .modbus_probe import start_demo_probe
 from .models import build_model, build_yield_model, import_model, publish_model
@@ -81,7 +85,9 @@ def start_farm(args: argparse.Namespace, console: Console, root: Path, stack: St
         stack.start(f"agent-{device_id}", ["agent", "--config", str(config)])
         farm.inboxes.append(config.parent / "inbox")
     console.print(f"agents      {', '.join(devices)} (farm {FARM_ID})")
-    name, version = publish_model(registry, manifest, farm.broker_url, farm.base_url)
+    # The publish records the manifest in the database ingest creates: wait for its tables first.
+    wait_until(lambda: has_tables(farm.db), 60, "ingest to create its database", stack)
+    name, version = publish_model(registry, manifest, farm.broker_url, farm.base_url, farm.db)
     console.print(f"rollout     {name} {version} published to {FARM_ID}; agents download, verify and swap it in")
     return farm
 
@@ -98,10 +104,11 @@ def start_monitor(args: argparse.Namespace, console: Console, farm: Farm) -> Non
 
 def drop_photos(inboxes: list[Path], pictures: list[Path], rng: random.Random, now: float) -> None:
     for inbox in inboxes:
-        # Copied under a hidden name, then renamed: the agent never sees half a photo.
+        # A fresh shot of a held-out photo (rotated, rescaled, re-lit), written under a hidden name
+        # and then renamed: the agent never sees half a photo.
         src = rng.choice(pictures)
-        name = f"{src.stem}-{int(now * 1000)}{src.suffix}"
-        shutil.copyfile(src, inbox / f".{name}.part")
+        name = f"{src.stem}-{int(now * 1000)}.jpg"
+        (inbox / f".{name}.part").write_bytes(reshoot(src, rng))
         os.replace(inbox / f".{name}.part", inbox / name)
 
 
@@ -112,7 +119,7 @@ def publish_yield(console: Console, farm: Farm, build: Background) -> bool:
             raise build.error
         assert build.result is not None
         import_model(farm.registry, build.result, farm.yield_key)
-        name, version = publish_model(farm.registry, build.result, farm.broker_url, farm.base_url)
+        name, version = publish_model(farm.registry, build.result, farm.broker_url, farm.base_url, farm.db)
         console.print(f"rollout     {name} {version} published to {FARM_ID}; the yield runners start")
         return True
     except Exception as exc:  # the yield model is an extra: the farm goes on without it
@@ -130,7 +137,9 @@ class Watch:
     pictures: list[Path]
     yield_build: Background | None
     started: float
-    rng: random.Random = field(default_factory=lambda: random.Random(7))
+    names: Mapping[str, str] | None = None  # the model's display names
+    # Unseeded: each run's camera frames differ from every earlier run's too.
+    rng: random.Random = field(default_factory=random.Random)
     already: int = 0
     yields_before: int = 0
     first_detection: float | None = None
@@ -163,8 +172,10 @@ class Watch:
         c = counts(self.farm.db)
         if self.first_detection is None and c["detections"] > self.already:
             self.first_detection = now
+            latest = latest_detection(self.farm.db)
+            what = f": {display_name(latest[0], self.names)} on {latest[1]} ({latest[2]:.0%})" if latest else ""
             self.console.print(
-                f"[bold green]first detection stored[/bold green] {now - self.started:.0f} s after start"
+                f"[bold green]first detection stored[/bold green] {now - self.started:.0f} s after start{what}"
             )
         if self.yield_pending and self.first_yield is None and c["yield_estimates"] > self.yields_before:
             self.first_yield, self.yield_pending = now, False
@@ -227,11 +238,12 @@ def run_demo(args: argparse.Namespace) -> int:
         pictures = sorted(p for p in photos.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         if not pictures:
             raise RuntimeError(f"no photos in {photos}")
-        watch = Watch(args, console, farm, pictures, yield_build, started)
+        names = ModelManifest.load(manifest).display_names
+        watch = Watch(args, console, farm, pictures, yield_build, started, names)
         while not stop.is_set() and not watch.tick(time.monotonic()):
             time.sleep(0.5)
         console.rule("stopping")
-        print_by_class(console, farm.db)
+        print_by_class(console, farm.db, names)
         return 0 if watch.first_detection is not None or stop.is_set() else 1
     except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
         console.print(f"[red]demo failed:[/red] {exc}")

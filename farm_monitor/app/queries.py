@@ -410,3 +410,14 @@ def detection_lineage(sql: Sql, farm: str, msg_id: str) -> dict[str, Any] | None
     from fleet import lineage
 
     return lineage.detection_lineage(sql.engine, farm, msg_id)
+
+
+def display_names(sql: Sql) -> dict[str, str]:
+    """Label -> display name from the manifests in the ``models`` table (``models publish --db`` writes
+    them); where two models name a label differently, the latest registered wins."""
+    df = sql.frame("SELECT manifest FROM models WHERE manifest IS NOT NULL ORDER BY registered_at")
+    names: dict[str, str] = {}
+    for doc in df["manifest"]:
+        manifest = json.loads(doc) if isinstance(doc, str) else doc
+        names.update((manifest or {}).get("display_names") or {})
+    return names

@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 from streamlit.runtime.caching.cache_utils import CachedFunc
 
 from shared.config import load_config
+from shared.display_names import display_name
 
 from ..config import MonitorConfig
 from ..db import make_engine
@@ -197,3 +198,11 @@ def dt(value: Any) -> str:
         return str(value.strftime("%Y-%m-%d %H:%M UTC"))
     except (AttributeError, ValueError):
         return "—"
+
+
+def class_name(label: Any) -> str:
+    """What people read for a class id (``Apple · Cedar apple rust``): the published model's display-name
+    table, else the shared rule for any label; a missing label reads as ``?``."""
+    if not isinstance(label, str) or not label:
+        return "?"
+    return display_name(label, Data.display_names())

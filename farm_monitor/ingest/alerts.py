@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from shared import messages as m
+from shared.display_names import display_name
 
 from ..config import AlertSettings
 from ..db.dialect import Dialect, insert_columns
@@ -229,7 +230,7 @@ class AlertEngine:
                         firing.add(label)
                         self.raise_alert(
                             conn, "disease", f"disease:{farm_id}:{field_id}:{label}", rule.severity, farm_id,
-                            f"{label} in {share:.0f}% of {field_id}'s {total} detections in the last "
+                            f"{display_name(label)} in {share:.0f}% of {field_id}'s {total} detections in the last "
                             f"{rule.window_hours:g} h (threshold {rule.percent:g}%)",
                             now, field_id=field_id,
                             details={"label": label, "count": n, "total": total, "percent": round(share, 2)},

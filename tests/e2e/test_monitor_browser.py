@@ -187,7 +187,7 @@ def test_log_in_open_every_page_and_correct_a_label(monitor: tuple[World, str], 
     rows = wait_for(stored, 30, 0.2, "label stored")
     assert [tuple(r) for r in rows] == [("Tomato___healthy", "admin")]
     wait_for(lambda: _idle_with_title(drv, "Detections"), 60, 0.3, "detections after saving")
-    wait_for(lambda: "Label: Tomato___healthy" in drv.find_element(By.TAG_NAME, "body").text, 30, 0.3, "label shown")
+    wait_for(lambda: "Label: Tomato · Healthy" in drv.find_element(By.TAG_NAME, "body").text, 30, 0.3, "label shown")
     _shot(drv, "10-detections-labelled")
 
     # readable on a phone: the overview at a phone's width

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from cloud_trainer import data_cli, export_cli, train_cli
+from shared.display_names import display_names
 from shared.manifest import ModelManifest, TrustedKeys, generate_keypair, verify_artifact, verify_manifest
 from tests.services import cropwatch_env
 
@@ -80,6 +81,8 @@ def test_manifest_is_signed_and_describes_the_files(tiny_run: dict[str, Path]) -
     assert verify_manifest(manifest, TrustedKeys.from_sources([str(tiny_run["pub"])]))
     assert manifest.task == "disease_classification" and manifest.synthetic is True
     assert manifest.labels == json.loads((tiny_run["run"] / "run.json").read_text())["classes"]
+    # What people read ships with the model (signed with it); the labels stay the class ids.
+    assert manifest.display_names == display_names(manifest.labels)
     assert manifest.inputs[0].dtype == "uint8" and manifest.inputs[0].shape == ["batch", 32, 32, 3]
     assert manifest.training_data_fingerprint.startswith("sha256:")
     assert "test_accuracy" in manifest.metrics

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import text
 
 from farm_monitor.db import make_engine, migrate
-from fleet.desired import record_desired, rollout_status
+from fleet.desired import record_desired, record_model, rollout_status
 from shared.messages import RolloutPolicy
 
 
@@ -34,3 +34,25 @@ def test_desired_rows_are_upserted_cleared_and_shown(db_url: str) -> None:
         ("a", "champion", "1.1.0", "-"),
         ("b", "champion", "1.0.0", "-"),
     ]
+
+
+def test_published_manifests_are_kept_for_the_monitors_display_names(db_url: str) -> None:
+    from farm_monitor.app.queries import Sql, display_names
+    from shared.examples import example_manifest
+
+    engine = make_engine(db_url)
+    migrate(engine)
+    old = example_manifest()  # no display-name table: it adds nothing
+    names = {"Tomato___Late_blight": "Tomato · Late blight (Phytophthora)"}
+    new = old.model_copy(update={"version": "2.0.0", "display_names": names})
+    record_model(db_url, old)
+    record_model(db_url, new)
+    record_model(db_url, new)  # a second publish of one version keeps one row
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT name, version, task, sha256 FROM models ORDER BY version")).all()
+    assert [(r.version, r.task, r.sha256) for r in rows] == [
+        (old.version, "disease_classification", old.sha256),
+        ("2.0.0", "disease_classification", new.sha256),
+    ]
+    assert display_names(Sql(engine)) == names
+    engine.dispose()

@@ -128,7 +128,8 @@ def test_farmer_sees_only_their_farm(world: World) -> None:
         at = page(name, "farmer-a")
         assert at.selectbox(key=f"cw_farm_select_{'farm'}").options == ["farm-a"]
         body = text_of(at)
-        assert "secret" not in body, f"farm-b data on {name}"
+        # Any case: display names capitalise (``Potato · Secret blight``).
+        assert "secret" not in body.lower(), f"farm-b data on {name}"
     # an agronomist of farm-a is refused farm-b's sample even when calling the action directly
     engine = make_engine(world.db_url)
     with engine.connect() as conn:
@@ -159,7 +160,7 @@ def test_overview_kpis_and_what_needs_attention(world: World) -> None:
     # Open alerts: gw-a2 offline, north's Late_blight and gw-a1's flagged EC probe (sensor_health).
     assert kpis["Devices online"] == "2" and kpis["Offline or silent"] == "1" and kpis["Open alerts"] == "3"
     attention = next(md.value for md in at.markdown if "Needs attention" in md.value)
-    assert "gw-a2 has been offline" in attention and "Late_blight" in attention
+    assert "gw-a2 has been offline" in attention and "Tomato · Late blight in" in attention
     assert any("gw-a3" in w.value for w in at.warning)  # reports, but not in the layout
 
 
@@ -201,7 +202,7 @@ def test_agronomist_corrects_a_label(world: World) -> None:
             text("SELECT label, labelled_by, labelled_at FROM labels WHERE sample_msg_id = :m"), {"m": msg_id}
         ).one()
     assert row.label == "Tomato___healthy" and row.labelled_by == "agro" and row.labelled_at
-    assert any("Tomato___healthy" in c.value and "agro" in c.value for c in at.caption)
+    assert any("Tomato · Healthy" in c.value and "agro" in c.value for c in at.caption)
 
 
 def test_agronomist_acknowledges_an_alert(world: World) -> None:
@@ -324,3 +325,38 @@ def test_retraining_page_shows_shadow_scores_and_lineage(tmp_path: Path, monkeyp
     at.text_input(key="rt_detection").input(det).run()
     shown = text_of(at)
     assert det in shown and "leaf-disease 1.0.0" in shown and "was not made by" in shown
+
+
+def test_classes_read_as_crop_and_condition(world: World) -> None:
+    """Stored detections show as people read them: the shared rule without a published table, the
+    published manifest's table (``models publish --db`` keeps it in ``models``) once there is one."""
+    import streamlit as st
+
+    from fleet.desired import record_model
+    from shared.examples import example_manifest
+    from shared.manifest import ModelManifest
+
+    at = page("detections", "agro")
+    assert not at.exception and not at.error
+    cards = "\n".join(md.value for md in at.markdown)
+    assert "**Apple · Cedar apple rust**" in cards and "Apple___Cedar_apple_rust" not in cards
+    assert "Apple · Cedar apple rust" in at.selectbox(key="det_label").options
+    alerts = page("alerts", "agro")
+    assert any("Tomato · Late blight in" in v for v in alerts.multiselect(key="al_ack_pick").options)
+
+    # The example manifest's labels are tomato classes; its table may still name any class it has.
+    base = example_manifest()
+    names = {"Apple___Cedar_apple_rust": "Apple · Cedar-apple rust (Gymnosporangium)"}
+    manifest = base.model_copy(
+        update={"labels": [*base.labels, "Apple___Cedar_apple_rust"], "display_names": names, "version": "9.9.9-names"}
+    )
+    record_model(world.db_url, ModelManifest.model_validate(manifest.model_dump()))
+    st.cache_data.clear()
+    try:
+        at = page("detections", "agro")
+        assert not at.exception and not at.error
+        assert "**Apple · Cedar-apple rust (Gymnosporangium)**" in "\n".join(md.value for md in at.markdown)
+    finally:
+        with make_engine(world.db_url, writer=True).begin() as conn:
+            conn.execute(text("DELETE FROM models WHERE version = '9.9.9-names'"))
+        st.cache_data.clear()

@@ -36,5 +36,5 @@ def test_pages_and_labelling_on_postgres(postgres_url: str, tmp_path: Path, monk
     at = AppTest.from_file(str(VIEWS / "detections.py"), default_timeout=60)
     at.session_state["cw_username"] = "agro"
     at.run()
-    assert any("Tomato___healthy" in c.value and "agro" in c.value for c in at.caption)
+    assert any("Tomato · Healthy" in c.value and "agro" in c.value for c in at.caption)
     engine.dispose()

@@ -67,3 +67,26 @@ def test_normalisation_is_inside_the_network() -> None:
 def test_unknown_arch_names_the_choices() -> None:
     with pytest.raises(ValueError, match="resnet18"):
         models.arch_spec("vgg11")
+
+
+@pytest.mark.parametrize(("scale", "frozen"), [(0.0, True), (0.3, False)])
+def test_backbone_lr_scale_zero_freezes_the_backbone(scale: float, frozen: bool) -> None:
+    import argparse
+
+    from cloud_trainer.disease.run_setup import build_optimizer
+
+    net, _ = models.build_model("tf_efficientnet_lite0", 3, "none", 0.0)
+    args = argparse.Namespace(
+        lr=1e-2, batch_size=16, backbone_lr_scale=scale, init=None, weight_decay=0.0, epochs=2, warmup_epochs=0
+    )
+    optimizer, _, chosen = build_optimizer(net, args, 1, models.LoadReport(source="none"))
+    head = {id(p) for p in net.backbone.get_classifier().parameters()}
+    body = [p for p in net.parameters() if id(p) not in head]
+    assert chosen["backbone_frozen"] is frozen
+    assert all(p.requires_grad is not frozen for p in body)
+    assert len(optimizer.param_groups) == (1 if frozen else 2)
+    # A step moves only what learns.
+    before = [p.detach().clone() for p in body[:3]]
+    net(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)).sum().backward()
+    optimizer.step()
+    assert all(torch.equal(a, p) for a, p in zip(before, body[:3], strict=True)) is frozen

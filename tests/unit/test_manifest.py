@@ -152,3 +152,43 @@ def test_manifest_needs_fp32() -> None:
     doc["files"][0]["variant"] = "int8"
     with pytest.raises(ValueError, match="fp32"):
         ModelManifest.model_validate(doc)
+
+
+def test_display_names_round_trip_signed(keys: tuple, tmp_path: Path) -> None:
+    """With the table: it is signed, survives save/load and verifies; changing one name breaks the signature."""
+    priv, pub, *_ = keys
+    names = {"Tomato___Late_blight": "Tomato · Late blight", "Tomato___healthy": "Tomato · Healthy"}
+    m = sign_manifest(unsigned().model_copy(update={"display_names": names}), priv)
+    loaded = ModelManifest.load(m.save(tmp_path / "manifest.json"))
+    verify_manifest(loaded, TrustedKeys([pub]))
+    assert loaded.display_names == names
+    assert json.loads(loaded.canonical_bytes())["display_names"] == names
+    assert loaded.display_name("Tomato___Late_blight") == "Tomato · Late blight"
+    # A label the table leaves out reads by the shared rule.
+    assert loaded.display_name("Tomato___Septoria_leaf_spot") == "Tomato · Septoria leaf spot"
+    changed = loaded.model_copy(update={"display_names": {**names, "Tomato___healthy": "Potato · Healthy"}})
+    with pytest.raises(ManifestError) as exc:
+        verify_manifest(changed, TrustedKeys([pub]))
+    assert exc.value.reason == "bad_signature"
+
+
+def test_manifest_without_display_names_keeps_its_bytes(keys: tuple, tmp_path: Path) -> None:
+    """Without the table (every manifest written before it existed): no key in any dump, so a manifest
+    signed by older code, as an older reader would write it, still verifies."""
+    priv, pub, *_ = keys
+    m = sign_manifest(unsigned(), priv)
+    assert m.display_names is None
+    assert "display_names" not in json.loads(m.canonical_bytes())
+    assert "display_names" not in json.loads(m.to_json()) and "display_names" not in m.model_dump_json()
+    # What older code wrote: the same document, no display_names key, signed over it.
+    old_doc = json.loads(m.to_json())
+    loaded = ModelManifest.model_validate(old_doc)
+    verify_manifest(loaded, TrustedKeys([pub]))
+    assert loaded.display_name("Tomato___Late_blight") == "Tomato · Late blight"
+
+
+def test_display_names_must_name_the_models_labels() -> None:
+    with pytest.raises(ValueError, match="Potato___Early_blight"):
+        ModelManifest.model_validate(
+            {**json.loads(unsigned().to_json()), "display_names": {"Potato___Early_blight": "Potato · Early blight"}}
+        )

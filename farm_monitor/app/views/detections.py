@@ -10,6 +10,7 @@ from farm_monitor.app.actions import ActionError, label_sample
 from farm_monitor.app.auth import PermissionDenied
 from farm_monitor.app.ui import (
     Data,
+    class_name,
     clear_after_write,
     config,
     engine,
@@ -39,7 +40,10 @@ def render() -> None:
         days = RANGES[c[2].selectbox("Period", list(RANGES), index=1, key="det_range")]
         since = now - timedelta(days=days)
         c = st.columns(3)
-        label = c[0].selectbox("Predicted class", ["(all)", *Data.sample_labels(farm, devs, since)], key="det_label")
+        label = c[0].selectbox(
+            "Predicted class", ["(all)", *Data.sample_labels(farm, devs, since)], key="det_label",
+            format_func=lambda v: v if v == "(all)" else class_name(v),
+        )  # fmt: skip
         lo, hi = c[1].slider("Confidence", 0.0, 1.0, (0.0, 1.0), 0.05, key="det_conf")
         unlabelled = c[2].toggle("Unlabelled only", key="det_unlabelled")
     rows = Data.samples(
@@ -72,11 +76,11 @@ def render() -> None:
                 st.image(images[r.msg_id], width="stretch")
             conf = f"{r.confidence:.0%}" if r.confidence is not None else "?"
             st.markdown(
-                f"**{r.predicted_label or '?'}** · {conf}  \n{r.device_id} · {r.field_id or '—'} · "
+                f"**{class_name(r.predicted_label)}** · {conf}  \n{r.device_id} · {r.field_id or '—'} · "
                 f"{r.observed_at:%Y-%m-%d %H:%M}"
             )
             if isinstance(r.label, str):
-                st.caption(f"Label: **{r.label}** ({r.labelled})")
+                st.caption(f"Label: **{class_name(r.label)}** ({r.labelled})")
             if isinstance(r.model_version, str):
                 # The detection id leads to the model's training run on the Retraining page (lineage).
                 det = f" · detection `{r.detection_msg_id}`" if isinstance(r.detection_msg_id, str) else ""
@@ -86,7 +90,7 @@ def render() -> None:
                 options = classes if current in classes else [*classes, current]
                 choice = st.selectbox(
                     "Label", options, index=options.index(current) if current in options else 0,
-                    key=f"lab_{r.msg_id}", accept_new_options=True,
+                    key=f"lab_{r.msg_id}", accept_new_options=True, format_func=class_name,
                 )  # fmt: skip
                 if st.button("Save label", key=f"save_{r.msg_id}"):
                     try:
@@ -95,7 +99,7 @@ def render() -> None:
                         st.error(str(exc))
                     else:
                         clear_after_write()
-                        st.toast(f"Saved label {choice}")
+                        st.toast(f"Saved label {class_name(choice)}")
                         st.rerun()
     if more and st.button("Show more", key="det_more"):
         st.session_state["det_limit"] = len(rows) + config().app.gallery_size

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import streamlit as st
 
-from farm_monitor.app.ui import Data, config, dt, guarded, minute_now, pick_farm, require_user
+from farm_monitor.app.ui import Data, class_name, config, dt, guarded, minute_now, pick_farm, require_user
 
 
 def render() -> None:
@@ -52,7 +52,12 @@ def render() -> None:
     if hist["detections"].empty:
         st.info("No detections in this period.")
     else:
-        det = hist["detections"].pivot_table(index="day", columns="label", values="n", aggfunc="sum").fillna(0)
+        det = (
+            hist["detections"]
+            .pivot_table(index="day", columns="label", values="n", aggfunc="sum")
+            .fillna(0)
+            .rename(columns=class_name)
+        )
         st.bar_chart(det, height=220)
     st.subheader("Events")
     if hist["events"].empty:

@@ -9,7 +9,17 @@ import streamlit as st
 
 from farm_monitor.app.queries import UNITS
 from farm_monitor.app.risk import risk_level
-from farm_monitor.app.ui import Data, config, field_ids, guarded, layout, minute_now, pick_farm, require_user
+from farm_monitor.app.ui import (
+    Data,
+    class_name,
+    config,
+    field_ids,
+    guarded,
+    layout,
+    minute_now,
+    pick_farm,
+    require_user,
+)
 
 RANGES = {"7 days": 7, "30 days": 30, "90 days": 90, "365 days": 365}
 
@@ -47,7 +57,11 @@ def render() -> None:
     if det.empty:
         st.info("No detections from this field in this period.")
     else:
-        st.bar_chart(det.pivot_table(index="day", columns="label", values="n", aggfunc="sum").fillna(0))
+        st.bar_chart(
+            det.pivot_table(index="day", columns="label", values="n", aggfunc="sum")
+            .fillna(0)
+            .rename(columns=class_name)
+        )
 
     st.subheader("Sensors")
     quantities = Data.field_quantities(farm, field, now - timedelta(days=days))

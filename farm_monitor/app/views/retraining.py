@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from farm_monitor.app.auth import User
-from farm_monitor.app.ui import Data, dt, guarded, pick_farm, require_user
+from farm_monitor.app.ui import Data, class_name, dt, guarded, pick_farm, require_user
 
 
 def _scores(farm: str, name: str) -> None:
@@ -42,7 +42,8 @@ def _lineage(doc: dict[str, Any], user: User) -> None:
     det = doc.get("detection")
     if det:
         st.markdown(
-            f"Detection `{det['msg_id']}` on {det['device_id']} at {dt(det['observed_at'])}: **{det['label']}** "
+            f"Detection `{det['msg_id']}` on {det['device_id']} at {dt(det['observed_at'])}: "
+            f"**{class_name(det['label'])}** "
             f"({det['confidence']:.0%}) by **{det['model_name']} {det['model_version']}** "
             f"(sha256 `{det['model_sha256'][:12]}…`, {det['model_variant']})"
         )
