@@ -26,6 +26,7 @@ def main(argv: list[str], prog: str = "cropwatch devices") -> int:
     svc.add_argument("user", choices=(INGEST_USER, OPS_USER))
     svc.add_argument("--password-file", type=Path, help="read it from this file instead of a prompt")
     sub.add_parser("list", help="provisioned devices")
+    sub.add_parser("acl", help="rewrite mosquitto.acl from devices.json and PKI/services/*.acl (service users' blocks)")
     args = parser.parse_args(argv)
     pki = Pki(args.pki)
     try:
@@ -49,6 +50,9 @@ def main(argv: list[str], prog: str = "cropwatch devices") -> int:
                 return 2
             pki.set_service_password(args.user, password)
             print(f"password of {args.user} set in {args.pki}/mosquitto.passwd")
+        elif args.action == "acl":
+            path = pki.write_acl()
+            print(f"{path} rewritten; reload Mosquitto to apply it: systemctl reload mosquitto (or kill -HUP its pid)")
         elif args.action == "list":
             for d in pki.devices():
                 print(f"{d['farm_id']}.{d['device_id']}  provisioned {d['provisioned_at']}")

@@ -118,6 +118,9 @@ def _messages(farm: str, devices: dict[str, str], now: datetime, secret: bool) -
                     readings=[m.SensorReading(sensor="probe-2", quantity="soil_ec", value=31.5 + h, unit="dS m-1")],
                     sensor_health=[m.SensorHealth(sensor="probe-2", quantity="soil_ec", state="out_of_range",
                                                   since=now - timedelta(hours=3))],
+                    # Bridged over LoRaWAN: the radio link of each uplink; the newest (h=0) shows.
+                    link=m.RadioLink(rssi_dbm=-101.0 - h, snr_db=7.5, frame_counter=4242 - h,
+                                     gateway_id="gw-eui-0016c001ff10a235", gateways=2),
                 ))  # fmt: skip
         for d in range(10):
             out.append(m.YieldEstimate(

@@ -26,6 +26,7 @@ UPLINK_TOPICS: dict[Format, str] = {
     "chirpstack": "application/+/device/+/event/up",
     "tts": "v3/+/devices/+/up",
 }
+Interval = Annotated[float, Field(gt=0, le=7 * 86400)]
 _EUI = re.compile(r"^[0-9a-f]{16}$")
 
 
@@ -72,6 +73,7 @@ class ModelMap(BaseModel):
     model_config = ConfigDict(extra="forbid")
     fields: dict[str, FieldMap] = Field(default_factory=dict)
     ignore: list[str] = Field(default_factory=list, description="Decoded fields deliberately not bridged.")
+    interval_s: Interval | None = Field(None, description="Expected uplink interval; default: [bridge] interval_s.")
 
 
 class DeviceMap(BaseModel):
@@ -85,6 +87,7 @@ class DeviceMap(BaseModel):
     model: str | None = Field(None, description="A [models.NAME] table; its fields apply unless overridden here.")
     fields: dict[str, FieldMap] = Field(default_factory=dict)
     ignore: list[str] = Field(default_factory=list)
+    interval_s: Interval | None = Field(None, description="Expected uplink interval; default: the model's.")
 
     @field_validator("dev_eui")
     @classmethod
@@ -94,6 +97,12 @@ class DeviceMap(BaseModel):
 
 class BridgeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    # Sensor health (shared/sensor_health.py): 900 s is the usual uplink interval of LoRaWAN soil
+    # probes; a device silent for missing_after intervals gets a telemetry message of missing flags.
+    interval_s: Interval = 900.0
+    missing_after: Annotated[int, Field(ge=0, le=1000)] = 3
+    stuck_after: Annotated[int, Field(ge=0, le=10_000)] = 10
+    check_every_s: Annotated[float, Field(gt=0)] = Field(60.0, description="How often silent devices are looked for.")
     dedup_memory: Annotated[int, Field(ge=0, le=10_000_000)] = 100_000
     log_every_s: Annotated[float, Field(gt=0)] = 60.0
     problem_log_every_s: Annotated[float, Field(gt=0)] = Field(
@@ -132,6 +141,11 @@ class LorawanConfig(BaseModel):
         """The device's fields: its model's, then its own (a device entry wins)."""
         model = self.models.get(dev.model) if dev.model else None
         return {**(model.fields if model else {}), **dev.fields}
+
+    def interval_s(self, dev: DeviceMap) -> float:
+        """The device's expected uplink interval: its own, its model's, then the bridge's default."""
+        model = self.models.get(dev.model) if dev.model else None
+        return dev.interval_s or (model.interval_s if model else None) or self.bridge.interval_s
 
     def ignored(self, dev: DeviceMap) -> set[str]:
         model = self.models.get(dev.model) if dev.model else None

@@ -14,40 +14,25 @@ import re
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from shared import SCHEMA_VERSION
-from shared.ids import derived_msg_id
+from shared.ids import derived_msg_id, utcnow
 from shared.messages import RadioLink, SensorReading, Telemetry
-from shared.quantities import QUANTITIES, Quantity, in_physical_range, to_canonical
+from shared.quantities import QUANTITIES, in_physical_range, to_canonical
+from shared.sensor_health import Channel
 from shared.topics import device_topic
 
 from .config import DeviceMap, FieldMap, LorawanConfig
+from .health import DeviceHealth
 from .uplink import Uplink, UplinkError, parse_uplink
 
 logger = logging.getLogger(__name__)
 
 MAX_READINGS = 64  # Telemetry.readings' limit
-
-
-@dataclass(frozen=True)
-class OutOfRange:
-    """A reading outside its quantity's physical range; published anyway, and handed to the hook."""
-
-    farm_id: str
-    device_id: str
-    sensor: str
-    quantity: Quantity
-    value: float
-
-
-# SENSOR HEALTH HOOK: the lead connects sensor-health flagging here (issue 19 item 4). The bridge
-# counts and publishes out-of-range readings; a hook set on Converter.on_out_of_range is called with
-# each one before the telemetry is built, so it may e.g. mark the reading in the message.
-OutOfRangeHook = Callable[[OutOfRange], None]
 
 
 class RateLimitedLog:
@@ -78,7 +63,10 @@ def _sensor_id(field: str) -> str:
 
 
 class Converter:
-    def __init__(self, config: LorawanConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, config: LorawanConfig, clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime] = utcnow,
+    ) -> None:  # fmt: skip
         self.config = config
         self.format = config.network_server.format
         self.devices: dict[str, DeviceMap] = {d.dev_eui: d for d in config.devices}
@@ -89,7 +77,12 @@ class Converter:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._memory = config.bridge.dedup_memory
         self.log = RateLimitedLog(config.bridge.problem_log_every_s, clock)
-        self.on_out_of_range: OutOfRangeHook | None = None
+        mapped: dict[str, list[Channel]] = {
+            eui: list(dict.fromkeys((spec.sensor or _sensor_id(name), spec.quantity) for name, spec in fields.items()))
+            for eui, fields in self._fields.items()
+        }
+        # Out of range, stuck and missing, judged as the edge agent judges its own sensors.
+        self.health = DeviceHealth(config, mapped, wall)
 
     def convert(self, payload: bytes) -> tuple[str, Telemetry] | None:
         """(topic, telemetry) to publish, or None with the reason counted and logged."""
@@ -123,10 +116,12 @@ class Converter:
         if not readings:
             self.counters["no_known_fields"] += 1
             return None
+        health = self.health.on_uplink(dev.dev_eui, readings, uplink.time)
         try:
             msg = Telemetry(
                 schema_version=SCHEMA_VERSION, msg_id=msg_id, farm_id=dev.farm, device_id=dev.device,
-                observed_at=uplink.time, field_id=dev.field, readings=readings, link=self._link(uplink),
+                observed_at=uplink.time, field_id=dev.field, readings=readings, sensor_health=health,
+                link=self._link(uplink),
             )  # fmt: skip
         except ValidationError as exc:
             self.counters["invalid_telemetry"] += 1
@@ -136,6 +131,12 @@ class Converter:
         self.counters["converted"] += 1
         self.counters["readings"] += len(readings)
         return device_topic(dev.farm, dev.device, "telemetry"), msg
+
+    def silent(self) -> list[tuple[str, Telemetry]]:
+        """Telemetry of ``missing`` flags for devices silent too long (the bridge's timer calls this)."""
+        out = list(self.health.silent())
+        self.counters["missing_messages"] += len(out)
+        return out
 
     @staticmethod
     def msg_id(uplink: Uplink) -> str:
@@ -187,8 +188,6 @@ class Converter:
                 "out_of_range", f"{dev.dev_eui}:{name}", "%s of %s is %s %s, outside its physical range",
                 spec.quantity, dev.device, value, QUANTITIES[spec.quantity].unit,
             )  # fmt: skip
-            if self.on_out_of_range is not None:
-                self.on_out_of_range(OutOfRange(dev.farm, dev.device, sensor, spec.quantity, value))
         return SensorReading(sensor=sensor, quantity=spec.quantity, value=value, unit=QUANTITIES[spec.quantity].unit)
 
     @staticmethod

@@ -5,6 +5,10 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from collections.abc import Callable
+from datetime import datetime
+
+from shared.ids import utcnow
 
 from .config import LorawanConfig
 from .convert import Converter
@@ -17,9 +21,11 @@ HEADLINE = ("uplinks", "converted", "readings", "published", "duplicates", "unkn
 
 
 class Bridge:
-    def __init__(self, config: LorawanConfig) -> None:
+    def __init__(self, config: LorawanConfig, wall: Callable[[], datetime] = utcnow) -> None:
         self.config = config
-        self.converter = Converter(config)
+        self.converter = Converter(config, wall=wall)
+        self._stopping = threading.Event()
+        self._checker = threading.Thread(target=self._check_loop, name="lorawan-silence", daemon=True)
         self.counters = self.converter.counters
         host = socket.gethostname()
         self.publisher = Publisher(
@@ -38,6 +44,20 @@ class Bridge:
             out_topic, msg = result
             self.publisher.publish(out_topic, msg.to_json())
 
+    def check_silence(self) -> None:
+        """Publish missing flags for devices silent for ``missing_after`` of their uplink intervals."""
+        for topic, msg in self.converter.silent():
+            self.publisher.publish(topic, msg.to_json())
+
+    def _check_loop(self) -> None:
+        while not self._stopping.wait(self.config.bridge.check_every_s):
+            try:
+                self.check_silence()
+            except Exception:
+                # A bug here must not end the timer: the next round may well succeed.
+                self.counters["callback_errors"] += 1
+                logger.exception("the silent-device check failed; carrying on")
+
     def _refused(self, topic: str, reason: str) -> None:
         self.converter.log.warning(
             "publish_refused", topic,
@@ -49,8 +69,12 @@ class Bridge:
         # Publisher first, so the first uplink has somewhere to go.
         self.publisher.start()
         self.subscriber.start()
+        self._checker.start()
 
     def stop(self) -> None:
+        self._stopping.set()
+        if self._checker.is_alive():
+            self._checker.join()
         self.subscriber.stop()
         self.publisher.stop()
 

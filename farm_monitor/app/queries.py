@@ -346,6 +346,20 @@ def sensor_health(sql: Sql, farm: str, device: str) -> pd.DataFrame:
     return out
 
 
+def radio_link(sql: Sql, farm: str, device: str) -> dict[str, Any] | None:
+    """The device's last radio link (a LoRaWAN sensor's RSSI, SNR, frame counter, gateway), None for a wired one."""
+    df = sql.frame(
+        "SELECT observed_at, rssi_dbm, snr_db, frame_counter, gateway_id, gateways FROM radio_links "
+        "WHERE farm_id = :f AND device_id = :dev ORDER BY observed_at DESC LIMIT 1",
+        {"f": farm, "dev": device},
+    )
+    if df.empty:
+        return None
+    row = df.iloc[0].to_dict()
+    row["observed_at"] = to_utc(df["observed_at"]).iloc[0]
+    return {k: (None if pd.isna(v) else v) for k, v in row.items()}
+
+
 def device_models(sql: Sql, farm: str) -> pd.DataFrame:
     df = sql.frame(
         "SELECT device_id, model_name, role, desired_version, active_version, active_variant, state, state_since, "

@@ -160,6 +160,23 @@ class TelemetryReading(FieldMessageHeader, Base):
     )
 
 
+class RadioLinkRow(MessageHeader, Base):
+    """How a radio sensor's telemetry message arrived (``Telemetry.link``): one row per message that has one.
+
+    A table of its own rather than columns of ``telemetry``: a link belongs to the message, not to
+    each of its readings, and most devices (wired sensors) never send one.
+    """
+
+    __tablename__ = "radio_links"
+    rssi_dbm: Mapped[float | None] = mapped_column(Float)
+    snr_db: Mapped[float | None] = mapped_column(Float)
+    frame_counter: Mapped[int | None] = mapped_column(BigInteger)  # LoRaWAN's is 32 bits, unsigned
+    gateway_id: Mapped[str | None] = mapped_column(IdCol)
+    gateways: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_radio_links_device_time", "farm_id", "device_id", "observed_at"),)
+
+
 class SampleRow(FieldMessageHeader, Base):
     """An image sent for labelling, with its JPEG bytes."""
 

@@ -27,6 +27,7 @@ def _default_retention() -> dict[str, int]:
         "detections": 730,
         "yield_estimates": 1095,
         "telemetry": 400,
+        "radio_links": 400,
         "samples": 90,
         "status_reports": 30,
         "events": 180,

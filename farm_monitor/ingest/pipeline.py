@@ -254,11 +254,14 @@ class Ingestor:
                 continue
             try:
                 built = spec.rows(d, msg, received)
+                parts = spec.part_rows(d, msg, received)
             except Exception as exc:  # a bug here must cost one message, not the daemon
                 logger.exception("could not turn a valid %s message into rows", kind)
                 self._dead(batch, topic, payload, "internal_error", repr(exc)[:500], parsed, received)
                 continue
             rows[spec.table.name].extend(built)
+            for table, row in parts:
+                rows[table].append(row)
             # Beyond storing: detections feed the disease alert, statuses the devices table.
             if kind == "detection" and msg.field_id is not None:
                 batch.fields.add((msg.farm_id, msg.field_id))

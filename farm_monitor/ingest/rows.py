@@ -6,7 +6,8 @@ Each builder names its values by column; the tuple order and the ``INSERT`` come
 table in :mod:`farm_monitor.db.models`, so a table's columns are written once, there. Values are
 converted exactly as SQLAlchemy's column types would store them, so the ORM reads these rows back.
 
-Adding a message kind here is one :data:`KINDS` entry and its values function.
+Adding a message kind here is one :data:`KINDS` entry and its values function. An optional part of
+a message that has a table of its own (telemetry's radio link) is a :class:`Part` of its kind.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..db.models import (
     DeadLetter,
     Detection,
     EventRow,
+    RadioLinkRow,
     SampleRow,
     StatusReport,
     TelemetryReading,
@@ -62,27 +64,54 @@ def _tuple_of(table: Table) -> Callable[[Values], Row]:
     return pick
 
 
+class Part(Generic[M]):
+    """An optional part of a message stored in a table of its own: at most one row per message."""
+
+    def __init__(self, orm: type[Base], values: Callable[[Converter, M, Any], Values | None]) -> None:
+        self.table = table_of(orm)
+        self._pick = _tuple_of(self.table)
+        self.values = values
+
+    def row(self, d: Converter, msg: M, received: Any) -> Row | None:
+        """The part's row, or None when the message does not have the part."""
+        values = self.values(d, msg, received)
+        return None if values is None else self._pick(values)
+
+
 class Kind(Generic[M]):
-    """How one message kind becomes rows: its contract model and its ORM table.
+    """How one message kind becomes rows: its contract model, its ORM table and its parts' tables.
 
     A kind's values function names each column's value; the tuples for ``executemany`` take them
     in the table's column order (a missing column is a ``KeyError``: that message is dead-lettered).
     """
 
-    def __init__(self, model: type[M], orm: type[Base]) -> None:
+    def __init__(self, model: type[M], orm: type[Base], parts: tuple[Part[M], ...] = ()) -> None:
         self.model = model
         self.table = table_of(orm)
         self._pick = _tuple_of(self.table)
+        self.parts = parts
 
     def rows(self, d: Converter, msg: M, received: Any) -> list[Row]:
         raise NotImplementedError
+
+    def part_rows(self, d: Converter, msg: M, received: Any) -> list[tuple[str, Row]]:
+        """(table, row) for each part the message has."""
+        out = []
+        for part in self.parts:
+            row = part.row(d, msg, received)
+            if row is not None:
+                out.append((part.table.name, row))
+        return out
 
 
 class OneRow(Kind[M]):
     """A kind stored as one row per message."""
 
-    def __init__(self, model: type[M], orm: type[Base], values: Callable[[Converter, M, Any], Values]) -> None:
-        super().__init__(model, orm)
+    def __init__(
+        self, model: type[M], orm: type[Base], values: Callable[[Converter, M, Any], Values],
+        parts: tuple[Part[M], ...] = (),
+    ) -> None:  # fmt: skip
+        super().__init__(model, orm, parts)
         self.values = values
 
     def rows(self, d: Converter, msg: M, received: Any) -> list[Row]:
@@ -92,8 +121,11 @@ class OneRow(Kind[M]):
 class RowPerItem(Kind[M]):
     """A kind stored as several rows per message (telemetry: one per reading)."""
 
-    def __init__(self, model: type[M], orm: type[Base], values: Callable[[Converter, M, Any], list[Values]]) -> None:
-        super().__init__(model, orm)
+    def __init__(
+        self, model: type[M], orm: type[Base], values: Callable[[Converter, M, Any], list[Values]],
+        parts: tuple[Part[M], ...] = (),
+    ) -> None:  # fmt: skip
+        super().__init__(model, orm, parts)
         self.values = values
 
     def rows(self, d: Converter, msg: M, received: Any) -> list[Row]:
@@ -143,6 +175,16 @@ def _telemetry(d: Converter, msg: m.Telemetry, received: Any) -> list[Values]:
     ]
 
 
+def _radio_link(d: Converter, msg: m.Telemetry, received: Any) -> Values | None:
+    link = msg.link
+    if link is None:
+        return None
+    return {
+        **_header(d, msg, received), "rssi_dbm": link.rssi_dbm, "snr_db": link.snr_db,
+        "frame_counter": link.frame_counter, "gateway_id": link.gateway_id, "gateways": link.gateways,
+    }  # fmt: skip
+
+
 def _sample(d: Converter, msg: m.Sample, received: Any) -> Values:
     ref = msg.model
     return {
@@ -174,7 +216,7 @@ def _event(d: Converter, msg: m.Event, received: Any) -> Values:
 KINDS: dict[str, Kind[Any]] = {
     "detection": OneRow(m.Detection, Detection, _detection),
     "yield": OneRow(m.YieldEstimate, YieldEstimate, _yield),
-    "telemetry": RowPerItem(m.Telemetry, TelemetryReading, _telemetry),
+    "telemetry": RowPerItem(m.Telemetry, TelemetryReading, _telemetry, parts=(Part(RadioLinkRow, _radio_link),)),
     "sample": OneRow(m.Sample, SampleRow, _sample),
     "status": OneRow(m.Status, StatusReport, _status),
     "event": OneRow(m.Event, EventRow, _event),
@@ -182,7 +224,8 @@ KINDS: dict[str, Kind[Any]] = {
 
 DEAD_LETTERS = table_of(DeadLetter)
 COLUMNS: dict[str, tuple[str, ...]] = {
-    t.name: insert_columns(t) for t in [*(k.table for k in KINDS.values()), DEAD_LETTERS]
+    t.name: insert_columns(t)
+    for t in [*(k.table for k in KINDS.values()), *(p.table for k in KINDS.values() for p in k.parts), DEAD_LETTERS]
 }
 # A dead letter's values (named by column) as the tuple its INSERT takes.
 dead_letter_row = _tuple_of(DEAD_LETTERS)

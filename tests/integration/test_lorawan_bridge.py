@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from bridges.lorawan.config import LorawanConfig, acl_lines
 from bridges.lorawan.service import Bridge
 from farm_monitor.provision import mosquitto_password_hash
+from shared.ids import utcnow
 from tests.integration.ingest_helpers import config as ingest_config, ingest_thread, publish_all, query
 from tests.lorawan_helpers import CHIRPSTACK_EUI, chirpstack_up, config_doc, tts_up
 from tests.services import Broker, free_port, private_mosquitto, wait_for
@@ -70,8 +72,8 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
 
 
 @contextlib.contextmanager
-def running(cfg: LorawanConfig) -> Iterator[Bridge]:
-    bridge = Bridge(cfg)
+def running(cfg: LorawanConfig, wall: Callable[[], datetime] = utcnow) -> Iterator[Bridge]:
+    bridge = Bridge(cfg, wall)
     bridge.start()
     try:
         wait_for(bridge.ready, timeout=15, what="the bridge to connect to both brokers")
@@ -182,3 +184,33 @@ def test_bridge_user_may_publish_only_for_mapped_devices(rig: Rig) -> None:
         publish_all(rig.ns, [(_cs_topic("0202020202020202"), json.dumps(chirpstack_up("0202020202020202")).encode())])
         wait_for(lambda: bridge.counters["publish_refused"] == 1, what="the refused publish counted")
     assert not _msg_ids(rig.db_url, "not-in-acl")
+
+
+def _health_alerts(url: str, device: str) -> dict[str, bool]:
+    """dedup key's sensor:quantity:state -> whether the alert is still open."""
+    sql = f"SELECT dedup_key, resolved_at FROM alerts WHERE rule = 'sensor_health' AND device_id = '{device}'"
+    rows = query(url, sql)
+    return {key.split(":", 3)[3]: resolved is None for key, resolved in rows}
+
+
+def test_sensor_health_flags_raise_and_resolve_alerts_and_silence_is_flagged(rig: Rig) -> None:
+    now = [utcnow()]
+    doc = config_doc("chirpstack")
+    doc["bridge"].update(interval_s=60, missing_after=2, check_every_s=0.05)
+    bad = chirpstack_up(f_cnt=30, time="2026-05-01T10:00:00+00:00", water_SOIL=140.0)
+    good = chirpstack_up(f_cnt=31, time="2026-05-01T10:15:00+00:00", water_SOIL=30.0)
+    with running(rig.config("chirpstack", doc), wall=lambda: now[0]) as bridge:
+        publish_all(rig.ns, [(_cs_topic(CHIRPSTACK_EUI), json.dumps(bad).encode())])
+        channel = "water_soil:soil_moisture:out_of_range"
+        wait_for(lambda: _health_alerts(rig.db_url, "lora-soil-1") == {channel: True}, timeout=20, what="alert raised")
+        publish_all(rig.ns, [(_cs_topic(CHIRPSTACK_EUI), json.dumps(good).encode())])
+        wait_for(lambda: _health_alerts(rig.db_url, "lora-soil-1") == {channel: False}, timeout=20, what="resolved")
+        assert len(_msg_ids(rig.db_url, "lora-soil-1")) == 2  # the flagged reading was stored too
+
+        # Two intervals without an uplink: the timer publishes the missing flags, no readings.
+        now[0] += timedelta(seconds=121)
+        missing = "water_soil:soil_moisture:missing"
+        wait_for(lambda: _health_alerts(rig.db_url, "lora-soil-1").get(missing), timeout=20, what="missing alert")
+        wait_for(lambda: bridge.counters["missing_messages"] == 2, what="both silent devices flagged")
+        assert len(_msg_ids(rig.db_url, "lora-soil-1")) == 2
+        assert bridge.counters["publish_refused"] == 0

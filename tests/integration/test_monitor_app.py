@@ -108,8 +108,13 @@ def test_device_page_shows_flagged_sensors_and_field_page_every_quantity_with_it
     table = at.dataframe[0].value
     assert list(table["sensor"]) == ["probe-2"] and list(table["state"]) == ["out of range"]
     assert list(table["unit"]) == ["dS m-1"]
+    metrics = {m.label: m.value for m in at.metric}
+    assert "Radio link" in [h.value for h in at.subheader]
+    assert (metrics["RSSI"], metrics["SNR"], metrics["Frame counter"]) == ("-101 dBm", "7.5 dB", "4242")
+    assert metrics["Gateway"] == "gw-eui-0016c001ff10a235"
     at.selectbox(key="dev_pick").set_value("gw-a2").run()
     assert "Sensor health" not in [h.value for h in at.subheader]
+    assert "Radio link" not in [h.value for h in at.subheader]
     field = page("field", "farmer-a")
     field.selectbox(key="field_pick").set_value("north").run()
     captions = [c.value for c in field.caption]

@@ -15,6 +15,7 @@ from farm_monitor.db import LATEST_VERSION, current_version, make_engine, migrat
 from farm_monitor.db.alerts import acknowledge
 from farm_monitor.db.dialect import Dialect
 from farm_monitor.db.models import Detection, Device, DeviceModel
+from farm_monitor.db.retention import RetentionSettings, prune
 from farm_monitor.ingest import rows
 from farm_monitor.ingest.metrics import Metrics
 from farm_monitor.ingest.pipeline import Ingestor
@@ -222,4 +223,34 @@ def test_a_message_the_database_refuses_becomes_a_dead_letter_not_a_stuck_batch(
     assert {r[0] for r in query(postgres_url, "SELECT msg_id FROM detections")} == {d.msg_id for d in fine}
     assert query(postgres_url, "SELECT reason, farm_id FROM dead_letters") == [("db_rejected", "f1")]
     assert ing.metrics.get("cropwatch_ingest_dead_letters_total", reason="db_rejected") == 1
+    ing.engine.dispose()
+
+
+def test_migration_5_adds_radio_links_to_a_version_4_database(db_url):
+    engine = make_engine(db_url)
+    assert migrate(engine, target=4) == [1, 2, 3, 4]
+    assert "radio_links" not in inspect(engine).get_table_names()
+    assert migrate(engine) == [5]
+    assert "ix_radio_links_device_time" in {i["name"] for i in inspect(engine).get_indexes("radio_links")}
+    engine.dispose()
+
+
+def test_a_telemetry_link_is_stored_once_per_message_and_pruned_with_its_age(db_url):
+    ing = _ingestor(db_url)
+    base = example_messages(farm_id="f1", device_id="lora-1", fixed=False)["telemetry"]
+    link = m.RadioLink(rssi_dbm=-112.5, snr_db=-3.25, frame_counter=4_000_000_000, gateway_id="gw-eui-1", gateways=3)
+    radio = base.model_copy(update={"msg_id": m.new_msg_id(), "link": link})
+    wired = base.model_copy(update={"msg_id": m.new_msg_id(), "link": None})
+    _feed(ing, radio, radio, wired)
+    _feed(ing, radio)  # a replay in a later batch
+    cols = "msg_id, device_id, rssi_dbm, snr_db, frame_counter, gateway_id, gateways"
+    got = query(db_url, f"SELECT {cols} FROM radio_links")
+    assert got == [(radio.msg_id, "lora-1", -112.5, -3.25, 4_000_000_000, "gw-eui-1", 3)]
+    n_readings = len(radio.readings) + len(wired.readings)
+    assert query(db_url, "SELECT COUNT(*) FROM telemetry") == [(n_readings,)]
+
+    later = radio.observed_at + timedelta(days=2)
+    pruned = prune(ing.engine, RetentionSettings(days={"radio_links": 1}), later)
+    assert pruned["radio_links"] == 1
+    assert query(db_url, "SELECT COUNT(*) FROM radio_links") == [(0,)]
     ing.engine.dispose()

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from bridges.lorawan.config import LorawanConfig, acl_lines
-from bridges.lorawan.convert import Converter, OutOfRange
+from bridges.lorawan.convert import Converter
 from bridges.lorawan.simulate import SoilProbe
 from bridges.lorawan.uplink import parse_uplink
 from shared.ids import MSG_ID_RE, msg_id_time
@@ -110,14 +110,49 @@ def test_unknown_and_bad_fields_are_counted_and_known_ones_still_published() -> 
     assert conv.unknown_fields == {f"{CHIRPSTACK_EUI}:leaf_thing": 1}
 
 
-def test_out_of_range_is_published_counted_and_handed_to_the_health_hook() -> None:
+def test_out_of_range_is_published_counted_and_flagged() -> None:
     conv = Converter(make_config("chirpstack"))
-    seen: list[OutOfRange] = []
-    conv.on_out_of_range = seen.append
     result = conv.convert(_bytes(chirpstack_up(water_SOIL=140.0)))
     assert result is not None and any(r.value == 140.0 for r in result[1].readings)
     assert conv.counters["out_of_range"] == 1
-    assert seen == [OutOfRange("lora-farm", "lora-soil-1", "water_soil", "soil_moisture", 140.0)]
+    flags = [(h.sensor, h.quantity, h.state) for h in result[1].sensor_health]
+    assert flags == [("water_soil", "soil_moisture", "out_of_range")]
+    healthy = conv.convert(_bytes(chirpstack_up(f_cnt=11, water_SOIL=30.0)))
+    assert healthy is not None and healthy[1].sensor_health == []
+
+
+def test_a_stuck_value_is_flagged_after_stuck_after_uplinks() -> None:
+    conv = Converter(make_config("chirpstack", bridge={"stuck_after": 3}))
+    states = []
+    for f_cnt in range(1, 5):
+        result = conv.convert(_bytes(chirpstack_up(f_cnt=f_cnt)))
+        assert result is not None
+        states.append({h.state for h in result[1].sensor_health})
+    assert states[:2] == [set(), set()] and states[2] == states[3] == {"stuck"}
+
+
+def test_a_silent_device_gets_missing_flags_once_per_interval() -> None:
+    now = [datetime(2026, 5, 1, 12, 0, tzinfo=UTC)]
+    cfg = make_config("chirpstack", bridge={"interval_s": 600, "missing_after": 2})
+    conv = Converter(cfg, wall=lambda: now[0])
+    assert conv.convert(_bytes(chirpstack_up(f_cnt=1))) is not None
+    now[0] += timedelta(seconds=1199)
+    assert conv.silent() == []  # one interval missed: not yet
+    now[0] += timedelta(seconds=1)
+    out = conv.silent()
+    assert [topic for topic, _ in out] == [
+        "cropwatch/v1/lora-farm/lora-soil-1/telemetry", "cropwatch/v1/lora-farm/lora-soil-2/telemetry",
+    ]  # fmt: skip
+    heard = out[0][1]
+    assert heard.readings == [] and {h.state for h in heard.sensor_health} == {"missing"}
+    # Only the channels the device sent; the never-heard TTS device: every mapped channel.
+    assert len(heard.sensor_health) == 4 and len(out[1][1].sensor_health) == 4
+    assert heard.sensor_health[0].since == datetime(2026, 5, 1, 12, 10, tzinfo=UTC)
+    assert conv.silent() == []  # nothing new until the next interval passes
+    now[0] += timedelta(seconds=600)
+    assert len(conv.silent()) == 2 and conv.counters["missing_messages"] == 4
+    back = conv.convert(_bytes(chirpstack_up(f_cnt=2, time=now[0].isoformat())))
+    assert back is not None and back[1].sensor_health == []
 
 
 def test_rate_limited_log_says_how_many_it_held_back(caplog: pytest.LogCaptureFixture) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import streamlit as st
 
@@ -33,6 +34,9 @@ def render() -> None:
         f"Last heartbeat {dt(row['last_heartbeat_at'])} · last seen {dt(row['last_seen_at'])} · "
         f"agent {row['agent_version'] or '?'} · models {row['models'] or '—'}"
     )
+    link = Data.radio_link(farm, device)
+    if link is not None:
+        _radio(link)
     health = Data.sensor_health(farm, device)
     if not health.empty:
         st.subheader("Sensor health")
@@ -64,6 +68,18 @@ def render() -> None:
         st.info("No events in this period.")
     else:
         st.dataframe(hist["events"], hide_index=True, width="stretch")
+
+
+def _radio(link: dict[str, Any]) -> None:
+    """The last uplink's radio link: a weak or failing link explains gaps before the sensor is blamed."""
+    st.subheader("Radio link")
+    c = st.columns(4)
+    c[0].metric("RSSI", "—" if link["rssi_dbm"] is None else f"{link['rssi_dbm']:g} dBm")
+    c[1].metric("SNR", "—" if link["snr_db"] is None else f"{link['snr_db']:g} dB")
+    c[2].metric("Frame counter", "—" if link["frame_counter"] is None else int(link["frame_counter"]))
+    c[3].metric("Gateway", link["gateway_id"] or "—")
+    heard = "" if link["gateways"] is None else f" · heard by {int(link['gateways'])} gateway(s)"
+    st.caption(f"Last uplink {dt(link['observed_at'])}{heard}")
 
 
 guarded(render)
