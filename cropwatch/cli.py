@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "monitor": ("farm_monitor.app.cli", "serve the Streamlit farm monitor", "monitor"),
     "db": ("farm_monitor.db_cli", "database maintenance (prune, size, migrate)", "monitor"),
     "users": ("farm_monitor.app.users_cli", "manage monitor users and roles", "monitor"),
-    "data": ("cloud_trainer.data_cli", "build datasets: synthetic leaves, yield cubes, label export", "trainer"),
+    "data": ("cropwatch.data_cli", "build datasets: synthetic leaves, yield cubes, label export", "trainer"),
     "train": ("cloud_trainer.train_cli", "train a disease or yield model", "trainer"),
     "export": ("cloud_trainer.export_cli", "export a training run to signed ONNX", "trainer"),
     "retrain": ("cloud_trainer.retrain_cli", "retrain from field labels, gated by evaluation", "trainer"),

@@ -1,4 +1,4 @@
-"""``cropwatch data synth-yield`` and ``cropwatch data iowa-cube`` (dispatched from cloud_trainer.data_cli)."""
+"""``cropwatch data synth-yield`` and ``cropwatch data iowa-cube`` (dispatched from cropwatch.data_cli)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud_trainer import data_cli, train_cli
+from cloud_trainer import train_cli
+from cropwatch import data_cli
 
 
 @pytest.mark.gpu

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from cloud_trainer import data_cli, export_cli, train_cli
+from cloud_trainer import export_cli, train_cli
+from cropwatch import data_cli
 from shared.display_names import display_names
 from shared.manifest import ModelManifest, TrustedKeys, generate_keypair, verify_artifact, verify_manifest
 from tests.services import cropwatch_env

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cloud_trainer import data_cli, train_cli
+from cloud_trainer import train_cli
+from cropwatch import data_cli
 from tests.services import cropwatch_env
 
 torch.set_num_threads(1)

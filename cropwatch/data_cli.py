@@ -1,8 +1,11 @@
-"""``cropwatch data SUBCOMMAND``: dataset builders, each in its own module (see :mod:`.dispatch`)."""
+"""``cropwatch data SUBCOMMAND``: dataset builders of the trainer and the monitor's label export.
+
+In the router's package because it names two components (each entry is loaded only when run).
+"""
 
 from __future__ import annotations
 
-from .dispatch import dispatch
+from cloud_trainer.dispatch import dispatch
 
 # subcommand -> (module:function, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
