@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from cloud_trainer import data_cli, train_cli
+from cloud_trainer import train_cli
 from cloud_trainer.disease.synth import CONDITIONS, SYNTHETIC_PREFIX, draw_leaf
+from cropwatch import data_cli
 from farm_monitor.config import MonitorConfig
 from farm_monitor.db import make_engine, migrate
 from farm_monitor.ingest.metrics import Metrics

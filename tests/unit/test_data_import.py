@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from cloud_trainer import data_cli
 from cloud_trainer.datasets import plantvillage
 from cloud_trainer.disease import dataset as ds
+from cropwatch import data_cli
 from tests.leaf_fixtures import BAD, add_bad_files, near_copy, write_jpeg
 
 UUID = "0a0d6a11-ddd6-4dac-8469-d5f65af5afca"

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud_trainer import data_cli, export_cli, train_cli
+from cloud_trainer import export_cli, train_cli
+from cropwatch import data_cli
 
 
 def test_train_dispatches_to_the_task_module(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -50,7 +50,7 @@ def test_class_count_out_of_range_is_an_error(tmp_path: Path, classes: int) -> N
 
 
 def test_cli_writes_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from cloud_trainer import data_cli
+    from cropwatch import data_cli
 
     rc = data_cli.main(
         ["synth-leaves", str(tmp_path / "d"), "--classes", "2", "--per-class", "2", "--size", "24", "--quiet"],

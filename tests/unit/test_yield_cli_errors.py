@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from cloud_trainer import data_cli, export_cli, train_cli
+from cloud_trainer import export_cli, train_cli
 from cloud_trainer.yield_model.cube import write_cube
 from cloud_trainer.yield_model.synth import SynthConfig, generate
+from cropwatch import data_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
