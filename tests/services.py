@@ -184,3 +184,23 @@ def cropwatch_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env
+
+
+def puback_code(broker: Broker, user: str, password: str, topic: str) -> int:
+    """The PUBACK reason code ``broker`` gives ``user`` for a QoS 1 publish on ``topic`` (0 accepted, 135 refused)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"acl-{free_port()}", protocol=mqtt.MQTTv5)
+    client.username_pw_set(user, password)
+    acks: dict[int, int] = {}
+    client.on_publish = lambda _c, _u, mid, rc, _p: acks.__setitem__(mid, rc.value)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        info = client.publish(topic, b"{}", qos=1)
+        wait_for(lambda: info.mid in acks, what=f"PUBACK for {user} on {topic}")
+        return acks[info.mid]
+    finally:
+        client.disconnect()
+        client.loop_stop()

@@ -16,9 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from bridges.lorawan.config import LorawanConfig, acl_lines
 from bridges.lorawan.service import Bridge
@@ -26,7 +24,7 @@ from farm_monitor.provision import mosquitto_password_hash
 from shared.ids import utcnow
 from tests.integration.ingest_helpers import config as ingest_config, ingest_thread, publish_all, query
 from tests.lorawan_helpers import CHIRPSTACK_EUI, chirpstack_up, config_doc, tts_up
-from tests.services import Broker, free_port, private_mosquitto, wait_for
+from tests.services import Broker, private_mosquitto, puback_code, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -153,27 +151,12 @@ def test_tts_uplinks_are_stored_under_the_mapped_device(rig: Rig) -> None:
     )
 
 
-def _puback(broker: Broker, topic: str) -> int:
-    """The PUBACK reason code the broker gives the bridge's user for a QoS 1 publish on ``topic``."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"acl-{free_port()}", protocol=mqtt.MQTTv5)
-    client.username_pw_set(BRIDGE_USER, BRIDGE_PASSWORD)
-    acks: dict[int, int] = {}
-    client.on_publish = lambda _c, _u, mid, rc, _p: acks.__setitem__(mid, rc.value)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    try:
-        info = client.publish(topic, b"{}", qos=1)
-        wait_for(lambda: info.mid in acks, what=f"PUBACK for {topic}")
-        return acks[info.mid]
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
 def test_bridge_user_may_publish_only_for_mapped_devices(rig: Rig) -> None:
-    assert _puback(rig.cw, "cropwatch/v1/lora-farm/lora-soil-1/telemetry") == 0
-    assert _puback(rig.cw, "cropwatch/v1/lora-farm/gw-01/telemetry") == 135  # not authorised
-    assert _puback(rig.cw, "cropwatch/v1/lora-farm/lora-soil-1/status") == 135
+    assert puback_code(rig.cw, BRIDGE_USER, BRIDGE_PASSWORD, "cropwatch/v1/lora-farm/lora-soil-1/telemetry") == 0
+    assert (
+        puback_code(rig.cw, BRIDGE_USER, BRIDGE_PASSWORD, "cropwatch/v1/lora-farm/gw-01/telemetry") == 135
+    )  # not authorised
+    assert puback_code(rig.cw, BRIDGE_USER, BRIDGE_PASSWORD, "cropwatch/v1/lora-farm/lora-soil-1/status") == 135
 
     # A device added to the bridge's map but not to the broker's ACL: refused, counted, not stored.
     doc = config_doc("chirpstack")

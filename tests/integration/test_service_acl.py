@@ -4,37 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from bridges.lorawan.config import LorawanConfig, acl_lines
 from farm_monitor import devices_cli
 from farm_monitor.provision import Pki, ProvisionError, mosquitto_password_hash
 from tests.lorawan_helpers import config_doc
-from tests.services import Broker, free_port, private_mosquitto, wait_for
+from tests.services import private_mosquitto, puback_code
 
 pytestmark = pytest.mark.integration
 
 BRIDGE_USER = "cropwatch-bridge-lorawan"
 NOT_AUTHORISED = 135
 ACCEPTED = (0, 16)  # success, and success with "no matching subscribers" (nobody reads here)
-
-
-def _puback(broker: Broker, user: str, password: str, topic: str) -> int:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"acl-{free_port()}", protocol=mqtt.MQTTv5)
-    client.username_pw_set(user, password)
-    acks: dict[int, int] = {}
-    client.on_publish = lambda _c, _u, mid, rc, _p: acks.__setitem__(mid, rc.value)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    try:
-        info = client.publish(topic, b"{}", qos=1)
-        wait_for(lambda: info.mid in acks, what=f"PUBACK for {user} on {topic}")
-        return acks[info.mid]
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 def _provision(pki: Path, out: Path, device: str) -> str:
@@ -58,11 +40,14 @@ def test_a_reprovision_keeps_the_bridge_block_and_devices_stay_confined(tmp_path
     lines = [f"password_file {pki / 'mosquitto.passwd'}", f"acl_file {pki / 'mosquitto.acl'}", "allow_anonymous false"]
     with private_mosquitto(tmp_path / "broker", lines) as broker:
         bridge = (broker, BRIDGE_USER, "bridge-pw")
-        assert _puback(*bridge, "cropwatch/v1/lora-farm/lora-soil-1/telemetry") in ACCEPTED
-        assert _puback(*bridge, "cropwatch/v1/lora-farm/gw-01/telemetry") == NOT_AUTHORISED
-        assert _puback(broker, "lora-farm.gw-01", gw1, "cropwatch/v1/lora-farm/gw-01/telemetry") in ACCEPTED
-        assert _puback(broker, "lora-farm.gw-01", gw1, "cropwatch/v1/lora-farm/gw-02/telemetry") == NOT_AUTHORISED
-        assert _puback(broker, "lora-farm.gw-02", gw2, "cropwatch/v1/lora-farm/lora-soil-1/telemetry") == NOT_AUTHORISED
+        assert puback_code(*bridge, "cropwatch/v1/lora-farm/lora-soil-1/telemetry") in ACCEPTED
+        assert puback_code(*bridge, "cropwatch/v1/lora-farm/gw-01/telemetry") == NOT_AUTHORISED
+        assert puback_code(broker, "lora-farm.gw-01", gw1, "cropwatch/v1/lora-farm/gw-01/telemetry") in ACCEPTED
+        assert puback_code(broker, "lora-farm.gw-01", gw1, "cropwatch/v1/lora-farm/gw-02/telemetry") == NOT_AUTHORISED
+        assert (
+            puback_code(broker, "lora-farm.gw-02", gw2, "cropwatch/v1/lora-farm/lora-soil-1/telemetry")
+            == NOT_AUTHORISED
+        )
 
 
 @pytest.mark.parametrize(
