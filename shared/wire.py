@@ -54,6 +54,13 @@ BATCH_TYPES = (BATCH_CBOR, BATCH_CBOR_ZSTD)
 MAX_BATCH_MESSAGES = 256
 # Decompressed, a batch may hold this much; a frame declaring more is refused before inflating.
 MAX_BATCH_BYTES = 4 * 1024 * 1024
+# Each form in words: the generated message reference and `cropwatch schema --wire` print these.
+FORMS: tuple[tuple[str, int, str], ...] = (
+    (JSON, 1, "one message as UTF-8 JSON; a PUBLISH without a content type is read as this"),
+    (CBOR, 0, "one message as CBOR (RFC 8949): the JSON document, with image_jpeg as a byte string, not base64"),
+    (BATCH_CBOR, 0, f"a CBOR array of 1 to {MAX_BATCH_MESSAGES} messages of the topic's kind, each with its msg_id"),
+    (BATCH_CBOR_ZSTD, 0, f"that array in one zstd frame stating its size (at most {MAX_BATCH_BYTES} B uncompressed)"),
+)
 ZSTD_LEVEL = 12
 # Samples are never batched: a JPEG does not compress, and one image is already a full publish.
 UNBATCHED_KINDS = ("sample", "status")
