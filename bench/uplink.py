@@ -10,12 +10,13 @@ every PUBLISH the broker hands on (the issue's measure), and also the MQTT bytes
 packet id, properties, and the PUBACK back to the device), and decodes every payload to check that
 every detection arrived.
 
-Modes: ``json`` (today's agent), ``compact`` (CBOR, one message per PUBLISH), ``compact+batch``
-(CBOR, up to 50 messages of a kind per zstd-compressed PUBLISH, waiting at most 15 minutes). The
+Modes: ``json`` (today's agent), ``cbor`` (CBOR, uncompressed, one message per PUBLISH),
+``compact`` (CBOR compressed with the shipped zstd dictionary, one message per PUBLISH),
+``compact+batch`` (the same, up to 50 messages of a kind per PUBLISH, waiting at most 15 minutes). The
 ``budget`` hook: a :class:`Mode` may reshape the day (status on change, telemetry aggregated per
 hour) and gate the outbox; see ``MODES`` below.
 
-    python bench/uplink.py [--modes json,compact,compact+batch] [--photos 100]
+    python bench/uplink.py [--modes json,cbor,compact,compact+batch] [--photos 100] [--batch-delay 900]
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class Mode:
 
 MODES = {
     "json": Mode("json", wire.WireSettings()),
+    "cbor": Mode("cbor", wire.WireSettings(encoding="cbor", compress=False)),
     "compact": Mode("compact", wire.WireSettings(encoding="cbor")),
     # A detection may wait 15 minutes for company: a leaf disease spreads over days, and the farmer
     # reads the monitor a few times a day.

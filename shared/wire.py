@@ -6,8 +6,15 @@ The MQTT v5 content type of a PUBLISH says which form its payload is in:
 |---|---|---|
 | ``application/json`` (or none) | 1 (UTF-8) | one message as JSON, the reference form |
 | ``application/cbor`` | 0 | one message as CBOR (RFC 8949) |
+| ``application/vnd.cropwatch.cbor+zstd; dict=1`` | 0 | that CBOR, zstd-compressed with dictionary 1 |
 | ``application/vnd.cropwatch.batch+cbor`` | 0 | a CBOR array of messages |
-| ``application/vnd.cropwatch.batch+cbor+zstd`` | 0 | that array, zstd-compressed |
+| ``application/vnd.cropwatch.batch+cbor+zstd; dict=1`` | 0 | that array, zstd-compressed (dictionary 1) |
+
+Dictionary 1 (``wire_dict_1.cbor``, 2.3 KB) is a zstd raw-content dictionary: the CBOR of one example
+message of each kind, frozen. It holds what every message repeats (keys, kinds, the envelope's
+shape), so even a lone message compresses about five times. A zstd content type without ``dict``
+means no dictionary; an unknown ``dict`` is refused. A new dictionary gets a new number and the old
+one stays readable.
 
 The CBOR form is the JSON document's data model, with the one binary field (a sample's
 ``image_jpeg``) as a CBOR byte string instead of base64 text; times stay RFC 3339 text. So a CBOR
@@ -26,7 +33,10 @@ Content-Type). Commands and the retained desired model (cloud to device) stay JS
 from __future__ import annotations
 
 import base64
+import functools
+import hashlib
 from collections.abc import Sequence
+from importlib import resources
 from typing import Annotated, Any, Literal
 
 import cbor2
@@ -46,10 +56,17 @@ from .messages import (
 
 JSON = "application/json"
 CBOR = "application/cbor"
+CBOR_ZSTD = "application/vnd.cropwatch.cbor+zstd"
 BATCH_CBOR = "application/vnd.cropwatch.batch+cbor"
 BATCH_CBOR_ZSTD = "application/vnd.cropwatch.batch+cbor+zstd"
-CONTENT_TYPES = (JSON, CBOR, BATCH_CBOR, BATCH_CBOR_ZSTD)
+CONTENT_TYPES = (JSON, CBOR, CBOR_ZSTD, BATCH_CBOR, BATCH_CBOR_ZSTD)
 BATCH_TYPES = (BATCH_CBOR, BATCH_CBOR_ZSTD)
+# The zstd dictionaries this release reads, by number; it writes the newest.
+DICTIONARIES = {1: ("wire_dict_1.cbor", "055a74798969c2afcf4b82bec72be01e7bbb928cc681d68df23c3caa4847b48f")}
+DICT = max(DICTIONARIES)
+# What this release writes when it compresses.
+COMPRESSED = f"{CBOR_ZSTD}; dict={DICT}"
+BATCH_COMPRESSED = f"{BATCH_CBOR_ZSTD}; dict={DICT}"
 
 MAX_BATCH_MESSAGES = 256
 # Decompressed, a batch may hold this much; a frame declaring more is refused before inflating.
@@ -58,8 +75,9 @@ MAX_BATCH_BYTES = 4 * 1024 * 1024
 FORMS: tuple[tuple[str, int, str], ...] = (
     (JSON, 1, "one message as UTF-8 JSON; a PUBLISH without a content type is read as this"),
     (CBOR, 0, "one message as CBOR (RFC 8949): the JSON document, with image_jpeg as a byte string, not base64"),
+    (COMPRESSED, 0, f"that CBOR in one zstd frame, compressed with dictionary {DICT}"),
     (BATCH_CBOR, 0, f"a CBOR array of 1 to {MAX_BATCH_MESSAGES} messages of the topic's kind, each with its msg_id"),
-    (BATCH_CBOR_ZSTD, 0, f"that array in one zstd frame stating its size (at most {MAX_BATCH_BYTES} B uncompressed)"),
+    (BATCH_COMPRESSED, 0, f"that array in one zstd frame (at most {MAX_BATCH_BYTES} B uncompressed)"),
 )
 ZSTD_LEVEL = 12
 # Samples are never batched: a JPEG does not compress, and one image is already a full publish.
@@ -80,7 +98,9 @@ class WireSettings(BaseModel):
     batch_max_delay_s: Annotated[float, Field(ge=0)] = Field(
         60.0, description="A message waits at most this long for others to share its batch."
     )
-    compress: bool = Field(True, description="zstd-compress batches (the bulk of the saving).")
+    compress: bool = Field(
+        True, description="With cbor: zstd-compress every payload with the shipped dictionary (about 5x on a message)."
+    )
 
     @model_validator(mode="after")
     def _batches_need_cbor(self) -> WireSettings:
@@ -105,6 +125,38 @@ def base_type(content_type: str | None) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
 
+def _dict_param(content_type: str | None) -> int | None:
+    """The ``dict=N`` parameter of a content type, if any."""
+    for param in (content_type or "").split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "dict":
+            try:
+                return int(value.strip().strip('"'))
+            except ValueError:
+                raise MessageError("unknown_dictionary", f"dict={value.strip()!r} is not a dictionary number") from None
+    return None
+
+
+@functools.cache
+def dictionary(number: int) -> zstandard.ZstdCompressionDict:
+    """A shipped zstd dictionary, checked against its pinned digest (a changed file must get a new number)."""
+    if number not in DICTIONARIES:
+        raise MessageError(
+            "unknown_dictionary",
+            f"zstd dictionary {number} is not known here (this end reads {sorted(DICTIONARIES)}); "
+            "upgrade the older end",
+        )
+    name, digest = DICTIONARIES[number]
+    data = resources.files(__package__).joinpath(name).read_bytes()
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise RuntimeError(f"{name} does not match its pinned sha256: a shipped dictionary must never change")
+    return zstandard.ZstdCompressionDict(data, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+
+
+def _compress(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL, dict_data=dictionary(DICT)).compress(data)
+
+
 # --- encoding ---------------------------------------------------------------------------------
 
 
@@ -124,9 +176,11 @@ def encode_cbor(msg: Envelope) -> bytes:
 
 def encode(msg: Envelope, settings: WireSettings) -> tuple[bytes, str]:
     """One message in this device's encoding: (payload, content type)."""
-    if settings.encoding == "cbor":
-        return encode_cbor(msg), CBOR
-    return msg.to_json(), JSON
+    if settings.encoding == "json":
+        return msg.to_json(), JSON
+    if settings.compress:
+        return _compress(encode_cbor(msg)), COMPRESSED
+    return encode_cbor(msg), CBOR
 
 
 def transcode(json_payload: bytes, settings: WireSettings) -> tuple[bytes, str]:
@@ -141,7 +195,7 @@ def transcode(json_payload: bytes, settings: WireSettings) -> tuple[bytes, str]:
         msg = parse_device_message(json_payload)
     except MessageError:
         return json_payload, JSON
-    return encode_cbor(msg), CBOR
+    return encode(msg, settings)
 
 
 def encode_batch(json_payloads: Sequence[bytes], settings: WireSettings) -> tuple[bytes, str]:
@@ -151,7 +205,7 @@ def encode_batch(json_payloads: Sequence[bytes], settings: WireSettings) -> tupl
     docs = [to_document(parse_device_message(p)) for p in json_payloads]
     raw = cbor2.dumps(docs)
     if settings.compress:
-        return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw), BATCH_CBOR_ZSTD
+        return _compress(raw), BATCH_COMPRESSED
     return raw, BATCH_CBOR
 
 
@@ -171,21 +225,22 @@ def encoded_size(message: Envelope | bytes, settings: WireSettings, topic: str =
 # --- decoding ---------------------------------------------------------------------------------
 
 
-def _inflate(payload: bytes) -> bytes:
+def _inflate(payload: bytes, content_type: str | None, limit: int) -> bytes:
+    number = _dict_param(content_type)
+    dict_data = dictionary(number) if number is not None else None
     try:
         params = zstandard.get_frame_parameters(payload)
     except zstandard.ZstdError as exc:
         raise MessageError("bad_compression", f"payload is not a zstd frame: {exc}") from None
-    if params.content_size in (0, zstandard.CONTENTSIZE_UNKNOWN) or params.content_size > MAX_BATCH_BYTES:
+    if params.content_size in (0, zstandard.CONTENTSIZE_UNKNOWN) or params.content_size > limit:
         raise MessageError(
             "too_large",
-            f"batch frame declares {params.content_size} bytes uncompressed; it must state its size, "
-            f"at most {MAX_BATCH_BYTES}",
+            f"zstd frame declares {params.content_size} bytes uncompressed; it must state its size, at most {limit}",
         )
     try:
-        return zstandard.ZstdDecompressor().decompress(payload, max_output_size=MAX_BATCH_BYTES)
+        return zstandard.ZstdDecompressor(dict_data=dict_data).decompress(payload, max_output_size=limit)
     except zstandard.ZstdError as exc:
-        raise MessageError("bad_compression", f"batch does not decompress: {exc}") from None
+        raise MessageError("bad_compression", f"payload does not decompress: {exc}") from None
 
 
 def _load_cbor(data: bytes) -> Any:
@@ -236,12 +291,13 @@ def decode(
         )
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise MessageError("too_large", f"payload is {len(payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
-    if ct == CBOR:
+    if ct in (CBOR, CBOR_ZSTD):
         try:
-            return [(validate_document(_load_cbor(payload), expected_kind), payload)]
+            data = _inflate(payload, content_type, MAX_PAYLOAD_BYTES) if ct == CBOR_ZSTD else payload
+            return [(validate_document(_load_cbor(data), expected_kind), payload)]
         except MessageError as err:
             return [(err, payload)]
-    data = _inflate(payload) if ct == BATCH_CBOR_ZSTD else payload
+    data = _inflate(payload, content_type, MAX_BATCH_BYTES) if ct == BATCH_CBOR_ZSTD else payload
     docs = _load_cbor(data)
     if not isinstance(docs, list) or not 1 <= len(docs) <= MAX_BATCH_MESSAGES:
         got = f"{len(docs)} items" if isinstance(docs, list) else type(docs).__name__

@@ -89,6 +89,7 @@ def test_every_kind_crosses_a_real_broker_and_validates(mqtt_broker: Broker) -> 
             topic = topics.command_topic(farm, device, kind)
         forms = [(msg.to_json(), wire.JSON)]
         if kind in m.DEVICE_KINDS:
+            forms.append(wire.encode(msg, wire.WireSettings(encoding="cbor", compress=False)))
             forms.append(wire.encode(msg, wire.WireSettings(encoding="cbor")))
             for compress in (False, True):
                 batch = wire.WireSettings(encoding="cbor", batch_max_messages=2, compress=compress)
@@ -102,14 +103,14 @@ def test_every_kind_crosses_a_real_broker_and_validates(mqtt_broker: Broker) -> 
             info.wait_for_publish(timeout=10)
             assert info.is_published()
 
-    expected = len(sent) + 3 * len(m.DEVICE_KINDS)
+    expected = len(sent) + 4 * len(m.DEVICE_KINDS)
     wait_for(lambda: len(received) == expected, timeout=15, what="every kind in every form to arrive")
     assert not errors
     assert acks == [0] * expected, "every PUBACK carries a success reason code"
     for kind, msg in sent.items():
         assert received[kind] == msg, kind
         if kind in m.DEVICE_KINDS:
-            for form in (wire.CBOR, wire.BATCH_CBOR, wire.BATCH_CBOR_ZSTD):
+            for form in (wire.CBOR, wire.COMPRESSED, wire.BATCH_CBOR, wire.BATCH_COMPRESSED):
                 assert received[f"{kind} as {form}"] == msg, (kind, form)
 
     # Retained kinds are there for a late subscriber, as devices and the monitor rely on.

@@ -15,8 +15,9 @@ from farm_monitor.ingest.transport import _content_type, _varint
 from shared import messages as m, wire
 from shared.examples import example_messages
 
-CBOR = wire.WireSettings(encoding="cbor")
-BATCH = wire.WireSettings(encoding="cbor", batch_max_messages=20)
+CBOR = wire.WireSettings(encoding="cbor", compress=False)
+ZSTD = wire.WireSettings(encoding="cbor")
+BATCH = wire.WireSettings(encoding="cbor", batch_max_messages=20)  # compressed: the default
 PLAIN_BATCH = wire.WireSettings(encoding="cbor", batch_max_messages=20, compress=False)
 
 
@@ -37,11 +38,32 @@ def test_every_kind_round_trips_through_cbor_and_is_smaller(kind: str) -> None:
     assert wire.encoded_size(msg, CBOR, "a/b") == len(payload) + 3 == wire.encoded_size(msg.to_json(), CBOR, "a/b")
 
 
+@pytest.mark.parametrize("kind", m.DEVICE_KINDS)
+def test_a_lone_message_compresses_with_the_shipped_dictionary(kind: str) -> None:
+    msg = fresh(kind)
+    payload, ctype = wire.encode(msg, ZSTD)
+    assert ctype == wire.COMPRESSED == "application/vnd.cropwatch.cbor+zstd; dict=1"
+    assert wire.decode_one(payload, ctype, kind) == [msg]
+    if kind != "sample":  # a JPEG does not compress
+        assert len(payload) * 3 < len(wire.encode_cbor(msg))
+    assert wire.encoded_size(msg, ZSTD) == len(payload)
+    # Without its dictionary the frame does not decode: the number in the content type matters.
+    [(err, _)] = wire.decode(payload, wire.CBOR_ZSTD, kind)
+    assert isinstance(err, m.MessageError) and err.reason == "bad_compression"
+
+
+def test_the_shipped_dictionary_is_pinned() -> None:
+    assert len(wire.dictionary(1).as_bytes()) > 1000  # loads, and matches its sha256
+    with pytest.raises(m.MessageError) as err:
+        wire.dictionary(99)
+    assert err.value.reason == "unknown_dictionary"
+
+
 @pytest.mark.parametrize("settings", [BATCH, PLAIN_BATCH], ids=["zstd", "plain"])
 def test_a_batch_keeps_each_message_and_its_msg_id(settings: wire.WireSettings) -> None:
     msgs = [fresh("detection") for _ in range(10)]
     payload, ctype = wire.encode_batch([x.to_json() for x in msgs], settings)
-    assert ctype == (wire.BATCH_CBOR_ZSTD if settings.compress else wire.BATCH_CBOR)
+    assert ctype == (wire.BATCH_COMPRESSED if settings.compress else wire.BATCH_CBOR)
     back = wire.decode_one(payload, ctype, "detection")
     assert back == msgs and len({x.msg_id for x in back}) == 10
     if settings.compress:
@@ -117,8 +139,11 @@ def test_one_bad_message_in_a_batch_leaves_the_others_standing() -> None:
         (zstandard.ZstdCompressor().compress(bytes(64 << 20)), wire.BATCH_CBOR_ZSTD, "too_large"),
         (b"x" * (m.MAX_PAYLOAD_BYTES + 1), wire.CBOR, "too_large"),
         (b"{}", "text/plain", "unknown_content_type"),
+        (zstandard.ZstdCompressor().compress(bytes(1 << 20)), wire.CBOR_ZSTD, "too_large"),
+        (b"x", f"{wire.CBOR_ZSTD}; dict=9", "unknown_dictionary"),
+        (b"x", f"{wire.BATCH_CBOR_ZSTD}; dict=x", "unknown_dictionary"),
     ],
-    ids=["cbor", "zstd", "not-array", "empty", "too-many", "bomb", "big", "content-type"],
+    ids=["cbor", "zstd", "not-array", "empty", "too-many", "bomb", "big", "content-type", "bomb1", "dict", "dict-x"],
 )
 def test_unusable_payloads_give_one_clear_error(payload: bytes, ctype: str, reason: str) -> None:
     # A batch that cannot be opened raises; a single message comes back as its own error.
