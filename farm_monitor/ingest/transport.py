@@ -111,7 +111,7 @@ class _IngestClient(mqtt.Client):
             end = pos + props_len
             content_type = _content_type(packet, pos, end) if props_len else None
             pos = end
-        except (struct.error, IndexError, UnicodeDecodeError):
+        except (struct.error, IndexError):
             return MQTTErrorCode.MQTT_ERR_PROTOCOL
         deliver(topic, bytes(packet[pos:]), mid, qos, content_type)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
@@ -149,7 +149,7 @@ def _content_type(packet: bytes | bytearray, pos: int, end: int) -> str | None:
         elif ident in _STRING_PROPS:
             (n,) = _U16.unpack_from(packet, pos)
             if ident == _CONTENT_TYPE:
-                return bytes(packet[pos + 2 : pos + 2 + n]).decode("utf-8")
+                return bytes(packet[pos + 2 : pos + 2 + n]).decode("utf-8", "replace")
             pos += 2 + n
         elif ident == _USER_PROPERTY:
             for _ in range(2):
@@ -349,7 +349,7 @@ class MqttTransport:
         logger.info("subscribed to %s", self.topic)
 
     @_guarded("message")
-    def _on_publish(self, topic: bytes, payload: bytes, mid: int, qos: int, content_type: str | None) -> None:
+    def _on_publish(self, topic: bytes, payload: bytes, mid: int, qos: int, content_type: str | None = None) -> None:
         if not self._accepting or self._handler is None:
             return
         self._received += 1
