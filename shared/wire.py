@@ -60,7 +60,6 @@ CBOR_ZSTD = "application/vnd.cropwatch.cbor+zstd"
 BATCH_CBOR = "application/vnd.cropwatch.batch+cbor"
 BATCH_CBOR_ZSTD = "application/vnd.cropwatch.batch+cbor+zstd"
 CONTENT_TYPES = (JSON, CBOR, CBOR_ZSTD, BATCH_CBOR, BATCH_CBOR_ZSTD)
-BATCH_TYPES = (BATCH_CBOR, BATCH_CBOR_ZSTD)
 # The zstd dictionaries this release reads, by number; it writes the newest.
 DICTIONARIES = {1: ("wire_dict_1.cbor", "055a74798969c2afcf4b82bec72be01e7bbb928cc681d68df23c3caa4847b48f")}
 DICT = max(DICTIONARIES)
@@ -80,7 +79,7 @@ FORMS: tuple[tuple[str, int, str], ...] = (
     (BATCH_COMPRESSED, 0, f"that array in one zstd frame (at most {MAX_BATCH_BYTES} B uncompressed)"),
 )
 ZSTD_LEVEL = 12
-# Samples are never batched: a JPEG does not compress, and one image is already a full publish.
+# A JPEG does not compress and one image is a publish of its own; the retained status skips the outbox.
 UNBATCHED_KINDS = ("sample", "status")
 _BYTES_FIELDS = ("image_jpeg",)
 
