@@ -194,3 +194,12 @@ def test_ingest_reads_the_content_type_from_a_publish_property_block(values: dic
     length, pos = _varint(block, 0)
     assert pos + length == len(block)
     assert _content_type(block, pos, pos + length) == values.get("ContentType")
+
+
+def test_cropwatch_schema_lists_the_wire_forms(capsys: pytest.CaptureFixture[str]) -> None:
+    from shared.commands import _schema
+
+    assert _schema(["--wire"], "cropwatch schema") == 0
+    forms = json.loads(capsys.readouterr().out)
+    assert [f["content_type"] for f in forms] == [c for c, _, _ in wire.FORMS]
+    assert wire.BATCH_COMPRESSED in {f["content_type"] for f in forms}
