@@ -116,7 +116,9 @@ class Agent:
             self.pipeline.on_shadow_failure = self.updater.on_shadow_failure
             self.updater.boot()
             self.transport = transport = self._make_transport()
-            self.sender = Sender(self.outbox, transport, self.identity, cfg.outbox.max_inflight, self.count_error)
+            self.sender = Sender(
+                self.outbox, transport, self.identity, cfg.outbox.max_inflight, self.count_error, cfg.uplink
+            )
             handler = CommandHandler(
                 cfg.device.farm_id,
                 cfg.device.device_id,
@@ -173,6 +175,7 @@ class Agent:
             will=lambda: Will(self._status_topic(), self.status_message("offline", reason="connection lost").to_json()),
             on_connected=self._on_connected,
             on_error=self.count_error,
+            wire_settings=cfg.uplink,
         )
 
     def _on_connected(self, session_present: bool) -> None:

@@ -6,6 +6,11 @@ link returns, so order within a kind holds across outages. A PUBACK with a failu
 (>= 0x80) marks the row ``refused``: it stays, is counted, and an error event says which message
 was refused and why (at most one event per kind and reason code every ten minutes, so a broker
 that refuses everything cannot fill the outbox with complaints about itself).
+
+Batches (``[uplink] encoding = "cbor"`` with ``batch_max_messages`` > 1): pending rows of one kind
+wait until there are ``batch_max_messages`` of them or the oldest has waited ``batch_max_delay_s``,
+then go as one PUBLISH (shared/wire.py); its PUBACK acknowledges or refuses every row in it.
+Samples are never batched. At shutdown (:meth:`wait_idle`) whatever waits goes at once.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from shared.messages import Event
+from shared import wire
+from shared.messages import MAX_PAYLOAD_BYTES, Event
 
 from .outbox import Outbox, Row
 from .pipeline import Identity, to_out
@@ -43,8 +49,12 @@ class Transport(Protocol):
         qos: int = 1,
         retain: bool = False,
         on_ack: Callable[[int], None] | None = None,
+        content_type: str | None = None,
     ) -> int | None:
-        """Hand a message over; ``on_ack`` receives the PUBACK reason code. None when it could not be sent."""
+        """Hand a message over; ``on_ack`` receives the PUBACK reason code. None when it could not be sent.
+
+        ``payload`` is the reference JSON, or an encoded payload when ``content_type`` names its form.
+        """
         ...
 
     def subscribe(
@@ -62,8 +72,15 @@ class Sender:
         identity: Identity,
         max_inflight: int = 64,
         count_error: Callable[[str], None] = lambda code: None,
+        wire_settings: wire.WireSettings | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.outbox = outbox
+        self.wire = wire_settings or wire.WireSettings()
+        # The outbox's clock: a row's ``created`` is on it, and a batch's delay is measured from there.
+        self.clock = clock
+        self._flush = False
+        self._next_due: float | None = None
         self.transport = transport
         self.identity = identity
         self.max_inflight = max_inflight
@@ -111,8 +128,19 @@ class Sender:
         with self._lock:
             return len(self._inflight)
 
+    def settled(self) -> bool:
+        """Nothing in flight and nothing due now (rows waiting for their batch may remain)."""
+        if self.inflight():
+            return False
+        if not self.wire.batching:
+            return not self.outbox.next_batch(0, 1)
+        groups, _ = self._plan(self.outbox.next_batch(0, self._scan_limit()), self.clock(), flush=False)
+        return not groups
+
     def wait_idle(self, timeout: float) -> bool:
         """Wait until nothing is in flight and nothing sendable is pending (used at shutdown)."""
+        self._flush = True  # what waits for a batch goes now
+        self.kick()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.inflight() == 0 and not self.outbox.next_batch(0, 1):
@@ -124,12 +152,12 @@ class Sender:
 
     # --- callbacks from the MQTT thread -----------------------------------------------------
 
-    def _on_ack(self, row: Row, code: int) -> None:
+    def _on_ack(self, rows: list[Row], code: int) -> None:
         with self._lock:
             if code < 0x80:
-                self._acked.append(row.id)
+                self._acked.extend(row.id for row in rows)
             else:
-                self._refused.append((row, code))
+                self._refused.extend((row, code) for row in rows)
         self._kick.set()
 
     # --- loop -------------------------------------------------------------------------------
@@ -137,6 +165,7 @@ class Sender:
     def _run(self) -> None:
         while not self._stop.is_set():
             self._kick.clear()
+            self._next_due = None
             try:
                 self._flush_acks()
                 sent = self._publish_some()
@@ -145,7 +174,8 @@ class Sender:
                 self.count_error("sender")
                 sent = 0
             if not sent:
-                self._kick.wait(5.0)
+                wait = 5.0 if self._next_due is None else max(0.01, min(5.0, self._next_due - self.clock()))
+                self._kick.wait(wait)
 
     def _flush_acks(self) -> None:
         with self._lock:
@@ -198,17 +228,82 @@ class Sender:
             inflight = set(self._inflight)
         if room <= 0:
             return 0
+        if self.wire.batching:
+            return self._publish_batches(room, inflight)
         rows = [r for r in self.outbox.next_batch(after, room + len(inflight)) if r.id not in inflight][:room]
         sent = 0
         for row in rows:
-            with self._lock:
-                self._inflight.add(row.id)
-            mid = self.transport.publish(row.topic, row.payload, qos=1, on_ack=functools.partial(self._on_ack, row))
-            if mid is None:
-                with self._lock:
-                    self._inflight.discard(row.id)
+            if not self._hand_over([row], row.payload, None):
                 break
-            with self._lock:
-                self._last_id = max(self._last_id, row.id)
             sent += 1
         return sent
+
+    def _hand_over(self, rows: list[Row], payload: bytes, content_type: str | None) -> bool:
+        with self._lock:
+            self._inflight.update(r.id for r in rows)
+        on_ack = functools.partial(self._on_ack, rows)
+        if content_type is None:
+            mid = self.transport.publish(rows[0].topic, payload, qos=1, on_ack=on_ack)
+        else:
+            mid = self.transport.publish(rows[0].topic, payload, qos=1, on_ack=on_ack, content_type=content_type)
+        if mid is None:
+            with self._lock:
+                self._inflight.difference_update(r.id for r in rows)
+            return False
+        with self._lock:
+            self._last_id = max(self._last_id, *(r.id for r in rows))
+        return True
+
+    # --- batches ----------------------------------------------------------------------------
+
+    def _scan_limit(self) -> int:
+        return self.max_inflight + 4 * self.wire.batch_max_messages
+
+    def _plan(self, rows: list[Row], now: float, flush: bool) -> tuple[list[list[Row]], float | None]:
+        """The PUBLISHes due now (each one row or one kind's batch, oldest first) and when the next is due."""
+        ready: list[list[Row]] = []
+        waiting: dict[str, list[Row]] = {}
+        limit, delay = self.wire.batch_max_messages, self.wire.batch_max_delay_s
+        for row in rows:
+            if row.kind in wire.UNBATCHED_KINDS:
+                ready.append([row])
+                continue
+            group = waiting.setdefault(row.topic, [])
+            group.append(row)
+            if len(group) >= limit:
+                ready.append(waiting.pop(row.topic))
+        next_due: float | None = None
+        for group in waiting.values():
+            due = group[0].created + delay
+            if flush or due <= now:
+                ready.append(group)
+            else:
+                next_due = due if next_due is None else min(next_due, due)
+        ready.sort(key=lambda g: g[0].id)
+        return ready, next_due
+
+    def _publish_batches(self, room: int, inflight: set[int]) -> int:
+        rows = [r for r in self.outbox.next_batch(0, self._scan_limit() + len(inflight)) if r.id not in inflight]
+        groups, self._next_due = self._plan(rows, self.clock(), self._flush)
+        sent = 0
+        for group in groups:
+            if sent and len(group) > room - sent:
+                break
+            for rows_out, payload, ctype in self._encode_group(group):
+                if not self._hand_over(rows_out, payload, ctype):
+                    return sent
+                sent += len(rows_out)
+        return sent
+
+    def _encode_group(self, group: list[Row]) -> list[tuple[list[Row], bytes, str | None]]:
+        """One batch PUBLISH for the group, or one per row when it is a single row or cannot be a batch."""
+        if len(group) > 1:
+            try:
+                payload, ctype = wire.encode_batch([r.payload for r in group], self.wire)
+            except Exception:  # a row that is not a valid message goes alone; ingest dead-letters it
+                logger.warning("could not batch %d %s messages; sending them one by one", len(group), group[0].kind)
+                self.count_error("batch_encode")
+            else:
+                if len(payload) <= MAX_PAYLOAD_BYTES:
+                    return [(group, payload, ctype)]
+        return [([r], r.payload, None) for r in group]

@@ -6,6 +6,11 @@ backoff has no jitter: a field of devices that lost the same broker would otherw
 lock-step. Unacknowledged QoS 1 messages stay in paho's session and are resent (DUP) on reconnect,
 in order, before anything newer; the session itself (clean start off, session expiry) keeps the
 broker side across reconnects.
+
+Every publish carries the MQTT v5 content type and payload format indicator of its payload
+(shared/wire.py). Callers hand over the reference JSON; with ``[uplink] encoding = "cbor"`` this
+module turns it into CBOR, the last will and the retained status included. A payload that is already
+encoded (a batch from the sender) comes with its content type and is sent as it is.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from shared import wire
 from shared.settings import MqttSettings
 
 logger = logging.getLogger(__name__)
@@ -72,8 +78,10 @@ class MqttTransport:
         will: Callable[[], Will] | None = None,
         on_connected: Callable[[bool], None] | None = None,
         on_error: Callable[[str], None] | None = None,
+        wire_settings: wire.WireSettings | None = None,
     ) -> None:
         self.settings = settings
+        self.wire = wire_settings or wire.WireSettings()
         self.client_id = client_id
         self._will = will
         self._on_connected = on_connected
@@ -205,13 +213,36 @@ class MqttTransport:
         self._thread = threading.Thread(target=self._supervise, name="mqtt-supervisor", daemon=True)
         self._thread.start()
 
+    def _encoded(
+        self, payload: bytes, content_type: str | None, packet: int = PacketTypes.PUBLISH
+    ) -> tuple[bytes, Properties]:
+        if content_type is None:
+            payload, content_type = wire.transcode(payload, self.wire)
+        props = Properties(packet)  # type: ignore[no-untyped-call]
+        props.ContentType = content_type
+        if wire.payload_format(content_type):
+            # 0 (bytes) is what an absent indicator means: two bytes saved on every binary publish.
+            props.PayloadFormatIndicator = 1
+        return payload, props
+
     def publish(
-        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, on_ack: AckCallback | None = None
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        on_ack: AckCallback | None = None,
+        content_type: str | None = None,
     ) -> int | None:
-        """Queue a publish; ``on_ack`` gets the PUBACK reason code. Returns the mid, or None if offline."""
+        """Queue a publish; ``on_ack`` gets the PUBACK reason code. Returns the mid, or None if offline.
+
+        ``payload`` is a message's reference JSON (encoded here as configured), or an encoded
+        payload when ``content_type`` names its form.
+        """
         if not self._connected.is_set():
             return None
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        payload, props = self._encoded(payload, content_type)
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             logger.warning("publish to %s failed locally: %s", topic, paho.error_string(info.rc))
             return None
@@ -259,7 +290,8 @@ class MqttTransport:
     def _connect_once(self, first: bool) -> None:
         if self._will is not None:
             will = self._will()
-            self._client.will_set(will.topic, will.payload, qos=1, retain=True)
+            payload, props = self._encoded(will.payload, None, PacketTypes.WILLMESSAGE)
+            self._client.will_set(will.topic, payload, qos=1, retain=True, properties=props)
         if first:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = self.settings.session_expiry_s

@@ -1,7 +1,7 @@
 """The Cropwatch contract: message schemas, topic tree, model manifests, image decoding, config.
 
 Both ends (field agent and cloud) import this package, so it depends only on pydantic, numpy,
-pillow and cryptography.
+pillow, cryptography, and cbor2 and zstandard for the compact wire encoding.
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -9,7 +9,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from . import SCHEMA_VERSION, __version__
+from . import SCHEMA_VERSION, __version__, wire
 from .messages import json_schemas
 
 
@@ -32,9 +32,18 @@ def _version(argv: list[str], prog: str) -> int:
 
 
 def _schema(argv: list[str], prog: str) -> int:
-    parser = argparse.ArgumentParser(prog=prog, description="Print the JSON Schema of every message kind.")
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Print the JSON Schema of every message kind. Device messages may also travel as CBOR or in "
+        "zstd batches (the same schema, another encoding): --wire lists those forms.",
+    )
     parser.add_argument("--kind", help="only this kind (e.g. detection, ping, desired_model)")
+    parser.add_argument("--wire", action="store_true", help="print the wire forms (MQTT v5 content types) instead")
     args = parser.parse_args(argv)
+    if args.wire:
+        forms = [{"content_type": c, "payload_format_indicator": p, "payload": w} for c, p, w in wire.FORMS]
+        print(json.dumps(forms, indent=2))
+        return 0
     schemas = json_schemas()
     if args.kind:
         if args.kind not in schemas:

@@ -54,6 +54,8 @@ MAX_FLEET_PAYLOAD_BYTES = 1024 * 1024
 DEVICE_KINDS = ("detection", "yield", "telemetry", "sample", "status", "event")
 COMMANDS = ("capture_now", "reload_config", "set_log_level", "ping")
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+# Validation context flag: the data came off the wire (CBOR), so nothing may be filled in.
+WIRE_CONTEXT_KEY = "from_wire"
 
 
 class Envelope(BaseModel):
@@ -70,8 +72,10 @@ class Envelope(BaseModel):
     @classmethod
     def _fill_when_built_in_code(cls, data: Any, info: ValidationInfo) -> Any:
         # Code that builds a message gets a fresh msg_id, the current time and the kind; a payload
-        # from the wire must carry them, or ingest could not deduplicate it.
-        if info.mode == "python" and isinstance(data, dict):
+        # from the wire must carry them, or ingest could not deduplicate it. A binary payload
+        # (shared.wire) is validated in python mode too, so it says so in the context.
+        from_wire = isinstance(info.context, dict) and info.context.get(WIRE_CONTEXT_KEY)
+        if info.mode == "python" and isinstance(data, dict) and not from_wire:
             data = dict(data)
             data.setdefault("schema_version", SCHEMA_VERSION)
             data.setdefault("msg_id", new_msg_id())
@@ -336,6 +340,7 @@ MESSAGE_TYPES: dict[str, type[BaseModel]] = {
 }
 
 _device_adapter: TypeAdapter[Any] = TypeAdapter(DeviceMessage)
+device_adapter = _device_adapter  # shared.wire validates decoded CBOR with the same adapter
 _command_adapter: TypeAdapter[Any] = TypeAdapter(Command)
 
 
@@ -357,8 +362,15 @@ def _classify(payload: bytes, exc: ValidationError, known_kinds: tuple[str, ...]
         return MessageError("invalid_json", f"payload is not UTF-8 JSON: {err}")
     if non_finite:
         return MessageError("non_finite", f"payload holds {non_finite[0]}; numbers must be finite")
+    return classify_document(doc, exc, known_kinds)
+
+
+def classify_document(doc: Any, exc: ValidationError, known_kinds: tuple[str, ...]) -> MessageError:
+    """The reason a decoded document (from JSON or CBOR) failed validation."""
     if not isinstance(doc, dict):
         return MessageError("schema", f"payload must be a JSON object, got {type(doc).__name__}")
+    if any(e.get("type") == "finite_number" for e in exc.errors()):
+        return MessageError("non_finite", "payload holds a NaN or infinite number; numbers must be finite")
     version = doc.get("schema_version")
     if version != SCHEMA_VERSION:
         return MessageError(

@@ -9,6 +9,7 @@ from typing import Any
 from . import SCHEMA_VERSION
 from .examples import example_messages
 from .messages import COMMANDS, DEVICE_KINDS, MAX_PAYLOAD_BYTES, MAX_SAMPLE_IMAGE_BYTES, MESSAGE_TYPES, json_schemas
+from .wire import FORMS, UNBATCHED_KINDS
 
 # Derived from the contract's kind lists, so a new kind needs no line here.
 TOPICS = (
@@ -69,6 +70,24 @@ def _table(schema: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _wire_forms() -> list[str]:
+    """The binary forms of device messages (shared/wire.py), said once above the kinds."""
+    return [
+        "## Wire forms",
+        "",
+        "JSON is the reference. A device may send its messages in a binary form instead; the MQTT v5 content",
+        "type of each PUBLISH names the form, and a PUBLISH without one is JSON. Cloud-to-device messages",
+        "are always JSON. See [uplink.md](uplink.md#wire-encoding).",
+        "",
+        "| content type | payload format indicator | payload |",
+        "|---|---|---|",
+        *(f"| `{ctype}` | {pfi} | {what} |" for ctype, pfi, what in FORMS),
+        "",
+        f"Binary payloads are validated by the same models as JSON. Never batched: {', '.join(UNBATCHED_KINDS)}.",
+        "`cropwatch schema --wire` prints this table.",
+    ]
+
+
 def render() -> str:
     schemas = json_schemas()
     examples = example_messages(fixed=True)
@@ -84,12 +103,13 @@ def render() -> str:
         f"{MAX_SAMPLE_IMAGE_BYTES} bytes (256 KiB).",
         "Every message carries `schema_version`, `msg_id` (a ULID: unique, sorts by time), `farm_id`,",
         "`device_id` and `observed_at`. Ids match `[a-z0-9][a-z0-9_-]{0,63}`. Publish at QoS 1.",
-        "The full JSON Schema of every kind: `cropwatch schema`.",
+        "The full JSON Schema of every kind: `cropwatch schema`. Binary forms of the same messages: below.",
         "",
         "| kind | topic |",
         "|---|---|",
     ]
     out += [f"| [`{k}`](#{k.replace('_', '-')}) | `{TOPICS[k]}` |" for k in MESSAGE_TYPES]
+    out += ["", *_wire_forms()]
     seen_defs: dict[str, dict[str, Any]] = {}
     for kind, cls in MESSAGE_TYPES.items():
         schema = schemas[kind]

@@ -7,6 +7,9 @@ its topic, writes all rows of the batch plus its dead letters in one transaction
 ON CONFLICT DO NOTHING`` keyed on ``msg_id``), and only after the commit asks the transport to
 send the PUBACKs. A crash anywhere before the commit leaves the messages unacknowledged, so the
 broker redelivers them; the unique keys make the redelivery a no-op when the commit did happen.
+
+A PUBLISH's content type picks its decoding (shared/wire.py): JSON (also when there is none), CBOR,
+or a batch of CBOR messages; a batch is one item (one PUBACK) that yields many rows.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from shared import messages as m
+from shared import messages as m, wire
 from shared.errors import MessageError, TopicError
 from shared.topics import Topic, parse_topic
 
@@ -37,8 +40,8 @@ from .metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
-# (topic, payload, mid, qos, connection generation, monotonic receive time)
-Item = tuple[str, bytes, int, int, int, float]
+# (topic, payload, mid, qos, connection generation, monotonic receive time[, content type])
+Item = tuple[Any, ...]
 AckFn = Callable[[list[Item]], None]
 
 _TOPIC_CACHE_MAX = 50_000
@@ -58,6 +61,7 @@ class Batch:
     fields: set[tuple[str, str]] = field(default_factory=set)
     dead: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     received: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    encodings: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # PUBLISHes per content type
     newest_observed: datetime | None = None
 
 
@@ -86,8 +90,10 @@ class Ingestor:
 
     # --- called by the transport (from poll, on the ingest thread) ------------------------------
 
-    def submit(self, topic: str, payload: bytes, mid: int, qos: int, generation: int) -> None:
-        self._pending.append((topic, payload, mid, qos, generation, time.monotonic()))
+    def submit(
+        self, topic: str, payload: bytes, mid: int, qos: int, generation: int, content_type: str | None = None
+    ) -> None:
+        self._pending.append((topic, payload, mid, qos, generation, time.monotonic(), content_type))
 
     def pending(self) -> int:
         return len(self._pending)
@@ -190,6 +196,8 @@ class Ingestor:
             mt.inc("cropwatch_ingest_received_total", n, kind=kind)
         for reason, n in batch.dead.items():
             mt.inc("cropwatch_ingest_dead_letters_total", n, reason=reason)
+        for ctype, n in batch.encodings.items():
+            mt.inc("cropwatch_ingest_publishes_total", n, content_type=ctype)
         mt.set("cropwatch_ingest_lag_seconds", now_mono - items[0][5])
         if batch.newest_observed is not None:
             mt.set(
@@ -214,13 +222,11 @@ class Ingestor:
 
     def prepare(self, items: list[Item]) -> Batch:
         batch = Batch()
-        d = self.d
         received_dt = datetime.now(UTC)
-        received = d.ts(received_dt)
-        rows = batch.rows
-        seen = batch.seen
-        newest: datetime | None = None
-        for topic, payload, *_ in items:
+        received = self.d.ts(received_dt)
+        for item in items:
+            topic, payload = item[0], item[1]
+            content_type = item[6] if len(item) > 6 else None
             parsed = self._topic(topic)
             if isinstance(parsed, TopicError):
                 self._dead(batch, topic, payload, "bad_topic", str(parsed), None, received)
@@ -229,53 +235,60 @@ class Ingestor:
                 self._dead(batch, topic, payload, "bad_topic", "not a device-to-cloud topic", parsed, received)
                 continue
             kind = parsed.kind or ""
+            ctype = wire.base_type(content_type)
+            batch.encodings[ctype if ctype in wire.CONTENT_TYPES else "other"] += 1
             try:
-                msg: Any = m.parse_device_message(payload, kind)
+                decoded = wire.decode(payload, content_type, kind)
             except MessageError as err:
                 self._dead(batch, topic, payload, err.reason, str(err), parsed, received)
                 continue
             except Exception as exc:  # the contract raises only MessageError; anything else is a bug
-                logger.exception("validating a payload on %s failed unexpectedly", topic)
+                logger.exception("decoding a payload on %s failed unexpectedly", topic)
                 self._dead(batch, topic, payload, "internal_error", repr(exc)[:500], parsed, received)
                 continue
-            if msg.farm_id != parsed.farm_id or msg.device_id != parsed.device_id:
-                self._dead(
-                    batch, topic, payload, "topic_mismatch",
-                    f"payload says {msg.farm_id}/{msg.device_id} but was published on {topic}; "
-                    "a device may publish only under its own ids",
-                    parsed, received,
-                )  # fmt: skip
-                continue
-            spec = r.KINDS.get(kind)
-            if spec is None:
-                self._dead(
-                    batch, topic, payload, "unknown_kind", f"ingest stores no {kind!r} messages", parsed, received
-                )
-                continue
-            try:
-                built = spec.rows(d, msg, received)
-                parts = spec.part_rows(d, msg, received)
-            except Exception as exc:  # a bug here must cost one message, not the daemon
-                logger.exception("could not turn a valid %s message into rows", kind)
-                self._dead(batch, topic, payload, "internal_error", repr(exc)[:500], parsed, received)
-                continue
-            rows[spec.table.name].extend(built)
-            for table, row in parts:
-                rows[table].append(row)
-            # Beyond storing: detections feed the disease alert, statuses the devices table.
-            if kind == "detection" and msg.field_id is not None:
-                batch.fields.add((msg.farm_id, msg.field_id))
-            elif kind == "status":
-                batch.statuses.append((msg, received, built[0]))
-            elif kind == "telemetry":
-                batch.telemetry.append(msg)
-            batch.received[kind] += 1
-            seen[(msg.farm_id, msg.device_id)] = received
-            obs = msg.observed_at
-            if newest is None or obs > newest:
-                newest = obs
-        batch.newest_observed = newest
+            for msg, raw in decoded:
+                self._add(batch, topic, raw, msg, parsed, kind, received)
         return batch
+
+    def _add(self, batch: Batch, topic: str, payload: bytes, msg: Any, parsed: Topic, kind: str, received: Any) -> None:
+        """One decoded message (or its error) into the batch: rows, side effects, or a dead letter."""
+        if isinstance(msg, MessageError):
+            self._dead(batch, topic, payload, msg.reason, str(msg), parsed, received)
+            return
+        if msg.farm_id != parsed.farm_id or msg.device_id != parsed.device_id:
+            self._dead(
+                batch, topic, payload, "topic_mismatch",
+                f"payload says {msg.farm_id}/{msg.device_id} but was published on {topic}; "
+                "a device may publish only under its own ids",
+                parsed, received,
+            )  # fmt: skip
+            return
+        spec = r.KINDS.get(kind)
+        if spec is None:
+            self._dead(batch, topic, payload, "unknown_kind", f"ingest stores no {kind!r} messages", parsed, received)
+            return
+        try:
+            built = spec.rows(self.d, msg, received)
+            parts = spec.part_rows(self.d, msg, received)
+        except Exception as exc:  # a bug here must cost one message, not the daemon
+            logger.exception("could not turn a valid %s message into rows", kind)
+            self._dead(batch, topic, payload, "internal_error", repr(exc)[:500], parsed, received)
+            return
+        batch.rows[spec.table.name].extend(built)
+        for table, row in parts:
+            batch.rows[table].append(row)
+        # Beyond storing: detections feed the disease alert, statuses the devices table.
+        if kind == "detection" and msg.field_id is not None:
+            batch.fields.add((msg.farm_id, msg.field_id))
+        elif kind == "status":
+            batch.statuses.append((msg, received, built[0]))
+        elif kind == "telemetry":
+            batch.telemetry.append(msg)
+        batch.received[kind] += 1
+        batch.seen[(msg.farm_id, msg.device_id)] = received
+        obs = msg.observed_at
+        if batch.newest_observed is None or obs > batch.newest_observed:
+            batch.newest_observed = obs
 
     def _dead(
         self, batch: Batch, topic: str, payload: bytes, reason: str, detail: str, parsed: Topic | None, received: Any

@@ -35,7 +35,8 @@ from .metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
-MessageHandler = Callable[[str, bytes, int, int, int], None]
+# (topic, payload, mid, qos, connection generation, content type or None)
+MessageHandler = Callable[[str, bytes, int, int, int, str | None], None]
 
 
 class Transport(Protocol):
@@ -67,7 +68,7 @@ class _IngestClient(mqtt.Client):
     paho is pinned below 3.
     """
 
-    fast_deliver: Callable[[bytes, bytes, int, int], None] | None = None
+    fast_deliver: Callable[[bytes, bytes, int, int, str | None], None] | None = None
     _rbuf: bytes = b""
     _rpos: int = 0
 
@@ -106,24 +107,59 @@ class _IngestClient(mqtt.Client):
             if qos:
                 (mid,) = _U16.unpack_from(packet, pos)
                 pos += 2
-            props_len, shift = 0, 0
-            while True:
-                byte = packet[pos]
-                pos += 1
-                props_len |= (byte & 0x7F) << shift
-                if not byte & 0x80:
-                    break
-                shift += 7
-            pos += props_len
+            props_len, pos = _varint(packet, pos)
+            end = pos + props_len
+            content_type = _content_type(packet, pos, end) if props_len else None
+            pos = end
         except (struct.error, IndexError):
             return MQTTErrorCode.MQTT_ERR_PROTOCOL
-        deliver(topic, bytes(packet[pos:]), mid, qos)
+        deliver(topic, bytes(packet[pos:]), mid, qos, content_type)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def ack_many(self, mids: list[int]) -> None:
         if mids:
             data = b"".join([_PUBACK.pack(_PUBACK_BYTE, 2, mid) for mid in mids])
             self._packet_queue(_PUBACK_BYTE, data, 0, 0)
+
+
+def _varint(packet: bytes | bytearray, pos: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        byte = packet[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+# Sizes of the fixed-size PUBLISH properties (MQTT v5 3.3.2.3); the others are strings or varints.
+_FIXED_PROPS = {0x01: 1, 0x02: 4, 0x23: 2}
+_STRING_PROPS = (0x03, 0x08, 0x09)  # content type, response topic, correlation data: 2-byte length
+_CONTENT_TYPE, _USER_PROPERTY, _SUBSCRIPTION_ID = 0x03, 0x26, 0x0B
+
+
+def _content_type(packet: bytes | bytearray, pos: int, end: int) -> str | None:
+    """The Content Type property of a PUBLISH's property block, if it has one."""
+    while pos < end:
+        ident = packet[pos]
+        pos += 1
+        if ident in _FIXED_PROPS:
+            pos += _FIXED_PROPS[ident]
+        elif ident in _STRING_PROPS:
+            (n,) = _U16.unpack_from(packet, pos)
+            if ident == _CONTENT_TYPE:
+                return bytes(packet[pos + 2 : pos + 2 + n]).decode("utf-8", "replace")
+            pos += 2 + n
+        elif ident == _USER_PROPERTY:
+            for _ in range(2):
+                (n,) = _U16.unpack_from(packet, pos)
+                pos += 2 + n
+        elif ident == _SUBSCRIPTION_ID:
+            _, pos = _varint(packet, pos)
+        else:
+            raise IndexError(f"unknown PUBLISH property {ident:#x}")
+    return None
 
 
 def _guarded(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -313,11 +349,11 @@ class MqttTransport:
         logger.info("subscribed to %s", self.topic)
 
     @_guarded("message")
-    def _on_publish(self, topic: bytes, payload: bytes, mid: int, qos: int) -> None:
+    def _on_publish(self, topic: bytes, payload: bytes, mid: int, qos: int, content_type: str | None = None) -> None:
         if not self._accepting or self._handler is None:
             return
         self._received += 1
-        self._handler(topic.decode("utf-8", "replace"), payload, mid, qos, self._generation)
+        self._handler(topic.decode("utf-8", "replace"), payload, mid, qos, self._generation, content_type)
 
     @_guarded("message")
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
@@ -328,4 +364,5 @@ class MqttTransport:
         except UnicodeDecodeError:
             topic = msg._topic.decode("utf-8", "replace")
         self._received += 1
-        self._handler(topic, bytes(msg.payload), msg.mid, msg.qos, self._generation)
+        content_type = getattr(msg.properties, "ContentType", None) if msg.properties is not None else None
+        self._handler(topic, bytes(msg.payload), msg.mid, msg.qos, self._generation, content_type)

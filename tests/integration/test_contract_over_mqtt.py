@@ -1,4 +1,8 @@
-"""Every message kind through a real broker with paho, MQTT v5, QoS 1, validated at the far end."""
+"""Every message kind through a real broker with paho, MQTT v5, QoS 1, validated at the far end.
+
+Device messages go in every wire form (shared/wire.py): the far end decodes by the content type the
+broker hands on with each message.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from shared import messages as m, topics
+from shared import messages as m, topics, wire
 from shared.examples import example_messages
 from tests.services import Broker, wait_for
 
@@ -24,10 +28,17 @@ def client(broker: Broker, client_id: str) -> mqtt.Client:
     return c
 
 
-def parse_for_topic(topic: str, payload: bytes) -> m.Envelope:
+def parse_for_topic(topic: str, payload: bytes, content_type: str | None = None) -> list[m.Envelope]:
+    """The contract check: every message of one PUBLISH, decoded by its content type."""
     t = topics.parse_topic(topic)
     if t.category == "device":
-        return m.parse_device_message(payload, expected_kind=t.kind)
+        return wire.decode_one(payload, content_type, expected_kind=t.kind)
+    if wire.base_type(content_type) != wire.JSON:
+        raise AssertionError(f"cloud-to-device messages are JSON, got {content_type}")
+    return [_parse_cloud(t, payload)]
+
+
+def _parse_cloud(t: topics.Topic, payload: bytes) -> m.Envelope:
     if t.category == "command":
         return m.parse_command(payload, expected_command=t.command)
     return m.parse_desired_model(payload)
@@ -44,13 +55,15 @@ def test_every_kind_crosses_a_real_broker_and_validates(mqtt_broker: Broker) -> 
 
     def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         try:
-            parsed = parse_for_topic(msg.topic, msg.payload)
+            parsed = parse_for_topic(msg.topic, msg.payload, getattr(msg.properties, "ContentType", None))
         except Exception as exc:  # the assertion below reports it
             errors.append(f"{msg.topic}: {exc}")
             return
-        key = getattr(parsed, "command", None) or parsed.kind
         with lock:
-            received[key] = parsed
+            for one in parsed:
+                key = getattr(one, "command", None) or one.kind
+                form = getattr(msg.properties, "ContentType", wire.JSON)
+                received[key if form == wire.JSON else f"{key} as {form}"] = one
 
     sub.on_message = on_message
     subscribed = threading.Event()
@@ -74,17 +87,31 @@ def test_every_kind_crosses_a_real_broker_and_validates(mqtt_broker: Broker) -> 
             topic = topics.fleet_model_topic(farm, msg.model_name)
         else:
             topic = topics.command_topic(farm, device, kind)
-        props = Properties(PacketTypes.PUBLISH)
-        props.ContentType = "application/json"
-        info = pub.publish(topic, msg.to_json(), qos=1, retain=kind in ("status", "desired_model"), properties=props)
-        info.wait_for_publish(timeout=10)
-        assert info.is_published()
+        forms = [(msg.to_json(), wire.JSON)]
+        if kind in m.DEVICE_KINDS:
+            forms.append(wire.encode(msg, wire.WireSettings(encoding="cbor", compress=False)))
+            forms.append(wire.encode(msg, wire.WireSettings(encoding="cbor")))
+            for compress in (False, True):
+                batch = wire.WireSettings(encoding="cbor", batch_max_messages=2, compress=compress)
+                forms.append(wire.encode_batch([msg.to_json()], batch))
+        for payload, content_type in forms:
+            props = Properties(PacketTypes.PUBLISH)
+            props.ContentType = content_type
+            props.PayloadFormatIndicator = wire.payload_format(content_type)
+            retain = kind in ("status", "desired_model") and content_type == wire.JSON
+            info = pub.publish(topic, payload, qos=1, retain=retain, properties=props)
+            info.wait_for_publish(timeout=10)
+            assert info.is_published()
 
-    wait_for(lambda: len(received) == len(sent), timeout=15, what="every kind to arrive")
+    expected = len(sent) + 4 * len(m.DEVICE_KINDS)
+    wait_for(lambda: len(received) == expected, timeout=15, what="every kind in every form to arrive")
     assert not errors
-    assert acks == [0] * len(sent), "every PUBACK carries a success reason code"
+    assert acks == [0] * expected, "every PUBACK carries a success reason code"
     for kind, msg in sent.items():
         assert received[kind] == msg, kind
+        if kind in m.DEVICE_KINDS:
+            for form in (wire.CBOR, wire.COMPRESSED, wire.BATCH_CBOR, wire.BATCH_COMPRESSED):
+                assert received[f"{kind} as {form}"] == msg, (kind, form)
 
     # Retained kinds are there for a late subscriber, as devices and the monitor rely on.
     late = client(mqtt_broker, "it-late")

@@ -8,6 +8,8 @@ from pathlib import Path
 from edge_agent.outbox import Outbox, OutMessage
 from edge_agent.pipeline import Identity
 from edge_agent.sender import Sender
+from shared import wire
+from shared.examples import example_messages
 from shared.messages import parse_device_message
 from tests.services import wait_for
 
@@ -18,15 +20,17 @@ class ScriptedTransport:
     def __init__(self) -> None:
         self.connected = True
         self.published: list[tuple[str, bytes]] = []
+        self.content_types: list[str | None] = []
         self.pending: list = []  # type: ignore[type-arg]
         self.lock = threading.Lock()
 
     def start(self) -> None:
         pass
 
-    def publish(self, topic, payload, qos=1, retain=False, on_ack=None):  # type: ignore[no-untyped-def]
+    def publish(self, topic, payload, qos=1, retain=False, on_ack=None, content_type=None):  # type: ignore[no-untyped-def]
         with self.lock:
             self.published.append((topic, payload))
+            self.content_types.append(content_type)
             self.pending.append(on_ack)
             return len(self.published)
 
@@ -68,5 +72,62 @@ def test_window_order_acks_and_one_refusal_event(tmp_path: Path) -> None:
         wait_for(lambda: len(transport.published) == 4 + 4 + 2 + 1 + 4, 5, what="refused rows retried")
         transport.ack_all(0)
         wait_for(lambda: box.stats()["depth"] == 0, 5, what="outbox empty")
+    finally:
+        sender.stop()
+
+
+def test_batches_one_kind_per_publish_by_count_and_delay_and_acks_every_row(tmp_path: Path) -> None:
+    now = [1000.0]
+    box = Outbox(tmp_path / "o.db", budget_bytes=10**9, clock=lambda: now[0])
+    transport = ScriptedTransport()
+    settings = wire.WireSettings(encoding="cbor", batch_max_messages=3, batch_max_delay_s=60)
+    sender = Sender(box, transport, Identity("farm1", "dev1"), 64, wire_settings=settings, clock=lambda: now[0])
+
+    def out(kind: str) -> OutMessage:
+        msg = example_messages("farm1", "dev1", fixed=False)[kind]
+        return OutMessage(msg.msg_id, kind, f"cropwatch/v1/farm1/dev1/{kind}", msg.to_json())
+
+    dets = [out("detection") for _ in range(5)]
+    tele = [out("telemetry") for _ in range(2)]
+    sample = out("sample")
+    sender.start()
+    try:
+        box.add([dets[0], tele[0], dets[1], sample, dets[2], dets[3], tele[1], dets[4]])
+        # Three detections fill a batch; the sample never waits; the rest wait for the delay.
+        wait_for(lambda: len(transport.published) == 2, 5, what="a full batch and the sample")
+        assert sender.settled() is False  # two in flight
+        transport.ack_all(0)
+        wait_for(sender.settled, 5, what="nothing due before the delay")
+        assert len(transport.published) == 2 and box.stats()["depth"] == 4
+        now[0] += 61
+        sender.kick()
+        wait_for(lambda: len(transport.published) == 4, 5, what="the waiting rows, one batch per kind")
+        transport.ack_all(0)
+        wait_for(lambda: box.stats()["depth"] == 0, 5, what="every row acknowledged")
+    finally:
+        sender.stop()
+    assert transport.content_types == [wire.BATCH_COMPRESSED, None, wire.BATCH_COMPRESSED, wire.BATCH_COMPRESSED]
+    got: dict[str, list[str]] = {}
+    for (topic, payload), ctype in zip(transport.published, transport.content_types, strict=True):
+        for msg in wire.decode_one(payload, ctype, topic.rsplit("/", 1)[1]):
+            got.setdefault(msg.kind, []).append(msg.msg_id)  # type: ignore[attr-defined]
+    assert got["detection"] == [d.msg_id for d in dets]
+    assert got["telemetry"] == [t.msg_id for t in tele]
+    assert got["sample"] == [sample.msg_id]
+    assert box.counters()["sent"] == 8
+
+
+def test_wait_idle_flushes_what_waits_for_a_batch(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", budget_bytes=10**9)
+    transport = ScriptedTransport()
+    settings = wire.WireSettings(encoding="cbor", batch_max_messages=50, batch_max_delay_s=3600)
+    sender = Sender(box, transport, Identity("farm1", "dev1"), 64, wire_settings=settings)
+    msgs = [example_messages("farm1", "dev1", fixed=False)["event"] for _ in range(2)]
+    box.add([OutMessage(x.msg_id, "event", "cropwatch/v1/farm1/dev1/event", x.to_json()) for x in msgs])
+    sender.start()
+    try:
+        threading.Timer(0.3, lambda: wait_for(lambda: transport.ack_all(0) > 0, 5, what="publish")).start()
+        assert sender.wait_idle(5)
+        assert box.stats()["depth"] == 0 and transport.content_types == [wire.BATCH_COMPRESSED]
     finally:
         sender.stop()
