@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 A4 = (8.27, 11.69)
 LINE_IN = 0.17  # one table text line, inches
-WRAP = {"alert": 36, "class": 30}
+WRAP = {"alert": 36, "class": 30, "quantity": 18}
 DRAW = {"map": draw_map, "detections": draw_detections, "alerts": draw_alerts, "devices": draw_devices,
         "yield": draw_yield}  # fmt: skip
 PAGES = [("map", "detections"), ("alerts", "devices"), ("sensors", "yield")]
