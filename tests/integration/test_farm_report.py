@@ -215,3 +215,17 @@ def test_reports_page_offers_the_pdf(world: World, monkeypatch: pytest.MonkeyPat
     at.button(key="rep_build").click().run()
     assert not at.exception
     assert "Download PDF" in str(at._tree)
+
+
+def test_migration_9_adds_the_report_ledger_with_its_unique_key(tmp_path: Path) -> None:
+    from sqlalchemy import inspect
+
+    from farm_monitor.db import migrate
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    assert migrate(engine, target=5) == [1, 2, 3, 4, 5]
+    assert "report_deliveries" not in inspect(engine).get_table_names()
+    assert 9 in migrate(engine)
+    (index,) = [i for i in inspect(engine).get_indexes("report_deliveries") if i["unique"]]
+    assert index["column_names"] == ["username", "farm_id", "frequency", "period_key"]
+    engine.dispose()
