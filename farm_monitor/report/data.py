@@ -174,9 +174,8 @@ def load_farm_data(
     return data
 
 
-def _sick_case(rule: DiseaseRule) -> str:
-    # The same test the disease alert rule applies (healthy_pattern, case-insensitive).
-    return "SUM(CASE WHEN lower(label) LIKE :healthy THEN 0 ELSE 1 END)"
+# The disease alert rule's test: a label containing healthy_pattern (case-insensitive) is not a disease.
+SICK = "SUM(CASE WHEN lower(label) LIKE :healthy THEN 0 ELSE 1 END)"
 
 
 def _field_risk(
@@ -185,7 +184,7 @@ def _field_risk(
     counts: dict[str, tuple[int, int]] = {}
     if devs:
         rows = db.rows(
-            f"SELECT field_id, COUNT(*) AS n, {_sick_case(rule)} AS sick FROM detections "
+            f"SELECT field_id, COUNT(*) AS n, {SICK} AS sick FROM detections "
             "WHERE farm_id = :f AND device_id IN :d AND observed_at >= :t0 AND observed_at < :t1 GROUP BY field_id",
             {
                 "f": farm,

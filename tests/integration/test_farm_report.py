@@ -229,3 +229,27 @@ def test_migration_9_adds_the_report_ledger_with_its_unique_key(tmp_path: Path) 
     (index,) = [i for i in inspect(engine).get_indexes("report_deliveries") if i["unique"]]
     assert index["column_names"] == ["username", "farm_id", "frequency", "period_key"]
     engine.dispose()
+
+
+def test_postgresql_gives_the_same_report_numbers(weekly: FarmReport, postgres_url: str, tmp_path: Path) -> None:
+    from farm_monitor.report.data import load_farm_data
+
+    w = seed(tmp_path / "pg", db_url=postgres_url)
+    engine = make_engine(w.config.database)
+    ref = weekly.farms[0]
+    pg = load_farm_data(
+        engine, "farm-a", ref.start, ref.end, load_layout(w.config.app.farm_file), w.config.alerts.disease
+    )
+    engine.dispose()
+    assert pg.class_totals() == ref.class_totals()
+    assert [(f.field_id, f.level, f.n, f.sick) for f in pg.fields] == [
+        (f.field_id, f.level, f.n, f.sick) for f in ref.fields
+    ]
+    assert [(a.rule, a.severity) for a in pg.alerts] == [(a.rule, a.severity) for a in ref.alerts]
+    assert [(s.quantity, s.field_id, s.low, s.high) for s in pg.sensors] == [
+        (s.quantity, s.field_id, s.low, s.high) for s in ref.sensors
+    ]
+    assert [(y.field_id, y.p50, y.p50_at_start) for y in pg.yields] == [
+        (y.field_id, y.p50, y.p50_at_start) for y in ref.yields
+    ]
+    assert {d.device_id: d.status for d in pg.devices} == {d.device_id: d.status for d in ref.devices}
