@@ -45,7 +45,7 @@ def render_pdf(
             fig = Figure(figsize=A4)
             _header(fig, subject, monitor_url, data, page_no)
             grid = fig.add_gridspec(2, 2, left=0.13, right=0.97, top=0.86, bottom=0.05, hspace=0.32,
-                                    wspace=0.12, width_ratios=[1.25, 1])  # fmt: skip
+                                    wspace=0.12, width_ratios=[1, 1.15])  # fmt: skip
             for row, key in enumerate(keys):
                 section = by_key[key]
                 if key == "sensors":
@@ -66,7 +66,7 @@ def _header(fig: Figure, subject: str, monitor_url: str, data: FarmData, page_no
     fig.text(0.97, 0.018, f"page {page_no} of {len(PAGES)} · {data.farm}", fontsize=7, color="#777", ha="right")
 
 
-CHAR_IN = 0.062  # a 7 pt character, inches (DejaVu Sans, generous: digits and capitals are wide)
+CHAR_IN = 0.058  # a 6.5 pt character, inches (DejaVu Sans, generous: digits and capitals are wide)
 
 
 def _widths(header: list[str], rows: list[list[str]]) -> list[int]:
@@ -114,7 +114,7 @@ def draw_table(fig: Figure, ax: Axes, section: Section) -> None:
     table = ax.table(cellText=rows, colLabels=section.header, loc="upper left", cellLoc="left", colLoc="left",
                      colWidths=[w / total for w in widths])  # fmt: skip
     table.auto_set_font_size(False)
-    table.set_fontsize(7)
+    table.set_fontsize(6.5)
     line = LINE_IN / height_in
     heights = [1] + [max(c.count("\n") + 1 for c in row) for row in rows]  # after any rewrap
     for (r, _c), cell in table.get_celld().items():
