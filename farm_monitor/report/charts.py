@@ -132,6 +132,7 @@ def draw_detections(ax: Axes, data: FarmData) -> None:
         bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
     _time_axis(ax, data)
     ax.set_ylabel(f"detections per {data.bucket}", fontsize=7)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylim(0, max(bottom) * 1.35)  # head room for the legend inside the axes
     ax.legend(fontsize=6.5, loc="upper left", framealpha=0.85, ncols=2 if len(totals) > 3 else 1)
     ax.set_title("Detections by class", fontsize=9)
