@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "monitor": ("farm_monitor.app.cli", "serve the Streamlit farm monitor", "monitor"),
     "db": ("farm_monitor.db_cli", "database maintenance (prune, size, migrate)", "monitor"),
     "users": ("farm_monitor.app.users_cli", "manage monitor users and roles", "monitor"),
+    "report": ("farm_monitor.app.report_cli", "farm report as PDF/HTML; send the due daily/weekly mails", "monitor"),
     "data": ("cropwatch.data_cli", "build datasets: synthetic leaves, yield cubes, label export", "trainer"),
     "train": ("cloud_trainer.train_cli", "train a disease or yield model", "trainer"),
     "export": ("cloud_trainer.export_cli", "export a training run to signed ONNX", "trainer"),

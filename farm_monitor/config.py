@@ -108,6 +108,40 @@ class MetricsSettings(BaseModel):
     )
 
 
+class SmtpSettings(BaseModel):
+    """``[report.smtp]``: the mail server farm reports go through (stdlib smtplib)."""
+
+    model_config = ConfigDict(extra="forbid")
+    host: str = "localhost"
+    port: Annotated[int, Field(ge=1, le=65535)] = 587
+    starttls: bool = Field(True, description="Upgrade the connection with STARTTLS before logging in.")
+    ssl: bool = Field(False, description="Implicit TLS from the first byte (port 465); excludes starttls.")
+    user: str | None = Field(None, description="Log in as this user; unset: send without logging in.")
+    password: SecretStr | None = Field(None, description="Or password_file (systemd credentials, Docker secrets).")
+    ca_file: str | None = Field(None, description="CA certificate of the server; default: the system's.")
+    timeout_s: Annotated[float, Field(gt=0, le=600)] = 60.0
+
+
+class ReportSettings(BaseModel):
+    """``[report]``: daily and weekly farm reports by email (``cropwatch report``; docs/reports.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    from_addr: str = Field("cropwatch@localhost", description="The From: of report mails.")
+    monitor_url: str = Field(
+        "http://localhost:8501", description="The monitor's address as readers reach it: the link in each report."
+    )
+    send_after_hour: Annotated[int, Field(ge=0, le=23)] = Field(
+        6, description="A period's report goes out from this hour (subscriber's time zone) of the day after it."
+    )
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = Field(
+        5, description="Tries per report (one per delivery tick) before it is recorded dead."
+    )
+    claim_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        3600.0, description="A claim left by a process that died mid-send is taken over after this long."
+    )
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+
+
 class AppSettings(BaseModel):
     """``[app]``: the Streamlit farm monitor (``cropwatch monitor``)."""
 
@@ -151,6 +185,7 @@ class MonitorConfig(BaseModel):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    report: ReportSettings = Field(default_factory=ReportSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     app: AppSettings = Field(default_factory=AppSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

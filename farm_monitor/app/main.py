@@ -25,6 +25,7 @@ else:
             st.Page(VIEWS / "field.py", title="Field", icon=":material/grass:"),
             st.Page(VIEWS / "detections.py", title="Detections", icon=":material/photo_library:"),
             st.Page(VIEWS / "alerts.py", title="Alerts", icon=":material/notifications:"),
+            st.Page(VIEWS / "reports.py", title="Reports", icon=":material/summarize:"),
         ],
         "Fleet": [
             st.Page(VIEWS / "devices.py", title="Devices", icon=":material/router:"),

@@ -353,6 +353,35 @@ class TrainingRunLabel(Base):
     __table_args__ = (Index("ix_training_run_labels_sample", "sample_msg_id"),)
 
 
+
+class ReportDelivery(Base):
+    """The farm report ledger: one row per subscriber, farm, frequency and period (``cropwatch report``).
+
+    The unique key is what makes a daily or weekly report go out once per period, however many
+    processes run the delivery tick; ``status`` is ``sending`` while a process holds the claim.
+    """
+
+    __tablename__ = "report_deliveries"
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(128))
+    farm_id: Mapped[str] = mapped_column(IdCol)  # "*" for a report of every farm the user sees
+    frequency: Mapped[str] = mapped_column(String(16))  # daily | weekly
+    period_key: Mapped[str] = mapped_column(String(32))  # 2026-12-02 | 2026-W48, in the subscriber's time zone
+    period_start: Mapped[datetime] = mapped_column(Ts)
+    period_end: Mapped[datetime] = mapped_column(Ts)
+    to_addr: Mapped[str] = mapped_column(String(320))
+    status: Mapped[str] = mapped_column(String(16))  # sending | sent | failed | dead
+    attempts: Mapped[int] = mapped_column(Integer)
+    claimed_at: Mapped[datetime] = mapped_column(Ts)
+    sent_at: Mapped[datetime | None] = mapped_column(Ts)
+    message_id: Mapped[str | None] = mapped_column(String(256))
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ux_report_deliveries_period", "username", "farm_id", "frequency", "period_key", unique=True),
+    )
+
+
 TABLES = Base.metadata.tables
 
 
