@@ -35,7 +35,13 @@ class Migration:
 
 
 # Tables added after release by a later step; steps 1 and 2 leave them to it.
-LATER_TABLES = {"training_runs": 4, "training_run_labels": 4, "radio_links": 5}
+LATER_TABLES = {
+    "training_runs": 4,
+    "training_run_labels": 4,
+    "radio_links": 5,
+    "subscriptions": 6,
+    "notification_deliveries": 6,
+}
 
 
 def _data_tables() -> list[Table]:
@@ -109,12 +115,18 @@ def _m5_radio_links(conn: Connection) -> None:
     create_tables_of_step(conn, 5)
 
 
+def _m6_notifications(conn: Connection) -> None:
+    # Notification subscriptions per user and the delivery ledger whose unique key sends once.
+    create_tables_of_step(conn, 6)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "tables", _m1_tables),
     Migration(2, "monitor indexes and alert de-duplication", _m2_indexes),
     Migration(3, "timescaledb hypertables where the extension exists", _m3_timescale),
     Migration(4, "retraining lineage: training_runs and training_run_labels; samples by detection", _m4_lineage),
     Migration(5, "radio_links: telemetry's radio link metadata", _m5_radio_links),
+    Migration(6, "notifications: subscriptions and the delivery ledger", _m6_notifications),
 ]
 LATEST_VERSION = MIGRATIONS[-1].version
 
