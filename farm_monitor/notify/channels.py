@@ -78,7 +78,7 @@ def send(channel: str, settings: NotifySettings, title: str, body: str, attachme
     attach = apprise.AppriseAttachment(str(attachment)) if attachment is not None else None
     with apprise.LogCapture(level=logging.WARNING) as captured:
         try:
-            ok = bool(app.notify(body=body, title=title, attach=attach))
+            ok = bool(app.notify(body=body, title=title, attach=attach, body_format=apprise.NotifyFormat.TEXT))
         except Exception as exc:  # a plugin bug must not take the service down
             logger.exception("apprise failed on %s", redact_channel(channel))
             ok, extra = False, f"{type(exc).__name__}"
