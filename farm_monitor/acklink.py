@@ -60,9 +60,7 @@ def verify(secret: str, token: str, now: datetime) -> AckClaim:
         raise AckLinkError("bad_signature", "this acknowledge link was altered or is not from this monitor")
     try:
         doc = json.loads(_unb64(body))
-        claim = AckClaim(
-            int(doc["a"]), str(doc["u"]), int(doc["d"]), datetime.fromtimestamp(int(doc["e"]), UTC)
-        )
+        claim = AckClaim(int(doc["a"]), str(doc["u"]), int(doc["d"]), datetime.fromtimestamp(int(doc["e"]), UTC))
     except (ValueError, KeyError, TypeError):
         raise AckLinkError("malformed", "this acknowledge link cannot be read") from None
     if now >= claim.expires_at:

@@ -57,7 +57,7 @@ class Mailbox:
         self.port = free_port()
         self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 (aiosmtpd's name)
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.mails.append(email.message_from_bytes(envelope.content))
         return "250 OK"
 
@@ -114,7 +114,7 @@ class Receiver:
                 ready, _, _ = select.select([conn], [], [], limit_s)
                 return bool(ready) and conn.recv(1, socket.MSG_PEEK) == b""
 
-            do_POST = do_PUT = _any  # noqa: N815 (http.server's names)
+            do_POST = do_PUT = _any
 
             def log_message(self, *args: Any) -> None:
                 pass

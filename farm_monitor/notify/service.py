@@ -196,7 +196,9 @@ class NotifyService:
                 ledger.sent_since(conn, row.subscription_id, row.channel_key, now - timedelta(hours=1))
                 >= self.s.rate_cap_per_hour
             )
-            thumb = None if capped or row.event == "resolved" else thumbnail(conn, alert, self.s.thumbnail_px, self._tmp)
+            thumb = (
+                None if capped or row.event == "resolved" else thumbnail(conn, alert, self.s.thumbnail_px, self._tmp)
+            )
         if capped:
             stats.held += 1
             self._finish(row, state="held")

@@ -86,7 +86,7 @@ def test_every_channel_gets_one_message_with_the_picture_then_the_resolved_notic
         assert ntfy.body[:2] == b"\xff\xd8" and "Share" in ntfy.path  # the picture is the body, text in the query
         tg = receiver.delivered("/bot123456:ABCdef/")
         assert [r.path.rsplit("/", 1)[1] for r in tg] == ["sendPhoto"]
-        assert b"9876" in tg[0].body and b"\xff\xd8" in tg[0].body and "Late blight".encode() in tg[0].body
+        assert b"9876" in tg[0].body and b"\xff\xd8" in tg[0].body and b"Late blight" in tg[0].body
 
         assert service.tick().sent == 0  # once: a second round sends nothing
         resolve_alert(engine, "disease:farm-a:north:Tomato___Late_blight", now + timedelta(minutes=5))

@@ -29,7 +29,7 @@ def _config(root: Path, db_url: str, users: Path) -> Path:
     path = root / "monitor.toml"
     path.write_text(
         f'[database]\nurl = "{db_url}"\n[app]\nusers_file = "{users}"\n'
-        '[notify]\npoll_interval_s = 0.2\nlease_s = 3\nrate_cap_per_hour = 1000\nescalate_after_min = 0\n'
+        "[notify]\npoll_interval_s = 0.2\nlease_s = 3\nrate_cap_per_hour = 1000\nescalate_after_min = 0\n"
     )
     return path
 
@@ -88,5 +88,7 @@ def test_two_processes_and_a_sigkill_deliver_each_notification_once(
     assert takers >= 1  # the killed process's claim was taken over after its lease
     for n in (1, 2):
         assert procs[n].returncode == 0, (tmp_path / f"notify-{'abc'[n]}.log").read_text()[-2000:]
-    print(f"{backend}: alerts {ALERTS}, subscribers {SUBSCRIBERS}, expected {len(want)}, delivered "
-          f"{sum(got.values())}, duplicates {sum(got.values()) - len(got)}, abandoned in flight {len(rec.abandoned)}")
+    print(
+        f"{backend}: alerts {ALERTS}, subscribers {SUBSCRIBERS}, expected {len(want)}, delivered "
+        f"{sum(got.values())}, duplicates {sum(got.values()) - len(got)}, abandoned in flight {len(rec.abandoned)}"
+    )
