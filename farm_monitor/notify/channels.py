@@ -37,6 +37,9 @@ def configure(settings: NotifySettings) -> None:
     Apprise's Telegram plugin has no URL option for its API host; the documented way to use a
     local Bot API server is the plugin class's ``notify_url``, set here once at start.
     """
+    # Apprise's own log lines can quote URLs (tokens, addresses): they reach our log only through
+    # send(), scrubbed, never directly.
+    logging.getLogger("apprise").propagate = False
     if settings.telegram_api_url:
         from apprise.plugins.telegram import NotifyTelegram
 
