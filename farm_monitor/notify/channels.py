@@ -79,7 +79,7 @@ def send(channel: str, settings: NotifySettings, title: str, body: str, attachme
     if not app.add(url):
         raise ChannelError(f"{redact_channel(channel)} is not an Apprise URL Apprise understands")
     attach = apprise.AppriseAttachment(str(attachment)) if attachment is not None else None
-    with apprise.LogCapture(level=logging.WARNING) as captured:
+    with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as captured:
         try:
             ok = bool(app.notify(body=body, title=title, attach=attach, body_format=apprise.NotifyFormat.TEXT))
         except Exception as exc:  # a plugin bug must not take the service down
