@@ -169,3 +169,20 @@ def test_quiet_hours_escalation_rate_cap_digest_and_dead_delivery(
         dead = conn.execute(text("SELECT attempts, last_error FROM notification_deliveries WHERE state = 'dead'")).all()
     assert len(dead) == failed and all(n == 2 and "500" in err and str(receiver.port) not in err for n, err in dead)
     assert len(receiver.delivered("/broken")) == 0
+
+
+def test_check_config_reads_the_secret_from_a_file_and_prints_it_redacted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from farm_monitor.notify.cli import main
+
+    secret = tmp_path / "ack.secret"
+    secret.write_text("a-very-secret-ack-key-0123456789\n")
+    config = tmp_path / "monitor.toml"
+    config.write_text(f'[notify]\nack_secret_file = "{secret}"\nrate_cap_per_hour = 5\n')
+    assert main(["--config", str(config), "--check-config"]) == 0
+    out = capsys.readouterr().out
+    assert '"ack_secret": "**********"' in out and "a-very-secret" not in out and '"rate_cap_per_hour": 5' in out
+    config.write_text('[notify]\nack_secret = "short"\n')
+    assert main(["--config", str(config), "--check-config"]) == 2
+    assert "ack_secret needs at least 16 characters" in capsys.readouterr().err
