@@ -28,6 +28,7 @@ PAGES = [
     "Field",
     "Detections",
     "Alerts",
+    "Notifications",
     "Devices",
     "Device",
     "Models",
