@@ -105,6 +105,19 @@ def claim(conn: Connection, worker: str, now: datetime, lease_s: float, limit: i
     return [Claimed(*row) for row in rows]
 
 
+def renew(conn: Connection, row_id: int, worker: str, now: datetime, lease_s: float) -> bool:
+    """Extend this worker's claim right before sending; False when the lease ran out and another took it.
+
+    A batch is claimed at once but sent one by one: without this, a slow batch's last rows could
+    expire while still waiting their turn and be sent by another process too.
+    """
+    res = conn.execute(
+        update(D).where(D.c.id == row_id, D.c.claimed_by == worker, D.c.state == "sending")
+        .values(claimed_until=now + timedelta(seconds=lease_s))
+    )  # fmt: skip
+    return res.rowcount > 0
+
+
 def finish(conn: Connection, row_id: int, worker: str, **values: Any) -> bool:
     """Set ``values`` on a row this worker still holds; False when its lease was lost to another."""
     values.setdefault("claimed_by", None)

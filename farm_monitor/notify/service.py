@@ -147,7 +147,7 @@ class NotifyService:
     def deliver(self, now: datetime, stats: TickStats) -> None:
         while True:
             with self.engine.begin() as conn:
-                batch = ledger.claim(conn, self.worker, now, self.s.lease_s)
+                batch = ledger.claim(conn, self.worker, now, self.s.lease_s, limit=10)
             if not batch:
                 return
             users = self._users()
@@ -172,6 +172,10 @@ class NotifyService:
 
     def _deliver_one(self, row: ledger.Claimed, users: dict[str, User], stats: TickStats) -> None:
         now = self.clock()
+        with self.engine.begin() as conn:
+            if not ledger.renew(conn, row.id, self.worker, now, self.s.lease_s):
+                logger.warning("ledger row %s was taken over by another notify process before its turn", row.id)
+                return
         with self.engine.connect() as conn:
             alert, spec = self._load(conn, row)
         chan = next((c for c in (spec.channels if spec else []) if channel_key(c) == row.channel_key), None)

@@ -29,7 +29,7 @@ def _config(root: Path, db_url: str, users: Path) -> Path:
     path = root / "monitor.toml"
     path.write_text(
         f'[database]\nurl = "{db_url}"\n[app]\nusers_file = "{users}"\n'
-        "[notify]\npoll_interval_s = 0.2\nlease_s = 3\nrate_cap_per_hour = 1000\nescalate_after_min = 0\n"
+        "[notify]\npoll_interval_s = 0.2\nlease_s = 5\nrate_cap_per_hour = 1000\nescalate_after_min = 0\n"
     )
     return path
 
@@ -65,7 +65,7 @@ def test_two_processes_and_a_sigkill_deliver_each_notification_once(
         with engine.connect() as conn:
             wait_for(lambda: conn.execute(text(
                 "SELECT count(*) FROM notification_deliveries WHERE state = 'sent'")).scalar_one() == expected,
-                30, 0.1, "the ledger to record every send")  # fmt: skip
+                60, 0.1, "the ledger to record every send")  # fmt: skip
     finally:
         for p in procs[1:]:
             p.terminate()
