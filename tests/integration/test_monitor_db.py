@@ -230,8 +230,20 @@ def test_migration_5_adds_radio_links_to_a_version_4_database(db_url):
     engine = make_engine(db_url)
     assert migrate(engine, target=4) == [1, 2, 3, 4]
     assert "radio_links" not in inspect(engine).get_table_names()
-    assert migrate(engine) == [5]
+    assert migrate(engine, target=5) == [5]
     assert "ix_radio_links_device_time" in {i["name"] for i in inspect(engine).get_indexes("radio_links")}
+    engine.dispose()
+
+
+def test_migration_6_adds_subscriptions_and_the_delivery_ledger_to_a_version_5_database(db_url):
+    engine = make_engine(db_url)
+    assert migrate(engine, target=5) == [1, 2, 3, 4, 5]
+    assert "subscriptions" not in inspect(engine).get_table_names()
+    assert migrate(engine) == [6]
+    indexes = {i["name"]: i for i in inspect(engine).get_indexes("notification_deliveries")}
+    assert indexes["ux_deliveries_once"]["unique"]
+    assert indexes["ux_deliveries_once"]["column_names"] == ["alert_id", "subscription_id", "channel_key", "event"]
+    assert "ix_subscriptions_user" in {i["name"] for i in inspect(engine).get_indexes("subscriptions")}
     engine.dispose()
 
 
