@@ -401,7 +401,7 @@ class NotificationDelivery(Base):
     attempts: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(Ts)
     next_attempt_at: Mapped[datetime] = mapped_column(Ts)
-    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    claimed_by: Mapped[str | None] = mapped_column(String(128))  # the claimer; on a sent row, the sender
     claimed_until: Mapped[datetime | None] = mapped_column(Ts)
     sent_at: Mapped[datetime | None] = mapped_column(Ts)
     last_error: Mapped[str | None] = mapped_column(Text)

@@ -234,7 +234,7 @@ class NotifyService:
         if result.ok:
             stats.sent += 1
             logger.info("sent %s of alert %s to %s on %s", row.event, row.alert_id, row.username, redact_channel(chan))
-            self._finish(row, state="sent", sent_at=now, last_error=None)
+            self._finish(row, state="sent", sent_at=now, last_error=None, claimed_by=self.worker)  # who sent it
         elif row.attempts >= self.s.max_attempts:
             stats.dead += 1
             logger.error("notification %s to %s is dead after %d tries: %s", row.id, redact_channel(chan),

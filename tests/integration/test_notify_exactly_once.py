@@ -84,11 +84,14 @@ def test_two_processes_and_a_sigkill_deliver_each_notification_once(
     with engine.connect() as conn:
         states = dict(conn.execute(text("SELECT state, count(*) FROM notification_deliveries GROUP BY state")).all())
         takers = conn.execute(text("SELECT count(*) FROM notification_deliveries WHERE attempts = 2")).scalar_one()
+        senders = sorted(n for (n,) in conn.execute(text(
+            "SELECT count(*) FROM notification_deliveries WHERE state = 'sent' GROUP BY claimed_by")))  # fmt: skip
     assert states == {"sent": ALERTS * SUBSCRIBERS}
     assert takers >= 1  # the killed process's claim was taken over after its lease
     for n in (1, 2):
         assert procs[n].returncode == 0, (tmp_path / f"notify-{'abc'[n]}.log").read_text()[-2000:]
     print(
         f"{backend}: alerts {ALERTS}, subscribers {SUBSCRIBERS}, expected {len(want)}, delivered "
-        f"{sum(got.values())}, duplicates {sum(got.values()) - len(got)}, abandoned in flight {len(rec.abandoned)}"
+        f"{sum(got.values())}, duplicates {sum(got.values()) - len(got)}, abandoned in flight {len(rec.abandoned)}, "
+        f"sent per surviving process {senders}"
     )
