@@ -108,7 +108,7 @@ class SubscriptionSpec(BaseModel):
         return time.fromisoformat(self.quiet_start), time.fromisoformat(self.quiet_end)
 
 
-def _spec(row: Any) -> SubscriptionSpec:
+def spec_of(row: Any) -> SubscriptionSpec:
     return SubscriptionSpec.model_validate({k: getattr(row, k) for k in SubscriptionSpec.model_fields})
 
 
@@ -117,7 +117,7 @@ def list_subscriptions(conn: Connection, username: str | None = None) -> list[tu
     query = select(SUBS).order_by(SUBS.c.username, SUBS.c.id)
     if username is not None:
         query = query.where(SUBS.c.username == username)
-    return [(row.id, row.username, _spec(row)) for row in conn.execute(query)]
+    return [(row.id, row.username, spec_of(row)) for row in conn.execute(query)]
 
 
 def save_subscription(

@@ -39,6 +39,7 @@ def main(argv: list[str], prog: str = "cropwatch notify") -> int:
     service = NotifyService(cfg, engine)
     if args.once:
         print(service.tick())
+        service.close()
         return 0
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -24,7 +25,7 @@ from .. import acklink
 from ..app.auth import AuthError, User, UsersFile
 from ..config import MonitorConfig
 from ..db.models import Alert, table_of
-from ..db.notifications import SUBS, SubscriptionSpec, _spec, channel_key, list_subscriptions, redact_channel
+from ..db.notifications import SUBS, SubscriptionSpec, channel_key, list_subscriptions, redact_channel, spec_of
 from . import channels, ledger
 from .message import compose, compose_digest, thumbnail
 from .policy import AlertView, backoff_s, bumped, matches, quiet_until
@@ -163,7 +164,7 @@ class NotifyService:
     def _load(self, conn: Connection, row: ledger.Claimed) -> tuple[AlertView | None, SubscriptionSpec | None]:
         a = conn.execute(select(A).where(A.c.id == row.alert_id)).first()
         s = conn.execute(select(SUBS).where(SUBS.c.id == row.subscription_id)).first()
-        return (_alert(a) if a else None), (_spec(s) if s else None)
+        return (_alert(a) if a else None), (spec_of(s) if s else None)
 
     def _finish(self, row: ledger.Claimed, **values: Any) -> None:
         with self.engine.begin() as conn:
@@ -311,3 +312,7 @@ class NotifyService:
             except Exception:
                 logger.exception("notify tick failed; retrying after the poll interval")
             stop.wait(self.s.poll_interval_s)
+        self.close()
+
+    def close(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
