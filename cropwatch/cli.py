@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "ingest": ("farm_monitor.ingest.cli", "store device messages from MQTT in the database", "monitor"),
     "monitor": ("farm_monitor.app.cli", "serve the Streamlit farm monitor", "monitor"),
     "db": ("farm_monitor.db_cli", "database maintenance (prune, size, migrate)", "monitor"),
+    "notify": ("farm_monitor.notify.cli", "send alerts to subscribers' phones and inboxes (Apprise)", "monitor"),
     "users": ("farm_monitor.app.users_cli", "manage monitor users and roles", "monitor"),
     "report": ("farm_monitor.app.report_cli", "farm report as PDF/HTML; send the due daily/weekly mails", "monitor"),
     "data": ("cropwatch.data_cli", "build datasets: synthetic leaves, yield cubes, label export", "trainer"),

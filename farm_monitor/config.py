@@ -139,6 +139,9 @@ class ReportSettings(BaseModel):
     claim_timeout_s: Annotated[float, Field(gt=0)] = Field(
         3600.0, description="A claim left by a process that died mid-send is taken over after this long."
     )
+    deliver_every_s: Annotated[float, Field(ge=0)] = Field(
+        300.0, description="How often `cropwatch notify` sends the reports that are due; 0: only --deliver-due does."
+    )
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
 
 
@@ -176,6 +179,60 @@ class AppSettings(BaseModel):
     gallery_size: Annotated[int, Field(ge=1, le=200)] = 24
 
 
+class NotifySettings(BaseModel):
+    """``[notify]``: the notification service (``cropwatch notify``); see docs/notifications.md."""
+
+    model_config = ConfigDict(extra="forbid")
+    poll_interval_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        10.0, description="How often new, escalated and resolved alerts are looked for."
+    )
+    monitor_url: str = Field(
+        "http://localhost:8501", description="The monitor's address as people reach it: links in notifications."
+    )
+    ack_secret: SecretStr | None = Field(
+        None,
+        description="Signs the acknowledge links (or ack_secret_file; at least 16 characters). The monitor needs "
+        "the same value to check them. Unset: notifications carry no acknowledge link.",
+    )
+    ack_link_ttl_h: Annotated[float, Field(gt=0, le=24 * 30)] = Field(72.0, description="An acknowledge link expires.")
+    escalate_after_min: Annotated[float, Field(ge=0)] = Field(
+        120.0,
+        description="An open alert unacknowledged this long is sent again as escalated, one severity higher "
+        "(a critical-only subscriber then gets warnings nobody took). 0 turns escalation off.",
+    )
+    rate_cap_per_hour: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        12, description="Messages per subscription channel per rolling hour; the rest wait for one digest."
+    )
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = Field(
+        6, description="Tries per message before it is recorded dead (shown on the Notifications page)."
+    )
+    retry_base_s: Annotated[float, Field(gt=0)] = Field(30.0, description="First retry delay; doubles per attempt.")
+    retry_max_s: Annotated[float, Field(gt=0)] = 1800.0
+    lease_s: Annotated[float, Field(gt=0)] = Field(
+        120.0,
+        description="A message claimed by a notify process that died is taken over by another after this long.",
+    )
+    lookback_h: Annotated[float, Field(gt=0)] = Field(
+        24.0, description="Alerts raised or resolved longer ago than this are never notified (a first start is quiet)."
+    )
+    channels_dir: str | None = Field(
+        None,
+        description="Folder of secret channel files: a channel written secret:NAME is the Apprise URL in "
+        "channels_dir/NAME, else in the environment variable CROPWATCH_CHANNEL_NAME.",
+    )
+    telegram_api_url: str | None = Field(
+        None, description="A self-hosted Telegram Bot API server (default https://api.telegram.org)."
+    )
+    thumbnail_px: Annotated[int, Field(ge=32, le=2048)] = 320
+
+    @field_validator("ack_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("ack_secret needs at least 16 characters (e.g. openssl rand -hex 32)")
+        return value
+
+
 class MonitorConfig(BaseModel):
     """``monitor.toml``."""
 
@@ -188,6 +245,7 @@ class MonitorConfig(BaseModel):
     report: ReportSettings = Field(default_factory=ReportSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     app: AppSettings = Field(default_factory=AppSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

@@ -29,6 +29,7 @@ from shared.topics import device_topic
 
 LEAVES = LEAF_SAMPLE  # the real photos shipped with the trainer
 PASSWORD = "correct horse battery"
+ACK_SECRET = "seed-ack-secret-0123456789abcdef"
 SHA = "0" * 64
 FARM_A = {"gw-a1": "north", "gw-a2": "south", "gw-a3": "south"}  # gw-a3 is not in the layout
 FARM_B = {"gw-secret-b1": "east"}
@@ -170,7 +171,7 @@ def seed(root: Path, db_url: str | None = None) -> World:
     config_path = root / "monitor.toml"
     config_path.write_text(
         f'[database]\nurl = "{db_url}"\n\n[app]\nusers_file = "{users_file}"\nfarm_file = "{farm_file}"\n'
-        f'registry = "{root / "registry"}"\ncache_ttl_s = 1\n'
+        f'registry = "{root / "registry"}"\ncache_ttl_s = 1\n\n[notify]\nack_secret = "{ACK_SECRET}"\n'
     )
     cfg = MonitorConfig.model_validate(
         {"database": {"url": db_url}, "app": {"users_file": str(users_file), "farm_file": str(farm_file)}}

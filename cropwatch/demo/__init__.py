@@ -14,7 +14,10 @@ What runs, each as its own process, all stopped by Ctrl-C:
    the held-out real photos into it, like a camera trap, each frame rotated, rescaled and re-lit)
    and simulated soil/air sensors;
 5. the farm monitor at http://localhost:8501, with demo logins printed;
-6. the yield model, built in the background once the disease model is published (a synthetic
+6. ``cropwatch notify`` with a local mailbox (an SMTP server in the demo process): every alert of the
+   demo farm is mailed to the demo agronomist, printed on the console and written to
+   ``var/demo/mailbox/*.eml``;
+7. the yield model, built in the background once the disease model is published (a synthetic
    season cube, ``cropwatch train yield``, signed ONNX export; under a minute), imported and
    published through the same rollout path; the agents' yield runners start with it and their
    estimates reach the database. A second run reuses it too.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 from datetime import date, timedelta
 from pathlib import Path
@@ -130,7 +131,7 @@ def agent_toml(root: Path, device_id: str, field_id: str, host: str, port: int, 
     return path
 
 
-def monitor_toml(root: Path, host: str, port: int) -> Path:
+def monitor_toml(root: Path, host: str, port: int, monitor_port: int = 8501) -> Path:
     path = root / "monitor.toml"
     path.write_text(
         f"""# made by cropwatch demo
@@ -150,6 +151,11 @@ farm_file = "{root / "farm.geojson"}"
 registry = "{root / "registry"}"
 refresh_s = 10
 cache_ttl_s = 5
+
+[notify]
+poll_interval_s = 2
+monitor_url = "http://localhost:{monitor_port}"
+ack_secret = "{secrets.token_hex(24)}"
 """,
         encoding="utf-8",
     )

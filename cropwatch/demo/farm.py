@@ -23,6 +23,7 @@ from .configs import agent_toml, demo_key, demo_users, farm_layout, monitor_toml
 from .console import counts, failure_detail, has_tables, latest_detection, print_by_class, print_counts
 from .leaves import reshoot
 from .lorawan import LorawanSensor
+from .mailbox import DemoMailbox, start_notifications
 from .modbus_probe import start_demo_probe
 from .models import build_model, build_yield_model, import_model, publish_model
 from .processes import Background, Stack, free_port, port_open, stop_background_steps, wait_until
@@ -75,7 +76,7 @@ def start_farm(args: argparse.Namespace, console: Console, root: Path, stack: St
     console.print(f"registry    http://127.0.0.1:{registry_port}/index.json")
     farm = Farm(root, stack, registry, f"mqtt://{host}:{port}", f"http://127.0.0.1:{registry_port}", yield_key)
 
-    stack.start("ingest", ["ingest", "--config", str(monitor_toml(root, host, port))])
+    stack.start("ingest", ["ingest", "--config", str(monitor_toml(root, host, port, args.port))])
     console.print(f"ingest      -> {farm.db}")
     devices = DEVICE_IDS[: args.devices]
     for device_id, field_id in zip(devices, FIELDS, strict=False):
@@ -217,6 +218,7 @@ def run_demo(args: argparse.Namespace) -> int:
     root.mkdir(parents=True, exist_ok=True)
     stack = Stack(root / "logs")
     lorawan: LorawanSensor | None = None
+    mailbox: DemoMailbox | None = None
     started = time.monotonic()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
@@ -232,6 +234,7 @@ def run_demo(args: argparse.Namespace) -> int:
         if not args.no_yield:
             build = functools.partial(build_yield_model, root, console, stack.logs / "yield-build.log")
             yield_build = Background(build, name="yield-build")
+        mailbox = start_notifications(root, console, stack)
         if not args.no_monitor:
             start_monitor(args, console, farm)
         console.print(f"logs        {stack.logs}")
@@ -251,6 +254,8 @@ def run_demo(args: argparse.Namespace) -> int:
     finally:
         if lorawan is not None:
             lorawan.stop()
+        if mailbox is not None:
+            mailbox.stop()
         stop_background_steps()
         stack.stop()
         console.print("all demo processes stopped")

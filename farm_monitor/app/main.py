@@ -16,7 +16,11 @@ VIEWS = Path(__file__).parent / "views"
 st.set_page_config(page_title="Cropwatch farm monitor", page_icon=":material/eco:", layout="wide")
 
 user = current_user()
-if user is None:
+if "ack" in st.query_params:
+    # A notification's acknowledge link: the signed token is the credential, no login needed.
+    ack_page = st.Page(VIEWS / "acknowledge_alert.py", title="Acknowledge", icon=":material/done:")
+    nav = st.navigation([ack_page], position="hidden")
+elif user is None:
     nav = st.navigation([st.Page(VIEWS / "login.py", title="Log in", icon=":material/login:")], position="hidden")
 else:
     pages = {
@@ -26,6 +30,7 @@ else:
             st.Page(VIEWS / "detections.py", title="Detections", icon=":material/photo_library:"),
             st.Page(VIEWS / "alerts.py", title="Alerts", icon=":material/notifications:"),
             st.Page(VIEWS / "reports.py", title="Reports", icon=":material/summarize:"),
+            st.Page(VIEWS / "notifications.py", title="Notifications", icon=":material/campaign:"),
         ],
         "Fleet": [
             st.Page(VIEWS / "devices.py", title="Devices", icon=":material/router:"),

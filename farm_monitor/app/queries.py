@@ -435,3 +435,20 @@ def display_names(sql: Sql) -> dict[str, str]:
         manifest = json.loads(doc) if isinstance(doc, str) else doc
         names.update((manifest or {}).get("display_names") or {})
     return names
+
+
+def notification_problems(sql: Sql, username: str | None, limit: int = 200) -> pd.DataFrame:
+    """Dead deliveries (retries used up), newest first: one user's, or everyone's for ``None`` (admins)."""
+    where = "d.state = 'dead'"
+    params: dict[str, Any] = {"lim": limit}
+    if username is not None:
+        where += " AND d.username = :u"
+        params["u"] = username
+    df = sql.frame(
+        "SELECT d.id, d.alert_id, d.username, s.name AS subscription, d.event, d.attempts, d.last_error, "
+        "d.created_at FROM notification_deliveries d JOIN subscriptions s ON s.id = d.subscription_id "
+        f"WHERE {where} ORDER BY d.id DESC LIMIT :lim",
+        params,
+    )
+    df["created_at"] = to_utc(df["created_at"])
+    return df

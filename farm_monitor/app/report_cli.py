@@ -13,12 +13,15 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from sqlalchemy.engine import Engine
+
 from shared.fsutil import atomic_write_bytes, atomic_write_text
 
 from ..config import MonitorConfig, command_config
 from ..db import make_engine
 from ..layout import LayoutError, load_layout
 from ..report import build_farm_report, deliver_due_reports, load_report_subscriptions
+from ..report.deliver import Outcome
 from .auth import UsersFile
 
 logger = logging.getLogger(__name__)
@@ -90,13 +93,22 @@ def main(argv: list[str], prog: str = "cropwatch report") -> int:
     return 0
 
 
-def _deliver(cfg: MonitorConfig) -> int:
+def deliver_due(cfg: MonitorConfig, engine: Engine, now: datetime) -> list[Outcome]:
+    """Every subscriber's due report, once; the users file says which farms each may see.
+
+    Here rather than in the report package because the users file belongs to the app; the notify
+    service runs this every ``[report] deliver_every_s``.
+    """
     users = UsersFile(cfg.app.users_file).list()
-    engine = make_engine(cfg.database, writer=True)
     known = sorted({f for u in users for f in u.farms if f != "*"} | set(load_layout(cfg.app.farm_file).farms()))
     user_farms = {u.username: u.visible_farms(known) for u in users}
     subs = load_report_subscriptions(engine, user_farms)
-    outcomes = deliver_due_reports(engine, cfg, datetime.now(UTC), subs)
+    return deliver_due_reports(engine, cfg, now, subs)
+
+
+def _deliver(cfg: MonitorConfig) -> int:
+    engine = make_engine(cfg.database, writer=True)
+    outcomes = deliver_due(cfg, engine, datetime.now(UTC))
     for o in outcomes:
         print(f"{o.status:8} {o.user} {o.farm} {o.period}" + (f": {o.error}" if o.error else ""))
     return 1 if any(o.status in ("failed", "dead") for o in outcomes) else 0

@@ -35,7 +35,14 @@ class Migration:
 
 
 # Tables added after release by a later step; steps 1 and 2 leave them to it.
-LATER_TABLES = {"training_runs": 4, "training_run_labels": 4, "radio_links": 5, "report_deliveries": 9}
+LATER_TABLES = {
+    "training_runs": 4,
+    "training_run_labels": 4,
+    "radio_links": 5,
+    "subscriptions": 6,
+    "notification_deliveries": 6,
+    "report_deliveries": 9,
+}
 
 
 def _data_tables() -> list[Table]:
@@ -109,6 +116,11 @@ def _m5_radio_links(conn: Connection) -> None:
     create_tables_of_step(conn, 5)
 
 
+def _m6_notifications(conn: Connection) -> None:
+    # Notification subscriptions per user and the delivery ledger whose unique key sends once.
+    create_tables_of_step(conn, 6)
+
+
 def _m9_report_deliveries(conn: Connection) -> None:
     # The farm report ledger: a daily or weekly report goes out once per subscriber and period.
     create_tables_of_step(conn, 9)
@@ -120,6 +132,7 @@ MIGRATIONS: list[Migration] = [
     Migration(3, "timescaledb hypertables where the extension exists", _m3_timescale),
     Migration(4, "retraining lineage: training_runs and training_run_labels; samples by detection", _m4_lineage),
     Migration(5, "radio_links: telemetry's radio link metadata", _m5_radio_links),
+    Migration(6, "notifications: subscriptions and the delivery ledger", _m6_notifications),
     Migration(9, "report_deliveries: the farm report ledger", _m9_report_deliveries),
 ]
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -353,7 +353,6 @@ class TrainingRunLabel(Base):
     __table_args__ = (Index("ix_training_run_labels_sample", "sample_msg_id"),)
 
 
-
 class ReportDelivery(Base):
     """The farm report ledger: one row per subscriber, farm, frequency and period (``cropwatch report``).
 
@@ -379,6 +378,67 @@ class ReportDelivery(Base):
 
     __table_args__ = (
         Index("ux_report_deliveries_period", "username", "farm_id", "frequency", "period_key", unique=True),
+    )
+
+
+class Subscription(Base):
+    """Who gets which alerts on which channels (the monitor's Notifications page edits these).
+
+    ``farms``/``fields``/``kinds`` are JSON lists, empty meaning all (farms: all the user may see).
+    ``channels`` are Apprise URLs or ``secret:NAME`` references (docs/notifications.md); the pages and
+    logs show them redacted. Quiet hours are local times in ``timezone`` (IANA name).
+    """
+
+    __tablename__ = "subscriptions"
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(128))
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    farms: Mapped[Any] = mapped_column(Json)
+    fields: Mapped[Any] = mapped_column(Json)
+    kinds: Mapped[Any] = mapped_column(Json)
+    min_severity: Mapped[str] = mapped_column(String(16))
+    channels: Mapped[Any] = mapped_column(Json)
+    timezone: Mapped[str] = mapped_column(String(64))
+    quiet_start: Mapped[str | None] = mapped_column(String(5))  # "22:00"
+    quiet_end: Mapped[str | None] = mapped_column(String(5))
+    critical_overrides_quiet: Mapped[bool] = mapped_column(Boolean)
+    report_frequency: Mapped[str] = mapped_column(String(8))  # off | daily | weekly (the farm report)
+    created_at: Mapped[datetime] = mapped_column(Ts)
+    updated_at: Mapped[datetime] = mapped_column(Ts)
+
+    __table_args__ = (Index("ix_subscriptions_user", "username"),)
+
+
+class NotificationDelivery(Base):
+    """The delivery ledger: one row per alert episode, subscription, channel and event, never two.
+
+    The unique key is what makes a notification go out once across restarts and several notify
+    processes; ``state`` walks pending -> sending (claimed until ``claimed_until``) -> sent, or to
+    held (rate cap) -> digesting -> digested, or to dead after the last retry.
+    """
+
+    __tablename__ = "notification_deliveries"
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    alert_id: Mapped[int] = mapped_column(AutoId, ForeignKey("alerts.id", ondelete="CASCADE"))
+    subscription_id: Mapped[int] = mapped_column(AutoId, ForeignKey("subscriptions.id", ondelete="CASCADE"))
+    channel_key: Mapped[str] = mapped_column(String(16))  # sha256 of the channel URL/reference, 16 hex digits
+    event: Mapped[str] = mapped_column(String(16))  # raised | escalated | resolved
+    username: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(Ts)
+    next_attempt_at: Mapped[datetime] = mapped_column(Ts)
+    claimed_by: Mapped[str | None] = mapped_column(String(128))  # the claimer; on a sent row, the sender
+    claimed_until: Mapped[datetime | None] = mapped_column(Ts)
+    sent_at: Mapped[datetime | None] = mapped_column(Ts)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    ack_used_at: Mapped[datetime | None] = mapped_column(Ts)
+
+    __table_args__ = (
+        Index("ux_deliveries_once", "alert_id", "subscription_id", "channel_key", "event", unique=True),
+        Index("ix_deliveries_state_due", "state", "next_attempt_at"),
+        Index("ix_deliveries_sub_sent", "subscription_id", "channel_key", "sent_at"),
     )
 
 

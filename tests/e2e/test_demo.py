@@ -69,6 +69,8 @@ def test_demo_farm_stores_detections_and_stops_cleanly(tmp_path: Path, team_data
     assert "first detection stored" in out and "all demo processes stopped" in out
     assert "first yield estimate stored" in out, out[-4000:]
     assert "password cropwatch-demo" in out
+    assert "notify      alerts to the agronomist by mail" in out and (tmp_path / "demo" / "mailbox").is_dir()
+    assert "Traceback" not in (tmp_path / "demo" / "logs" / "notify.log").read_text()
     with sqlite3.connect(tmp_path / "demo" / "cropwatch.db") as conn:
         detections = conn.execute("SELECT COUNT(*), COUNT(DISTINCT device_id) FROM detections").fetchone()
         model_versions = {row[0] for row in conn.execute("SELECT DISTINCT model_version FROM detections")}

@@ -28,6 +28,7 @@ PAGES = [
     "Field",
     "Detections",
     "Alerts",
+    "Notifications",
     "Devices",
     "Device",
     "Models",
@@ -202,3 +203,42 @@ def test_log_in_open_every_page_and_correct_a_label(monitor: tuple[World, str], 
     assert "secret" not in drv.find_element(By.TAG_NAME, "body").text
     _shot(drv, "11-overview-phone")
     drv.set_window_size(1280, 1100)
+
+
+def test_acknowledge_link_from_a_notification_round_trip(monitor: tuple[World, str], browser: object) -> None:
+    """The link a notification carries, opened in the browser without logging in: it acknowledges as
+    its user once; the same link again, and an altered one, are refused by the server."""
+    from datetime import UTC, datetime, timedelta
+
+    from farm_monitor import acklink
+    from farm_monitor.db.notifications import SubscriptionSpec, channel_key, save_subscription
+    from farm_monitor.notify import ledger
+    from tests.monitor_seed import ACK_SECRET
+
+    world, url = monitor
+    drv = browser
+    engine = make_engine(world.db_url, writer=True)
+    now = datetime.now(UTC)
+    sub = save_subscription(engine, "agro", SubscriptionSpec(channels=["json://127.0.0.1:9/x"]), now)
+    with engine.begin() as conn:
+        alert_id = conn.execute(text("SELECT id FROM alerts WHERE dedup_key = 'device_offline:farm-a:gw-a2'")).scalar()
+        ledger.plan(conn, [ledger.Planned(alert_id, sub, channel_key("json://127.0.0.1:9/x"), "raised", "agro")], now)
+        delivery = conn.execute(text("SELECT max(id) FROM notification_deliveries")).scalar()
+    token = acklink.sign(ACK_SECRET, acklink.AckClaim(alert_id, "agro", delivery, now + timedelta(hours=1)))
+
+    def page_says(words: str) -> bool:
+        return words in drv.find_element(By.TAG_NAME, "body").text
+
+    drv.get(f"{url}/?ack={token}")
+    wait_for(lambda: page_says(f"Alert #{alert_id} acknowledged as agro"), 60, 0.3, "acknowledged by the link")
+    _shot(drv, "12-acknowledge-link")
+    with engine.connect() as conn:
+        who = conn.execute(text("SELECT acknowledged_by FROM alerts WHERE id = :i"), {"i": alert_id}).scalar()
+    assert who == "agro"
+    drv.get(f"{url}/?ack={token}")  # replayed: a new browser session, the same link
+    wait_for(lambda: page_says("already used"), 60, 0.3, "replayed link refused")
+    body, mac = token.split(".")
+    drv.get(f"{url}/?ack={body[:-1] + ('A' if body[-1] != 'A' else 'B')}.{mac}")
+    wait_for(lambda: page_says("altered"), 60, 0.3, "altered link refused")
+    _shot(drv, "13-acknowledge-link-altered")
+    engine.dispose()

@@ -9,9 +9,10 @@ import pytest
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
-from farm_monitor.app.actions import acknowledge_alert, label_sample, save_farm_layout
+from farm_monitor.app.actions import acknowledge_alert, label_sample, save_farm_layout, save_subscription_for
 from farm_monitor.app.auth import PermissionDenied, UsersFile
 from farm_monitor.db import make_engine
+from farm_monitor.db.notifications import SubscriptionSpec
 from tests.monitor_seed import PASSWORD, World, seed
 
 APP = Path(__file__).resolve().parents[2] / "farm_monitor" / "app"
@@ -365,3 +366,31 @@ def test_classes_read_as_crop_and_condition(world: World) -> None:
         with make_engine(world.db_url, writer=True).begin() as conn:
             conn.execute(text("DELETE FROM models WHERE version = '9.9.9-names'"))
         st.cache_data.clear()
+
+
+def test_notifications_people_edit_their_own_admins_anyones_channels_stay_hidden(world: World) -> None:
+    store = UsersFile(world.config.app.users_file)
+    farmer, agro, admin = store.get("farmer-a"), store.get("agro"), store.get("admin")
+    engine = make_engine(world.db_url)
+    token_url = "tgram://123456:FarmerSecretToken/4242"
+    sid = save_subscription_for(engine, farmer, farmer, SubscriptionSpec(farms=["farm-a"], channels=[token_url]))
+    for who, owner, spec, why in [
+        (farmer, agro, SubscriptionSpec(), "only their own"),
+        (farmer, farmer, SubscriptionSpec(farms=["farm-b"]), "no access to farm"),
+        (farmer, farmer, SubscriptionSpec(channels=["secret:ops-telegram"]), "set by an admin"),
+    ]:
+        with pytest.raises(PermissionDenied, match=why):
+            save_subscription_for(engine, who, owner, spec)
+    with pytest.raises(PermissionDenied, match="not found"):  # another user's subscription id
+        save_subscription_for(engine, agro, agro, SubscriptionSpec(), sub_id=sid)
+    save_subscription_for(engine, admin, farmer, SubscriptionSpec(channels=["secret:ops-telegram"]))
+    engine.dispose()
+
+    at = page("notifications", "farmer-a")
+    assert not at.exception and not at.error
+    shown = text_of(at)
+    assert "tgram://" in shown and "FarmerSecretToken" not in shown and "4242" not in shown
+    assert "secret:ops-telegram" in shown and "Undeliverable" in shown
+    assert not [s for s in at.selectbox if s.label == "Whose notifications"]  # only admins pick a person
+    admin_page = page("notifications", "admin")
+    assert [s for s in admin_page.selectbox if s.label == "Whose notifications"]

@@ -235,6 +235,18 @@ def test_migration_5_adds_radio_links_to_a_version_4_database(db_url):
     engine.dispose()
 
 
+def test_migration_6_adds_subscriptions_and_the_delivery_ledger_to_a_version_5_database(db_url):
+    engine = make_engine(db_url)
+    assert migrate(engine, target=5) == [1, 2, 3, 4, 5]
+    assert "subscriptions" not in inspect(engine).get_table_names()
+    assert migrate(engine) == [6]
+    indexes = {i["name"]: i for i in inspect(engine).get_indexes("notification_deliveries")}
+    assert indexes["ux_deliveries_once"]["unique"]
+    assert indexes["ux_deliveries_once"]["column_names"] == ["alert_id", "subscription_id", "channel_key", "event"]
+    assert "ix_subscriptions_user" in {i["name"] for i in inspect(engine).get_indexes("subscriptions")}
+    engine.dispose()
+
+
 def test_a_telemetry_link_is_stored_once_per_message_and_pruned_with_its_age(db_url):
     ing = _ingestor(db_url)
     base = example_messages(farm_id="f1", device_id="lora-1", fixed=False)["telemetry"]
