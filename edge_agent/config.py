@@ -21,6 +21,7 @@ from .inference import BACKENDS, BackendSettings
 from .inference.onnxruntime_backend import OnnxRuntimeSettings
 from .plugins import import_plugin_modules, resolve_paths
 from .sources import SOURCES, SourceSettings
+from .uplink.settings import PowerSettings, UplinkSettings
 
 STRICT = ConfigDict(extra="forbid")
 PositiveSeconds = Annotated[float, Field(gt=0)]
@@ -171,6 +172,8 @@ class AgentConfig(BaseModel):
     updates: UpdateSettings = Field(default_factory=UpdateSettings)
     yield_model: YieldSettings = Field(default_factory=YieldSettings, alias="yield")
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
+    uplink: UplinkSettings = Field(default_factory=UplinkSettings)
+    power: PowerSettings = Field(default_factory=PowerSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     shutdown_deadline_s: PositiveSeconds = 20.0
     queue_size: Annotated[int, Field(ge=1)] = 256

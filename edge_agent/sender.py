@@ -115,7 +115,7 @@ class Sender:
         """Wait until nothing is in flight and nothing sendable is pending (used at shutdown)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.inflight() == 0 and not self.outbox.next_batch(0, 1):
+            if self.inflight() == 0 and not self.outbox.has_sendable():
                 return True
             if not self.transport.connected:
                 return False
@@ -198,7 +198,7 @@ class Sender:
             inflight = set(self._inflight)
         if room <= 0:
             return 0
-        rows = [r for r in self.outbox.next_batch(after, room + len(inflight)) if r.id not in inflight][:room]
+        rows = self.outbox.sendable(after, room, inflight)
         sent = 0
         for row in rows:
             with self._lock:
