@@ -183,7 +183,7 @@ def test_window_holds_messages_until_it_opens_then_drains_by_value(mqtt_broker: 
         for _ in range(2):
             asked = box.asked
             sender.kick()
-            wait_for(lambda: box.asked > asked, 15, what="the sender to look while the window is closed")
+            wait_for(lambda n=asked: box.asked > n, 15, what="the sender to look while the window is closed")
         assert rec.parsed() == []
         assert box.stats()["depth"] == len(made) and sender.inflight() == 0
 
