@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import inspect, text
 
+from farm_monitor.app import queries
 from farm_monitor.config import MonitorConfig
 from farm_monitor.db import make_engine, migrate
 from farm_monitor.ingest.metrics import Metrics
@@ -62,6 +63,12 @@ def test_aggregated_telemetry_and_next_contact_are_stored_and_a_sleeping_device_
     with ing.engine.begin() as conn:
         ing.alerts.evaluate_offline(conn, now + timedelta(hours=2))
     assert query(sqlite_url, "SELECT device_id FROM alerts WHERE rule = 'device_offline'") == [("mains-1",)]
+    # The monitor's fleet table: the sleeper is asleep (not silent) with its next contact and bytes used.
+    fleet = queries.devices(queries.Sql(ing.engine), "f1", now + timedelta(hours=2), 1800.0).set_index("device_id")
+    assert fleet.loc["solar-1", "status"] == "asleep" and fleet.loc["mains-1", "status"] == "silent"
+    assert fleet.loc["solar-1", "uplink_month"] == "1.20 / 5.0 MB (24%)"
+    assert fleet.loc["solar-1", "uplink_today_kb"] == 41.0
+    assert fleet.loc["solar-1", "next_contact_at"].to_pydatetime() == wake
     # Past its promise plus the rule's grace (30 min), the sleeper is offline too.
     with ing.engine.begin() as conn:
         ing.alerts.evaluate_offline(conn, wake + timedelta(minutes=31))
