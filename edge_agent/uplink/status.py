@@ -1,7 +1,7 @@
 """When a status is worth its bytes, and when the device promises to be heard from next.
 
 Unmetered: every heartbeat, as before. Metered: only when what the status says changes (state,
-models, refused messages, errors and drops by kind), or when ``status_keepalive_s`` has passed
+models, refused messages, a new kind of error or drop), or when ``status_keepalive_s`` has passed
 since the last one; always inside an uplink window. The broker's keep-alive and the last will
 already tell online from offline, so a status that only repeats itself buys nothing.
 """
@@ -31,6 +31,9 @@ def fingerprint(msg: Status) -> str:
     doc = msg.model_dump(mode="json", exclude={"msg_id", "observed_at", "next_contact_at"})
     health = doc.get("health") or {}
     doc["health"] = {k: v for k, v in health.items() if k not in _VOLATILE_HEALTH}
+    # A new kind of error or drop is news; one more of a kind already reported waits for the keep-alive.
+    for name in ("errors", "dropped"):
+        doc["health"][name] = sorted(health.get(name) or {})
     return json.dumps(doc, sort_keys=True)
 
 
