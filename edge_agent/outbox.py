@@ -271,7 +271,7 @@ class Outbox:
                         out.append(row)
                         continue
                     size = message_wire_size(row.topic, row.payload)
-                    allowance = gate.allowance(used_day, used_month, days_left)
+                    allowance = gate.allowance(used_day, used_month, days_left, now)
                     d = decide(tier, kind, size, now - created, allowance, gate.settings.hold_s)
                     if d.action == "shrink" and d.max_bytes is not None:
                         smaller = shrink_sample(row.payload, d.max_bytes - len(row.topic.encode()))
@@ -335,7 +335,7 @@ class Outbox:
             values = self._counter_values(cur, day_key, month_key)
             held = cur.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
         today, month = values.get(day_key, 0), values.get(month_key, 0)
-        allowance = self.gate.allowance(today, month, days_left)
+        allowance = self.gate.allowance(today, month, days_left, self._clock())
         return {
             "bytes_today": today,
             "bytes_month": month,

@@ -7,10 +7,12 @@ Value tiers, highest first:
 - ``USEFUL`` (2): telemetry (aggregated per interval on a metered link) and info events. Sent
   while today's bytes are under the day's allowance; otherwise they wait (see ``hold_s``).
 - ``LABEL`` (1): samples for labelling (low confidence, shadow disagreement, requested). Sent
-  while today's bytes are under 85 % of the allowance, re-encoded smaller to fit; otherwise wait.
-- ``ROUTINE`` (0): random samples and debug events. Sent under 60 % of the allowance, else dropped.
+  while today's bytes are under 85 % of the allowance paced over the day, re-encoded smaller to
+  fit; otherwise they wait.
+- ``ROUTINE`` (0): random samples and debug events. Sent under 60 % of the paced allowance, else dropped.
 
-The shares below 100 % keep a reserve for the detections still to come that day. Bytes are
+The shares below 100 % and the pacing keep a reserve for the detections and telemetry still to
+come that day. Bytes are
 counted by :func:`message_wire_size` (topic plus payload as stored, JSON today).
 """
 
@@ -71,15 +73,22 @@ class Decision:
 
 @dataclass
 class Allowance:
-    """Today's allowance and what was spent of it (None: no budget, everything fits)."""
+    """Today's allowance and what was spent of it (None: no budget, everything fits).
+
+    ``pace`` is the share of the day's allowance samples and debug events may have used by now
+    (the day's elapsed fraction plus an hour): images made in the morning must not spend the
+    bytes the afternoon's telemetry and detections need. They wait for the pace instead.
+    """
 
     day_bytes: int | None
     used_today: int
+    pace: float = 1.0
 
     def room(self, tier: int) -> int | None:
         if self.day_bytes is None or tier >= MUST:
             return None
-        return int(self.day_bytes * CEILING[tier]) - self.used_today
+        paced = self.pace if tier <= LABEL else 1.0
+        return int(self.day_bytes * CEILING[tier] * paced) - self.used_today
 
 
 def day_allowance(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from .budget import Allowance, day_allowance
@@ -10,6 +11,8 @@ from .windows import LinkSchedule, day_and_month
 
 DAY_KEY = "uplink_bytes_day:"
 MONTH_KEY = "uplink_bytes_month:"
+# Samples may run this far ahead of the day's pace (an hour), so the first ones need not wait.
+PACE_AHEAD = 1 / 24
 
 
 class UplinkGate:
@@ -29,9 +32,11 @@ class UplinkGate:
         day, month, left = day_and_month(t, self.tz)
         return DAY_KEY + day, MONTH_KEY + month, left
 
-    def allowance(self, used_today: int, used_month: int, days_left: int) -> Allowance:
+    def allowance(self, used_today: int, used_month: int, days_left: int, t: float) -> Allowance:
         if not self.budgeted:
             return Allowance(None, used_today)
         s = self.settings
         day = day_allowance(s.budget_bytes_month, s.budget_bytes_day, used_month - used_today, days_left)
-        return Allowance(day, used_today)
+        local = datetime.fromtimestamp(t, self.tz)
+        elapsed = (local.hour * 3600 + local.minute * 60 + local.second) / 86400
+        return Allowance(day, used_today, pace=min(1.0, elapsed + PACE_AHEAD))

@@ -51,6 +51,7 @@ class StatusPolicy:
         self.clock = clock
         self._last_fp: str | None = None
         self._last_at = -1e18
+        self._was_open = False
 
     def next_contact(self, now: float | None = None) -> float | None:
         """The latest time (epoch s) by which this device will have said something, or None (every heartbeat)."""
@@ -67,11 +68,14 @@ class StatusPolicy:
     def due(self, msg: Status, force: bool = False) -> bool:
         """Whether to publish ``msg`` now; remembers it as sent when it says yes."""
         now = self.clock()
-        if not self.schedule.is_open(now):
+        is_open = self.schedule.is_open(now)
+        # The first heartbeat of a window is the contact the previous status promised.
+        opened, self._was_open = is_open and not self._was_open, is_open
+        if not is_open:
             return False
         fp = fingerprint(msg)
         keepalive = self.settings.status_keepalive_s if self.settings.metered else 0.0
-        windowed = not self.schedule.always_open and self._last_at < now - 1.5 * self.heartbeat_s
+        windowed = opened and not self.schedule.always_open
         if force or fp != self._last_fp or now - self._last_at >= keepalive - _EARLY_S or windowed:
             self._last_fp, self._last_at = fp, now
             return True

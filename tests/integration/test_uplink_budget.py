@@ -103,7 +103,8 @@ def uplink(broker: Broker, tmp_path: Path, device: str, settings: UplinkSettings
 def test_budget_smaller_than_a_day_delivers_every_detection_and_drops_only_lower_value(
     mqtt_broker: Broker, tmp_path: Path
 ) -> None:
-    clock = Clock(datetime(2026, 6, 10, 8, 0, tzinfo=UTC))
+    # Late in the day: the samples' pacing (edge_agent/uplink/budget.py) no longer holds them back.
+    clock = Clock(datetime(2026, 6, 10, 23, 0, tzinfo=UTC))
     # 30 KB a day; the day's traffic below is about 260 KB.
     settings = UplinkSettings(metered=True, budget_mb_day=0.03, budget_mb_month=5.0, hold_s=20 * 3600.0)
     with uplink(mqtt_broker, tmp_path, "budget1", settings, clock) as (ident, box, sender, transport, rec):

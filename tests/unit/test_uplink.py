@@ -69,6 +69,9 @@ def test_decisions_keep_a_reserve_for_must_go_messages() -> None:
     shrink = decide(LABEL, "sample", 15_000, 0, Allowance(10_000, 0), 3600)
     assert shrink.action == "shrink" and shrink.max_bytes == 8_500
     assert decide(ROUTINE, "sample", 20_000, 0, a, 3600).action == "drop"
+    # Paced: at noon samples may have used about half the day's share; telemetry is not paced.
+    noon = Allowance(10_000, 0, pace=0.5)
+    assert noon.room(LABEL) == 4_250 and noon.room(ROUTINE) == 3_000 and noon.room(USEFUL) == 10_000
 
 
 def _raw(at: datetime, value: float, flags: list[dict[str, object]] | None = None) -> Telemetry:
