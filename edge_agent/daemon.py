@@ -144,7 +144,7 @@ class Agent:
             self.updater.start()
             now = time.monotonic()
             # Timers before the transport starts: its connect callback adds the "online" one.
-            self._next.update(heartbeat=now + cfg.heartbeat.interval_s, ttl=now + TTL_SWEEP_S)
+            self._next.update(heartbeat=now + self.uplink.heartbeat_s, ttl=now + TTL_SWEEP_S)
             if self.yield_runner is not None:
                 self._next["yield"] = now + min(cfg.yield_model.first_run_s, cfg.yield_model.interval_s)
             if self.notifier.watchdog_s:
@@ -340,7 +340,7 @@ class Agent:
             self._next.pop("online", None)
             self.publish_status(force=True)
         if self._next.get("heartbeat", 1e18) <= now:
-            self._next["heartbeat"] = now + self.cfg.heartbeat.interval_s
+            self._next["heartbeat"] = now + self.uplink.heartbeat_s
             self.publish_status()
         if self._next.get("ttl", 1e18) <= now:
             self._next["ttl"] = now + TTL_SWEEP_S
@@ -402,7 +402,7 @@ class Agent:
             self.event("error", "config_invalid", f"reload refused: {exc}"[:2000])
             self.notifier.ready("reload refused")
             return
-        for section in ("device", "data_dir", "mqtt"):
+        for section in ("device", "data_dir", "mqtt", "uplink", "power"):
             if getattr(new, section) != getattr(self.cfg, section):
                 logger.warning("config section %s changed; it takes effect after a restart", section)
         set_level(new.log.level)

@@ -161,6 +161,7 @@ class Pipeline:
         self.latency = LatencyStats()
         # A metered link (edge_agent/uplink/): telemetry folded per interval, sample images smaller.
         self.shape_telemetry: Callable[[Telemetry], list[Telemetry]] = lambda msg: [msg]
+        self.flush_telemetry: Callable[[], list[Telemetry]] = list
         self.sample_max_bytes = SAMPLE_JPEG_LIMIT
         self.processed = Counter[str]()
         self._models_lock = threading.Lock()
@@ -210,10 +211,14 @@ class Pipeline:
             except queue.Full:
                 if time.monotonic() >= deadline:
                     break
+        done = True
         if self._thread is not None:
             self._thread.join(max(0.0, deadline - time.monotonic()))
-            return not self._thread.is_alive()
-        return True
+            done = not self._thread.is_alive()
+        rest = self.flush_telemetry() if done else []
+        if rest:  # the aggregated telemetry's unfinished interval is stored, not lost
+            self.outbox.add([to_out(self.identity, m) for m in rest])
+        return done
 
     def pending(self) -> int:
         return self.queue.qsize()

@@ -44,6 +44,7 @@ class TelemetryAggregator:
         self.interval_s = interval_s
         self._cur: _Interval | None = None
         self._flags: set[tuple[str, str, str]] = set()
+        self._template: Telemetry | None = None
 
     def _bucket(self, t: float) -> float:
         return t - t % self.interval_s
@@ -51,6 +52,7 @@ class TelemetryAggregator:
     def add(self, msg: Telemetry) -> list[Telemetry]:
         """Fold one raw message in; returns the aggregated messages now complete (zero or one, rarely two)."""
         t = msg.observed_at.timestamp()
+        self._template = msg
         out: list[Telemetry] = []
         if self._cur is not None and self._bucket(t) != self._cur.start:
             out += self.flush(msg)
@@ -71,10 +73,11 @@ class TelemetryAggregator:
             out += self.flush(msg)
         return out
 
-    def flush(self, template: Telemetry) -> list[Telemetry]:
+    def flush(self, template: Telemetry | None = None) -> list[Telemetry]:
         """The current interval as one message (none when empty); the next reading starts a new one."""
         cur, self._cur = self._cur, None
-        if cur is None or cur.last_at is None or (not cur.channels and not cur.health):
+        template = template or self._template
+        if template is None or cur is None or cur.last_at is None or (not cur.channels and not cur.health):
             return []
         readings = [
             {

@@ -19,6 +19,7 @@ from .status import StatusPolicy
 from .windows import LinkSchedule
 
 Latest = Callable[[str, float], float | None]
+WINDOW_TICK_S = 60.0
 
 
 class Uplink:
@@ -46,7 +47,10 @@ class Uplink:
         )
         gated = settings.metered or not self.schedule.always_open
         self.gate = UplinkGate(settings, self.schedule) if gated else None
-        self.status = StatusPolicy(settings, self.schedule, heartbeat_s, clock)
+        # With windows the status check runs every minute, so a 15-minute window is never missed
+        # by an hourly heartbeat; the check itself is cheap and sends nothing unless due.
+        self.heartbeat_s = heartbeat_s if self.schedule.always_open else min(heartbeat_s, WINDOW_TICK_S)
+        self.status = StatusPolicy(settings, self.schedule, self.heartbeat_s, clock)
         self.aggregator = TelemetryAggregator(settings.telemetry_interval_s) if settings.metered else None
         self.power = PowerGovernor(power, latest, clock)
 
@@ -64,6 +68,8 @@ class Uplink:
     def attach(self, pipeline: Pipeline) -> None:
         """Telemetry through the aggregator; on a metered link, labelling images at most ``sample_max_kb``."""
         pipeline.shape_telemetry = self.telemetry
+        if self.aggregator is not None:
+            pipeline.flush_telemetry = self.aggregator.flush
         if self.settings.metered:
             pipeline.sample_max_bytes = int(self.settings.sample_max_kb * 1000)
 

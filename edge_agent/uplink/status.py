@@ -71,7 +71,9 @@ class StatusPolicy:
         is_open = self.schedule.is_open(now)
         # The first heartbeat of a window is the contact the previous status promised.
         opened, self._was_open = is_open and not self._was_open, is_open
-        if not is_open:
+        # The first status after a start goes out even between windows: whoever installed or
+        # restarted the device sees it come online, and the monitor learns its next contact.
+        if not is_open and not (force and self._last_fp is None):
             return False
         fp = fingerprint(msg)
         keepalive = self.settings.status_keepalive_s if self.settings.metered else 0.0

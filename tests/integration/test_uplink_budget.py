@@ -6,14 +6,18 @@ only the clock is injected (the outbox's and the link schedule's), so a day pass
 
 from __future__ import annotations
 
+import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edge_agent.config import load_agent_config
+from edge_agent.daemon import Agent
 from edge_agent.outbox import Outbox
 from edge_agent.pipeline import Identity, to_out
 from edge_agent.sender import Sender
@@ -25,7 +29,7 @@ from edge_agent.uplink.windows import LinkSchedule
 from shared.image import encode_jpeg
 from shared.messages import Detection, Event, Sample, Telemetry
 from shared.settings import MqttSettings
-from tests.edge_helpers import Recorder
+from tests.edge_helpers import Recorder, agent_config, to_toml
 from tests.services import Broker, wait_for
 
 SHA = "a" * 64
@@ -203,3 +207,51 @@ def settings_next(settings: UplinkSettings, t: float) -> float:
     nxt = LinkSchedule(settings.windows, settings.timezone).next_open(t)
     assert nxt is not None
     return nxt
+
+
+@contextmanager
+def running_agent(doc: dict[str, Any]) -> Iterator[Agent]:
+    path = Path(doc["data_dir"]).parent / "agent.toml"
+    path.write_text(to_toml(doc))
+    agent = Agent(load_agent_config(path), config_path=path)
+    agent.start()
+    thread = threading.Thread(target=agent.run, name="agent-main")
+    thread.start()
+    try:
+        yield agent
+    finally:
+        agent.request_stop()
+        thread.join(30)
+        agent.stop()
+
+
+def test_a_metered_agent_reports_its_budget_and_next_contact_and_aggregates_telemetry(
+    mqtt_broker: Broker, tmp_path: Path
+) -> None:
+    now = datetime.now(UTC)
+    start = (now - timedelta(minutes=2)).replace(second=0, microsecond=0)
+    window = f"{start:%H:%M}-{start + timedelta(minutes=15):%H:%M}"  # open now, next one tomorrow
+    doc = agent_config(
+        tmp_path, mqtt_broker.port, {},
+        uplink={"metered": True, "budget_mb_month": 5.0, "windows": window},
+        sources=[{"type": "sensors", "name": "probes", "interval_s": 0.2}],
+    )  # fmt: skip
+    rec = Recorder(mqtt_broker.port, client_id=f"rec-{uuid.uuid4().hex[:8]}")
+    assert rec.subscribed.wait(10)
+    try:
+        with running_agent(doc) as agent:
+            wait_for(lambda: rec.parsed("status", live_only=False), 15, what="the agent's status")
+            wait_for(lambda: len(agent.outbox.readings("soil_moisture", 0)) >= 3, 15, what="a few sensor polls")
+            # Hourly aggregation: the polls so far are one interval still open, nothing sent yet.
+            assert rec.parsed("telemetry") == []
+        status = rec.parsed("status", live_only=False)[0]
+        assert status.next_contact_at == start + timedelta(days=1, seconds=60)
+        assert status.health.uplink_budget_month == 5_000_000
+        assert status.health.uplink_bytes_today is not None
+        # At shutdown the open interval goes out as one aggregated message (the window is open).
+        wait_for(lambda: rec.parsed("telemetry"), 10, what="the aggregated telemetry")
+        (agg,) = rec.parsed("telemetry")
+        assert isinstance(agg, Telemetry) and agg.interval_s is not None
+        assert all(r.count is not None and r.count >= 3 for r in agg.readings)
+    finally:
+        rec.close()
