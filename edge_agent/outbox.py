@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     state TEXT NOT NULL DEFAULT 'pending',
     reason_code INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0,
-    value INTEGER NOT NULL DEFAULT 3
+    value INTEGER NOT NULL DEFAULT 3,
+    wire_size INTEGER
 );
 CREATE INDEX IF NOT EXISTS outbox_drop ON outbox (priority, id);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -107,8 +108,11 @@ class Outbox:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         columns = {r[1] for r in self._db.execute("PRAGMA table_info(outbox)")}
-        if "value" not in columns:  # an outbox from before the uplink budget: every old row counts as must-go
+        # An outbox from before the uplink budget: every old row counts as must-go, sized from its payload.
+        if "value" not in columns:
             self._db.execute("ALTER TABLE outbox ADD COLUMN value INTEGER NOT NULL DEFAULT 3")
+        if "wire_size" not in columns:
+            self._db.execute("ALTER TABLE outbox ADD COLUMN wire_size INTEGER")
         self.gate = gate
         # Rows whose bytes were counted when handed to the sender (not again when handed over again).
         self._charged: set[int] = set()
@@ -177,8 +181,18 @@ class Outbox:
                 dropped.append(victim[1])
                 logger.warning("outbox full: dropped %s %s to make room for a %s", victim[2], victim[1], m.kind)
         cur.execute(
-            "INSERT INTO outbox (msg_id, kind, topic, payload, priority, created, value) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (m.msg_id, m.kind, m.topic, m.payload, priority, self._clock(), value_of(m.kind, m.payload)),
+            "INSERT INTO outbox (msg_id, kind, topic, payload, priority, created, value, wire_size) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                m.msg_id,
+                m.kind,
+                m.topic,
+                m.payload,
+                priority,
+                self._clock(),
+                value_of(m.kind, m.payload),
+                message_wire_size(m.topic, m.payload),
+            ),
         )
         self._used += size
         return dropped
@@ -245,6 +259,7 @@ class Outbox:
         return self.gate.schedule.is_open(self._clock()) and bool(self._pick(1, set(), commit=False))
 
     def _pick(self, limit: int, inflight: set[int], commit: bool) -> list[Row]:
+        """Rows by value through the budget; ``commit`` False only looks (no drops, no re-encodes, no charge)."""
         assert self.gate is not None
         gate, now = self.gate, self._clock()
         out: list[Row] = []
@@ -255,36 +270,28 @@ class Outbox:
                 day_key, month_key, days_left = gate.keys(now)
                 counters = self._counter_values(cur, day_key, month_key)
                 used_day, used_month = counters.get(day_key, 0), counters.get(month_key, 0)
+                # Sizes from the row, not its payload: a poll with many waiting images reads no images.
                 meta = cur.execute(
-                    "SELECT id, kind, value, created FROM outbox WHERE state = 'pending' ORDER BY value DESC, id"
+                    "SELECT id, kind, value, created, wire_size, LENGTH(payload) + LENGTH(topic) FROM outbox "
+                    "WHERE state = 'pending' ORDER BY value DESC, id"
                 ).fetchall()
-                for row_id, kind, tier, created in meta:
+                for row_id, kind, tier, created, wire, stored in meta:
                     if len(out) >= limit:
                         break
                     if row_id in inflight:
                         continue
-                    r = cur.execute(
-                        "SELECT id, msg_id, kind, topic, payload, created FROM outbox WHERE id = ?", (row_id,)
-                    ).fetchone()
-                    row = Row(*r)
                     if row_id in self._charged:
-                        out.append(row)
+                        out.append(self._row(cur, row_id))
                         continue
-                    size = message_wire_size(row.topic, row.payload)
+                    size = wire if wire is not None else stored
                     allowance = gate.allowance(used_day, used_month, days_left, now)
                     d = decide(tier, kind, size, now - created, allowance, gate.settings.hold_s)
-                    if d.action == "shrink" and d.max_bytes is not None:
-                        smaller = shrink_sample(row.payload, d.max_bytes - len(row.topic.encode()))
-                        if smaller is None:
-                            d = decide(tier, "", size, now - created, allowance, gate.settings.hold_s)
-                        else:
-                            if commit:
-                                self._replace_payload(cur, row, smaller)
-                            row = Row(row.id, row.msg_id, row.kind, row.topic, smaller, row.created)
-                            size = message_wire_size(row.topic, smaller)
-                            d = decide(MUST, kind, size, 0.0, allowance, 0.0)
-                    if d.action == "send":
-                        out.append(row)
+                    row: Row | None = None
+                    if d.action == "shrink" and commit:
+                        row, size = self._shrink(cur, self._row(cur, row_id), d.max_bytes or 0)
+                        d = decide(MUST if row else tier, "", size, now - created, allowance, gate.settings.hold_s)
+                    if d.action in ("send", "shrink"):  # an uncommitted look assumes the re-encode fits
+                        out.append(row or self._row(cur, row_id))
                         if commit:
                             used_day, used_month = used_day + size, used_month + size
                             self._charged.add(row_id)
@@ -292,19 +299,35 @@ class Outbox:
                             self._bump(cur, month_key, size)
                     elif d.action == "drop" and commit:
                         cur.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
-                        self._used -= len(row.payload) + len(row.topic) + ROW_OVERHEAD
+                        self._used -= stored + ROW_OVERHEAD
                         self._bump(cur, f"budget_dropped_{kind}")
-                        logger.info("uplink budget: dropped %s %s (%d bytes)", kind, row.msg_id, size)
+                        logger.info("uplink budget: dropped %s %d (%d bytes)", kind, row_id, size)
                 cur.execute("COMMIT" if commit else "ROLLBACK")
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
         return out
 
-    def _replace_payload(self, cur: sqlite3.Cursor, row: Row, payload: bytes) -> None:
-        cur.execute("UPDATE outbox SET payload = ? WHERE id = ?", (payload, row.id))
-        self._used += len(payload) - len(row.payload)
+    @staticmethod
+    def _row(cur: sqlite3.Cursor, row_id: int) -> Row:
+        r = cur.execute(
+            "SELECT id, msg_id, kind, topic, payload, created FROM outbox WHERE id = ?", (row_id,)
+        ).fetchone()
+        return Row(*r)
+
+    def _shrink(self, cur: sqlite3.Cursor, row: Row, max_bytes: int) -> tuple[Row | None, int]:
+        """The sample re-encoded to fit ``max_bytes`` (wire bytes) and stored so; (None, size as is) when it cannot."""
+        size = message_wire_size(row.topic, row.payload)
+        smaller = shrink_sample(row.payload, max_bytes - len(row.topic.encode()))
+        if smaller is None:
+            return None, size
+        cur.execute(
+            "UPDATE outbox SET payload = ?, wire_size = ? WHERE id = ?",
+            (smaller, message_wire_size(row.topic, smaller), row.id),
+        )
+        self._used += len(smaller) - len(row.payload)
         self._bump(cur, f"budget_shrunk_{row.kind}")
+        return Row(row.id, row.msg_id, row.kind, row.topic, smaller, row.created), message_wire_size(row.topic, smaller)
 
     @staticmethod
     def _counter_values(cur: sqlite3.Cursor, *names: str) -> dict[str, int]:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
+from edge_agent.outbox import Outbox
 from edge_agent.uplink.aggregate import TelemetryAggregator
 from edge_agent.uplink.budget import LABEL, MUST, ROUTINE, USEFUL, Allowance, day_allowance, decide, value_of
+from edge_agent.uplink.gate import UplinkGate
 from edge_agent.uplink.power import PowerGovernor
 from edge_agent.uplink.settings import PowerSettings, UplinkSettings
 from edge_agent.uplink.status import StatusPolicy
@@ -140,3 +144,24 @@ def test_power_governor_stretches_captures_on_a_low_battery() -> None:
     assert not any(gov.allow("cam") for _ in range(4))
     no_sensor = PowerGovernor(PowerSettings(low=12.2), lambda q, since: None)
     assert no_sensor.allow("cam")
+
+
+def test_an_outbox_from_before_the_budget_opens_and_its_rows_count_as_must_go(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "o.db")
+    db.execute(
+        "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, msg_id TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, "
+        "topic TEXT NOT NULL, payload BLOB NOT NULL, priority INTEGER NOT NULL, created REAL NOT NULL, "
+        "state TEXT NOT NULL DEFAULT 'pending', reason_code INTEGER, attempts INTEGER NOT NULL DEFAULT 0)"
+    )
+    db.execute(
+        "INSERT INTO outbox (msg_id, kind, topic, payload, priority, created) VALUES ('m1', 'sample', 't', ?, 1, 0)",
+        (b'{"reason":"random"}',),
+    )
+    db.commit()
+    db.close()
+    settings = UplinkSettings(metered=True, budget_mb_day=0.00001)  # 10 bytes a day: only must-go fits
+    box = Outbox(tmp_path / "o.db", 10**6, clock=lambda: ts(23), gate=UplinkGate(settings, LinkSchedule(None)))
+    rows = box.sendable(0, 10, set())
+    assert [r.msg_id for r in rows] == ["m1"]
+    assert box.uplink_usage()["bytes_today"] == len(b'{"reason":"random"}') + 1
+    box.close()
