@@ -16,12 +16,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, S
 from shared.config import load_config
 from shared.fields import Id
 from shared.settings import MqttSettings
-from shared.wire import WireSettings
 
 from .inference import BACKENDS, BackendSettings
 from .inference.onnxruntime_backend import OnnxRuntimeSettings
 from .plugins import import_plugin_modules, resolve_paths
 from .sources import SOURCES, SourceSettings
+from .uplink.settings import PowerSettings, UplinkSettings
 
 STRICT = ConfigDict(extra="forbid")
 PositiveSeconds = Annotated[float, Field(gt=0)]
@@ -172,8 +172,9 @@ class AgentConfig(BaseModel):
     updates: UpdateSettings = Field(default_factory=UpdateSettings)
     yield_model: YieldSettings = Field(default_factory=YieldSettings, alias="yield")
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
-    # The wire encoding (docs/uplink.md); the metered-link settings of the same section extend it.
-    uplink: WireSettings = Field(default_factory=WireSettings)
+    # One [uplink] section: the wire encoding (shared.wire) and the metered-link settings extending it.
+    uplink: UplinkSettings = Field(default_factory=UplinkSettings)
+    power: PowerSettings = Field(default_factory=PowerSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     shutdown_deadline_s: PositiveSeconds = 20.0
     queue_size: Annotated[int, Field(ge=1)] = 256

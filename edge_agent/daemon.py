@@ -43,6 +43,8 @@ from .source_context import AgentSourceContext
 from .sources import Source, SourceSettings, build_source
 from .systemd import Notifier
 from .updater import ModelUpdater
+from .uplink.budget import message_wire_size
+from .uplink.runtime import Uplink, open_outbox
 from .version import AGENT_VERSION
 from .yield_runner import YieldRunner
 
@@ -83,6 +85,7 @@ class Agent:
         self._source_ctx: AgentSourceContext
         self.transport: Transport | None = None
         self.updater: ModelUpdater | None = None
+        self.uplink: Uplink
         self._next: dict[str, float] = {}
         self._shadow_check_scheduled = False
 
@@ -104,12 +107,15 @@ class Agent:
         cfg = self.cfg
         self.lock.acquire()
         try:
-            self.outbox = Outbox(cfg.data_dir / "outbox.sqlite3", int(cfg.outbox.budget_mb * 1e6), self._ttl_s(cfg))
+            self.uplink, self.outbox = open_outbox(cfg, {str(k): v for k, v in cfg.outbox.ttl_s.items()})
             self.outbox.expire()
             self.samples = SamplePolicy(cfg.samples, self.outbox)
             top = cfg.models[0].top_k if cfg.models else 3
             self.pipeline = Pipeline(self.identity, self.outbox, self.samples, self.count_error, cfg.queue_size, top)
-            self._source_ctx = AgentSourceContext(self._stopping, self.pipeline.queue, self.outbox, self.count_error)
+            self.uplink.attach(self.pipeline)
+            self._source_ctx = AgentSourceContext(
+                self._stopping, self.pipeline.queue, self.outbox, self.count_error, self.uplink.power.allow
+            )
             self._load_models(cfg)
             self.updater = ModelUpdater(self)
             self.pipeline.on_model_failure = self.updater.on_model_failure
@@ -140,7 +146,7 @@ class Agent:
             self.updater.start()
             now = time.monotonic()
             # Timers before the transport starts: its connect callback adds the "online" one.
-            self._next.update(heartbeat=now + cfg.heartbeat.interval_s, ttl=now + TTL_SWEEP_S)
+            self._next.update(heartbeat=now + self.uplink.heartbeat_s, ttl=now + TTL_SWEEP_S)
             if self.yield_runner is not None:
                 self._next["yield"] = now + min(cfg.yield_model.first_run_s, cfg.yield_model.interval_s)
             if self.notifier.watchdog_s:
@@ -157,10 +163,6 @@ class Agent:
             "agent %s/%s started: %d models, %d sources, data in %s",
             cfg.device.farm_id, cfg.device.device_id, len(self.models), len(self.sources), cfg.data_dir,
         )  # fmt: skip
-
-    @staticmethod
-    def _ttl_s(cfg: AgentConfig) -> dict[str, float | None]:
-        return {kind: ttl for kind, ttl in cfg.outbox.ttl_s.items()}
 
     def _make_transport(self) -> Transport:
         if self._transport_factory is not None:
@@ -276,14 +278,18 @@ class Agent:
             models=models,
             health=health,
             reason=reason,
+            next_contact_at=self.uplink.next_contact_at(),
         )
 
-    def publish_status(self) -> None:
+    def publish_status(self, force: bool = False) -> None:
         """Retained status straight to the broker: only the latest matters, so it skips the outbox."""
         if self.transport is None or not self.transport.connected:
             return
         msg = self.status_message("online", health=self.health())
-        self.transport.publish(self._status_topic(), msg.to_json(), qos=1, retain=True)
+        if self.uplink.status_due(msg, force=force):
+            payload = msg.to_json()
+            self.transport.publish(self._status_topic(), payload, qos=1, retain=True)
+            self.outbox.charge(message_wire_size(self._status_topic(), payload, self.cfg.uplink))
 
     # --- control ----------------------------------------------------------------------------
 
@@ -335,9 +341,9 @@ class Agent:
         now = time.monotonic()
         if self._next.get("online", 1e18) <= now:
             self._next.pop("online", None)
-            self.publish_status()
+            self.publish_status(force=True)
         if self._next.get("heartbeat", 1e18) <= now:
-            self._next["heartbeat"] = now + self.cfg.heartbeat.interval_s
+            self._next["heartbeat"] = now + self.uplink.heartbeat_s
             self.publish_status()
         if self._next.get("ttl", 1e18) <= now:
             self._next["ttl"] = now + TTL_SWEEP_S
@@ -399,7 +405,7 @@ class Agent:
             self.event("error", "config_invalid", f"reload refused: {exc}"[:2000])
             self.notifier.ready("reload refused")
             return
-        for section in ("device", "data_dir", "mqtt"):
+        for section in ("device", "data_dir", "mqtt", "uplink", "power"):
             if getattr(new, section) != getattr(self.cfg, section):
                 logger.warning("config section %s changed; it takes effect after a restart", section)
         set_level(new.log.level)
@@ -415,7 +421,7 @@ class Agent:
             update={k: getattr(new, k) for k in ("models", "sources", "samples", "yield_model", "heartbeat", "log",
                                                   "trust", "outbox", "shutdown_deadline_s")}
         )  # fmt: skip
-        self.outbox.ttl_s = self._ttl_s(new)
+        self.outbox.ttl_s = {str(k): v for k, v in new.outbox.ttl_s.items()}
         self.outbox.budget_bytes = int(new.outbox.budget_mb * 1e6)
         self._start_sources(self.cfg)
         requeued = self.sender.requeue()

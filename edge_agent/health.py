@@ -83,7 +83,8 @@ def heartbeat(
 ) -> Health:
     """The status's health part: process, disk, outbox, error counters and inference latency."""
     ob = outbox.stats()
-    dropped = {k: v for k, v in outbox.counters().items() if k.startswith(("dropped_", "expired_"))}
+    dropped = {k: v for k, v in outbox.counters().items() if k.startswith(("dropped_", "expired_", "budget_dropped_"))}
+    up = outbox.uplink_usage()
     return Health(
         uptime_s=uptime_s,
         cpu_percent=round(stats.cpu_percent(), 3),
@@ -97,4 +98,9 @@ def heartbeat(
         errors=errors,
         inference_p50_ms=latency[0],
         inference_p95_ms=latency[1],
+        uplink_bytes_today=up.get("bytes_today"),
+        uplink_bytes_month=up.get("bytes_month"),
+        uplink_budget_month=up.get("budget_month"),
+        uplink_allowance_today=up.get("allowance_today"),
+        uplink_waiting=up.get("waiting"),
     )

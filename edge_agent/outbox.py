@@ -12,7 +12,10 @@ the new message itself is dropped. Events (3, alerts and errors) are never dropp
 budget. Every drop is counted per kind. Rows older than their kind's TTL expire and are counted.
 
 Replay order: rows are sent in insertion order (the primary key), so messages of one kind arrive
-in the order they were made.
+in the order they were made. With an uplink gate (``[uplink]`` metered, budget or windows,
+edge_agent/uplink/) rows go by value tier first, then insertion order, only while the link is
+open; the gate's budget may re-encode a sample smaller, hold a row for a later day, or drop it
+(counted as ``budget_dropped_{kind}``). Bytes sent are kept per day and month in ``counters``.
 
 The same database holds the agent's small state: files a folder source has already processed
 (marked in the same transaction that stores their results, so a crash neither loses nor repeats
@@ -28,6 +31,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from .uplink.budget import MUST, decide, message_wire_size, value_of
+from .uplink.gate import DAY_KEY, MONTH_KEY, UplinkGate
+from .uplink.shrink import shrink_sample
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +54,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     created REAL NOT NULL,
     state TEXT NOT NULL DEFAULT 'pending',
     reason_code INTEGER,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    value INTEGER NOT NULL DEFAULT 3,
+    wire_size INTEGER
 );
 CREATE INDEX IF NOT EXISTS outbox_drop ON outbox (priority, id);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -86,6 +95,7 @@ class Outbox:
         budget_bytes: int,
         ttl_s: dict[str, float | None] | None = None,
         clock: Callable[[], float] = time.time,
+        gate: UplinkGate | None = None,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,6 +107,17 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(outbox)")}
+        # An outbox from before the uplink budget: every old row counts as must-go, sized from its payload.
+        if "value" not in columns:
+            self._db.execute("ALTER TABLE outbox ADD COLUMN value INTEGER NOT NULL DEFAULT 3")
+        if "wire_size" not in columns:
+            self._db.execute("ALTER TABLE outbox ADD COLUMN wire_size INTEGER")
+        self.gate = gate
+        # Sizes are counted in the device's wire encoding (the gate's settings hold it).
+        self._wire = gate.settings if gate is not None else None
+        # Rows whose bytes were counted when handed to the sender (not again when handed over again).
+        self._charged: set[int] = set()
         self._used = self._db.execute(
             "SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + ?), 0) FROM outbox", (ROW_OVERHEAD,)
         ).fetchone()[0]
@@ -162,8 +183,18 @@ class Outbox:
                 dropped.append(victim[1])
                 logger.warning("outbox full: dropped %s %s to make room for a %s", victim[2], victim[1], m.kind)
         cur.execute(
-            "INSERT INTO outbox (msg_id, kind, topic, payload, priority, created) VALUES (?, ?, ?, ?, ?, ?)",
-            (m.msg_id, m.kind, m.topic, m.payload, priority, self._clock()),
+            "INSERT INTO outbox (msg_id, kind, topic, payload, priority, created, value, wire_size) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                m.msg_id,
+                m.kind,
+                m.topic,
+                m.payload,
+                priority,
+                self._clock(),
+                value_of(m.kind, m.payload),
+                message_wire_size(m.topic, m.payload, self._wire),
+            ),
         )
         self._used += size
         return dropped
@@ -204,9 +235,146 @@ class Outbox:
             ).fetchone()[0]
             cur.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
             self._bump(cur, "sent", len(ids))
+            self._charged.difference_update(ids)
             cur.execute("COMMIT")
             cur.execute("PRAGMA synchronous=FULL")
             self._used -= sizes
+
+    # --- the uplink gate (edge_agent/uplink/) -------------------------------------------------
+
+    def sendable(self, after_id: int, limit: int, inflight: set[int]) -> list[Row]:
+        """Up to ``limit`` rows for the sender, none of ``inflight``.
+
+        Without a gate: pending rows after ``after_id`` in insertion order. With one: nothing while
+        the link is closed; else by value tier, then insertion order, each through the budget.
+        """
+        if self.gate is None:
+            return [r for r in self.next_batch(after_id, limit + len(inflight)) if r.id not in inflight][:limit]
+        if not self.gate.schedule.is_open(self._clock()):
+            return []
+        return self._pick(limit, inflight, commit=True)
+
+    def has_sendable(self) -> bool:
+        """Whether the sender has something to send now (shutdown waits for this, not for held rows)."""
+        if self.gate is None:
+            return bool(self.next_batch(0, 1))
+        return self.gate.schedule.is_open(self._clock()) and bool(self._pick(1, set(), commit=False))
+
+    def _pick(self, limit: int, inflight: set[int], commit: bool) -> list[Row]:
+        """Rows by value through the budget; ``commit`` False only looks (no drops, no re-encodes, no charge)."""
+        assert self.gate is not None
+        gate, now = self.gate, self._clock()
+        out: list[Row] = []
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                day_key, month_key, days_left = gate.keys(now)
+                counters = self._counter_values(cur, day_key, month_key)
+                used_day, used_month = counters.get(day_key, 0), counters.get(month_key, 0)
+                # Sizes from the row, not its payload: a poll with many waiting images reads no images.
+                meta = cur.execute(
+                    "SELECT id, kind, value, created, wire_size, LENGTH(payload) + LENGTH(topic) FROM outbox "
+                    "WHERE state = 'pending' ORDER BY value DESC, id"
+                ).fetchall()
+                for row_id, kind, tier, created, wire, stored in meta:
+                    if len(out) >= limit:
+                        break
+                    if row_id in inflight:
+                        continue
+                    if row_id in self._charged:
+                        out.append(self._row(cur, row_id))
+                        continue
+                    size = wire if wire is not None else stored
+                    allowance = gate.allowance(used_day, used_month, days_left, now)
+                    d = decide(tier, kind, size, now - created, allowance, gate.settings.hold_s)
+                    row: Row | None = None
+                    if d.action == "shrink" and commit:
+                        row, size = self._shrink(cur, self._row(cur, row_id), d.max_bytes or 0)
+                        d = decide(MUST if row else tier, "", size, now - created, allowance, gate.settings.hold_s)
+                    if d.action in ("send", "shrink"):  # an uncommitted look assumes the re-encode fits
+                        out.append(row or self._row(cur, row_id))
+                        if commit:
+                            used_day, used_month = used_day + size, used_month + size
+                            self._charged.add(row_id)
+                            self._bump(cur, day_key, size)
+                            self._bump(cur, month_key, size)
+                    elif d.action == "drop" and commit:
+                        cur.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+                        self._used -= stored + ROW_OVERHEAD
+                        self._bump(cur, f"budget_dropped_{kind}")
+                        logger.info("uplink budget: dropped %s %d (%d bytes)", kind, row_id, size)
+                cur.execute("COMMIT" if commit else "ROLLBACK")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        return out
+
+    @staticmethod
+    def _row(cur: sqlite3.Cursor, row_id: int) -> Row:
+        r = cur.execute(
+            "SELECT id, msg_id, kind, topic, payload, created FROM outbox WHERE id = ?", (row_id,)
+        ).fetchone()
+        return Row(*r)
+
+    def _shrink(self, cur: sqlite3.Cursor, row: Row, max_bytes: int) -> tuple[Row | None, int]:
+        """The sample re-encoded to fit ``max_bytes`` (wire bytes) and stored so; (None, size as is) when it cannot."""
+        size = message_wire_size(row.topic, row.payload, self._wire)
+        smaller = shrink_sample(row.payload, max_bytes - len(row.topic.encode()))
+        if smaller is None:
+            return None, size
+        new_size = message_wire_size(row.topic, smaller, self._wire)
+        cur.execute("UPDATE outbox SET payload = ?, wire_size = ? WHERE id = ?", (smaller, new_size, row.id))
+        self._used += len(smaller) - len(row.payload)
+        self._bump(cur, f"budget_shrunk_{row.kind}")
+        return Row(row.id, row.msg_id, row.kind, row.topic, smaller, row.created), new_size
+
+    @staticmethod
+    def _counter_values(cur: sqlite3.Cursor, *names: str) -> dict[str, int]:
+        rows = cur.execute(
+            f"SELECT name, value FROM counters WHERE name IN ({','.join('?' * len(names))})", names
+        ).fetchall()
+        return {name: int(value) for name, value in rows}
+
+    def charge(self, nbytes: int) -> None:
+        """Count bytes sent around the outbox (the retained status) against today's and the month's budget."""
+        if self.gate is None:
+            return
+        day_key, month_key, _ = self.gate.keys(self._clock())
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            self._bump(cur, day_key, nbytes)
+            self._bump(cur, month_key, nbytes)
+            cur.execute("COMMIT")
+
+    def uplink_usage(self) -> dict[str, int | None]:
+        """Bytes sent today and this month, today's allowance, and rows waiting for the link or the budget."""
+        if self.gate is None:
+            return {}
+        day_key, month_key, days_left = self.gate.keys(self._clock())
+        with self._lock:
+            cur = self._db.cursor()
+            values = self._counter_values(cur, day_key, month_key)
+            held = cur.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
+        today, month = values.get(day_key, 0), values.get(month_key, 0)
+        allowance = self.gate.allowance(today, month, days_left, self._clock())
+        return {
+            "bytes_today": today,
+            "bytes_month": month,
+            "budget_month": self.gate.settings.budget_bytes_month,
+            "allowance_today": allowance.day_bytes,
+            "waiting": int(held) - len(self._charged),
+        }
+
+    def prune_uplink_counters(self, keep_days: int = 62) -> None:
+        """Forget day and month byte counters older than ``keep_days``."""
+        if self.gate is None:
+            return
+        day_key, month_key, _ = self.gate.keys(self._clock() - keep_days * 86400)
+        with self._lock:
+            self._db.execute("DELETE FROM counters WHERE name LIKE ? AND name < ?", (DAY_KEY + "%", day_key))
+            self._db.execute("DELETE FROM counters WHERE name LIKE ? AND name < ?", (MONTH_KEY + "%", month_key))
 
     def refused(self, row_id: int, reason_code: int) -> bool:
         """Mark a row refused; False if it already was (a resent copy refused again) or is gone."""
@@ -275,12 +443,20 @@ class Outbox:
         with self._lock:
             self._db.execute("DELETE FROM sample_log WHERE at < ?", (now - samples_keep_s,))
             self._db.execute("DELETE FROM readings WHERE at < ?", (now - readings_keep_s,))
+        self.prune_uplink_counters()
 
     def readings(self, quantity: str, since: float) -> list[tuple[float, float]]:
         with self._lock:
             return self._db.execute(
                 "SELECT at, value FROM readings WHERE quantity = ? AND at >= ? ORDER BY at", (quantity, since)
             ).fetchall()
+
+    def latest_reading(self, quantity: str, since: float) -> float | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT value FROM readings WHERE quantity = ? AND at >= ? ORDER BY at DESC LIMIT 1", (quantity, since)
+            ).fetchone()
+        return None if row is None else float(row[0])
 
     def counters(self) -> dict[str, int]:
         with self._lock:

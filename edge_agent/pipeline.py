@@ -159,6 +159,10 @@ class Pipeline:
         # A challenger that fails a batch is reported here; the champion's results stand regardless.
         self.on_shadow_failure: Callable[[InferenceBackend, BaseException], None] | None = None
         self.latency = LatencyStats()
+        # A metered link (edge_agent/uplink/): telemetry folded per interval, sample images smaller.
+        self.shape_telemetry: Callable[[Telemetry], list[Telemetry]] = lambda msg: [msg]
+        self.flush_telemetry: Callable[[], list[Telemetry]] = list
+        self.sample_max_bytes = SAMPLE_JPEG_LIMIT
         self.processed = Counter[str]()
         self._models_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -207,10 +211,14 @@ class Pipeline:
             except queue.Full:
                 if time.monotonic() >= deadline:
                     break
+        done = True
         if self._thread is not None:
             self._thread.join(max(0.0, deadline - time.monotonic()))
-            return not self._thread.is_alive()
-        return True
+            done = not self._thread.is_alive()
+        rest = self.flush_telemetry() if done else []
+        if rest:  # the aggregated telemetry's unfinished interval is stored, not lost
+            self.outbox.add([to_out(self.identity, m) for m in rest])
+        return done
 
     def pending(self) -> int:
         return self.queue.qsize()
@@ -266,7 +274,8 @@ class Pipeline:
             ],
         )
         at = item.at.timestamp()
-        self.outbox.add([to_out(self.identity, msg)], readings=[(at, r.quantity, r.value) for r in item.readings])
+        out = [to_out(self.identity, m) for m in self.shape_telemetry(msg)]
+        self.outbox.add(out, readings=[(at, r.quantity, r.value) for r in item.readings])
         self.processed["telemetry"] += 1
 
     def _images(self, items: list[ImageItem]) -> None:
@@ -421,7 +430,9 @@ class Pipeline:
             width, height = image_size(it.data)
             scale = min(1.0, self.samples.settings.max_side / max(width, height))
             w, h = max(1, round(width * scale)), max(1, round(height * scale))
-            jpeg = encode_jpeg(decode_image(it.data, (h, w), resize="stretch"), quality=85, max_bytes=SAMPLE_JPEG_LIMIT)
+            jpeg = encode_jpeg(
+                decode_image(it.data, (h, w), resize="stretch"), quality=85, max_bytes=self.sample_max_bytes
+            )
         except ImageDecodeError as exc:
             logger.warning("cannot make a sample of %s: %s", it.ref, exc)
             return None

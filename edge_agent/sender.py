@@ -132,8 +132,8 @@ class Sender:
         """Nothing in flight and nothing due now (rows waiting for their batch may remain)."""
         if self.inflight():
             return False
-        if not self.wire.batching:
-            return not self.outbox.next_batch(0, 1)
+        if not self.wire.batching or self.outbox.gate is not None:
+            return not self.outbox.has_sendable()
         groups, _ = self._plan(self.outbox.next_batch(0, self._scan_limit()), self.clock(), flush=False)
         return not groups
 
@@ -143,7 +143,7 @@ class Sender:
         self.kick()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.inflight() == 0 and not self.outbox.next_batch(0, 1):
+            if self.inflight() == 0 and not self.outbox.has_sendable():
                 return True
             if not self.transport.connected:
                 return False
@@ -230,7 +230,7 @@ class Sender:
             return 0
         if self.wire.batching:
             return self._publish_batches(room, inflight)
-        rows = [r for r in self.outbox.next_batch(after, room + len(inflight)) if r.id not in inflight][:room]
+        rows = self.outbox.sendable(after, room, inflight)
         sent = 0
         for row in rows:
             if not self._hand_over([row], row.payload, None):
@@ -283,8 +283,11 @@ class Sender:
         return ready, next_due
 
     def _publish_batches(self, room: int, inflight: set[int]) -> int:
-        rows = [r for r in self.outbox.next_batch(0, self._scan_limit() + len(inflight)) if r.id not in inflight]
-        groups, self._next_due = self._plan(rows, self.clock(), self._flush)
+        rows = self.outbox.sendable(0, self._scan_limit(), inflight)
+        # The budget gate charges a row when it releases it, so released rows go now: batches form
+        # from what one release holds (a whole window's backlog at its opening), never wait for more.
+        gated = self.outbox.gate is not None
+        groups, self._next_due = self._plan(rows, self.clock(), self._flush or gated)
         sent = 0
         for group in groups:
             if sent and len(group) > room - sent:

@@ -22,11 +22,13 @@ class AgentSourceContext:
         work: queue.Queue[ImageItem | ReadingsItem | None],
         outbox: Outbox,
         count_error: Callable[[str], None],
+        capture_allowed: Callable[[str], bool] = lambda source: True,
     ) -> None:
         self.stop_event = stop_event
         self._work = work
         self._outbox = outbox
         self._count_error = count_error
+        self.capture_allowed = capture_allowed
         self._claims: set[tuple[str, str]] = set()
         self._claims_lock = threading.Lock()
 

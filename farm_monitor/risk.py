@@ -11,6 +11,7 @@ RISK_COLOURS = {
 STATUS_COLOURS = {
     "online": [46, 160, 67],
     "silent": [240, 160, 30],
+    "asleep": [70, 130, 200],
     "offline": [215, 50, 40],
     "unknown": [150, 150, 150],
 }

@@ -63,11 +63,33 @@ class YieldQuantiles(BaseModel):
 
 
 class SensorReading(BaseModel):
+    """One channel's reading; on a metered link, the channel over the message's ``interval_s``.
+
+    Aggregated (``count`` present): ``value`` is the last reading of the interval, and ``min``,
+    ``mean``, ``max`` and ``count`` summarise it. The four are optional (added after schema 1
+    shipped), so a raw reading is the same as before.
+    """
+
     model_config = STRICT_MODEL
     sensor: Id
     quantity: Quantity
     value: float
     unit: Annotated[str, StringConstraints(min_length=1, max_length=16)]
+    min: float | None = None
+    mean: float | None = None
+    max: float | None = None
+    count: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _aggregate_complete(self) -> SensorReading:
+        parts = (self.min, self.mean, self.max, self.count)
+        if any(p is not None for p in parts):
+            if any(p is None for p in parts):
+                raise ValueError("an aggregated reading needs all of min, mean, max and count")
+            assert self.min is not None and self.mean is not None and self.max is not None
+            if not self.min <= self.mean <= self.max or not self.min <= self.value <= self.max:
+                raise ValueError("an aggregated reading needs min <= mean <= max and min <= value <= max")
+        return self
 
 
 class SensorHealth(BaseModel):
@@ -115,3 +137,10 @@ class Health(BaseModel):
     errors: dict[Id, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=32)
     inference_p50_ms: Annotated[float, Field(ge=0)] | None = None
     inference_p95_ms: Annotated[float, Field(ge=0)] | None = None
+    # A metered link (docs/uplink.md): bytes sent today and this calendar month (topic + payload),
+    # the month's budget and today's share of it, and messages waiting for a window or the budget.
+    uplink_bytes_today: Annotated[int, Field(ge=0)] | None = None
+    uplink_bytes_month: Annotated[int, Field(ge=0)] | None = None
+    uplink_budget_month: Annotated[int, Field(ge=0)] | None = None
+    uplink_allowance_today: Annotated[int, Field(ge=0)] | None = None
+    uplink_waiting: Annotated[int, Field(ge=0)] | None = None

@@ -147,6 +147,11 @@ class Telemetry(Envelope):
     readings: Annotated[list[SensorReading], Field(max_length=64)]
     sensor_health: Annotated[list[SensorHealth], Field(max_length=64)] = Field(default_factory=list)
     link: RadioLink | None = Field(None, description="Radio link of a bridged sensor (LoRaWAN); absent otherwise.")
+    interval_s: Annotated[float, Field(gt=0, le=86400)] | None = Field(
+        None,
+        description="Aggregated telemetry (metered link): the readings summarise this many seconds ending at "
+        "observed_at; absent for raw readings.",
+    )
 
     @model_validator(mode="after")
     def _something_to_say(self) -> Telemetry:
@@ -209,6 +214,11 @@ class Status(Envelope):
     models: Annotated[list[ActiveModel], Field(max_length=16)] = Field(default_factory=list)
     health: Health | None = None
     reason: ShortText | None = None
+    next_contact_at: UtcDatetime | None = Field(
+        None,
+        description="A device that sleeps between uplink windows or reports only on change: it will have "
+        "said something by then. The offline alert waits for this plus its grace.",
+    )
 
 
 EventValue = Union[str, int, float, bool, None]  # noqa: UP007 - JSON Schema reads better this way

@@ -98,6 +98,9 @@ class ThreadedSource:
     """A loop that runs ``tick`` every ``interval_s`` or when :meth:`capture_now` is called."""
 
     interval_s: float = 60.0
+    # Scheduled ticks follow the agent's power budget ([power], edge_agent/uplink/power.py) when
+    # its context offers ``capture_allowed(name)``; sensor sources opt out (they measure the battery).
+    power_managed: bool = True
 
     def __init__(self, name: str, ctx: SourceContext) -> None:
         self.name = name
@@ -137,6 +140,9 @@ class ThreadedSource:
                     break
             first = False
             requested, self._requested = self._requested, False
+            allowed = getattr(self.ctx, "capture_allowed", None)
+            if not requested and self.power_managed and allowed is not None and not allowed(self.name):
+                continue
             try:
                 self.tick(requested)
             except Exception:

@@ -85,6 +85,8 @@ class SensorSourceSettings(SourceSettings):
 
 
 class SensorPoller(ThreadedSource):
+    power_managed = False
+
     def __init__(self, settings: SensorSourceSettings, ctx: SourceContext, reader: SensorReader | None = None) -> None:
         super().__init__(settings.name, ctx)
         self.settings = settings

@@ -66,18 +66,25 @@ def device_ids(sql: Sql, farm: str) -> list[str]:
 def devices(sql: Sql, farm: str, now: datetime, silent_after_s: float) -> pd.DataFrame:
     """The fleet table: one row per device with its status, health and active models."""
     df = sql.frame(
-        "SELECT device_id, state, state_since, last_heartbeat_at, last_seen_at, agent_version, models, health, reason "
-        "FROM devices WHERE farm_id = :f ORDER BY device_id",
+        "SELECT device_id, state, state_since, last_heartbeat_at, last_seen_at, agent_version, models, health, reason, "
+        "next_contact_at FROM devices WHERE farm_id = :f ORDER BY device_id",
         {"f": farm},
     )
     if df.empty:
         return df
-    for col in ("state_since", "last_heartbeat_at", "last_seen_at"):
+    for col in ("state_since", "last_heartbeat_at", "last_seen_at", "next_contact_at"):
         df[col] = to_utc(df[col])
     cutoff = pd.Timestamp(now) - pd.Timedelta(seconds=silent_after_s)
     status = df["state"].fillna("unknown")
-    df["status"] = status.where(~((status == "online") & (df["last_seen_at"] < cutoff)), "silent")
+    quiet = (status == "online") & (df["last_seen_at"] < cutoff)
+    # A device between uplink windows promised its next contact: asleep, not silent, until then plus grace.
+    asleep = quiet & df["next_contact_at"].notna() & (df["next_contact_at"] >= cutoff)
+    df["status"] = status.where(~quiet, "silent").where(~asleep, "asleep")
     health = [_json(h) or {} for h in df["health"]]
+    df["uplink_month"] = [_uplink(h) for h in health]
+    df["uplink_today_kb"] = [
+        None if h.get("uplink_bytes_today") is None else round(h["uplink_bytes_today"] / 1000, 1) for h in health
+    ]
     df["outbox_depth"] = [h.get("outbox_depth") for h in health]
     df["outbox_oldest_age_s"] = [h.get("outbox_oldest_age_s") for h in health]
     df["dropped"] = [sum((h.get("dropped") or {}).values()) for h in health]
@@ -88,6 +95,16 @@ def devices(sql: Sql, farm: str, now: datetime, silent_after_s: float) -> pd.Dat
         for ms in df["models"]
     ]
     return df.drop(columns=["health"])
+
+
+def _uplink(health: dict[str, Any]) -> str | None:
+    """Bytes sent this month against the budget, e.g. "1.20 / 5.0 MB (24%)"; None when not reported."""
+    used, budget = health.get("uplink_bytes_month"), health.get("uplink_budget_month")
+    if used is None:
+        return None
+    if not budget:
+        return f"{used / 1e6:.2f} MB"
+    return f"{used / 1e6:.2f} / {budget / 1e6:.1f} MB ({100 * used / budget:.0f}%)"
 
 
 def _json(value: Any) -> Any:

@@ -121,6 +121,27 @@ def _m6_notifications(conn: Connection) -> None:
     create_tables_of_step(conn, 6)
 
 
+def add_missing_columns(conn: Connection, table: str, columns: tuple[str, ...]) -> None:
+    """ALTER TABLE ADD COLUMN for each of ``columns`` (as models.py defines them) the table lacks.
+
+    Step 1 creates a new database's tables from models.py, columns included; an older database
+    gets them here, so the step is a no-op on the first and an upgrade on the second.
+    """
+    have = {c["name"] for c in inspect(conn).get_columns(table)}
+    model = Base.metadata.tables[table]
+    for name in columns:
+        if name not in have:
+            col_type = model.c[name].type.compile(dialect=conn.dialect)
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {col_type}"))
+
+
+def _m8_uplink(conn: Connection) -> None:
+    # Metered uplinks: aggregated telemetry (min, mean, max, count over interval_s) and the device's
+    # next expected contact, which the offline alert waits for.
+    add_missing_columns(conn, "telemetry", ("value_min", "value_mean", "value_max", "value_count", "interval_s"))
+    add_missing_columns(conn, "devices", ("next_contact_at",))
+
+
 def _m9_report_deliveries(conn: Connection) -> None:
     # The farm report ledger: a daily or weekly report goes out once per subscriber and period.
     create_tables_of_step(conn, 9)
@@ -133,6 +154,7 @@ MIGRATIONS: list[Migration] = [
     Migration(4, "retraining lineage: training_runs and training_run_labels; samples by detection", _m4_lineage),
     Migration(5, "radio_links: telemetry's radio link metadata", _m5_radio_links),
     Migration(6, "notifications: subscriptions and the delivery ledger", _m6_notifications),
+    Migration(8, "metered uplinks: aggregated telemetry columns, devices.next_contact_at", _m8_uplink),
     Migration(9, "report_deliveries: the farm report ledger", _m9_report_deliveries),
 ]
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -85,6 +85,8 @@ class Device(Base):
     models: Mapped[Any | None] = mapped_column(Json)
     health: Mapped[Any | None] = mapped_column(Json)
     reason: Mapped[str | None] = mapped_column(String(256))
+    # A device on a metered or windowed uplink says when it will be heard from next (migration 8).
+    next_contact_at: Mapped[datetime | None] = mapped_column(Ts)
 
 
 class StatusReport(MessageHeader, Base):
@@ -153,6 +155,12 @@ class TelemetryReading(FieldMessageHeader, Base):
     quantity: Mapped[str] = mapped_column(String(32))
     value: Mapped[float] = mapped_column(Float)
     unit: Mapped[str] = mapped_column(String(16))
+    # Aggregated telemetry (a metered link, migration 8): value is the interval's last reading.
+    value_min: Mapped[float | None] = mapped_column(Float)
+    value_mean: Mapped[float | None] = mapped_column(Float)
+    value_max: Mapped[float | None] = mapped_column(Float)
+    value_count: Mapped[int | None] = mapped_column(Integer)
+    interval_s: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
         Index("ix_telemetry_device_time", "farm_id", "device_id", "observed_at"),

@@ -183,8 +183,11 @@ class AlertEngine:
         cutoff = self.d.ts(now - timedelta(seconds=rule.after_s))
         rows = conn.exec_driver_sql(
             "SELECT farm_id, device_id, last_seen_at, state FROM devices "
-            f"WHERE last_seen_at < {p} OR (state = 'offline' AND state_since < {p})",
-            (cutoff, cutoff),
+            f"WHERE (last_seen_at < {p} OR (state = 'offline' AND state_since < {p})) "
+            # A device asleep between uplink windows (or reporting only on change) promised its next
+            # contact: silence is expected until then, plus the rule's grace (after_s).
+            f"AND (next_contact_at IS NULL OR next_contact_at < {p})",
+            (cutoff, cutoff, cutoff),
         ).all()
         for farm_id, device_id, last_seen, state in rows:
             self.raise_alert(

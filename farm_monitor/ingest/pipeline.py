@@ -330,12 +330,12 @@ class Ingestor:
         )
         cols = (
             "farm_id, device_id, state, state_since, status_observed_at, last_heartbeat_at, agent_version, "
-            "models, health, reason"
+            "models, health, reason, next_contact_at"
         )
         # Newer status wins; the last will (offline) is composed when the device connected, so it
         # is older than the heartbeats before it and must win over an online state anyway.
         status = (
-            f"INSERT INTO devices ({cols}) VALUES ({', '.join([p] * 10)}) "
+            f"INSERT INTO devices ({cols}) VALUES ({', '.join([p] * 11)}) "
             "ON CONFLICT (farm_id, device_id) DO UPDATE SET "
             "state_since = CASE WHEN devices.state = excluded.state THEN devices.state_since "
             "ELSE excluded.state_since END, "
@@ -343,7 +343,8 @@ class Ingestor:
             "last_heartbeat_at = CASE WHEN excluded.state = 'online' THEN excluded.status_observed_at "
             "ELSE devices.last_heartbeat_at END, "
             "agent_version = excluded.agent_version, models = excluded.models, "
-            "health = COALESCE(excluded.health, devices.health), reason = excluded.reason "
+            "health = COALESCE(excluded.health, devices.health), reason = excluded.reason, "
+            "next_contact_at = excluded.next_contact_at "
             "WHERE devices.status_observed_at IS NULL OR excluded.status_observed_at > devices.status_observed_at "
             "OR (excluded.state = 'offline' AND devices.state = 'online')"
         )
@@ -388,7 +389,7 @@ class Ingestor:
                         (
                             st.farm_id, st.device_id, st.state, since, observed,
                             observed if st.state == "online" else None, st.agent_version, models_json, health,
-                            st.reason,
+                            st.reason, self.d.ts(st.next_contact_at) if st.next_contact_at else None,
                         )
                     )  # fmt: skip
                     for a in st.models:

@@ -168,11 +168,14 @@ def _yield(d: Converter, msg: m.YieldEstimate, received: Any) -> Values:
 
 
 def _telemetry(d: Converter, msg: m.Telemetry, received: Any) -> list[Values]:
-    head = {**_header(d, msg, received), "field_id": msg.field_id}
-    return [
-        {**head, "reading_index": i, "sensor": r.sensor, "quantity": r.quantity, "value": r.value, "unit": r.unit}
-        for i, r in enumerate(msg.readings)
-    ]
+    head = {**_header(d, msg, received), "field_id": msg.field_id, "interval_s": msg.interval_s}
+    out = []
+    for i, r in enumerate(msg.readings):
+        out.append(
+            {**head, "reading_index": i, "sensor": r.sensor, "quantity": r.quantity, "value": r.value, "unit": r.unit,
+             "value_min": r.min, "value_mean": r.mean, "value_max": r.max, "value_count": r.count}
+        )  # fmt: skip
+    return out
 
 
 def _radio_link(d: Converter, msg: m.Telemetry, received: Any) -> Values | None:

@@ -30,6 +30,11 @@ def render() -> None:
     c[0].metric("Status", row["status"], help=f"since {dt(row['state_since'])}")
     c[1].metric("Outbox depth", "—" if row["outbox_depth"] is None else int(row["outbox_depth"]))
     c[2].metric("Dropped", int(row["dropped"] or 0))
+    if row["uplink_month"] is not None or row["next_contact_at"] is not None:
+        st.caption(
+            f"Uplink this month {row['uplink_month'] or '—'} · today {row['uplink_today_kb'] or 0:g} KB · "
+            f"next expected contact {dt(row['next_contact_at'])}"
+        )
     st.caption(
         f"Last heartbeat {dt(row['last_heartbeat_at'])} · last seen {dt(row['last_seen_at'])} · "
         f"agent {row['agent_version'] or '?'} · models {row['models'] or '—'}"

@@ -1,4 +1,4 @@
-"""Devices: the fleet table (status since, heartbeat, health, outbox, drops, models)."""
+"""Devices: the fleet table (status since, heartbeat, next contact, uplink bytes, health, outbox, drops, models)."""
 
 from __future__ import annotations
 
@@ -23,18 +23,24 @@ def render() -> None:
         return
     fleet["in_layout"] = fleet["device_id"].isin(placed)
     counts = fleet["status"].value_counts()
-    c = st.columns(4)
-    for col, s in zip(c, ["online", "silent", "offline", "unknown"], strict=True):
+    c = st.columns(5)
+    for col, s in zip(c, ["online", "asleep", "silent", "offline", "unknown"], strict=True):
         col.metric(s.capitalize(), int(counts.get(s, 0)))
     st.dataframe(
-        fleet[["device_id", "status", "state_since", "last_heartbeat_at", "last_seen_at", "outbox_depth",
-               "outbox_oldest_age_s", "dropped", "cpu_percent", "temperature_c", "models", "agent_version", "in_layout",
+        fleet[["device_id", "status", "state_since", "last_heartbeat_at", "last_seen_at", "next_contact_at",
+               "uplink_month", "uplink_today_kb", "outbox_depth", "outbox_oldest_age_s", "dropped", "cpu_percent",
+               "temperature_c", "models", "agent_version", "in_layout",
                "reason"]],
         hide_index=True, width="stretch",
         column_config={
             "state_since": st.column_config.DatetimeColumn("since", format="YYYY-MM-DD HH:mm"),
             "last_heartbeat_at": st.column_config.DatetimeColumn("last heartbeat", format="YYYY-MM-DD HH:mm"),
             "last_seen_at": st.column_config.DatetimeColumn("last seen", format="YYYY-MM-DD HH:mm"),
+            "next_contact_at": st.column_config.DatetimeColumn(
+                "next contact", format="YYYY-MM-DD HH:mm", help="A device between uplink windows is asleep until then."
+            ),
+            "uplink_month": st.column_config.TextColumn("uplink this month", help="Bytes sent against its budget."),
+            "uplink_today_kb": st.column_config.NumberColumn("uplink today (KB)", format="%.1f"),
             "outbox_oldest_age_s": st.column_config.NumberColumn("oldest unsent (s)", format="%.0f"),
             "in_layout": st.column_config.CheckboxColumn("in layout"),
         },
