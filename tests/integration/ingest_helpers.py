@@ -156,14 +156,16 @@ def metric(base: str, name: str) -> float:
     return total
 
 
-def stored_ids(url: str) -> list[str]:
+def stored_ids(url: str, farm: str | None = None) -> list[str]:
+    """Every stored msg_id; with ``farm``, only that farm's (other tests' retained statuses stay out)."""
     engine = make_engine(url)
     ids: list[str] = []
+    where = f" WHERE farm_id = '{farm}'" if farm else ""
     try:
         with engine.connect() as conn:
             for table in MSG_TABLES:
-                ids += [r[0] for r in conn.exec_driver_sql(f"SELECT msg_id FROM {table}")]
-            ids += [r[0] for r in conn.exec_driver_sql("SELECT DISTINCT msg_id FROM telemetry")]
+                ids += [r[0] for r in conn.exec_driver_sql(f"SELECT msg_id FROM {table}{where}")]
+            ids += [r[0] for r in conn.exec_driver_sql(f"SELECT DISTINCT msg_id FROM telemetry{where}")]
     except Exception:
         return []  # tables not created yet
     finally:

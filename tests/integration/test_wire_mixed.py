@@ -105,12 +105,12 @@ def test_json_cbor_and_batch_devices_share_one_ingest_and_each_message_is_stored
             publish_raw(mqtt_broker, topic, payload, content_type)
 
         expected = {x.msg_id for name in forms for x in sent[name]} | {s.msg_id for s in statuses.values()}
-        wait_for(lambda: expected <= set(stored_ids(sqlite_url)), 30, what="every message stored")
+        wait_for(lambda: expected <= set(stored_ids(sqlite_url, FARM)), 30, what="every message stored")
         wait_for(lambda: metric(base, "cropwatch_ingest_dead_letters_total") >= 1, 15, what="the dead letter")
         forms_seen = (wire.JSON, wire.CBOR, wire.CBOR_ZSTD, wire.BATCH_CBOR_ZSTD)
         publishes = {ct: metric_for(base, ct) for ct in forms_seen}
 
-    ids = stored_ids(sqlite_url)
+    ids = stored_ids(sqlite_url, FARM)
     assert len(ids) == len(set(ids)) == len(expected), "each message exactly once"
     per_device = dict(
         query(sqlite_url, f"SELECT device_id, COUNT(*) FROM detections WHERE farm_id = '{FARM}' GROUP BY device_id")
