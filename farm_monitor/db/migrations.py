@@ -35,7 +35,7 @@ class Migration:
 
 
 # Tables added after release by a later step; steps 1 and 2 leave them to it.
-LATER_TABLES = {"training_runs": 4, "training_run_labels": 4, "radio_links": 5}
+LATER_TABLES = {"training_runs": 4, "training_run_labels": 4, "radio_links": 5, "gateway_status": 7}
 
 
 def _data_tables() -> list[Table]:
@@ -109,12 +109,18 @@ def _m5_radio_links(conn: Connection) -> None:
     create_tables_of_step(conn, 5)
 
 
+def _m7_gateway_status(conn: Connection) -> None:
+    # Farm gateways' health reports (uplink state, bridge backlog, disk) for the cloud's Farms page.
+    create_tables_of_step(conn, 7)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "tables", _m1_tables),
     Migration(2, "monitor indexes and alert de-duplication", _m2_indexes),
     Migration(3, "timescaledb hypertables where the extension exists", _m3_timescale),
     Migration(4, "retraining lineage: training_runs and training_run_labels; samples by detection", _m4_lineage),
     Migration(5, "radio_links: telemetry's radio link metadata", _m5_radio_links),
+    Migration(7, "gateway_status: farm gateways' uplink and backlog reports", _m7_gateway_status),
 ]
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -101,6 +101,23 @@ class StatusReport(MessageHeader, Base):
     __table_args__ = (Index("ix_status_reports_device_time", "farm_id", "device_id", "observed_at"),)
 
 
+class GatewayStatusRow(MessageHeader, Base):
+    """Every health report of a farm gateway (``gateway_status``); ``device_id`` is the gateway's id."""
+
+    __tablename__ = "gateway_status"
+    bridge: Mapped[str] = mapped_column(IdCol)
+    uplink: Mapped[str] = mapped_column(String(16))
+    uplink_since: Mapped[datetime | None] = mapped_column(Ts)
+    backlog_since: Mapped[datetime | None] = mapped_column(Ts)
+    queued_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    queued_messages: Mapped[int | None] = mapped_column(BigInteger)
+    disk_free_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    disk_total_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    gateway_version: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_gateway_status_farm_time", "farm_id", "observed_at"),)
+
+
 class Detection(FieldMessageHeader, Base):
     __tablename__ = "detections"
     model_name: Mapped[str] = mapped_column(IdCol)

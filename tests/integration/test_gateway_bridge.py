@@ -1,0 +1,122 @@
+"""The farm gateway through uplink outages: two real Mosquittos joined by the bridge ``cropwatch
+gateway init`` generated (TLS with certificates from the PKI code), a real ingest at each end on
+SQLite files, three agent-shaped devices (real outbox, sender and MQTT transport).
+
+The uplink is cut with a TCP proxy between the bridge and the cloud's TLS port, so commands and a
+rollout can be published in the cloud during the cut. Exactly once: the cloud database ends with
+the gateway's rows, each once; commands arrive after the cut in order; the retained desired model
+the devices end with is the latest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from farm_monitor.provision import Pki
+from gateway.cli import main as gateway_main
+from shared.examples import example_messages
+from shared.topics import command_topic, fleet_model_topic
+from tests.gateway_helpers import Device, GatewayBroker, Proxy, Tap, publish_cloud, table
+from tests.integration.ingest_helpers import config, ingest_thread, stored_ids
+from tests.services import free_port, private_mosquitto, wait_for
+
+FARM = "north"
+BEFORE, DURING = 9, 30  # messages per device before and during the cut
+
+
+def _setup_gateway(tmp: Path, cloud_tls_port: int) -> tuple[Proxy, GatewayBroker]:
+    proxy = Proxy(cloud_tls_port)
+    proxy.open()
+    local = free_port()
+    rc = gateway_main(
+        ["init", "--farm", FARM, "--cloud", f"mqtts://127.0.0.1:{proxy.port}", "--out", str(tmp / "gw"),
+         "--pki", str(tmp / "pki"), "--install-dir", str(tmp / "gw"), "--state-dir", str(tmp / "gw-state"),
+         "--local-port", str(local), "--device-port", "0", "--retry-max-s", "1", "--devices", "3"],
+    )  # fmt: skip
+    assert rc == 0
+    (tmp / "gw-state" / "mosquitto").mkdir(parents=True)
+    broker = GatewayBroker(tmp / "gw" / "mosquitto.conf", local, tmp / "gw-mosquitto.log")
+    broker.start()
+    return proxy, broker
+
+
+def _rollout() -> bytes:
+    return example_messages(FARM, "ops", fixed=False)["desired_model"].to_json()
+
+
+@pytest.mark.parametrize("restart_gateway", [False, True], ids=["uplink-cut", "uplink-cut+gateway-restart"])
+def test_outage_exactly_once_and_commands_after(tmp_path: Path, restart_gateway: bool) -> None:
+    pki = Pki(tmp_path / "pki")
+    pki.server_cert(["127.0.0.1"])
+    tls_port = free_port()
+    tls = [
+        f"listener {tls_port} 127.0.0.1", f"cafile {pki.ca_cert_path}", f"certfile {tmp_path}/pki/server.crt",
+        f"keyfile {tmp_path}/pki/server.key", "require_certificate true",
+    ]  # fmt: skip
+    with private_mosquitto(tmp_path / "cloud", tls) as cloud:
+        proxy, gw = _setup_gateway(tmp_path, tls_port)
+        tap = Tap(cloud.port, FARM)
+        gw_url, cloud_url = f"sqlite:///{tmp_path}/gateway.db", f"sqlite:///{tmp_path}/cloud.db"
+        devices = [Device(FARM, f"dev-{i}", tmp_path, gw.port) for i in range(3)]
+        try:
+            with ingest_thread(config(gw_url, gw)), ingest_thread(config(cloud_url, cloud)):
+                for d in devices:
+                    d.start()
+                    d.produce(BEFORE)
+                sent = lambda: {m for d in devices for m in d.sent}  # noqa: E731
+                wait_for(lambda: set(stored_ids(cloud_url)) >= sent(), timeout=30, what="before the cut: cloud")
+
+                proxy.cut()
+                for d in devices:
+                    d.produce(DURING)
+                cut_sent = {m for d in devices for m in d.sent} - set(stored_ids(cloud_url))
+                # Published in the cloud during the cut: three commands in order, two rollouts.
+                cmds = [example_messages(FARM, "dev-0", fixed=False)["ping"].to_json() for _ in range(3)]
+                rollouts = [_rollout(), _rollout()]
+                topic = fleet_model_topic(FARM, "leaf-disease")
+                publish_cloud(
+                    cloud.port,
+                    [(command_topic(FARM, "dev-0", "ping"), c, False) for c in cmds]
+                    + [(topic, r, True) for r in rollouts],
+                )
+                if restart_gateway:
+                    wait_for(lambda: sum(d.pending() for d in devices) == 0, timeout=30, what="devices to hand over")
+                    gw.stop()
+                    gw.start()
+                wait_for(lambda: set(stored_ids(gw_url)) >= sent(), timeout=30, what="during the cut: gateway DB")
+                cloud_during = set(stored_ids(cloud_url)) & cut_sent
+                assert not cloud_during, "the uplink was cut, yet the cloud stored messages of the cut"
+                assert devices[0].commands == []
+
+                proxy.open()
+                wait_for(lambda: sorted(stored_ids(cloud_url)) == sorted(stored_ids(gw_url)), timeout=45,
+                         what="after the cut: cloud DB == gateway DB")  # fmt: skip
+                wait_for(lambda: len(devices[0].commands) == 3, timeout=30, what="commands after the cut")
+                wait_for(lambda: all(d.models and d.models[-1][0] == rollouts[-1].decode() for d in devices),
+                         timeout=30, what="latest rollout on every device")  # fmt: skip
+                late = Device(FARM, "dev-late", tmp_path, gw.port)
+                late.start()
+                wait_for(lambda: late.models, timeout=15, what="a new device to get the retained model")
+                late.stop()
+        finally:
+            for d in devices:
+                d.stop()
+            tap.stop()
+            gw.stop()
+            proxy.cut()
+
+        assert devices[0].commands == [c.decode() for c in cmds], "commands reordered"
+        assert late.models[-1] == (rollouts[-1].decode(), True), "retained desired model is not the latest"
+        gw_ids, cloud_ids, all_sent = stored_ids(gw_url), stored_ids(cloud_url), sent()
+        assert len(gw_ids) == len(set(gw_ids)) and len(cloud_ids) == len(set(cloud_ids))
+        assert set(gw_ids) == set(cloud_ids) == all_sent
+        row = {
+            "scenario": "cut+gateway restart" if restart_gateway else "uplink cut",
+            "sent": len(all_sent), "during cut": len(cut_sent), "gateway DB": len(set(gw_ids)),
+            "cloud DB": len(set(cloud_ids)), "bridge dups": sum(c - 1 for c in tap.counts.values()),
+            "lost": len(all_sent - set(cloud_ids)), "cmds after": f"{len(devices[0].commands)}/3 in order",
+            "rollout": "latest" if late.models[-1][0] == rollouts[-1].decode() else "stale",
+        }  # fmt: skip
+        print("\n" + table([row]))
