@@ -27,6 +27,7 @@ else:
             st.Page(VIEWS / "alerts.py", title="Alerts", icon=":material/notifications:"),
         ],
         "Fleet": [
+            st.Page(VIEWS / "farms.py", title="Farms", icon=":material/hub:"),
             st.Page(VIEWS / "devices.py", title="Devices", icon=":material/router:"),
             st.Page(VIEWS / "device.py", title="Device", icon=":material/sensors:"),
             st.Page(VIEWS / "models.py", title="Models", icon=":material/model_training:"),

@@ -10,16 +10,21 @@ the devices end with is the latest.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 
+from farm_monitor.app import queries
+from farm_monitor.db import make_engine
 from farm_monitor.provision import Pki
 from gateway.cli import main as gateway_main
+from gateway.config import GatewayConfig
+from gateway.health import HealthReporter
 from shared.examples import example_messages
 from shared.topics import command_topic, fleet_model_topic
 from tests.gateway_helpers import Device, GatewayBroker, Proxy, Tap, publish_cloud, table
-from tests.integration.ingest_helpers import config, ingest_thread, stored_ids
+from tests.integration.ingest_helpers import config, ingest_thread, query, stored_ids
 from tests.services import free_port, private_mosquitto, wait_for
 
 FARM = "north"
@@ -60,6 +65,13 @@ def test_outage_exactly_once_and_commands_after(tmp_path: Path, restart_gateway:
         tap = Tap(cloud.port, FARM)
         gw_url, cloud_url = f"sqlite:///{tmp_path}/gateway.db", f"sqlite:///{tmp_path}/cloud.db"
         devices = [Device(FARM, f"dev-{i}", tmp_path, gw.port) for i in range(3)]
+        health_cfg = GatewayConfig.model_validate(
+            {"farm_id": FARM, "interval_s": 0.3, "disk_path": str(tmp_path),
+             "mqtt": {"host": "127.0.0.1", "port": gw.port, "reconnect_min_s": 0.2, "reconnect_max_s": 1}}
+        )  # fmt: skip
+        reporter, stop_health = HealthReporter(health_cfg), threading.Event()
+        health_thread = threading.Thread(target=reporter.run, args=(stop_health,), daemon=True)
+        health_thread.start()
         try:
             with ingest_thread(config(gw_url, gw)), ingest_thread(config(cloud_url, cloud)):
                 for d in devices:
@@ -100,7 +112,18 @@ def test_outage_exactly_once_and_commands_after(tmp_path: Path, restart_gateway:
                 late.start()
                 wait_for(lambda: late.models, timeout=15, what="a new device to get the retained model")
                 late.stop()
+                # The gateway's reports from the cut reached the cloud too: it saw the uplink down.
+                cloud_sql = f"SELECT uplink FROM gateway_status WHERE farm_id = '{FARM}'"
+                wait_for(lambda: {"down", "up"} <= {r[0] for r in query(cloud_url, cloud_sql)}, timeout=30,
+                         what="gateway_status reports of the cut in the cloud")  # fmt: skip
+                engine = make_engine(cloud_url)
+                farms = queries.farm_gateways(queries.Sql(engine), queries.utcnow(), 1800.0)
+                engine.dispose()
+                assert list(farms["farm_id"]) == [FARM] and farms["state"][0] == "online"
+                assert farms["detections"][0] == 3 * (BEFORE // 3 + DURING // 3)  # one message in three
         finally:
+            stop_health.set()
+            health_thread.join(10)
             for d in devices:
                 d.stop()
             tap.stop()
