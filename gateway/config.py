@@ -17,5 +17,11 @@ class GatewayConfig(BaseModel):
     bridge: Id = Field("cloud", description="The bridge's `connection` name in the gateway's mosquitto.conf.")
     interval_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     disk_path: str = Field("/var/lib/cropwatch", description="Disk free is reported for the filesystem of this path.")
+    labels_database: str | None = Field(
+        None, description="The farm database (monitor.toml's database.url): its new labels are sent to the cloud."
+    )
+    labels_cursor_file: str = Field(
+        "/var/lib/cropwatch/gateway/labels.cursor", description="The last label sent (survives restarts)."
+    )
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     log_level: str = "info"

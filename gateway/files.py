@@ -207,12 +207,16 @@ def gateway_toml(plan: Plan) -> str:
     return f"""# The gateway's health reporter (`cropwatch gateway health`): reads the bridge state and the
 # broker's message store from $SYS, the disk free under the state folder, and publishes a
 # gateway_status message every interval_s; the bridge takes it to the cloud's Farms page.
+# It also sends the labels people make in the farm monitor, once each, to the cloud.
 
 farm_id = "{plan.farm_id}"
 gateway_id = "{plan.gateway_id}"
 bridge = "{BRIDGE_NAME}"
 interval_s = 60
 disk_path = "{plan.state_dir}"
+# Labels made in the farm monitor go up the bridge to the cloud's labels table.
+labels_database = "sqlite:///{plan.state_dir / "farm.db"}"
+labels_cursor_file = "{plan.state_dir / "labels.cursor"}"
 
 [mqtt]
 host = "127.0.0.1"

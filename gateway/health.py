@@ -1,4 +1,5 @@
-"""The gateway's health reporter: uplink state, bridge backlog and disk, as ``gateway_status`` messages.
+"""The gateway's health reporter: uplink state, bridge backlog and disk, as ``gateway_status`` messages;
+and the farm's new labels as ``label`` messages (:mod:`gateway.labels`).
 
 It reads what Mosquitto itself publishes on the gateway broker: the bridge notification
 ``$SYS/broker/connection/{bridge}/state`` (retained, 1 or 0) and the message store size
@@ -27,6 +28,7 @@ from shared.messages import GatewayStatus
 from shared.topics import device_topic
 
 from .config import GatewayConfig
+from .labels import LabelUplink
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +98,12 @@ class HealthReporter:
         self.state = HealthState()
         self.topic = device_topic(cfg.farm_id, cfg.gateway_id, "gateway_status")
         self.sent = 0
+        self.labels_sent = 0
+        self.labels = (
+            LabelUplink(cfg.labels_database, cfg.farm_id, cfg.gateway_id, cfg.labels_cursor_file)
+            if cfg.labels_database
+            else None
+        )
         s = cfg.mqtt
         self.client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -138,6 +146,21 @@ class HealthReporter:
             logger.warning("gateway_status not handed to the broker: %s", paho.error_string(info.rc))
         return status
 
+    def send_labels(self) -> int:
+        """New farm labels to the gateway broker, each acknowledged before the cursor moves past it."""
+        if self.labels is None or not self.client.is_connected():
+            return 0
+        sent = 0
+        for label in self.labels.pending():
+            info = self.client.publish(self.labels.topic, label.to_json(), qos=1)
+            info.wait_for_publish(timeout=10)
+            if not info.is_published():
+                logger.warning("label %s not acknowledged by the gateway broker; retrying later", label.msg_id)
+                break
+            self.labels.advance(label.msg_id)
+            sent += 1
+        return sent
+
     def run(self, stop: threading.Event) -> int:
         s = self.cfg.mqtt
         self.client.connect_async(s.host, s.port, keepalive=s.keepalive_s)
@@ -150,8 +173,14 @@ class HealthReporter:
                     self.publish_once()
                 except Exception:
                     logger.exception("building or sending gateway_status failed")
+                try:
+                    self.labels_sent += self.send_labels()
+                except Exception:
+                    logger.exception("sending the farm's labels failed")
                 stop.wait(self.cfg.interval_s)
         finally:
             self.client.disconnect()
             self.client.loop_stop()
+            if self.labels is not None:
+                self.labels.close()
         return 0

@@ -51,9 +51,9 @@ MAX_PAYLOAD_BYTES = 384 * 1024
 # The retained desired-model message carries a manifest, which may hold a small inline tensor.
 MAX_FLEET_PAYLOAD_BYTES = 1024 * 1024
 
-DEVICE_KINDS = ("detection", "yield", "telemetry", "sample", "status", "event", "gateway_status")
+DEVICE_KINDS = ("detection", "yield", "telemetry", "sample", "status", "event", "gateway_status", "label")
 # Kinds only a farm gateway sends (under its own id); a field device's ACL does not grant them.
-GATEWAY_KINDS = ("gateway_status",)
+GATEWAY_KINDS = ("gateway_status", "label")
 COMMANDS = ("capture_now", "reload_config", "set_log_level", "ping")
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
@@ -244,6 +244,21 @@ class GatewayStatus(Envelope):
     gateway_version: Version
 
 
+class LabelMessage(Envelope):
+    """A label a person gave a sample in a farm's own monitor, sent up the gateway's bridge.
+
+    ``msg_id`` is the label row's own id (the monitor gives each label one), so the cloud stores
+    it once however often it arrives; ``device_id`` is the gateway's id.
+    """
+
+    kind: Literal["label"] = "label"
+    sample_msg_id: MsgId
+    label: Label
+    labelled_by: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    labelled_at: UtcDatetime
+    note: Annotated[str, StringConstraints(max_length=2000)] | None = None
+
+
 # --- cloud to device ---------------------------------------------------------------------------
 
 
@@ -339,7 +354,7 @@ class DesiredModel(Envelope):
 
 
 DeviceMessage = Annotated[
-    Union[Detection, YieldEstimate, Telemetry, Sample, Status, Event, GatewayStatus],  # noqa: UP007
+    Union[Detection, YieldEstimate, Telemetry, Sample, Status, Event, GatewayStatus, LabelMessage],  # noqa: UP007
     Field(discriminator="kind"),
 ]
 
@@ -351,6 +366,7 @@ MESSAGE_TYPES: dict[str, type[BaseModel]] = {
     "status": Status,
     "event": Event,
     "gateway_status": GatewayStatus,
+    "label": LabelMessage,
     "capture_now": CaptureNow,
     "reload_config": ReloadConfig,
     "set_log_level": SetLogLevel,

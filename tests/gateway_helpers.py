@@ -160,6 +160,14 @@ class Device:
         self.outbox.add(out)
         self.sent += [m.msg_id for m in out]
 
+    def produce_sample(self) -> str:
+        """One ``sample`` message (an image for labelling) into the outbox; returns its msg_id."""
+        msg = example_messages(self.farm_id, self.device_id, fixed=False)["sample"]
+        self.outbox.add([OutMessage(msg.msg_id, "sample", device_topic(self.farm_id, self.device_id, "sample"),
+                                    msg.to_json())])  # fmt: skip
+        self.sent.append(msg.msg_id)
+        return msg.msg_id
+
     def pending(self) -> int:
         return int(self.outbox.stats().get("depth") or 0)
 

@@ -109,9 +109,15 @@ def _m5_radio_links(conn: Connection) -> None:
     create_tables_of_step(conn, 5)
 
 
-def _m7_gateway_status(conn: Connection) -> None:
-    # Farm gateways' health reports (uplink state, bridge backlog, disk) for the cloud's Farms page.
+def _m7_gateway(conn: Connection) -> None:
+    # Farm gateways' health reports (uplink state, bridge backlog, disk) for the cloud's Farms page,
+    # and each label's own msg_id, so labels made on a farm reach the cloud once.
     create_tables_of_step(conn, 7)
+    if "msg_id" not in {c["name"] for c in inspect(conn).get_columns("labels")}:
+        conn.execute(text("ALTER TABLE labels ADD COLUMN msg_id VARCHAR(26)"))
+    for index in Base.metadata.tables["labels"].indexes:
+        if index.name == "ux_labels_msg_id":
+            conn.execute(CreateIndex(index, if_not_exists=True))
 
 
 MIGRATIONS: list[Migration] = [
@@ -120,7 +126,7 @@ MIGRATIONS: list[Migration] = [
     Migration(3, "timescaledb hypertables where the extension exists", _m3_timescale),
     Migration(4, "retraining lineage: training_runs and training_run_labels; samples by detection", _m4_lineage),
     Migration(5, "radio_links: telemetry's radio link metadata", _m5_radio_links),
-    Migration(7, "gateway_status: farm gateways' uplink and backlog reports", _m7_gateway_status),
+    Migration(7, "gateway_status table; labels.msg_id (labels made on a farm reach the cloud once)", _m7_gateway),
 ]
 LATEST_VERSION = MIGRATIONS[-1].version
 

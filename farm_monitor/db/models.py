@@ -229,8 +229,14 @@ class LabelRow(Base):
     labelled_by: Mapped[str] = mapped_column(String(128))
     labelled_at: Mapped[datetime] = mapped_column(Ts)
     note: Mapped[str | None] = mapped_column(Text)
+    # The label's own msg_id (a ULID, given by the monitor): a farm gateway sends it up as a
+    # ``label`` message and the cloud stores it once. Null on labels made before migration 7.
+    msg_id: Mapped[str | None] = mapped_column(MsgIdCol)
 
-    __table_args__ = (Index("ix_labels_sample", "sample_msg_id"),)
+    __table_args__ = (
+        Index("ix_labels_sample", "sample_msg_id"),
+        Index("ux_labels_msg_id", "msg_id", unique=True),
+    )
 
 
 class ModelRow(Base):

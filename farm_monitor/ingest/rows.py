@@ -29,6 +29,7 @@ from ..db.models import (
     Detection,
     EventRow,
     GatewayStatusRow,
+    LabelRow,
     RadioLinkRow,
     SampleRow,
     StatusReport,
@@ -225,6 +226,14 @@ def _gateway_status(d: Converter, msg: m.GatewayStatus, received: Any) -> Values
     }  # fmt: skip
 
 
+def _label(d: Converter, msg: m.LabelMessage, received: Any) -> Values:
+    # A farm's label lands in the labels table itself, so the cloud's export and retraining see it.
+    return {
+        "msg_id": msg.msg_id, "sample_msg_id": msg.sample_msg_id, "label": msg.label,
+        "labelled_by": msg.labelled_by, "labelled_at": d.ts(msg.labelled_at), "note": msg.note,
+    }  # fmt: skip
+
+
 # kind (the topic's last segment) -> how ingest stores it. A kind the contract accepts but that
 # has no entry here is dead-lettered as ``unknown_kind``, never stored somewhere by default.
 KINDS: dict[str, Kind[Any]] = {
@@ -235,6 +244,7 @@ KINDS: dict[str, Kind[Any]] = {
     "status": OneRow(m.Status, StatusReport, _status),
     "event": OneRow(m.Event, EventRow, _event),
     "gateway_status": OneRow(m.GatewayStatus, GatewayStatusRow, _gateway_status),
+    "label": OneRow(m.LabelMessage, LabelRow, _label),
 }
 
 DEAD_LETTERS = table_of(DeadLetter)

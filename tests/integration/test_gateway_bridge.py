@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from farm_monitor.app import queries
+from farm_monitor.app.actions import label_sample
+from farm_monitor.app.auth import User
 from farm_monitor.db import make_engine
 from farm_monitor.provision import Pki
 from gateway.cli import main as gateway_main
@@ -66,7 +68,8 @@ def test_outage_exactly_once_and_commands_after(tmp_path: Path, restart_gateway:
         gw_url, cloud_url = f"sqlite:///{tmp_path}/gateway.db", f"sqlite:///{tmp_path}/cloud.db"
         devices = [Device(FARM, f"dev-{i}", tmp_path, gw.port) for i in range(3)]
         health_cfg = GatewayConfig.model_validate(
-            {"farm_id": FARM, "interval_s": 0.3, "disk_path": str(tmp_path),
+            {"farm_id": FARM, "interval_s": 0.3, "disk_path": str(tmp_path), "labels_database": gw_url,
+             "labels_cursor_file": str(tmp_path / "labels.cursor"),
              "mqtt": {"host": "127.0.0.1", "port": gw.port, "reconnect_min_s": 0.2, "reconnect_max_s": 1}}
         )  # fmt: skip
         reporter, stop_health = HealthReporter(health_cfg), threading.Event()
@@ -77,6 +80,7 @@ def test_outage_exactly_once_and_commands_after(tmp_path: Path, restart_gateway:
                 for d in devices:
                     d.start()
                     d.produce(BEFORE)
+                sample_id = devices[0].produce_sample()
                 sent = lambda: {m for d in devices for m in d.sent}  # noqa: E731
                 wait_for(lambda: set(stored_ids(cloud_url)) >= sent(), timeout=30, what="before the cut: cloud")
 
@@ -93,6 +97,10 @@ def test_outage_exactly_once_and_commands_after(tmp_path: Path, restart_gateway:
                     [(command_topic(FARM, "dev-0", "ping"), c, False) for c in cmds]
                     + [(topic, r, True) for r in rollouts],
                 )
+                # A label made in the farm's own monitor during the cut.
+                gw_engine = make_engine(gw_url)
+                label_sample(gw_engine, User("ann", "agronomist", ("*",)), sample_id, "Tomato___Late_blight")
+                gw_engine.dispose()
                 if restart_gateway:
                     wait_for(lambda: sum(d.pending() for d in devices) == 0, timeout=30, what="devices to hand over")
                     gw.stop()
@@ -116,6 +124,10 @@ def test_outage_exactly_once_and_commands_after(tmp_path: Path, restart_gateway:
                 cloud_sql = f"SELECT uplink FROM gateway_status WHERE farm_id = '{FARM}'"
                 wait_for(lambda: {"down", "up"} <= {r[0] for r in query(cloud_url, cloud_sql)}, timeout=30,
                          what="gateway_status reports of the cut in the cloud")  # fmt: skip
+                label_sql = "SELECT msg_id, label, labelled_by FROM labels"
+                wait_for(lambda: query(cloud_url, label_sql), timeout=30, what="the farm's label in the cloud")
+                assert query(cloud_url, label_sql) == query(gw_url, label_sql)
+                assert [r[1:] for r in query(cloud_url, label_sql)] == [("Tomato___Late_blight", "ann")]
                 engine = make_engine(cloud_url)
                 farms = queries.farm_gateways(queries.Sql(engine), queries.utcnow(), 1800.0)
                 engine.dispose()
@@ -140,6 +152,7 @@ def test_outage_exactly_once_and_commands_after(tmp_path: Path, restart_gateway:
             "sent": len(all_sent), "during cut": len(cut_sent), "gateway DB": len(set(gw_ids)),
             "cloud DB": len(set(cloud_ids)), "bridge dups": sum(c - 1 for c in tap.counts.values()),
             "lost": len(all_sent - set(cloud_ids)), "cmds after": f"{len(devices[0].commands)}/3 in order",
+            "farm label": f"{len(query(cloud_url, 'SELECT msg_id FROM labels'))}/1 in cloud",
             "rollout": "latest" if late.models[-1][0] == rollouts[-1].decode() else "stale",
         }  # fmt: skip
         print("\n" + table([row]))
