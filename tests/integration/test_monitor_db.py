@@ -230,8 +230,23 @@ def test_migration_5_adds_radio_links_to_a_version_4_database(db_url):
     engine = make_engine(db_url)
     assert migrate(engine, target=4) == [1, 2, 3, 4]
     assert "radio_links" not in inspect(engine).get_table_names()
-    assert migrate(engine) == [5]
+    assert migrate(engine, target=5) == [5]
     assert "ix_radio_links_device_time" in {i["name"] for i in inspect(engine).get_indexes("radio_links")}
+    engine.dispose()
+
+
+def test_migration_7_adds_gateway_status_and_a_unique_label_msg_id_to_an_older_database(db_url):
+    engine = make_engine(db_url)
+    assert migrate(engine, target=5) == [1, 2, 3, 4, 5]
+    assert "gateway_status" not in inspect(engine).get_table_names()
+    # Step 1 builds tables from today's models; make labels what a release before step 7 had.
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX ux_labels_msg_id")
+        conn.exec_driver_sql("ALTER TABLE labels DROP COLUMN msg_id")
+    assert migrate(engine) == [7]
+    assert "gateway_status" in inspect(engine).get_table_names()
+    assert "msg_id" in {c["name"] for c in inspect(engine).get_columns("labels")}
+    assert any(i["name"] == "ux_labels_msg_id" and i["unique"] for i in inspect(engine).get_indexes("labels"))
     engine.dispose()
 
 
