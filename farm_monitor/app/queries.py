@@ -440,11 +440,12 @@ def display_names(sql: Sql) -> dict[str, str]:
 def farm_gateways(sql: Sql, now: datetime, offline_after_s: float) -> pd.DataFrame:
     """Every farm gateway's latest report, with its farm's detections and open alerts so far.
 
-    ``last_contact`` is when the cloud last received a report; past ``offline_after_s`` the row is
+    ``last_contact`` is when the newest report the cloud has was made (reports queued during an
+    outage arrive after it, with their own times); past ``offline_after_s`` the row is
     ``offline`` and its figures hold as of that contact (the farm keeps working on its own).
     """
     gw = sql.frame(
-        "SELECT g.farm_id, g.device_id AS gateway_id, g.observed_at AS reported_at, g.received_at AS last_contact,"
+        "SELECT g.farm_id, g.device_id AS gateway_id, g.observed_at AS last_contact,"
         " g.uplink, g.uplink_since, g.backlog_since, g.queued_bytes, g.queued_messages, g.disk_free_bytes,"
         " g.disk_total_bytes, g.gateway_version FROM gateway_status g JOIN (SELECT farm_id, device_id,"
         " MAX(msg_id) AS last FROM gateway_status GROUP BY farm_id, device_id) m"
@@ -452,7 +453,7 @@ def farm_gateways(sql: Sql, now: datetime, offline_after_s: float) -> pd.DataFra
     )
     if gw.empty:
         return gw
-    for col in ("reported_at", "last_contact", "uplink_since", "backlog_since"):
+    for col in ("last_contact", "uplink_since", "backlog_since"):
         gw[col] = to_utc(gw[col])
     det = sql.frame(
         "SELECT farm_id, COUNT(*) AS detections, MAX(observed_at) AS last_detection FROM detections GROUP BY farm_id"

@@ -26,6 +26,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared import messages as m
 from shared.errors import MessageError, TopicError
+from shared.messages import GATEWAY_KINDS
 from shared.topics import Topic, parse_topic
 
 from ..config import MonitorConfig
@@ -270,7 +271,8 @@ class Ingestor:
             elif kind == "telemetry":
                 batch.telemetry.append(msg)
             batch.received[kind] += 1
-            seen[(msg.farm_id, msg.device_id)] = received
+            if kind not in GATEWAY_KINDS:  # a farm gateway is not a field device: it has the Farms page
+                seen[(msg.farm_id, msg.device_id)] = received
             obs = msg.observed_at
             if newest is None or obs > newest:
                 newest = obs
