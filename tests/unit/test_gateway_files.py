@@ -57,6 +57,9 @@ def test_init_writes_bridge_units_and_the_cloud_acl(tmp_path: Path, capsys: pyte
                                                           "cropwatch-gateway-health.service"}  # fmt: skip
     assert "profiles: [gateway]" in (out / "compose.yaml").read_text()
     assert 'url = "sqlite:///' in (out / "monitor.toml").read_text()
+    capsys.readouterr()
+    assert main(["health", "--config", str(out / "gateway.toml"), "--check-config"]) == 0
+    assert '"labels_database": "sqlite:///' in capsys.readouterr().out
     assert main(["init", "--farm", "North", "--cloud", "mqtt://x", "--out", str(out)]) == 2
     assert "--farm 'North'" in capsys.readouterr().err
     assert main(["init", "--farm", "north", "--cloud", "mqtts://x", "--out", str(tmp_path / "o2")]) == 2
