@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from pydantic import SecretStr
 
 from edge_agent.outbox import Outbox, OutMessage
 from edge_agent.pipeline import Identity
@@ -26,7 +27,7 @@ from edge_agent.sender import Sender
 from edge_agent.transport import MqttTransport
 from shared.examples import example_messages
 from shared.ids import new_msg_id
-from shared.settings import MqttSettings
+from shared.settings import MqttSettings, TlsSettings
 from shared.topics import device_topic
 from tests.services import free_port, mosquitto_binary, port_open, run_as_me
 
@@ -132,8 +133,20 @@ class Device:
     commands: list[str] = field(default_factory=list)
     models: list[tuple[str, bool]] = field(default_factory=list)
 
+    credentials: Path | None = None  # a `cropwatch devices provision` folder: TLS, certificate, password
+
     def start(self) -> None:
         settings = MqttSettings(host="127.0.0.1", port=self.broker_port, reconnect_min_s=0.2, reconnect_max_s=1.0)
+        if self.credentials is not None:
+            c = self.credentials
+            settings = settings.model_copy(
+                update={
+                    "username": f"{self.farm_id}.{self.device_id}",
+                    "password": SecretStr((c / "mqtt.password").read_text().strip()),
+                    "tls": TlsSettings(enabled=True, ca_file=c / "ca.crt", cert_file=c / "client.crt",
+                                       key_file=c / "client.key"),
+                }
+            )  # fmt: skip
         self.transport = MqttTransport(settings, client_id=f"{self.farm_id}.{self.device_id}")
         self.outbox = Outbox(self.folder / f"{self.device_id}.outbox.db", budget_bytes=64 << 20)
         self.sender = Sender(self.outbox, self.transport, Identity(self.farm_id, self.device_id))

@@ -33,20 +33,21 @@ FARM = "north"
 BEFORE, DURING = 9, 30  # messages per device before and during the cut
 
 
-def _setup_gateway(tmp: Path, cloud_tls_port: int) -> tuple[Proxy, GatewayBroker]:
+def _setup_gateway(tmp: Path, cloud_tls_port: int) -> tuple[Proxy, GatewayBroker, int]:
     proxy = Proxy(cloud_tls_port)
     proxy.open()
-    local = free_port()
+    local, device_port = free_port(), free_port()
     rc = gateway_main(
         ["init", "--farm", FARM, "--cloud", f"mqtts://127.0.0.1:{proxy.port}", "--out", str(tmp / "gw"),
          "--pki", str(tmp / "pki"), "--install-dir", str(tmp / "gw"), "--state-dir", str(tmp / "gw-state"),
-         "--local-port", str(local), "--device-port", "0", "--retry-max-s", "1", "--devices", "3"],
+         "--local-port", str(local), "--device-port", str(device_port), "--gateway-host", "127.0.0.1",
+         "--retry-max-s", "1", "--devices", "3"],
     )  # fmt: skip
     assert rc == 0
     (tmp / "gw-state" / "mosquitto").mkdir(parents=True)
     broker = GatewayBroker(tmp / "gw" / "mosquitto.conf", local, tmp / "gw-mosquitto.log")
     broker.start()
-    return proxy, broker
+    return proxy, broker, device_port
 
 
 def _rollout() -> bytes:
@@ -63,10 +64,13 @@ def test_outage_exactly_once_and_commands_after(tmp_path: Path, restart_gateway:
         f"keyfile {tmp_path}/pki/server.key", "require_certificate true",
     ]  # fmt: skip
     with private_mosquitto(tmp_path / "cloud", tls) as cloud:
-        proxy, gw = _setup_gateway(tmp_path, tls_port)
+        # Devices provisioned for the cloud as usual: on the farm they use the same credentials
+        # against the gateway's TLS listener (certificate, password, per-device ACL).
+        creds = [pki.provision(FARM, f"dev-{i}", tmp_path / "devices", "127.0.0.1", 0).folder for i in range(3)]
+        proxy, gw, device_port = _setup_gateway(tmp_path, tls_port)
         tap = Tap(cloud.port, FARM)
         gw_url, cloud_url = f"sqlite:///{tmp_path}/gateway.db", f"sqlite:///{tmp_path}/cloud.db"
-        devices = [Device(FARM, f"dev-{i}", tmp_path, gw.port) for i in range(3)]
+        devices = [Device(FARM, f"dev-{i}", tmp_path, device_port, credentials=creds[i]) for i in range(3)]
         health_cfg = GatewayConfig.model_validate(
             {"farm_id": FARM, "interval_s": 0.3, "disk_path": str(tmp_path), "labels_database": gw_url,
              "labels_cursor_file": str(tmp_path / "labels.cursor"),
