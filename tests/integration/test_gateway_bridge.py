@@ -54,6 +54,45 @@ def _rollout() -> bytes:
     return example_messages(FARM, "ops", fixed=False)["desired_model"].to_json()
 
 
+def _start_health_reporter(tmp: Path, gw_url: str, port: int) -> tuple[threading.Event, threading.Thread]:
+    cfg = GatewayConfig.model_validate(
+        {"farm_id": FARM, "interval_s": 0.3, "disk_path": str(tmp), "labels_database": gw_url,
+         "labels_cursor_file": str(tmp / "labels.cursor"),
+         "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min_s": 0.2, "reconnect_max_s": 1}}
+    )  # fmt: skip
+    stop = threading.Event()
+    thread = threading.Thread(target=HealthReporter(cfg).run, args=(stop,), daemon=True)
+    thread.start()
+    return stop, thread
+
+
+def _publish_in_the_cloud(port: int) -> tuple[list[bytes], list[bytes]]:
+    """During the cut: three commands to dev-0 (order matters) and two rollouts (the latest must win)."""
+    cmds = [example_messages(FARM, "dev-0", fixed=False)["ping"].to_json() for _ in range(3)]
+    rollouts = [_rollout(), _rollout()]
+    topic = fleet_model_topic(FARM, "leaf-disease")
+    publish_cloud(
+        port, [(command_topic(FARM, "dev-0", "ping"), c, False) for c in cmds] + [(topic, r, True) for r in rollouts]
+    )
+    return cmds, rollouts
+
+
+def _check_reports_labels_and_farms_page(cloud_url: str, gw_url: str) -> None:
+    # The gateway's reports from the cut reached the cloud too: it saw the uplink down.
+    cloud_sql = f"SELECT uplink FROM gateway_status WHERE farm_id = '{FARM}'"
+    wait_for(lambda: {"down", "up"} <= {r[0] for r in query(cloud_url, cloud_sql)}, timeout=30,
+             what="gateway_status reports of the cut in the cloud")  # fmt: skip
+    label_sql = "SELECT msg_id, label, labelled_by FROM labels"
+    wait_for(lambda: query(cloud_url, label_sql), timeout=30, what="the farm's label in the cloud")
+    assert query(cloud_url, label_sql) == query(gw_url, label_sql)
+    assert [r[1:] for r in query(cloud_url, label_sql)] == [("Tomato___Late_blight", "ann")]
+    engine = make_engine(cloud_url)
+    farms = queries.farm_gateways(queries.Sql(engine), queries.utcnow(), 1800.0)
+    engine.dispose()
+    assert list(farms["farm_id"]) == [FARM] and farms["state"][0] == "online"
+    assert farms["detections"][0] == 3 * (BEFORE // 3 + DURING // 3)  # one message in three
+
+
 @pytest.mark.parametrize("restart_gateway", [False, True], ids=["uplink-cut", "uplink-cut+gateway-restart"])
 def test_outage_exactly_once_and_commands_after(tmp_path: Path, restart_gateway: bool) -> None:
     pki = Pki(tmp_path / "pki")
@@ -71,14 +110,7 @@ def test_outage_exactly_once_and_commands_after(tmp_path: Path, restart_gateway:
         tap = Tap(cloud.port, FARM)
         gw_url, cloud_url = f"sqlite:///{tmp_path}/gateway.db", f"sqlite:///{tmp_path}/cloud.db"
         devices = [Device(FARM, f"dev-{i}", tmp_path, device_port, credentials=creds[i]) for i in range(3)]
-        health_cfg = GatewayConfig.model_validate(
-            {"farm_id": FARM, "interval_s": 0.3, "disk_path": str(tmp_path), "labels_database": gw_url,
-             "labels_cursor_file": str(tmp_path / "labels.cursor"),
-             "mqtt": {"host": "127.0.0.1", "port": gw.port, "reconnect_min_s": 0.2, "reconnect_max_s": 1}}
-        )  # fmt: skip
-        reporter, stop_health = HealthReporter(health_cfg), threading.Event()
-        health_thread = threading.Thread(target=reporter.run, args=(stop_health,), daemon=True)
-        health_thread.start()
+        stop_health, health_thread = _start_health_reporter(tmp_path, gw_url, gw.port)
         try:
             with ingest_thread(config(gw_url, gw)), ingest_thread(config(cloud_url, cloud)):
                 for d in devices:
@@ -92,15 +124,7 @@ def test_outage_exactly_once_and_commands_after(tmp_path: Path, restart_gateway:
                 for d in devices:
                     d.produce(DURING)
                 cut_sent = {m for d in devices for m in d.sent} - set(stored_ids(cloud_url))
-                # Published in the cloud during the cut: three commands in order, two rollouts.
-                cmds = [example_messages(FARM, "dev-0", fixed=False)["ping"].to_json() for _ in range(3)]
-                rollouts = [_rollout(), _rollout()]
-                topic = fleet_model_topic(FARM, "leaf-disease")
-                publish_cloud(
-                    cloud.port,
-                    [(command_topic(FARM, "dev-0", "ping"), c, False) for c in cmds]
-                    + [(topic, r, True) for r in rollouts],
-                )
+                cmds, rollouts = _publish_in_the_cloud(cloud.port)
                 # A label made in the farm's own monitor during the cut.
                 gw_engine = make_engine(gw_url)
                 label_sample(gw_engine, User("ann", "agronomist", ("*",)), sample_id, "Tomato___Late_blight")
@@ -124,19 +148,7 @@ def test_outage_exactly_once_and_commands_after(tmp_path: Path, restart_gateway:
                 late.start()
                 wait_for(lambda: late.models, timeout=15, what="a new device to get the retained model")
                 late.stop()
-                # The gateway's reports from the cut reached the cloud too: it saw the uplink down.
-                cloud_sql = f"SELECT uplink FROM gateway_status WHERE farm_id = '{FARM}'"
-                wait_for(lambda: {"down", "up"} <= {r[0] for r in query(cloud_url, cloud_sql)}, timeout=30,
-                         what="gateway_status reports of the cut in the cloud")  # fmt: skip
-                label_sql = "SELECT msg_id, label, labelled_by FROM labels"
-                wait_for(lambda: query(cloud_url, label_sql), timeout=30, what="the farm's label in the cloud")
-                assert query(cloud_url, label_sql) == query(gw_url, label_sql)
-                assert [r[1:] for r in query(cloud_url, label_sql)] == [("Tomato___Late_blight", "ann")]
-                engine = make_engine(cloud_url)
-                farms = queries.farm_gateways(queries.Sql(engine), queries.utcnow(), 1800.0)
-                engine.dispose()
-                assert list(farms["farm_id"]) == [FARM] and farms["state"][0] == "online"
-                assert farms["detections"][0] == 3 * (BEFORE // 3 + DURING // 3)  # one message in three
+                _check_reports_labels_and_farms_page(cloud_url, gw_url)
         finally:
             stop_health.set()
             health_thread.join(10)
