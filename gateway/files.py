@@ -144,10 +144,11 @@ def bridge_section(plan: Plan) -> list[str]:
         "# The uplink: Mosquitto's own bridge, persistent session both ways, QoS 1.",
         f"connection {BRIDGE_NAME}",
         f"address {c.host}:{c.port}",
-        # MQTT 3.1.1 on purpose: Mosquitto 2.0's v5 bridge connects with session expiry 0, so the
-        # cloud dropped the bridge's session at each cut and commands sent meanwhile were lost
-        # (tests/integration/test_gateway_bridge.py). A 3.1.1 clean-session-false session is kept
-        # until persistent_client_expiration. Devices and services still speak v5 to their brokers.
+        # MQTT 3.1.1 on purpose: Mosquitto 2.0's v5 bridge sends no session expiry (0), so the cloud
+        # dropped the bridge's session at each cut and commands sent meanwhile were lost (seen in
+        # tests/integration/test_gateway_bridge.py; mosquitto issues #1632, #2980). A 3.1.1
+        # clean-session-false session is kept until persistent_client_expiration. Devices and
+        # services still speak v5 to their brokers.
         "bridge_protocol_version mqttv311",
         f"remote_clientid gateway-{plan.farm_id}",
         f"local_clientid bridge-{BRIDGE_NAME}",
