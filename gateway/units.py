@@ -11,7 +11,11 @@ PrivateTmp=yes
 RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX"""
 
 
-def _unit(description: str, exec_start: str, plan: Plan, after: str = "", user: str = "cropwatch") -> str:
+def _unit(
+    description: str, exec_start: str, plan: Plan, after: str = "", user: str = "cropwatch", own: str = ""
+) -> str:
+    # "+": runs privileged, so the folder exists and belongs to the service user before it starts.
+    folder = f"{plan.state_dir}/{own}".rstrip("/")
     return f"""[Unit]
 Description={description}
 Wants=network-online.target
@@ -19,6 +23,7 @@ After=network-online.target {after}
 
 [Service]
 Type=exec
+ExecStartPre=+/usr/bin/install -d -o {user} -g {user} {folder}
 ExecStart={exec_start}
 Environment=PYTHONUNBUFFERED=1
 Restart=always
@@ -43,6 +48,7 @@ def systemd_units(plan: Plan) -> dict[str, str]:
             f"/usr/sbin/mosquitto -c {conf}",
             plan,
             user="mosquitto",
+            own="mosquitto",
         ),
         "cropwatch-gateway-ingest.service": _unit(
             "Cropwatch farm ingest (gateway broker to the farm's SQLite)",
@@ -80,6 +86,7 @@ def compose_yaml(plan: Plan) -> str:
 """
     parts = [
         f"# Farm gateway of {plan.farm_id} (`cropwatch gateway init`): docker compose --profile gateway up -d",
+        f"# First: mkdir -p {s}/mosquitto (the broker's persistence) and copy this folder to {d}.",
         "services:",
         service.format(
             name="gateway-broker",
