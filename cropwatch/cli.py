@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "models": ("fleet.models_cli", "model registry and rollout (list, import, publish, ...)", "edge"),
     "registry": ("fleet.registry_cli", "serve the model registry over HTTP", "edge"),
     "devices": ("farm_monitor.devices_cli", "provision device credentials and configs", "edge"),
+    "gateway": ("gateway.cli", "farm gateway: init its bridged broker and configs; health reporter", "monitor"),
     "bridge": ("bridges.cli", "bridge other networks to Cropwatch (bridge lorawan)", "edge"),
     "demo": ("cropwatch.demo", "run the demo farm on this machine", "all"),
 }

@@ -36,7 +36,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shared.fsutil import atomic_write_bytes, atomic_write_text
 from shared.ids import is_valid_id
-from shared.messages import DEVICE_KINDS
+from shared.messages import DEVICE_KINDS, GATEWAY_KINDS
 
 CA_DAYS = 3650
 CERT_DAYS = 825
@@ -66,7 +66,7 @@ def device_acl(farm_id: str, device_id: str) -> str:
     user = identity(farm_id, device_id)
     base = f"cropwatch/v1/{farm_id}/{device_id}"
     lines = [f"user {user}"]
-    lines += [f"topic write {base}/{kind}" for kind in DEVICE_KINDS]
+    lines += [f"topic write {base}/{kind}" for kind in DEVICE_KINDS if kind not in GATEWAY_KINDS]
     lines += [f"topic read {base}/cmd/+", f"topic read cropwatch/v1/{farm_id}/_fleet/#"]
     return "\n".join(lines)
 
@@ -215,6 +215,39 @@ class Pki:
         _write_key(self.folder / "server.key", key)
         _write_cert(self.folder / "server.crt", cert)
         return self.folder / "server.crt", self.folder / "server.key"
+
+    def issue_files(self, common_name: str, folder: Path, stem: str, server_names: list[str] | None = None) -> None:
+        """``folder/STEM.key`` and ``STEM.crt`` signed by this CA (a client certificate unless ``server_names``)."""
+        key, cert = self._issue(common_name, server_names=server_names)
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_key(folder / f"{stem}.key", key)
+        _write_cert(folder / f"{stem}.crt", cert)
+
+    def add_gateway(self, farm_id: str) -> tuple[str, str]:
+        """The broker user of farm ``farm_id``'s gateway bridge: a new password and its ACL block.
+
+        The user is ``_gateway.FARM``: ids cannot start with ``_``, so it is no device's identity.
+        Its block (``PKI/services/gateway-FARM.acl``) lets the bridge publish the farm's device
+        messages and read the farm's commands and fleet topics, nothing of another farm.
+        """
+        identity(farm_id, "gateway")
+        user = f"_gateway.{farm_id}"
+        base = f"cropwatch/v1/{farm_id}"
+        block = "\n".join(
+            [
+                f"# The bridge of farm {farm_id}'s gateway (`cropwatch gateway init`).",
+                f"user {user}",
+                f"topic write {base}/+/+",
+                f"topic read {base}/+/cmd/+",
+                f"topic read {base}/_fleet/#",
+            ]
+        )
+        atomic_write_text(self.folder / SERVICES_DIR / f"gateway-{farm_id}.acl", block + "\n", mode=0o644)
+        password = secrets.token_urlsafe(24)
+        passwords = self._passwords()
+        passwords[user] = mosquitto_password_hash(password)
+        self._save(self.devices(), passwords)
+        return user, password
 
     # --- the device list and the broker files derived from it ------------------------------
 

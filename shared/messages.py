@@ -51,7 +51,9 @@ MAX_PAYLOAD_BYTES = 384 * 1024
 # The retained desired-model message carries a manifest, which may hold a small inline tensor.
 MAX_FLEET_PAYLOAD_BYTES = 1024 * 1024
 
-DEVICE_KINDS = ("detection", "yield", "telemetry", "sample", "status", "event")
+DEVICE_KINDS = ("detection", "yield", "telemetry", "sample", "status", "event", "gateway_status", "label")
+# Kinds only a farm gateway sends (under its own id); a field device's ACL does not grant them.
+GATEWAY_KINDS = ("gateway_status", "label")
 COMMANDS = ("capture_now", "reload_config", "set_log_level", "ping")
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 # Validation context flag: the data came off the wire (CBOR), so nothing may be filled in.
@@ -236,6 +238,41 @@ class Event(Envelope):
     )
 
 
+class GatewayStatus(Envelope):
+    """A farm gateway's health, sent up its bridge to the cloud (``device_id`` is the gateway's id).
+
+    Mosquitto does not expose one bridge's queue, so ``queued_bytes``/``queued_messages`` are the
+    gateway broker's whole message store (``$SYS/broker/store/messages/*``) and ``backlog_since`` is
+    when the uplink went down: every message since then waits in the bridge queue.
+    """
+
+    kind: Literal["gateway_status"] = "gateway_status"
+    bridge: Id = Field(description="The bridge connection's name in the gateway's mosquitto.conf.")
+    uplink: Literal["up", "down", "unknown"]
+    uplink_since: UtcDatetime | None = Field(None, description="When the uplink last changed state, as seen here.")
+    backlog_since: UtcDatetime | None = Field(None, description="Oldest message that may still wait: the cut.")
+    queued_bytes: Annotated[int, Field(ge=0)] | None = None
+    queued_messages: Annotated[int, Field(ge=0)] | None = None
+    disk_free_bytes: Annotated[int, Field(ge=0)] | None = None
+    disk_total_bytes: Annotated[int, Field(ge=0)] | None = None
+    gateway_version: Version
+
+
+class LabelMessage(Envelope):
+    """A label a person gave a sample in a farm's own monitor, sent up the gateway's bridge.
+
+    ``msg_id`` is the label row's own id (the monitor gives each label one), so the cloud stores
+    it once however often it arrives; ``device_id`` is the gateway's id.
+    """
+
+    kind: Literal["label"] = "label"
+    sample_msg_id: MsgId
+    label: Label
+    labelled_by: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    labelled_at: UtcDatetime
+    note: Annotated[str, StringConstraints(max_length=2000)] | None = None
+
+
 # --- cloud to device ---------------------------------------------------------------------------
 
 
@@ -331,7 +368,7 @@ class DesiredModel(Envelope):
 
 
 DeviceMessage = Annotated[
-    Union[Detection, YieldEstimate, Telemetry, Sample, Status, Event],  # noqa: UP007
+    Union[Detection, YieldEstimate, Telemetry, Sample, Status, Event, GatewayStatus, LabelMessage],  # noqa: UP007
     Field(discriminator="kind"),
 ]
 
@@ -342,6 +379,8 @@ MESSAGE_TYPES: dict[str, type[BaseModel]] = {
     "sample": Sample,
     "status": Status,
     "event": Event,
+    "gateway_status": GatewayStatus,
+    "label": LabelMessage,
     "capture_now": CaptureNow,
     "reload_config": ReloadConfig,
     "set_log_level": SetLogLevel,

@@ -180,6 +180,15 @@ def seed(root: Path, db_url: str | None = None) -> World:
     migrate(engine)
     now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
     msgs = _messages("farm-a", FARM_A, now, False) + _messages("farm-b", FARM_B, now, True)
+    # Farm gateways: farm-a's uplink is up; farm-b's went down 3 h ago and nothing came since.
+    for farm, age_h, uplink in (("farm-a", 0, "up"), ("farm-b", 3, "down")):
+        msgs.append(m.GatewayStatus(
+            farm_id=farm, device_id="gateway", msg_id=new_msg_id(), observed_at=now - timedelta(hours=age_h),
+            bridge="cloud", uplink=uplink, uplink_since=now - timedelta(hours=age_h + 1),
+            backlog_since=now - timedelta(hours=age_h + 1) if uplink == "down" else None, queued_bytes=52_000,
+            queued_messages=61, disk_free_bytes=9_000_000_000, disk_total_bytes=16_000_000_000,
+            gateway_version="0.1.0",
+        ))  # fmt: skip
     ingest = Ingestor(cfg, engine, Metrics())
     items = [(device_topic(x.farm_id, x.device_id, x.kind), x.to_json(), i, 1, 0, 0.0) for i, x in enumerate(msgs)]
     assert ingest.process(items)

@@ -12,6 +12,8 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
+from shared.ids import new_msg_id
+
 from .. import acklink
 from ..db.alerts import acknowledge
 from ..db.dialect import Dialect
@@ -50,9 +52,9 @@ def label_sample(engine: Engine, user: User, sample_msg_id: str, label: str, not
     d = Dialect(engine)
     with engine.begin() as conn:
         conn.exec_driver_sql(
-            f"INSERT INTO labels (sample_msg_id, label, labelled_by, labelled_at, note) VALUES ({d.ph}, {d.ph}, "
-            f"{d.ph}, {d.ph}, {d.ph})",
-            (sample_msg_id, label, user.username, d.ts(datetime.now(UTC)), note or None),
+            f"INSERT INTO labels (msg_id, sample_msg_id, label, labelled_by, labelled_at, note) VALUES ({d.ph}, "
+            f"{d.ph}, {d.ph}, {d.ph}, {d.ph}, {d.ph})",
+            (new_msg_id(), sample_msg_id, label, user.username, d.ts(datetime.now(UTC)), note or None),
         )
     logger.info("%s labelled sample %s as %s", user.username, sample_msg_id, label)
 

@@ -33,6 +33,7 @@ else:
             st.Page(VIEWS / "notifications.py", title="Notifications", icon=":material/campaign:"),
         ],
         "Fleet": [
+            st.Page(VIEWS / "farms.py", title="Farms", icon=":material/hub:"),
             st.Page(VIEWS / "devices.py", title="Devices", icon=":material/router:"),
             st.Page(VIEWS / "device.py", title="Device", icon=":material/sensors:"),
             st.Page(VIEWS / "models.py", title="Models", icon=":material/model_training:"),

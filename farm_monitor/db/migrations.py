@@ -41,6 +41,7 @@ LATER_TABLES = {
     "radio_links": 5,
     "subscriptions": 6,
     "notification_deliveries": 6,
+    "gateway_status": 7,
     "report_deliveries": 9,
 }
 
@@ -135,6 +136,17 @@ def add_missing_columns(conn: Connection, table: str, columns: tuple[str, ...]) 
             conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {col_type}"))
 
 
+def _m7_gateway(conn: Connection) -> None:
+    # Farm gateways' health reports (uplink state, bridge backlog, disk) for the cloud's Farms page,
+    # and each label's own msg_id, so labels made on a farm reach the cloud once.
+    create_tables_of_step(conn, 7)
+    if "msg_id" not in {c["name"] for c in inspect(conn).get_columns("labels")}:
+        conn.execute(text("ALTER TABLE labels ADD COLUMN msg_id VARCHAR(26)"))
+    for index in Base.metadata.tables["labels"].indexes:
+        if index.name == "ux_labels_msg_id":
+            conn.execute(CreateIndex(index, if_not_exists=True))
+
+
 def _m8_uplink(conn: Connection) -> None:
     # Metered uplinks: aggregated telemetry (min, mean, max, count over interval_s) and the device's
     # next expected contact, which the offline alert waits for.
@@ -154,6 +166,7 @@ MIGRATIONS: list[Migration] = [
     Migration(4, "retraining lineage: training_runs and training_run_labels; samples by detection", _m4_lineage),
     Migration(5, "radio_links: telemetry's radio link metadata", _m5_radio_links),
     Migration(6, "notifications: subscriptions and the delivery ledger", _m6_notifications),
+    Migration(7, "gateway_status table; labels.msg_id (labels made on a farm reach the cloud once)", _m7_gateway),
     Migration(8, "metered uplinks: aggregated telemetry columns, devices.next_contact_at", _m8_uplink),
     Migration(9, "report_deliveries: the farm report ledger", _m9_report_deliveries),
 ]

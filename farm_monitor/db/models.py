@@ -103,6 +103,23 @@ class StatusReport(MessageHeader, Base):
     __table_args__ = (Index("ix_status_reports_device_time", "farm_id", "device_id", "observed_at"),)
 
 
+class GatewayStatusRow(MessageHeader, Base):
+    """Every health report of a farm gateway (``gateway_status``); ``device_id`` is the gateway's id."""
+
+    __tablename__ = "gateway_status"
+    bridge: Mapped[str] = mapped_column(IdCol)
+    uplink: Mapped[str] = mapped_column(String(16))
+    uplink_since: Mapped[datetime | None] = mapped_column(Ts)
+    backlog_since: Mapped[datetime | None] = mapped_column(Ts)
+    queued_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    queued_messages: Mapped[int | None] = mapped_column(BigInteger)
+    disk_free_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    disk_total_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    gateway_version: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_gateway_status_farm_time", "farm_id", "observed_at"),)
+
+
 class Detection(FieldMessageHeader, Base):
     __tablename__ = "detections"
     model_name: Mapped[str] = mapped_column(IdCol)
@@ -220,8 +237,14 @@ class LabelRow(Base):
     labelled_by: Mapped[str] = mapped_column(String(128))
     labelled_at: Mapped[datetime] = mapped_column(Ts)
     note: Mapped[str | None] = mapped_column(Text)
+    # The label's own msg_id (a ULID, given by the monitor): a farm gateway sends it up as a
+    # ``label`` message and the cloud stores it once. Null on labels made before migration 7.
+    msg_id: Mapped[str | None] = mapped_column(MsgIdCol)
 
-    __table_args__ = (Index("ix_labels_sample", "sample_msg_id"),)
+    __table_args__ = (
+        Index("ix_labels_sample", "sample_msg_id"),
+        Index("ux_labels_msg_id", "msg_id", unique=True),
+    )
 
 
 class ModelRow(Base):

@@ -30,6 +30,7 @@ def _default_retention() -> dict[str, int]:
         "radio_links": 400,
         "samples": 90,
         "status_reports": 30,
+        "gateway_status": 30,
         "events": 180,
         "dead_letters": 30,
         "alerts": 365,

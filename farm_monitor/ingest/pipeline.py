@@ -29,6 +29,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared import messages as m, wire
 from shared.errors import MessageError, TopicError
+from shared.messages import GATEWAY_KINDS
 from shared.topics import Topic, parse_topic
 
 from ..config import MonitorConfig
@@ -285,7 +286,8 @@ class Ingestor:
         elif kind == "telemetry":
             batch.telemetry.append(msg)
         batch.received[kind] += 1
-        batch.seen[(msg.farm_id, msg.device_id)] = received
+        if kind not in GATEWAY_KINDS:  # a farm gateway is not a field device: it has the Farms page
+            batch.seen[(msg.farm_id, msg.device_id)] = received
         obs = msg.observed_at
         if batch.newest_observed is None or obs > batch.newest_observed:
             batch.newest_observed = obs

@@ -28,6 +28,8 @@ from ..db.models import (
     DeadLetter,
     Detection,
     EventRow,
+    GatewayStatusRow,
+    LabelRow,
     RadioLinkRow,
     SampleRow,
     StatusReport,
@@ -214,6 +216,27 @@ def _event(d: Converter, msg: m.Event, received: Any) -> Values:
     }  # fmt: skip
 
 
+def _gateway_status(d: Converter, msg: m.GatewayStatus, received: Any) -> Values:
+    def ts(value: Any) -> Any:
+        return None if value is None else d.ts(value)
+
+    return {
+        **_header(d, msg, received), "bridge": msg.bridge, "uplink": msg.uplink,
+        "uplink_since": ts(msg.uplink_since), "backlog_since": ts(msg.backlog_since),
+        "queued_bytes": msg.queued_bytes, "queued_messages": msg.queued_messages,
+        "disk_free_bytes": msg.disk_free_bytes, "disk_total_bytes": msg.disk_total_bytes,
+        "gateway_version": msg.gateway_version,
+    }  # fmt: skip
+
+
+def _label(d: Converter, msg: m.LabelMessage, received: Any) -> Values:
+    # A farm's label lands in the labels table itself, so the cloud's export and retraining see it.
+    return {
+        "msg_id": msg.msg_id, "sample_msg_id": msg.sample_msg_id, "label": msg.label,
+        "labelled_by": msg.labelled_by, "labelled_at": d.ts(msg.labelled_at), "note": msg.note,
+    }  # fmt: skip
+
+
 # kind (the topic's last segment) -> how ingest stores it. A kind the contract accepts but that
 # has no entry here is dead-lettered as ``unknown_kind``, never stored somewhere by default.
 KINDS: dict[str, Kind[Any]] = {
@@ -223,6 +246,8 @@ KINDS: dict[str, Kind[Any]] = {
     "sample": OneRow(m.Sample, SampleRow, _sample),
     "status": OneRow(m.Status, StatusReport, _status),
     "event": OneRow(m.Event, EventRow, _event),
+    "gateway_status": OneRow(m.GatewayStatus, GatewayStatusRow, _gateway_status),
+    "label": OneRow(m.LabelMessage, LabelRow, _label),
 }
 
 DEAD_LETTERS = table_of(DeadLetter)

@@ -87,6 +87,15 @@ def test_every_page_renders_for_every_role(world: World, name: str, user: str) -
         assert at.title[0].value.lower().replace(" ", "_") == name
 
 
+def test_farms_page_shows_each_visible_gateway_and_marks_an_offline_farm_as_of_its_last_contact(world: World) -> None:
+    at = page("farms", "admin")
+    shown = text_of(at)
+    assert "farm-a" in shown and "farm-b" in shown
+    assert any("farm-b: no contact since" in w.value for w in at.warning)
+    assert not any("farm-a:" in w.value for w in at.warning)
+    assert "farm-b" not in text_of(page("farms", "farmer-a")), "a farmer sees another farm's gateway"
+
+
 def test_fleet_table_opens_a_device_page(world: World) -> None:
     at = AppTest.from_file(str(APP / "main.py"), default_timeout=60)
     at.session_state["cw_username"] = "farmer-a"

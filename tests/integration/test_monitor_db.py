@@ -239,11 +239,23 @@ def test_migration_6_adds_subscriptions_and_the_delivery_ledger_to_a_version_5_d
     engine = make_engine(db_url)
     assert migrate(engine, target=5) == [1, 2, 3, 4, 5]
     assert "subscriptions" not in inspect(engine).get_table_names()
-    assert migrate(engine) == [6]
+    assert migrate(engine, target=6) == [6]
     indexes = {i["name"]: i for i in inspect(engine).get_indexes("notification_deliveries")}
     assert indexes["ux_deliveries_once"]["unique"]
     assert indexes["ux_deliveries_once"]["column_names"] == ["alert_id", "subscription_id", "channel_key", "event"]
     assert "ix_subscriptions_user" in {i["name"] for i in inspect(engine).get_indexes("subscriptions")}
+def test_migration_7_adds_gateway_status_and_a_unique_label_msg_id_to_an_older_database(db_url):
+    engine = make_engine(db_url)
+    assert migrate(engine, target=5) == [1, 2, 3, 4, 5]
+    assert "gateway_status" not in inspect(engine).get_table_names()
+    # Step 1 builds tables from today's models; make labels what a release before step 7 had.
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX ux_labels_msg_id")
+        conn.exec_driver_sql("ALTER TABLE labels DROP COLUMN msg_id")
+    assert migrate(engine, target=7) == [6, 7]
+    assert "gateway_status" in inspect(engine).get_table_names()
+    assert "msg_id" in {c["name"] for c in inspect(engine).get_columns("labels")}
+    assert any(i["name"] == "ux_labels_msg_id" and i["unique"] for i in inspect(engine).get_indexes("labels"))
     engine.dispose()
 
 

@@ -97,9 +97,13 @@ def test_every_contract_kind_is_wired_into_ingest_with_rows_in_its_tables_column
     for kind, spec in KINDS.items():
         assert isinstance(ex[kind], spec.model)
         columns = COLUMNS[spec.table.name]
-        assert columns == tuple(c.name for c in Base.metadata.tables[spec.table.name].columns)
+        table = Base.metadata.tables[spec.table.name]
+        assert columns == tuple(c.name for c in table.columns if not (c.primary_key and c.autoincrement is True))
         for row in spec.rows(_Pg, ex[kind], "now"):
             values = dict(zip(columns, row, strict=True))
+            if kind == "label":  # a farm's label goes into the labels table, keyed by its own msg_id
+                assert values["msg_id"] == ex[kind].msg_id and "farm_id" not in values
+                continue
             assert (values["msg_id"], values["farm_id"], values["received_at"]) == (
                 ex[kind].msg_id,
                 ex[kind].farm_id,
