@@ -166,7 +166,8 @@ def load_farm_data(
     lay = layout.for_farm(farm)
     devs = [r.device_id for r in db.rows("SELECT device_id FROM devices WHERE farm_id = :f", {"f": farm})]
     data.fields = _field_risk(db, farm, devs, end - timedelta(hours=risk_window_h), end, lay, rule)
-    data.devices = _devices(db, farm, lay, end, silent_after_s)
+    # Device state is as of now (the database keeps no history); a period may end in the future.
+    data.devices = _devices(db, farm, lay, min(end, datetime.now(UTC)), silent_after_s)
     data.detections = _detections(db, farm, devs, start, end, bucket)
     data.alerts, data.alerts_raised, data.alerts_resolved = _alerts(db, farm, start, end)
     data.yields = _yields(db, farm, start, end)

@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..config import MonitorConfig, SmtpSettings
 from ..db.models import ReportDelivery, table_of
+from ..db.notifications import list_subscriptions
 from ..layout import FarmLayout, load_layout
 from .build import FarmReport, build_farm_report
 from .mail import build_report_email
@@ -212,30 +213,21 @@ def email_of(channel: str) -> str | None:
 
 
 def load_report_subscriptions(engine: Engine, user_farms: Mapping[str, list[str]]) -> list[ReportSubscription]:
-    """Report subscribers from the ``subscriptions`` table (issue #17's notify feature).
+    """Report subscribers from the notification subscriptions (``report_frequency`` daily or weekly).
 
-    ADAPT AT MERGE: written against the notify branch's table as of this commit (``username``,
-    ``enabled``, ``farms`` JSON list, empty meaning every farm the user sees, ``channels`` JSON list
-    of Apprise URLs, ``timezone``, ``report_frequency`` off|daily|weekly). ``user_farms`` is each
-    user's visible farms (from the users file), so an empty list never reaches a farm the user may
-    not see. ``secret:NAME`` channels are not resolved here.
+    ``user_farms`` is each user's visible farms (from the users file), so a subscription's empty farm
+    list (every farm) never reaches a farm the user may not see. Reports go to the subscription's
+    email channels; ``secret:NAME`` channels are not read here, so a report needs a plain mailto channel.
     """
-    import json
-
-    from sqlalchemy import text
-
     with engine.connect() as conn:
-        rows = conn.execute(text(
-            "SELECT username, farms, channels, timezone, report_frequency FROM subscriptions "
-            "WHERE enabled = :yes AND report_frequency IN ('daily', 'weekly') ORDER BY id"
-        ), {"yes": True}).fetchall()  # fmt: skip
+        subs = list_subscriptions(conn)
     out: dict[tuple[str, str, str, str], ReportSubscription] = {}
-    for r in rows:
-        farms = json.loads(r.farms) if isinstance(r.farms, str) else (r.farms or [])
-        channels = json.loads(r.channels) if isinstance(r.channels, str) else (r.channels or [])
-        allowed = user_farms.get(r.username, [])
-        for farm in [f for f in (farms or allowed) if f in allowed]:
-            for address in filter(None, (email_of(c) for c in channels)):
-                sub = ReportSubscription(r.username, address, farm, r.report_frequency, r.timezone or "UTC")
+    for _, username, spec in subs:
+        if not spec.enabled or spec.report_frequency == "off":
+            continue
+        allowed = user_farms.get(username, [])
+        for farm in [f for f in (spec.farms or allowed) if f in allowed]:
+            for address in filter(None, (email_of(c) for c in spec.channels)):
+                sub = ReportSubscription(username, address, farm, spec.report_frequency, spec.timezone or "UTC")
                 out.setdefault((sub.user, sub.email, sub.farm, sub.frequency), sub)
     return list(out.values())

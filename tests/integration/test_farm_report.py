@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import email
 import io
-import json
 import threading
 from datetime import UTC, datetime, timedelta
 from email import policy
@@ -22,7 +21,8 @@ from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
 from farm_monitor.app.report_cli import main as report_main
-from farm_monitor.db import make_engine
+from farm_monitor.db import make_engine, migrate
+from farm_monitor.db.notifications import SubscriptionSpec, save_subscription
 from farm_monitor.layout import load_layout
 from farm_monitor.report import (
     ReportSubscription,
@@ -178,19 +178,11 @@ def test_due_reports_reach_a_real_smtp_server_once_per_period(world: World, smtp
 
 def test_subscriptions_are_scoped_to_the_users_farms(world: World) -> None:
     engine = make_engine(world.config.database, writer=True)
-    with engine.begin() as conn:  # the notify feature's table, as much of it as the loader reads
-        conn.execute(
-            text(
-                "CREATE TABLE IF NOT EXISTS subscriptions (id INTEGER PRIMARY KEY, username TEXT, "
-                "enabled BOOLEAN, farms TEXT, channels TEXT, timezone TEXT, report_frequency TEXT)"
-            )
-        )
-        for user, farms, freq in [("farmer-a", [], "weekly"), ("farmer-a", ["farm-b"], "daily"), ("agro", [], "off")]:
-            conn.execute(text("INSERT INTO subscriptions (username, enabled, farms, channels, timezone, "
-                              "report_frequency) VALUES (:u, 1, :f, :c, 'Europe/Berlin', :r)"),
-                         {"u": user, "f": json.dumps(farms), "r": freq,
-                          "c": json.dumps(["mailto://bot:pw@smtp.farm.example?to=farmer@farm.example",
-                                           "ntfy://farm-alerts"])})  # fmt: skip
+    migrate(engine)
+    channels = ["mailto://bot:pw@smtp.farm.example?to=farmer@farm.example", "ntfy://farm-alerts"]
+    for user, farms, freq in [("farmer-a", [], "weekly"), ("farmer-a", ["farm-b"], "daily"), ("agro", [], "off")]:
+        spec = SubscriptionSpec(farms=farms, channels=channels, timezone="Europe/Berlin", report_frequency=freq)
+        save_subscription(engine, user, spec, datetime.now(UTC))
     subs = load_report_subscriptions(engine, {"farmer-a": ["farm-a"], "agro": ["farm-a", "farm-b"]})
     assert subs == [ReportSubscription("farmer-a", "farmer@farm.example", "farm-a", "weekly", "Europe/Berlin")]
 

@@ -45,7 +45,9 @@ def test_a_lone_message_compresses_with_the_shipped_dictionary(kind: str) -> Non
     assert ctype == wire.COMPRESSED == "application/vnd.cropwatch.cbor+zstd; dict=1"
     assert wire.decode_one(payload, ctype, kind) == [msg]
     if kind != "sample":  # a JPEG does not compress
-        assert len(payload) * 3 < len(wire.encode_cbor(msg))
+        # The dictionary was trained on field devices' kinds; a gateway's two kinds still shrink.
+        ratio = 1.5 if kind in m.GATEWAY_KINDS else 3
+        assert len(payload) * ratio < len(wire.encode_cbor(msg))
     assert wire.encoded_size(msg, ZSTD) == len(payload)
     # Without its dictionary the frame does not decode: the number in the content type matters.
     [(err, _)] = wire.decode(payload, wire.CBOR_ZSTD, kind)
