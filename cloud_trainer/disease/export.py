@@ -34,6 +34,7 @@ from shared.manifest import (
     ModelManifest,
     TensorData,
     TensorSpec,
+    Abstention,
     TrustedKeys,
     load_private_key,
     sha256_file,
@@ -43,6 +44,7 @@ from shared.manifest import (
 
 from . import dataset as ds
 from .models import DiseaseNet, build_model
+from .trust_head import TrustHead, pooled_features
 
 if TYPE_CHECKING:
     from onnxruntime import InferenceSession
@@ -51,6 +53,10 @@ logger = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
+LOGITS_NAME = "logits"
+FAMILIARITY_NAME = "familiarity"
+LEAF_NAME = "leaf"
+OUTPUT_NAMES = (OUTPUT_NAME, LOGITS_NAME, FAMILIARITY_NAME, LEAF_NAME)
 PARITY_ATOL = 1e-4
 # Self-test tolerances on the device: another CPU (ARM, other SIMD) reorders float sums, and int8
 # kernels round differently between instruction sets; these bound that, not model error.
@@ -63,16 +69,43 @@ class ExportError(RuntimeError):
 
 
 class ProbabilityModel(nn.Module):
-    """uint8 NHWC in, calibrated probabilities out: the whole contract of the ONNX file."""
+    """uint8 NHWC in, calibrated probabilities out: the whole contract of the ONNX file.
 
-    def __init__(self, net: DiseaseNet, temperature: float) -> None:
+    With a trust head (trust_head.py) the exported graph also has ``familiarity`` and ``leaf``.
+    """
+
+    def __init__(self, net: DiseaseNet, temperature: float, trust: TrustHead | None = None) -> None:
         super().__init__()
         self.net = net
+        self.trust = trust
         self.register_buffer("inv_temperature", torch.tensor(1.0 / temperature, dtype=torch.float32))
 
+    def logits(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image.permute(0, 3, 1, 2).to(torch.float32))
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = image.permute(0, 3, 1, 2).to(torch.float32)
-        return torch.softmax(self.net(x) * self.inv_temperature, dim=1)
+        return torch.softmax(self.logits(image) * self.inv_temperature, dim=1)
+
+    def all_outputs(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """probabilities, logits (+ familiarity, leaf with a trust head), in OUTPUT_NAMES order."""
+        if self.trust is None:
+            z = self.logits(image)
+            return torch.softmax(z * self.inv_temperature, dim=1), z
+        feats = pooled_features(self.net, image)
+        z = self.net.backbone.get_classifier()(feats)  # type: ignore[operator]
+        familiarity, leaf = self.trust(feats)
+        return torch.softmax(z * self.inv_temperature, dim=1), z, familiarity, leaf
+
+
+class ExportModel(nn.Module):
+    """What is exported: every output of :meth:`ProbabilityModel.all_outputs`."""
+
+    def __init__(self, inner: ProbabilityModel) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.inner.all_outputs(image)
 
 
 @dataclass
@@ -92,7 +125,8 @@ def load_run(run_dir: Path) -> LoadedRun:
     blob = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
     net, _ = build_model(blob["arch"], len(blob["classes"]), "none", drop_rate=0.0)
     net.load_state_dict(blob["model"])
-    model = ProbabilityModel(net, float(blob["temperature"])).eval()
+    trust = TrustHead.from_state(blob["trust_head"]) if "trust_head" in blob else None
+    model = ProbabilityModel(net, float(blob["temperature"]), trust).eval()
     return LoadedRun(run_dir, info, model, list(blob["classes"]), int(blob["image_size"]))
 
 
@@ -111,10 +145,10 @@ def export_onnx(model: ProbabilityModel, path: Path, image_size: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
     program = torch.onnx.export(
-        model,
+        ExportModel(model).eval(),
         (example,),
         input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
+        output_names=list(OUTPUT_NAMES[: 4 if model.trust is not None else 2]),
         dynamic_shapes={"image": {0: batch}},
         opset_version=OPSET,
         dynamo=True,
@@ -312,7 +346,7 @@ def export_run(
         synthetic=bool(info.get("synthetic", False)),
         files=files,
         inputs=[TensorSpec(name=INPUT_NAME, dtype="uint8", shape=["batch", size, size, 3], description="RGB, NHWC")],
-        outputs=[_output_spec(len(classes))],
+        outputs=_output_specs(len(classes), loaded.model.trust is not None),
         labels=classes,
         display_names=display_names(classes),
         preprocessing=ImagePreprocessing(height=size, width=size, resize="center_crop"),
@@ -321,6 +355,7 @@ def export_run(
         training_run=str(run_dir.resolve())[-256:],
         self_test_inputs={INPUT_NAME: self_test},
         notes={**notes, "arch": info["arch"], **(extra_notes or {})},
+        abstention=abstention_of(info, loaded.model.trust is not None),
     )
     if key_path is not None:
         manifest = _signed(manifest, key_path)
@@ -339,13 +374,40 @@ def _labels(samples: list[ds.Sample], classes: list[str]) -> np.ndarray:
     return np.array([c2i[s.label] for s in samples], dtype=np.int64)
 
 
-def _output_spec(n_classes: int) -> TensorSpec:
-    return TensorSpec(
-        name=OUTPUT_NAME,
-        dtype="float32",
-        shape=["batch", n_classes],
-        description="calibrated class probabilities, in the order of labels",
-    )
+def _output_specs(n_classes: int, trust: bool) -> list[TensorSpec]:
+    specs = [
+        TensorSpec(
+            name=OUTPUT_NAME,
+            dtype="float32",
+            shape=["batch", n_classes],
+            description="calibrated class probabilities, in the order of labels",
+        ),
+        TensorSpec(
+            name=LOGITS_NAME,
+            dtype="float32",
+            shape=["batch", n_classes],
+            description="raw logits (before the temperature), for the abstention score",
+        ),
+    ]
+    if trust:
+        specs += [
+            TensorSpec(name=FAMILIARITY_NAME, dtype="float32", shape=["batch", 1],
+                       description="cosine similarity of the image's features to the nearest class prototype"),
+            TensorSpec(name=LEAF_NAME, dtype="float32", shape=["batch", 1],
+                       description="probability that the frame shows a leaf (the not-a-leaf gate)"),
+        ]  # fmt: skip
+    return specs
+
+
+def abstention_of(info: dict[str, Any], trust: bool) -> Abstention | None:
+    """The run's abstention rule (chosen on validation by finish), pointed at the exported outputs."""
+    rule = info.get("abstention")
+    if not rule:
+        return None
+    rule = {k: v for k, v in rule.items() if k in Abstention.model_fields}
+    source = {"prototype_cosine": FAMILIARITY_NAME, "max_prob": None}.get(rule["score"], LOGITS_NAME)
+    leaf = {"leaf_output": LEAF_NAME} if trust and "leaf_threshold" in rule else {}
+    return Abstention.model_validate({**rule, "score_output": source, **leaf})
 
 
 def _signed(manifest: ModelManifest, key_path: Path) -> ModelManifest:

@@ -103,6 +103,16 @@ def get_args_parser(prog: str = "cropwatch train disease") -> argparse.ArgumentP
         action="store_true",
         help="keep BatchNorm statistics as loaded (fine-tuning on a few images of another look must not shift them)",
     )
+    p.add_argument(
+        "--abstain-score",
+        choices=["prototype_cosine", "energy", "max_logit", "max_prob"],
+        default="prototype_cosine",
+        help="the out-of-distribution score the model abstains on (docs/disease-model.md)",
+    )
+    p.add_argument("--abstain-risk", type=float, default=0.03, help="error rate allowed among answered validation images")
+    p.add_argument(
+        "--abstain-coverage", type=float, default=0.95, help="at most this share of validation is answered (OOD margin)"
+    )
     p.add_argument("--no-cache", action="store_true", help="do not keep decoded images in memory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -359,7 +369,10 @@ def main(args: argparse.Namespace) -> int:
         if ctx.is_main:
             logger.info("paused after epoch %d of %d; continue with --resume auto", end_epoch, args.epochs)
     elif ctx.is_main:
-        done = FinishedRun(run, data, fp, ctx.spec, ctx.size, config, load_report, progress.history, split["test"])
+        done = FinishedRun(
+            run, data, fp, ctx.spec, ctx.size, config, load_report, progress.history, split["test"],
+            train_samples=split["train"], val_samples=split["val"],
+        )  # fmt: skip
         _finish(done, model, loaders, ctx.device)
     if ctx.world > 1:
         dist.barrier()

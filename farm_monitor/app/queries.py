@@ -101,7 +101,7 @@ def kpis(sql: Sql, farm: str, devs: list[str], day_start: datetime) -> dict[str,
     )
     if devs:
         row = sql.frame(
-            "SELECT COUNT(*) AS n, SUM(CASE WHEN lower(label) LIKE '%healthy%' THEN 0 ELSE 1 END) AS sick "
+            "SELECT COUNT(*) AS n, SUM(CASE WHEN lower(label) LIKE '%healthy%' OR COALESCE(status, 'ok') <> 'ok' THEN 0 ELSE 1 END) AS sick "
             "FROM detections WHERE farm_id = :f AND device_id IN :d AND observed_at >= :t",
             {"f": farm, "d": devs, "t": sql.ts(day_start)},
             ("d",),
@@ -128,7 +128,7 @@ def field_risk(sql: Sql, farm: str, devs: list[str], since: datetime) -> pd.Data
     if not devs:
         return pd.DataFrame(columns=["field_id", "n", "sick", "share"])
     df = sql.frame(
-        "SELECT field_id, COUNT(*) AS n, SUM(CASE WHEN lower(label) LIKE '%healthy%' THEN 0 ELSE 1 END) AS sick "
+        "SELECT field_id, COUNT(*) AS n, SUM(CASE WHEN lower(label) LIKE '%healthy%' OR COALESCE(status, 'ok') <> 'ok' THEN 0 ELSE 1 END) AS sick "
         "FROM detections WHERE farm_id = :f AND device_id IN :d AND observed_at >= :t GROUP BY field_id",
         {"f": farm, "d": devs, "t": sql.ts(since)},
         ("d",),
@@ -209,7 +209,7 @@ def samples(
     unlabelled_only: bool = False,
     limit: int = 24,
 ) -> pd.DataFrame:
-    """The newest samples matching the filters, with their current label (no image bytes)."""
+    """The samples matching the filters, `uncertain` ones first, then newest first, with their current label."""
     where = ["s.farm_id = :f", "s.observed_at >= :t"]
     params: dict[str, Any] = {"f": farm, "t": sql.ts(since), "lo": min_conf, "hi": max_conf, "lim": limit}
     expanding: tuple[str, ...] = ()
@@ -231,7 +231,9 @@ def samples(
         where.append("NOT EXISTS (SELECT 1 FROM labels l WHERE l.sample_msg_id = s.msg_id)")
     df = sql.frame(
         f"SELECT {SAMPLE_COLUMNS}, {CURRENT_LABEL} AS label, {CURRENT_LABEL_BY} AS labelled "
-        f"FROM samples s WHERE {' AND '.join(where)} ORDER BY s.observed_at DESC LIMIT :lim",
+        f"FROM samples s WHERE {' AND '.join(where)} "
+        # Images the model abstained on lead the labelling queue: their labels teach it the most.
+        "ORDER BY CASE WHEN s.reason = 'uncertain' THEN 0 ELSE 1 END, s.observed_at DESC LIMIT :lim",
         params,
         expanding,
     )

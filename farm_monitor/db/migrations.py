@@ -109,12 +109,23 @@ def _m5_radio_links(conn: Connection) -> None:
     create_tables_of_step(conn, 5)
 
 
+def _m10_detection_status(conn: Connection) -> None:
+    # Abstention: `uncertain` / `not_a_leaf` detections and the model's trust score. Step 1 of a
+    # new database already has the columns (it creates the table as models.py says), so each is
+    # added only where missing; NULL status on older rows reads as `ok`.
+    have = {c["name"] for c in inspect(conn).get_columns("detections")}
+    for name, sql_type in (("status", "VARCHAR(16)"), ("trust_score", "FLOAT")):
+        if name not in have:
+            conn.execute(text(f"ALTER TABLE detections ADD COLUMN {name} {sql_type}"))
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "tables", _m1_tables),
     Migration(2, "monitor indexes and alert de-duplication", _m2_indexes),
     Migration(3, "timescaledb hypertables where the extension exists", _m3_timescale),
     Migration(4, "retraining lineage: training_runs and training_run_labels; samples by detection", _m4_lineage),
     Migration(5, "radio_links: telemetry's radio link metadata", _m5_radio_links),
+    Migration(10, "detections: abstention status and trust score", _m10_detection_status),
 ]
 LATEST_VERSION = MIGRATIONS[-1].version
 

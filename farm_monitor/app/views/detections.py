@@ -57,7 +57,7 @@ def render() -> None:
             "(agent config: [samples]); widen the period or clear the filters."
         )
         return
-    st.caption(f"The {len(rows)} newest matching samples.")
+    st.caption(f"The {len(rows)} matching samples: those the model was uncertain about first, then newest.")
     more = len(rows) >= st.session_state.get("det_limit", config().app.gallery_size)
     images = Data.sample_images(farm, list(rows["msg_id"]))
     month = now - timedelta(days=30)
@@ -75,6 +75,10 @@ def render() -> None:
             if r.msg_id in images:
                 st.image(images[r.msg_id], width="stretch")
             conf = f"{r.confidence:.0%}" if r.confidence is not None else "?"
+            if r.reason == "uncertain":
+                # The model abstained: its guess is shown as a guess, never as a diagnosis.
+                st.warning("Uncertain: the model does not know this image", icon="❓")
+                conf = f"guess, {conf}"
             st.markdown(
                 f"**{class_name(r.predicted_label)}** · {conf}  \n{r.device_id} · {r.field_id or '—'} · "
                 f"{r.observed_at:%Y-%m-%d %H:%M}"
