@@ -26,7 +26,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "users": ("farm_monitor.app.users_cli", "manage monitor users and roles", "monitor"),
     "data": ("cropwatch.data_cli", "build datasets: synthetic leaves, yield cubes, label export", "trainer"),
     "train": ("cloud_trainer.train_cli", "train a disease or yield model", "trainer"),
-    "evaluate": ("cloud_trainer.disease.evaluate", "how far a disease run can be trusted on other data (protocols)", "trainer"),
+    "evaluate": (
+        "cloud_trainer.disease.evaluate",
+        "how far a disease run can be trusted on other data (protocols)",
+        "trainer",
+    ),
     "export": ("cloud_trainer.export_cli", "export a training run to signed ONNX", "trainer"),
     "retrain": ("cloud_trainer.retrain_cli", "retrain from field labels, gated by evaluation", "trainer"),
     "models": ("fleet.models_cli", "model registry and rollout (list, import, publish, ...)", "edge"),

@@ -23,20 +23,23 @@ class Verdict:
 
 def _logsumexp(x: np.ndarray) -> np.ndarray:
     top = np.max(x, axis=1, keepdims=True)
-    return (top + np.log(np.sum(np.exp(x - top), axis=1, keepdims=True)))[:, 0]
+    out: np.ndarray = (top + np.log(np.sum(np.exp(x - top), axis=1, keepdims=True)))[:, 0]
+    return out
 
 
 def trust_scores(rule: Abstention, probs: np.ndarray, out: np.ndarray | None) -> np.ndarray:
     """Higher is more familiar; the same definitions as the trainer's (cloud_trainer/disease/trust.py)."""
     if rule.score == "max_prob":
-        return np.max(probs.astype(np.float64), axis=1)
+        top: np.ndarray = np.max(probs.astype(np.float64), axis=1)
+        return top
     if out is None:
         raise ValueError(f"score {rule.score} needs the model's {rule.score_output!r} output")
     if rule.score == "prototype_cosine":
         return out.astype(np.float64).reshape(len(out), -1)[:, 0]
     z = out.astype(np.float64)
     if rule.score == "max_logit":
-        return np.max(z, axis=1)
+        largest: np.ndarray = np.max(z, axis=1)
+        return largest
     return rule.temperature * _logsumexp(z / rule.temperature)
 
 

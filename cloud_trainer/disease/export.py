@@ -29,12 +29,12 @@ from torch import nn
 
 from shared.display_names import display_names
 from shared.manifest import (
+    Abstention,
     ImagePreprocessing,
     ModelFile,
     ModelManifest,
     TensorData,
     TensorSpec,
-    Abstention,
     TrustedKeys,
     load_private_key,
     sha256_file,
@@ -73,6 +73,8 @@ class ProbabilityModel(nn.Module):
 
     With a trust head (trust_head.py) the exported graph also has ``familiarity`` and ``leaf``.
     """
+
+    inv_temperature: torch.Tensor
 
     def __init__(self, net: DiseaseNet, temperature: float, trust: TrustHead | None = None) -> None:
         super().__init__()

@@ -18,8 +18,8 @@ from shared.fsutil import atomic_write_text
 
 from . import dataset as ds, metrics as M, trust as T
 from .models import ArchSpec, DiseaseNet, LoadReport
-from .trust_head import TrustHead, build_trust_head, features_of
 from .run_setup import save_checkpoint
+from .trust_head import TrustHead, build_trust_head, features_of
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ TRUST_KEYS = ("confidently_wrong", "coverage", "accuracy_answered", "wrong_and_a
 
 
 def _trust_head(done: FinishedRun, model: nn.Module) -> TrustHead | None:
-    net = getattr(model, "module", model)
+    net: nn.Module = getattr(model, "module", model)
     if not done.train_samples or not done.val_samples or not isinstance(net, DiseaseNet):
         return None
     if done.config.get("abstain_score", T.DEFAULT_SCORE) != "prototype_cosine":
@@ -146,7 +146,9 @@ def _trust_head(done: FinishedRun, model: nn.Module) -> TrustHead | None:
 def _familiarity(net: nn.Module, head: TrustHead | None, samples: list[ds.Sample], size: int) -> np.ndarray | None:
     if head is None or not samples:
         return None
-    feats = features_of(getattr(net, "module", net), np.stack([ds.eval_array(s, size) for s in samples]))
+    inner = getattr(net, "module", net)
+    assert isinstance(inner, DiseaseNet)
+    feats = features_of(inner, np.stack([ds.eval_array(s, size) for s in samples]))
     with torch.no_grad():
         return head(torch.from_numpy(feats))[0].numpy()[:, 0]
 
@@ -167,7 +169,8 @@ def _trust(
     test_fam = _familiarity(model_net, head, done.test_samples, done.size)
     rule = T.fit_rule(
         val[0], val[1], temperature, kind=kind, familiarity=val_fam,
-        target_risk=cfg.get("abstain_risk") or T.TARGET_RISK, max_coverage=cfg.get("abstain_coverage") or T.MAX_COVERAGE,
+        target_risk=cfg.get("abstain_risk") or T.TARGET_RISK,
+        max_coverage=cfg.get("abstain_coverage") or T.MAX_COVERAGE,
     )  # fmt: skip
     if head is not None:
         rule["leaf_threshold"] = LEAF_THRESHOLD

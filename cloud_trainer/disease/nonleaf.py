@@ -84,11 +84,10 @@ def generated_frames(n: int, seed: int) -> Iterator[tuple[str, bytes]]:
         elif kind == "sky":
             top, bottom = rng.uniform([60, 110, 180], [120, 170, 255]), rng.uniform([170, 200, 220], [235, 240, 255])
             t = np.linspace(0, 1, size)[:, None, None]
-            a = np.broadcast_to(top * (1 - t) + bottom * t, (size, size, 3)).astype(np.uint8)
+            a = np.broadcast_to(np.asarray(top * (1 - t) + bottom * t), (size, size, 3)).astype(np.uint8)
         else:
             base = rng.uniform([70, 45, 25], [150, 110, 70])
-            grain = rng.normal(0, 25, (size // 4, size // 4, 1))
-            grain = np.kron(grain, np.ones((4, 4, 1)))
+            grain = np.kron(rng.normal(0, 25, (size // 4, size // 4, 1)), np.ones((4, 4, 1)))
             a = np.clip(base + grain + rng.normal(0, 8, (size, size, 3)), 0, 255).astype(np.uint8)
             if kind == "blurred-soil":
                 a = _blur(a, 6)

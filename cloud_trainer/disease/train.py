@@ -109,7 +109,9 @@ def get_args_parser(prog: str = "cropwatch train disease") -> argparse.ArgumentP
         default="prototype_cosine",
         help="the out-of-distribution score the model abstains on (docs/disease-model.md)",
     )
-    p.add_argument("--abstain-risk", type=float, default=0.03, help="error rate allowed among answered validation images")
+    p.add_argument(
+        "--abstain-risk", type=float, default=0.03, help="error rate allowed among answered validation images"
+    )
     p.add_argument(
         "--abstain-coverage", type=float, default=0.95, help="at most this share of validation is answered (OOD margin)"
     )

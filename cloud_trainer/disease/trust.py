@@ -151,7 +151,8 @@ def trust_markdown(by: dict[str, dict[str, float]], rule: dict[str, Any]) -> str
     for name, m in by.items():
         lines.append(
             f"| {name} | {int(m['n'])} | {m['accuracy']:.3f} | {_f(m.get('macro_f1'))} | {_f(m.get('ece'))} | "
-            f"{m['confidently_wrong']:.3f} | {m['confidently_wrong_answered']:.3f} | {m['coverage']:.3f} | {_f(m['accuracy_answered'])} | "
+            f"{m['confidently_wrong']:.3f} | {m['confidently_wrong_answered']:.3f} | {m['coverage']:.3f} | "
+            f"{_f(m['accuracy_answered'])} | "
             f"{m['wrong_and_answered']:.3f} | {_f(m['aurc'])} |"
         )
     lines += ["", "Risk-coverage curves: risk_coverage.png.", ""]

@@ -106,7 +106,7 @@ def build_trust_head(net: DiseaseNet, train: list[ds.Sample], classes: list[str]
     chosen: list[ds.Sample] = []
     for c in classes:
         of_class = [s for s in train if s.label == c]
-        rng.shuffle(of_class)  # type: ignore[arg-type]
+        rng.shuffle(of_class)
         chosen += of_class[:MAX_PER_CLASS]
     feats = features_of(net, np.stack([ds.eval_array(s, size) for s in chosen]))
     labels = np.array([classes.index(s.label) for s in chosen])

@@ -94,6 +94,10 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str | bytes) else value
 
 
+# A detection the model abstained on or refused is not a sick plant (docs/disease-model.md).
+SICK = "SUM(CASE WHEN lower(label) LIKE '%healthy%' OR COALESCE(status, 'ok') <> 'ok' THEN 0 ELSE 1 END) AS sick"
+
+
 def kpis(sql: Sql, farm: str, devs: list[str], day_start: datetime) -> dict[str, Any]:
     out: dict[str, Any] = {"detections_today": 0, "disease_today": 0}
     out["open_alerts"] = int(
@@ -101,7 +105,7 @@ def kpis(sql: Sql, farm: str, devs: list[str], day_start: datetime) -> dict[str,
     )
     if devs:
         row = sql.frame(
-            "SELECT COUNT(*) AS n, SUM(CASE WHEN lower(label) LIKE '%healthy%' OR COALESCE(status, 'ok') <> 'ok' THEN 0 ELSE 1 END) AS sick "
+            "SELECT COUNT(*) AS n, " + SICK + " "
             "FROM detections WHERE farm_id = :f AND device_id IN :d AND observed_at >= :t",
             {"f": farm, "d": devs, "t": sql.ts(day_start)},
             ("d",),
@@ -128,7 +132,7 @@ def field_risk(sql: Sql, farm: str, devs: list[str], since: datetime) -> pd.Data
     if not devs:
         return pd.DataFrame(columns=["field_id", "n", "sick", "share"])
     df = sql.frame(
-        "SELECT field_id, COUNT(*) AS n, SUM(CASE WHEN lower(label) LIKE '%healthy%' OR COALESCE(status, 'ok') <> 'ok' THEN 0 ELSE 1 END) AS sick "
+        "SELECT field_id, COUNT(*) AS n, " + SICK + " "
         "FROM detections WHERE farm_id = :f AND device_id IN :d AND observed_at >= :t GROUP BY field_id",
         {"f": farm, "d": devs, "t": sql.ts(since)},
         ("d",),

@@ -111,7 +111,9 @@ def test_agent_reports_uncertain_and_not_a_leaf_into_ingest(
     flagged_labels = {
         r[0] for r in query(sqlite_url, "SELECT label FROM detections WHERE COALESCE(status, 'ok') <> 'ok'")
     }
-    answered_labels = {r[0] for r in query(sqlite_url, "SELECT label FROM detections WHERE status IS NULL OR status = 'ok'")}
+    answered_labels = {
+        r[0] for r in query(sqlite_url, "SELECT label FROM detections WHERE COALESCE(status, 'ok') = 'ok'")
+    }
     # The disease rule counts answered detections only: a label seen only in abstained ones never alerts.
     for key in (k for (k,) in alerts):
         assert key.rsplit(":", 1)[1] in answered_labels
