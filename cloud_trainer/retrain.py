@@ -73,6 +73,12 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
         help="largest drop of the metric on the fixed test set the gate accepts (0.01 = one point)",
     )
     p.add_argument(
+        "--max-trust-regression",
+        type=float,
+        default=0.0,
+        help="largest rise of the confidently-wrong rate or the ECE on the field test set the gate accepts",
+    )
+    p.add_argument(
         "--min-field-gain",
         type=float,
         default=0.0,
@@ -287,7 +293,7 @@ def _evaluate(args: argparse.Namespace, plan: _Plan, merged: Merged) -> tuple[Ga
             results[set_name][who] = evaluate_run(path, x, y, classes)
     gate = decide(
         args.metric, results["fixed"], results["field"], args.max_regression, args.min_field_gain,
-        args.min_field_test,
+        args.min_field_test, args.max_trust_regression,
     )  # fmt: skip
     gate.extra = {
         "model": args.name,
