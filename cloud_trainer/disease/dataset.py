@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     import torch
     from torch.utils.data import Dataset
 
+    from .field_aug import FieldAugment
+
     # torch stays out of this module's import: the dataset checks run without it.
     ImageSet = Dataset[tuple[torch.Tensor, int]]
 
@@ -279,7 +281,12 @@ def eval_array(sample: Sample, size: int) -> np.ndarray:
 
 
 def make_torch_dataset(
-    samples: list[Sample], class_to_idx: dict[str, int], size: int, train: bool, cache: bool = True
+    samples: list[Sample],
+    class_to_idx: dict[str, int],
+    size: int,
+    train: bool,
+    cache: bool = True,
+    field: FieldAugment | None = None,
 ) -> ImageSet:
     import torch
     from torch.utils.data import Dataset
@@ -320,9 +327,14 @@ def make_torch_dataset(
             return arr
 
         def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-            img = torch.from_numpy(np.array(self._array(i), copy=True)).permute(2, 0, 1)
+            arr = self._array(i)
+            if train and field is not None:
+                arr = field.before(arr, samples[i].domain)
+            img = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)
             if train:
                 img = train_tf(img)
+                if field is not None:
+                    img = field.after(img)
             return img, class_to_idx[samples[i].label]
 
     return _Images()

@@ -25,11 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from shared.display_names import display_names
 from shared.manifest import (
-    Abstention,
     ImagePreprocessing,
     ModelFile,
     ModelManifest,
@@ -43,8 +41,9 @@ from shared.manifest import (
 )
 
 from . import dataset as ds
-from .models import DiseaseNet, build_model
-from .trust_head import TrustHead, pooled_features
+from .models import build_model
+from .outputs import OUTPUT_NAME, OUTPUT_NAMES, ExportModel, ProbabilityModel, abstention_of, output_specs
+from .trust_head import TrustHead
 
 if TYPE_CHECKING:
     from onnxruntime import InferenceSession
@@ -52,11 +51,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
-OUTPUT_NAME = "probabilities"
-LOGITS_NAME = "logits"
-FAMILIARITY_NAME = "familiarity"
-LEAF_NAME = "leaf"
-OUTPUT_NAMES = (OUTPUT_NAME, LOGITS_NAME, FAMILIARITY_NAME, LEAF_NAME)
 PARITY_ATOL = 1e-4
 # Self-test tolerances on the device: another CPU (ARM, other SIMD) reorders float sums, and int8
 # kernels round differently between instruction sets; these bound that, not model error.
@@ -66,48 +60,6 @@ OPSET = 18
 
 class ExportError(RuntimeError):
     """An export check failed; the message names the check and the numbers."""
-
-
-class ProbabilityModel(nn.Module):
-    """uint8 NHWC in, calibrated probabilities out: the whole contract of the ONNX file.
-
-    With a trust head (trust_head.py) the exported graph also has ``familiarity`` and ``leaf``.
-    """
-
-    inv_temperature: torch.Tensor
-
-    def __init__(self, net: DiseaseNet, temperature: float, trust: TrustHead | None = None) -> None:
-        super().__init__()
-        self.net = net
-        self.trust = trust
-        self.register_buffer("inv_temperature", torch.tensor(1.0 / temperature, dtype=torch.float32))
-
-    def logits(self, image: torch.Tensor) -> torch.Tensor:
-        return self.net(image.permute(0, 3, 1, 2).to(torch.float32))
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.logits(image) * self.inv_temperature, dim=1)
-
-    def all_outputs(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """probabilities, logits (+ familiarity, leaf with a trust head), in OUTPUT_NAMES order."""
-        if self.trust is None:
-            z = self.logits(image)
-            return torch.softmax(z * self.inv_temperature, dim=1), z
-        feats = pooled_features(self.net, image)
-        z = self.net.backbone.get_classifier()(feats)  # type: ignore[operator]
-        familiarity, leaf = self.trust(feats)
-        return torch.softmax(z * self.inv_temperature, dim=1), z, familiarity, leaf
-
-
-class ExportModel(nn.Module):
-    """What is exported: every output of :meth:`ProbabilityModel.all_outputs`."""
-
-    def __init__(self, inner: ProbabilityModel) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.inner.all_outputs(image)
 
 
 @dataclass
@@ -348,7 +300,7 @@ def export_run(
         synthetic=bool(info.get("synthetic", False)),
         files=files,
         inputs=[TensorSpec(name=INPUT_NAME, dtype="uint8", shape=["batch", size, size, 3], description="RGB, NHWC")],
-        outputs=_output_specs(len(classes), loaded.model.trust is not None),
+        outputs=output_specs(len(classes), loaded.model.trust is not None),
         labels=classes,
         display_names=display_names(classes),
         preprocessing=ImagePreprocessing(height=size, width=size, resize="center_crop"),
@@ -374,42 +326,6 @@ def _run_split(run_dir: Path, info: dict[str, Any]) -> dict[str, list[ds.Sample]
 def _labels(samples: list[ds.Sample], classes: list[str]) -> np.ndarray:
     c2i = {c: i for i, c in enumerate(classes)}
     return np.array([c2i[s.label] for s in samples], dtype=np.int64)
-
-
-def _output_specs(n_classes: int, trust: bool) -> list[TensorSpec]:
-    specs = [
-        TensorSpec(
-            name=OUTPUT_NAME,
-            dtype="float32",
-            shape=["batch", n_classes],
-            description="calibrated class probabilities, in the order of labels",
-        ),
-        TensorSpec(
-            name=LOGITS_NAME,
-            dtype="float32",
-            shape=["batch", n_classes],
-            description="raw logits (before the temperature), for the abstention score",
-        ),
-    ]
-    if trust:
-        specs += [
-            TensorSpec(name=FAMILIARITY_NAME, dtype="float32", shape=["batch", 1],
-                       description="cosine similarity of the image's features to the nearest class prototype"),
-            TensorSpec(name=LEAF_NAME, dtype="float32", shape=["batch", 1],
-                       description="probability that the frame shows a leaf (the not-a-leaf gate)"),
-        ]  # fmt: skip
-    return specs
-
-
-def abstention_of(info: dict[str, Any], trust: bool) -> Abstention | None:
-    """The run's abstention rule (chosen on validation by finish), pointed at the exported outputs."""
-    rule = info.get("abstention")
-    if not rule:
-        return None
-    rule = {k: v for k, v in rule.items() if k in Abstention.model_fields}
-    source = {"prototype_cosine": FAMILIARITY_NAME, "max_prob": None}.get(rule["score"], LOGITS_NAME)
-    leaf = {"leaf_output": LEAF_NAME} if trust and "leaf_threshold" in rule else {}
-    return Abstention.model_validate({**rule, "score_output": source, **leaf})
 
 
 def _signed(manifest: ModelManifest, key_path: Path) -> ModelManifest:

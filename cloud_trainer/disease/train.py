@@ -28,7 +28,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from . import dataset as ds, metrics as M
+from . import dataset as ds, metrics as M, trust as T
+from .field_aug import BalancedSampler, FieldAugment, add_recipe_args, recipe_of
 from .finish import TASK, FinishedRun, finish, write_history
 from .models import MODEL_REGISTRY, ArchSpec, arch_spec, build_model
 from .run_setup import build_optimizer, init_distributed, init_from_run, resolve_split, resume_path, save_checkpoint
@@ -103,18 +104,8 @@ def get_args_parser(prog: str = "cropwatch train disease") -> argparse.ArgumentP
         action="store_true",
         help="keep BatchNorm statistics as loaded (fine-tuning on a few images of another look must not shift them)",
     )
-    p.add_argument(
-        "--abstain-score",
-        choices=["prototype_cosine", "energy", "max_logit", "max_prob"],
-        default="prototype_cosine",
-        help="the out-of-distribution score the model abstains on (docs/disease-model.md)",
-    )
-    p.add_argument(
-        "--abstain-risk", type=float, default=0.03, help="error rate allowed among answered validation images"
-    )
-    p.add_argument(
-        "--abstain-coverage", type=float, default=0.95, help="at most this share of validation is answered (OOD margin)"
-    )
+    T.add_abstain_args(p)
+    add_recipe_args(p)
     p.add_argument("--no-cache", action="store_true", help="do not keep decoded images in memory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -261,13 +252,17 @@ def _config(ctx: Context) -> dict[str, Any]:
 
 def _loaders(ctx: Context, data: ds.LeafDataset, split: dict[str, list[ds.Sample]]) -> Loaders:
     args, c2i, cache = ctx.args, data.class_to_idx, not ctx.args.no_cache
-    train_set = ds.make_torch_dataset(split["train"], c2i, ctx.size, train=True, cache=cache)
+    recipe = recipe_of(args)
+    augment = FieldAugment(recipe, seed=args.seed + ctx.rank) if recipe.any_image_op else None
+    train_set = ds.make_torch_dataset(split["train"], c2i, ctx.size, train=True, cache=cache, field=augment)
     val_set = ds.make_torch_dataset(split["val"], c2i, ctx.size, train=False, cache=cache)
     test_set = ds.make_torch_dataset(split["test"], c2i, ctx.size, train=False, cache=cache)
     # One sampler for one process or many: with num_replicas=1 it is a seeded shuffle, so the
     # order of every epoch is fixed by (seed, epoch) and a resumed run sees what it would have.
-    sampler: DistributedSampler[Any] = DistributedSampler(
-        train_set, num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=args.seed
+    sampler: DistributedSampler[Any] = (
+        BalancedSampler(split["train"], recipe, ctx.world, ctx.rank, args.seed)
+        if recipe.balanced
+        else DistributedSampler(train_set, num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=args.seed)
     )
     per_rank = math.ceil(len(split["train"]) / ctx.world)
     cuda = ctx.device.type == "cuda"

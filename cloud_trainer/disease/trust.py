@@ -12,6 +12,7 @@ The scores match what the agent computes from the exported logits (edge_agent/ab
 
 from __future__ import annotations
 
+import argparse
 import logging
 from pathlib import Path
 from typing import Any, Literal
@@ -216,3 +217,18 @@ def trust_report(
         curves[name] = (cov, risk)
     plot_risk_coverage(out_dir / "risk_coverage.png", curves, rule, title)
     return by, trust_markdown(by, rule)
+
+
+def add_abstain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--abstain-score",
+        choices=["prototype_cosine", "energy", "max_logit", "max_prob"],
+        default="prototype_cosine",
+        help="the out-of-distribution score the model abstains on (docs/disease-model.md)",
+    )
+    p.add_argument(
+        "--abstain-risk", type=float, default=0.03, help="error rate allowed among answered validation images"
+    )
+    p.add_argument(
+        "--abstain-coverage", type=float, default=0.95, help="at most this share of validation is answered (OOD margin)"
+    )
