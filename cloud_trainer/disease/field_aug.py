@@ -115,16 +115,22 @@ def jpeg(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 class FieldAugment:
     """The recipe's image operations; ``before`` on the decoded photo, ``after`` on the augmented tensor."""
 
-    def __init__(self, recipe: FieldRecipe, seed: int = 0) -> None:
+    def __init__(self, recipe: FieldRecipe) -> None:
         from torchvision.transforms import v2
 
         self.recipe = recipe
-        self.rng = np.random.default_rng(seed)
         self.perspective = v2.RandomPerspective(distortion_scale=0.35, p=0.4, fill=96)
 
+    @staticmethod
+    def _rng() -> np.random.Generator:
+        # Drawn from torch's generator, which training seeds per (seed, epoch): a resumed run
+        # augments exactly as an uninterrupted one.
+        return np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,))))
+
     def before(self, arr: np.ndarray, domain: str) -> np.ndarray:
-        if self.recipe.background and domain != "field" and self.rng.random() < 0.6:
-            arr = paste_on_background(arr, self.rng)
+        rng = self._rng()
+        if self.recipe.background and domain != "field" and rng.random() < 0.6:
+            arr = paste_on_background(arr, rng)
         return arr
 
     def after(self, img: torch.Tensor) -> torch.Tensor:
@@ -132,12 +138,12 @@ class FieldAugment:
             img = self.perspective(img)
         if not (self.recipe.shadows or self.recipe.jpeg):
             return img
-        arr = img.permute(1, 2, 0).numpy()
-        if self.recipe.shadows and self.rng.random() < 0.35:
-            arr = shadow(arr, self.rng)
-        if self.recipe.jpeg and self.rng.random() < 0.5:
-            arr = jpeg(np.ascontiguousarray(arr), self.rng)
-        return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+        arr, rng = img.permute(1, 2, 0).numpy(), self._rng()
+        if self.recipe.shadows and rng.random() < 0.35:
+            arr = shadow(arr, rng)
+        if self.recipe.jpeg and rng.random() < 0.5:
+            arr = jpeg(np.ascontiguousarray(arr), rng)
+        return torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)
 
 
 class BalancedSampler(DistributedSampler[int]):

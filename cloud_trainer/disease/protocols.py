@@ -31,7 +31,8 @@ TRAIN_ARGS = (
     "--arch tf_efficientnet_lite0 --image-size 128 --batch-size 16 --epochs 12 --patience 4 "
     "--backbone-lr-scale 0 --freeze-bn --lr 1e-2 --threads 1 --quiet"
 )
-SHOTS = (5, 10, 40)
+# 10 first: the target of the issue; 5 and 40 show the trend.
+SHOTS = (10, 5, 40)
 
 
 def _train(data: Path, out: Path, train_args: str) -> Path:
@@ -89,15 +90,17 @@ def run_protocol(name: str, root: Path, out: Path, train_args: str = TRAIN_ARGS)
         run = load_run(lab)
         figures = evaluate(run, [score_folder(run, root / "leaf_field_apple" / "test")], out / name, "apples, field")
     elif name == "few-shot":
-        for field in ("leaf_field_dev", "leaf_field_apple"):
-            if not (root / field / "train").is_dir():
-                continue
-            for k in SHOTS:
+        for k in SHOTS:
+            for field in ("leaf_field_dev", "leaf_field_apple"):
+                if not (root / field / "train").is_dir():
+                    continue
                 tag = f"{field}-{k}"
                 data = _few_shot_csv(root, root / field / "train", k, out / name / f"{tag}.csv")
                 run = load_run(_train(data, out / name / tag, train_args))
                 test = score_folder(run, root / field / "test", f"{field}/test, {k} per class")
                 figures |= evaluate(run, [test], out / name / f"{tag}-eval", f"few-shot {k} per class")
+                # Each result is kept as it comes: the whole protocol is hours of CPU.
+                atomic_write_text(out / name / "figures.partial.json", json.dumps(figures, indent=2, default=float))
     else:
         raise ValueError(f"unknown protocol {name!r}; choose from {', '.join(PROTOCOLS)}")
     (out / name).mkdir(parents=True, exist_ok=True)

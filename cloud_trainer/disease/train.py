@@ -253,7 +253,7 @@ def _config(ctx: Context) -> dict[str, Any]:
 def _loaders(ctx: Context, data: ds.LeafDataset, split: dict[str, list[ds.Sample]]) -> Loaders:
     args, c2i, cache = ctx.args, data.class_to_idx, not ctx.args.no_cache
     recipe = recipe_of(args)
-    augment = FieldAugment(recipe, seed=args.seed + ctx.rank) if recipe.any_image_op else None
+    augment = FieldAugment(recipe) if recipe.any_image_op else None
     train_set = ds.make_torch_dataset(split["train"], c2i, ctx.size, train=True, cache=cache, field=augment)
     val_set = ds.make_torch_dataset(split["val"], c2i, ctx.size, train=False, cache=cache)
     test_set = ds.make_torch_dataset(split["test"], c2i, ctx.size, train=False, cache=cache)
