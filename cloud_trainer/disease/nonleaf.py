@@ -14,10 +14,13 @@ gate fitted on one half is measured on photographs it never saw.
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, ImageFilter
+
+logger = logging.getLogger(__name__)
 
 # Colour photographs of things that are not leaves; a few greyscale ones (camera man, coins, moon,
 # text) are turned into RGB. Split by photograph, alternating, so both halves have both kinds.
@@ -59,7 +62,11 @@ def skimage_frames(half: str) -> Iterator[tuple[str, bytes]]:
         loader = getattr(data, "stereo_motorcycle" if name == "motorcycle" else name, None)
         if loader is None:
             continue
-        img = loader()
+        try:
+            img = loader()
+        except Exception as exc:  # a photograph this scikit-image must download (offline): skip it
+            logger.warning("skimage photograph %s unavailable (%s); skipped", name, exc)
+            continue
         img = _rgb(img[0] if isinstance(img, tuple) else img)
         h, w = img.shape[:2]
         crop = img[h // 4 : h // 4 + h // 2, w // 4 : w // 4 + w // 2]

@@ -111,7 +111,12 @@ def build_trust_head(net: DiseaseNet, train: list[ds.Sample], classes: list[str]
     feats = features_of(net, np.stack([ds.eval_array(s, size) for s in chosen]))
     labels = np.array([classes.index(s.label) for s in chosen])
     protos = np.stack([_normalise(feats[labels == i]).mean(axis=0) for i in range(len(classes))])
-    frames = [*skimage_frames("fit"), *generated_frames(36, seed=7)]
+    try:
+        photos = list(skimage_frames("fit"))
+    except ModuleNotFoundError:
+        logger.warning("scikit-image is not installed: the leaf gate learns from generated frames only")
+        photos = []
+    frames = [*photos, *generated_frames(36, seed=7)]
     neg = features_of(net, np.stack([decode_image(b, size, "center_crop") for _, b in frames]))
     w, b = fit_gate(feats, neg)
     logger.info("trust head: %d prototypes from %d training images; leaf gate on %d not-a-leaf frames",

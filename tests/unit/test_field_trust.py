@@ -122,3 +122,32 @@ def test_migration_10_adds_the_status_columns_to_an_older_database(tmp_path: Pat
     assert migrate(engine) == [10]
     cols = {c["name"] for c in inspect(engine).get_columns("detections")}
     assert {"status", "trust_score"} <= cols
+
+
+def test_balanced_sampler_evens_classes_and_draws_field_photos_at_their_share() -> None:
+    from cloud_trainer.disease.dataset import Sample
+    from cloud_trainer.disease.field_aug import BalancedSampler, FieldRecipe
+
+    samples = [Sample(Path(f"a{i}"), "a", f"a{i}", "lab") for i in range(90)]
+    samples += [Sample(Path(f"b{i}"), "b", f"b{i}", "lab") for i in range(10)]
+    samples += [Sample(Path(f"f{i}"), "a", f"f{i}", "field") for i in range(5)]
+    sampler = BalancedSampler(samples, FieldRecipe(field_share=0.3), num_replicas=1, rank=0, seed=0)
+    drawn = []
+    for epoch in range(40):
+        sampler.set_epoch(epoch)
+        drawn += [samples[i] for i in sampler]
+    field = sum(s.domain == "field" for s in drawn) / len(drawn)
+    lab_b = sum(s.label == "b" for s in drawn if s.domain == "lab") / sum(s.domain == "lab" for s in drawn)
+    assert abs(field - 0.3) < 0.03 and abs(lab_b - 0.5) < 0.05
+    sampler.set_epoch(0)
+    assert list(sampler) == list(sampler)  # the same epoch draws the same order (resume)
+
+
+def test_paste_on_background_replaces_the_backdrop_and_keeps_the_leaf() -> None:
+    from cloud_trainer.disease.field_aug import paste_on_background
+
+    img = np.full((64, 64, 3), 200, np.uint8)  # a plain lab backdrop ...
+    img[16:48, 16:48] = (40, 140, 40)  # ... and a green leaf
+    out = paste_on_background(img, np.random.default_rng(0))
+    assert np.abs(out[30, 30].astype(int) - (40, 140, 40)).max() <= 3
+    assert np.abs(out[2, 2].astype(int) - 200).max() > 20
