@@ -254,6 +254,12 @@ def _fine_tune(args: argparse.Namespace, plan: _Plan) -> list[str]:
         "--warmup-epochs", "0", "--min-per-class", "1",
         "--label-smoothing", str(plan.base_config.get("label_smoothing", 0.1)),
     ]  # fmt: skip
+    # The base run's field-conditions recipe (a base from before the recipe had none); the field
+    # mix is the retrain's own oversampling, so the trainer's balanced sampler stays off.
+    train_argv.append("--no-balanced")
+    for flag in ("no_field_background", "no_shadows", "no_perspective", "no_jpeg"):
+        if plan.base_config.get(flag, True):
+            train_argv.append("--" + flag.replace("_", "-"))
     if args.threads:
         train_argv += ["--threads", str(args.threads)]
     if not args.train_bn:
