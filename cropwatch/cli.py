@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "data": ("cropwatch.data_cli", "build datasets: synthetic leaves, yield cubes, label export", "trainer"),
     "train": ("cloud_trainer.train_cli", "train a disease or yield model", "trainer"),
     "evaluate": (
-        "cloud_trainer.disease.evaluate",
+        "cloud_trainer.evaluate_cli",
         "how far a disease run can be trusted on other data (protocols)",
         "trainer",
     ),

@@ -26,7 +26,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -37,8 +37,6 @@ from shared.image import decode_image
 if TYPE_CHECKING:
     import torch
     from torch.utils.data import Dataset
-
-    from .field_aug import FieldAugment
 
     # torch stays out of this module's import: the dataset checks run without it.
     ImageSet = Dataset[tuple[torch.Tensor, int]]
@@ -280,13 +278,21 @@ def eval_array(sample: Sample, size: int) -> np.ndarray:
     return decode_image(sample.path.read_bytes(), size, "center_crop")
 
 
+class ImageOps(Protocol):
+    """Extra training image operations (field_aug.FieldAugment): on the decoded photo, then the tensor."""
+
+    def before(self, arr: np.ndarray, domain: str) -> np.ndarray: ...
+
+    def after(self, img: torch.Tensor) -> torch.Tensor: ...
+
+
 def make_torch_dataset(
     samples: list[Sample],
     class_to_idx: dict[str, int],
     size: int,
     train: bool,
     cache: bool = True,
-    field: FieldAugment | None = None,
+    field: ImageOps | None = None,
 ) -> ImageSet:
     import torch
     from torch.utils.data import Dataset

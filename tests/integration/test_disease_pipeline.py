@@ -236,7 +236,7 @@ def test_int8_over_budget_is_dropped_with_the_reason(tiny_run: dict[str, Path]) 
 def test_run_carries_abstention_into_the_manifest_and_evaluate_reports_trust(
     tiny_run: dict[str, Path], tmp_path: Path
 ) -> None:
-    from cloud_trainer.disease import evaluate
+    from cloud_trainer import evaluate_cli
 
     manifest = ModelManifest.load(tiny_run["export"] / "manifest.json")
     rule = manifest.abstention
@@ -246,7 +246,7 @@ def test_run_carries_abstention_into_the_manifest_and_evaluate_reports_trust(
     assert info["abstention"]["threshold"] == pytest.approx(rule.threshold)
     assert "## Trust" in (tiny_run["run"] / "eval" / "report.md").read_text()
     out = tmp_path / "ev"
-    assert evaluate.main([str(tiny_run["run"]), str(tiny_run["data"]), "--non-leaf", "--out", str(out)], "t") == 0
+    assert evaluate_cli.main([str(tiny_run["run"]), str(tiny_run["data"]), "--non-leaf", "--out", str(out)], "t") == 0
     sets = json.loads((out / "metrics.json").read_text())["sets"]
     assert set(sets) == {"leaves", "not a leaf"}
     assert sets["not a leaf"]["accuracy"] == 0.0 and 0.0 <= sets["not a leaf"]["not_a_leaf"] <= 1.0
