@@ -6,7 +6,7 @@ not-a-leaf frames answered at 95% validation coverage; the cosine similarity of 
 to the nearest class prototype (the mean training feature of each class) flags them nearly all.
 So the head exports two extra outputs:
 
-- ``familiarity``: max over classes of cos(feature, prototype); the abstention score
+- ``familiarity``: max over prototypes (one per class and domain) of cos(feature, prototype); the abstention score
   (``prototype_cosine``), thresholded on validation like any other score;
 - ``leaf``: P(the frame shows a leaf), a logistic regression on the normalised features, fitted on
   the training images (leaves, lab and field) against generated frames and half of scikit-image's
@@ -109,8 +109,11 @@ def build_trust_head(net: DiseaseNet, train: list[ds.Sample], classes: list[str]
         rng.shuffle(of_class)
         chosen += of_class[:MAX_PER_CLASS]
     feats = features_of(net, np.stack([ds.eval_array(s, size) for s in chosen]))
-    labels = np.array([classes.index(s.label) for s in chosen])
-    protos = np.stack([_normalise(feats[labels == i]).mean(axis=0) for i in range(len(classes))])
+    # One prototype per class and domain: the mean of a class's lab and field photos lies between
+    # the two and is near neither, which left few-shot field photos unanswered.
+    groups = sorted({(s.label, s.domain) for s in chosen})
+    keys = [(s.label, s.domain) for s in chosen]
+    protos = np.stack([_normalise(feats[[k == g for k in keys]]).mean(axis=0) for g in groups])
     try:
         photos = list(skimage_frames("fit"))
     except ModuleNotFoundError:
@@ -120,5 +123,5 @@ def build_trust_head(net: DiseaseNet, train: list[ds.Sample], classes: list[str]
     neg = features_of(net, np.stack([decode_image(b, size, "center_crop") for _, b in frames]))
     w, b = fit_gate(feats, neg)
     logger.info("trust head: %d prototypes from %d training images; leaf gate on %d not-a-leaf frames",
-                len(classes), len(chosen), len(neg))  # fmt: skip
+                len(groups), len(chosen), len(neg))  # fmt: skip
     return TrustHead(torch.from_numpy(_normalise(protos)), torch.from_numpy(w), torch.tensor(b))
