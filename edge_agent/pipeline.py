@@ -332,9 +332,7 @@ class Pipeline:
                 messages.append(to_out(self.identity, det))
                 self.processed[f"status_{det.status}"] += 1
                 disagree = shadow_result is not None and shadow_result.top_k[0].label != det.label
-                reason = self.samples.reason(
-                    det.confidence, it.requested, len(sample_times), disagree, status=det.status
-                )
+                reason = self.samples.reason(det.confidence, it.requested, len(sample_times), disagree, det.status)
                 if reason is not None:
                     sample = self._sample(it, det, reason)
                     if sample is not None:
