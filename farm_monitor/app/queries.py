@@ -94,6 +94,8 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str | bytes) else value
 
 
+# In charts an abstained or refused detection is its status, not its guessed class.
+SHOWN_LABEL = "CASE WHEN COALESCE(status, 'ok') = 'ok' THEN label ELSE status END"
 # A detection the model abstained on or refused is not a sick plant (docs/disease-model.md).
 SICK = "SUM(CASE WHEN lower(label) LIKE '%healthy%' OR COALESCE(status, 'ok') <> 'ok' THEN 0 ELSE 1 END) AS sick"
 
@@ -144,8 +146,8 @@ def field_risk(sql: Sql, farm: str, devs: list[str], since: datetime) -> pd.Data
 def detections_by_day(sql: Sql, farm: str, field: str, since: datetime) -> pd.DataFrame:
     day = sql.bucket("observed_at", "day")
     df = sql.frame(
-        f"SELECT {day} AS day, label, COUNT(*) AS n FROM detections "
-        f"WHERE field_id = :fld AND farm_id = :f AND observed_at >= :t GROUP BY {day}, label ORDER BY 1",
+        f"SELECT {day} AS day, {SHOWN_LABEL} AS label, COUNT(*) AS n FROM detections "
+        f"WHERE field_id = :fld AND farm_id = :f AND observed_at >= :t GROUP BY {day}, {SHOWN_LABEL} ORDER BY 1",
         {"fld": field, "f": farm, "t": sql.ts(since)},
     )
     df["day"] = pd.to_datetime(df["day"])
@@ -311,8 +313,8 @@ def device_history(sql: Sql, farm: str, device: str, since: datetime) -> dict[st
     day = sql.bucket("observed_at", "day")
     hour = sql.bucket("observed_at", "hour")
     det = sql.frame(
-        f"SELECT {day} AS day, label, COUNT(*) AS n FROM detections WHERE farm_id = :f AND device_id = :dev "
-        f"AND observed_at >= :t GROUP BY {day}, label ORDER BY 1",
+        f"SELECT {day} AS day, {SHOWN_LABEL} AS label, COUNT(*) AS n FROM detections "
+        f"WHERE farm_id = :f AND device_id = :dev AND observed_at >= :t GROUP BY {day}, {SHOWN_LABEL} ORDER BY 1",
         p,
     )
     det["day"] = pd.to_datetime(det["day"])
