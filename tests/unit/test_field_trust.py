@@ -119,7 +119,7 @@ def test_migration_10_adds_the_status_columns_to_an_older_database(tmp_path: Pat
     with engine.begin() as conn:  # what a database made before step 10 looks like
         conn.execute(text("ALTER TABLE detections DROP COLUMN status"))
         conn.execute(text("ALTER TABLE detections DROP COLUMN trust_score"))
-    assert migrate(engine) == [10]
+    assert 10 in migrate(engine)  # with whatever other steps came after 5
     cols = {c["name"] for c in inspect(engine).get_columns("detections")}
     assert {"status", "trust_score"} <= cols
 
