@@ -73,6 +73,12 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
         help="largest drop of the metric on the fixed test set the gate accepts (0.01 = one point)",
     )
     p.add_argument(
+        "--max-trust-regression",
+        type=float,
+        default=0.0,
+        help="largest rise of the confidently-wrong rate or the ECE on the field test set the gate accepts",
+    )
+    p.add_argument(
         "--min-field-gain",
         type=float,
         default=0.0,
@@ -248,6 +254,12 @@ def _fine_tune(args: argparse.Namespace, plan: _Plan) -> list[str]:
         "--warmup-epochs", "0", "--min-per-class", "1",
         "--label-smoothing", str(plan.base_config.get("label_smoothing", 0.1)),
     ]  # fmt: skip
+    # The base run's field-conditions recipe (a base from before the recipe had none); the field
+    # mix is the retrain's own oversampling, so the trainer's balanced sampler stays off.
+    train_argv.append("--no-balanced")
+    for flag in ("no_field_background", "no_shadows", "no_perspective", "no_jpeg"):
+        if plan.base_config.get(flag, True):
+            train_argv.append("--" + flag.replace("_", "-"))
     if args.threads:
         train_argv += ["--threads", str(args.threads)]
     if not args.train_bn:
@@ -287,7 +299,7 @@ def _evaluate(args: argparse.Namespace, plan: _Plan, merged: Merged) -> tuple[Ga
             results[set_name][who] = evaluate_run(path, x, y, classes)
     gate = decide(
         args.metric, results["fixed"], results["field"], args.max_regression, args.min_field_gain,
-        args.min_field_test,
+        args.min_field_test, args.max_trust_regression,
     )  # fmt: skip
     gate.extra = {
         "model": args.name,

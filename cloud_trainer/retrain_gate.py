@@ -3,7 +3,9 @@
 Both models are evaluated on the base run's fixed test set and on the held-out field test set,
 decoded exactly as a device does. The candidate passes when it is no worse on the fixed set
 (within ``--max-regression``) and better on the field set (by more than ``--min-field-gain``, on
-at least ``--min-field-test`` images). The verdict is written as ``gate/report.json``,
+at least ``--min-field-test`` images), and its answers on the field set are no less trustworthy:
+its confidently-wrong rate (probability >= 0.9 and wrong) and its expected calibration error may
+not exceed the base model's (beyond ``--max-trust-regression``). The verdict is written as ``gate/report.json``,
 ``gate/report.md`` and ``gate/per_class.png``.
 """
 
@@ -52,6 +54,8 @@ def evaluate_run(run_dir: Path, images: np.ndarray, labels: np.ndarray, classes:
     probs = run_torch(loaded.model, images)
     m = M.classification_metrics(probs, labels, classes)
     m.pop("confusion_matrix", None)
+    wrong = probs.argmax(axis=1) != labels
+    m["confidently_wrong"] = float(((probs.max(axis=1) >= 0.9) & wrong).mean()) if len(labels) else 0.0
     return m
 
 
@@ -71,9 +75,10 @@ def decide(
     max_regression: float,
     min_field_gain: float,
     min_field_test: int = 1,
+    max_trust_regression: float = 0.0,
 ) -> GateResult:
     """Pass when no worse on the fixed test set (within the tolerance) and better on the field test set,
-    measured on at least ``min_field_test`` field images."""
+    measured on at least ``min_field_test`` field images, and no less trustworthy on the field set."""
     fb, fc = fixed["base"][metric], fixed["candidate"][metric]
     gb, gc = field_["base"][metric], field_["candidate"][metric]
     reasons = []
@@ -99,8 +104,19 @@ def decide(
             else "FAIL, the gain on the field is below the minimum"
         )
     )
+    trust_ok = True
+    for key, what in (("confidently_wrong", "confidently-wrong rate (p >= 0.9 and wrong)"), ("ece", "ECE")):
+        if key not in field_["base"] or key not in field_["candidate"]:
+            continue
+        tb, tc = field_["base"][key], field_["candidate"][key]
+        ok = tc <= tb + max_trust_regression + 1e-12
+        trust_ok = trust_ok and ok
+        reasons.append(
+            f"field test set {what}: {tb:.4f} -> {tc:.4f}; allowed rise {max_trust_regression:.4f}: "
+            + ("ok" if ok else "FAIL, the candidate's confident answers on the field are less trustworthy")
+        )
     return GateResult(
-        passed=fixed_ok and field_ok,
+        passed=fixed_ok and field_ok and trust_ok,
         metric=metric,
         reasons=reasons,
         fixed={"base": fixed["base"], "candidate": fixed["candidate"], "delta": fc - fb, "ok": fixed_ok},
@@ -109,6 +125,7 @@ def decide(
             "max_regression": max_regression,
             "min_field_gain": min_field_gain,
             "min_field_test": min_field_test,
+            "max_trust_regression": max_trust_regression,
         },
     )
 

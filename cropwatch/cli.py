@@ -28,6 +28,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "report": ("farm_monitor.app.report_cli", "farm report as PDF/HTML; send the due daily/weekly mails", "monitor"),
     "data": ("cropwatch.data_cli", "build datasets: synthetic leaves, yield cubes, label export", "trainer"),
     "train": ("cloud_trainer.train_cli", "train a disease or yield model", "trainer"),
+    "evaluate": (
+        "cloud_trainer.evaluate_cli",
+        "how far a disease run can be trusted on other data (protocols)",
+        "trainer",
+    ),
     "export": ("cloud_trainer.export_cli", "export a training run to signed ONNX", "trainer"),
     "retrain": ("cloud_trainer.retrain_cli", "retrain from field labels, gated by evaluation", "trainer"),
     "models": ("fleet.models_cli", "model registry and rollout (list, import, publish, ...)", "edge"),

@@ -112,6 +112,8 @@ class SampleSettings(BaseModel):
     max_per_hour: Annotated[int, Field(ge=0)] = 10
     max_per_day: Annotated[int, Field(ge=0)] = 50
     max_side: Annotated[int, Field(ge=32, le=4096)] = 640
+    # Share of each cap only `uncertain` images may use (they go to labelling ahead of the rest).
+    uncertain_reserve: Annotated[float, Field(ge=0, lt=1)] = 0.3
 
 
 class YieldVariableSource(BaseModel):

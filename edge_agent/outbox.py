@@ -6,7 +6,8 @@ cut. A row leaves only when the broker acknowledged it with a success reason cod
 counted, and is retried only after a config reload (the operator fixed the ACL or the limit).
 
 Disk budget policy: when storing a message would take the outbox over its budget, the oldest rows
-of the lowest priority go first: telemetry (0), then samples (1), then detections and yields (2).
+of the lowest priority go first: telemetry (0), then samples (1), then detections, yields and
+`uncertain` samples (2).
 A message never displaces one of higher priority; if nothing of lower or equal priority is left,
 the new message itself is dropped. Events (3, alerts and errors) are never dropped, even over
 budget. Every drop is counted per kind. Rows older than their kind's TTL expire and are counted.
@@ -74,6 +75,8 @@ class OutMessage:
     kind: str
     topic: str
     payload: bytes
+    # Overrides the kind's priority: an `uncertain` sample is kept over budget like a detection.
+    priority: int | None = None
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,7 @@ class Outbox:
         return dropped
 
     def _insert(self, cur: sqlite3.Cursor, m: OutMessage) -> list[str]:
-        priority = PRIORITY.get(m.kind, 2)
+        priority = m.priority if m.priority is not None else PRIORITY.get(m.kind, 2)
         size = len(m.payload) + len(m.topic.encode()) + ROW_OVERHEAD
         dropped: list[str] = []
         if priority < NEVER_DROPPED:

@@ -16,8 +16,8 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 
@@ -27,9 +27,11 @@ from shared.manifest import ImagePreprocessing, Variant
 from shared.messages import (
     MAX_SAMPLE_IMAGE_BYTES,
     Detection,
+    DetectionStatus,
     LabelScore,
     ModelRef,
     Sample,
+    SampleReason,
     SensorHealth,
     SensorReading,
     ShadowResult,
@@ -37,6 +39,7 @@ from shared.messages import (
 )
 from shared.topics import device_topic
 
+from .abstain import verdicts
 from .config import SampleSettings
 from .inference import InferenceBackend
 from .outbox import Outbox, OutMessage
@@ -46,7 +49,6 @@ logger = logging.getLogger(__name__)
 
 # Base64 and the metadata must still fit the message limit; keep the JPEG a little under 256 KiB.
 SAMPLE_JPEG_LIMIT = MAX_SAMPLE_IMAGE_BYTES - 4096
-SampleReason = Literal["requested", "shadow_disagreement", "low_confidence"]
 
 
 def backend_variant(backend: InferenceBackend) -> Variant:
@@ -294,7 +296,7 @@ class Pipeline:
         if good:
             batch = np.stack([arr for _, arr in good])
             try:
-                probs, ms = self._infer(champion, batch)
+                outputs, ms = self._infer_all(champion, batch)
                 self.count(champion, len(good), 0)
             except Exception:
                 self.count(champion, len(good), len(good))
@@ -312,8 +314,10 @@ class Pipeline:
                     good, more_rejected = self._decode([it for it, _ in good], champion)
                     rejected += more_rejected
                     batch = np.stack([arr for _, arr in good])
-                probs, ms = self._infer(champion, batch)
+                outputs, ms = self._infer_all(champion, batch)
                 self.count(champion, len(good), 0)
+            probs = outputs[champion.manifest.outputs[0].name]
+            judged = verdicts(champion.manifest, outputs, probs)
             shadow_out = self._shadow(shadow, good, batch, champion) if shadow is not None else None
             self.latency.add(ms, len(good))
             ref = model_ref(champion)
@@ -331,14 +335,18 @@ class Pipeline:
                     top_k=top_k(probs[i], labels, self.top_k),
                     inference_ms=ms,
                     shadow=shadow_result,
+                    status=judged[i].status,
+                    trust_score=judged[i].score,
                 )
                 messages.append(to_out(self.identity, det))
+                self.processed[f"status_{det.status}"] += 1
                 disagree = shadow_result is not None and shadow_result.top_k[0].label != det.label
-                reason = self.samples.reason(det.confidence, it.requested, len(sample_times), disagree)
+                reason = self.samples.reason(det.confidence, it.requested, len(sample_times), disagree, det.status)
                 if reason is not None:
                     sample = self._sample(it, det, reason)
                     if sample is not None:
-                        messages.append(to_out(self.identity, sample))
+                        out = to_out(self.identity, sample)
+                        messages.append(replace(out, priority=2) if reason == "uncertain" else out)
                         if reason != "requested":
                             sample_times.append(time.time())
         seen = [it.seen_key for it in items if it.seen_key is not None]
@@ -416,14 +424,18 @@ class Pipeline:
         return good, rejected
 
     def _infer(self, backend: InferenceBackend, batch: np.ndarray) -> tuple[np.ndarray, float]:
+        outputs, ms = self._infer_all(backend, batch)
+        return outputs[backend.manifest.outputs[0].name], ms
+
+    def _infer_all(self, backend: InferenceBackend, batch: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
+        """Every output of the model (probabilities first; logits and leaf gate where it has them)."""
         name = backend.manifest.inputs[0].name
-        out_name = backend.manifest.outputs[0].name
-        results = []
+        results: list[dict[str, np.ndarray]] = []
         t0 = time.perf_counter()
         for start in range(0, len(batch), backend.max_batch):
-            results.append(backend.run({name: batch[start : start + backend.max_batch]})[out_name])
+            results.append(backend.run({name: batch[start : start + backend.max_batch]}))
         ms = (time.perf_counter() - t0) * 1000 / len(batch)
-        return np.concatenate(results, axis=0), ms
+        return {k: np.concatenate([r[k] for r in results], axis=0) for k in results[0]}, ms
 
     def _sample(self, it: ImageItem, det: Detection, reason: SampleReason) -> Sample | None:
         try:
@@ -467,16 +479,31 @@ class SamplePolicy:
         self.clock = clock
         self.capped = 0
 
-    def reason(self, confidence: float, requested: bool, in_batch: int, disagree: bool = False) -> SampleReason | None:
+    def reason(
+        self,
+        confidence: float,
+        requested: bool,
+        in_batch: int,
+        disagree: bool = False,
+        status: DetectionStatus = "ok",
+    ) -> SampleReason | None:
         if requested:
             return "requested"
         s = self.settings
-        if not s.enabled or (confidence >= s.confidence_below and not disagree):
+        if not s.enabled or status == "not_a_leaf":
+            return None
+        uncertain = status == "uncertain"
+        if confidence >= s.confidence_below and not disagree and not uncertain:
             return None
         now = self.clock()
         hour = self.outbox.samples_since(now - 3600) + in_batch
         day = self.outbox.samples_since(now - 86400) + in_batch
-        if hour >= s.max_per_hour or day >= s.max_per_day:
+        # The last `uncertain_reserve` of each cap is kept for images the model abstained on: they
+        # are the labels that teach it what it does not know, so they go ahead of every other sample.
+        reserve = 0.0 if uncertain else s.uncertain_reserve
+        if hour >= s.max_per_hour * (1 - reserve) or day >= s.max_per_day * (1 - reserve):
             self.capped += 1
             return None
+        if uncertain:
+            return "uncertain"
         return "shadow_disagreement" if disagree else "low_confidence"

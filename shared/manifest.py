@@ -158,6 +158,40 @@ class SeasonPreprocessing(BaseModel):
     quantiles: list[float] = Field(default_factory=lambda: [0.1, 0.5, 0.9])
 
 
+class Abstention(BaseModel):
+    """When the model says "I don't know": chosen on validation data at export, applied by the agent.
+
+    The score is higher for a more familiar image and is read from the output ``score_output``:
+    for ``prototype_cosine`` that output is the score itself (cosine similarity of the image's
+    features to the nearest class prototype, computed in the graph); for ``max_logit`` and
+    ``energy`` it holds the raw logits (energy: ``T * logsumexp(logits / T)``); ``max_prob`` reads
+    the calibrated probabilities. A detection whose score is below ``threshold`` is reported
+    ``uncertain``. ``leaf_output`` (optional) is the probability that the frame shows a leaf at
+    all; below ``leaf_threshold`` the frame is ``not_a_leaf`` and its class is not reported as a finding.
+    """
+
+    model_config = STRICT_MODEL
+    temperature: Annotated[float, Field(gt=0)] = Field(
+        1.0, description="Fitted on validation logits; already applied to the probabilities output."
+    )
+    score: Literal["max_prob", "max_logit", "energy", "prototype_cosine"]
+    score_output: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    threshold: float
+    target_risk: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        None, description="Error rate among answered validation images the threshold was chosen for."
+    )
+    validation_coverage: Annotated[float, Field(ge=0, le=1)] | None = None
+    validation_risk: Annotated[float, Field(ge=0, le=1)] | None = None
+    leaf_output: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    leaf_threshold: Annotated[float, Field(ge=0, le=1)] = 0.5
+
+    @model_validator(mode="after")
+    def _needs_logits(self) -> Abstention:
+        if self.score != "max_prob" and self.score_output is None:
+            raise ValueError(f"score {self.score!r} needs score_output")
+        return self
+
+
 class Signature(BaseModel):
     model_config = STRICT_MODEL
     algorithm: Literal["ed25519"] = "ed25519"
@@ -190,6 +224,11 @@ class ModelManifest(BaseModel):
         description="What people read for each label (`Apple · Cedar apple rust`); the labels stay the class ids. "
         "Absent in manifests written before it existed, which still verify.",
     )
+    abstention: Abstention | None = Field(
+        None,
+        description="Temperature, OOD score and thresholds for `uncertain` / `not_a_leaf`. "
+        "Absent in manifests written before it existed, which still verify.",
+    )
     signature: Signature | None = None
 
     @model_validator(mode="after")
@@ -202,6 +241,11 @@ class ModelManifest(BaseModel):
         unknown = sorted(set(self.display_names or {}) - set(self.labels))
         if unknown:
             raise ValueError(f"display_names names labels the model does not have: {unknown}")
+        if self.abstention is not None:
+            names = {o.name for o in self.outputs}
+            for out in (self.abstention.score_output, self.abstention.leaf_output):
+                if out is not None and out not in names:
+                    raise ValueError(f"abstention names output {out!r}, the model has {sorted(names)}")
         return self
 
     def file(self, variant: Variant = "fp32") -> ModelFile:
@@ -224,8 +268,9 @@ class ModelManifest(BaseModel):
         # desired-model message holding one) signed before the field existed has the same canonical
         # bytes, and one without the field still loads in older readers.
         doc: dict[str, Any] = handler(self)
-        if self.display_names is None:
-            doc.pop("display_names", None)
+        for optional in ("display_names", "abstention"):
+            if getattr(self, optional) is None:
+                doc.pop(optional, None)
         return doc
 
     def canonical_bytes(self) -> bytes:

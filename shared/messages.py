@@ -19,11 +19,13 @@ from pydantic import (
     BeforeValidator,
     Field,
     PlainSerializer,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
     WithJsonSchema,
+    model_serializer,
     model_validator,
 )
 
@@ -58,6 +60,10 @@ COMMANDS = ("capture_now", "reload_config", "set_log_level", "ping")
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 # Validation context flag: the data came off the wire (CBOR), so nothing may be filled in.
 WIRE_CONTEXT_KEY = "from_wire"
+# ok: answered; uncertain: the model abstained (docs/disease-model.md); not_a_leaf: the leaf gate refused the frame.
+DetectionStatus = Literal["ok", "uncertain", "not_a_leaf"]
+# `uncertain` samples go to labelling ahead of every other kind (docs/edge-agent.md).
+SampleReason = Literal["low_confidence", "requested", "random", "shadow_disagreement", "uncertain"]
 
 
 class Envelope(BaseModel):
@@ -111,6 +117,30 @@ class Detection(Envelope):
     top_k: TopK
     inference_ms: Annotated[float, Field(ge=0)] | None = None
     shadow: ShadowResult | None = None
+    status: DetectionStatus = Field(
+        "ok",
+        description="`uncertain`: below the model's abstention threshold (top_k kept, never counted as a "
+        "disease); `not_a_leaf`: the leaf gate rejected the frame (top_k is what the classifier said). "
+        "Absent in payloads of agents older than it: `ok`.",
+    )
+    trust_score: float | None = Field(
+        None, description="The manifest's abstention score (higher: more familiar); absent without one."
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left out while at their defaults, so a plain detection is byte-for-byte what older
+        # ingests (extra fields forbidden) accept.
+        doc: dict[str, Any] = handler(self)
+        if self.status == "ok":
+            doc.pop("status", None)
+        if self.trust_score is None:
+            doc.pop("trust_score", None)
+        return doc
+
+    @property
+    def answered(self) -> bool:
+        return self.status == "ok"
 
     @property
     def label(self) -> str:
@@ -193,7 +223,7 @@ class Sample(Envelope):
     """An image sent for labelling (low confidence, on request, or a shadow disagreement)."""
 
     kind: Literal["sample"] = "sample"
-    reason: Literal["low_confidence", "requested", "random", "shadow_disagreement"]
+    reason: SampleReason
     model: ModelRef | None = None
     detection_msg_id: MsgId | None = None
     field_id: Id | None = None

@@ -18,6 +18,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from shared.manifest import (
+    Abstention,
     ImagePreprocessing,
     ModelFile,
     ModelManifest,
@@ -88,6 +89,72 @@ def classifier_graph(size: int, labels: list[str], temperature: float = 1.0, see
     model.ir_version = 9
     onnx.checker.check_model(model)
     return model
+
+
+def trust_classifier_graph(size: int, labels: list[str]) -> onnx.ModelProto:
+    """The colour classifier plus the trust outputs the trainer's graph has (logits, familiarity, leaf).
+
+    familiarity is greenness (mean G - mean R): a green leaf is familiar, a brown or grey frame is
+    not; leaf is sigmoid(40 * (colourfulness - 0.08)) with colourfulness the spread of the mean
+    channels, so a blank, grey or noise frame (all channels alike) is not a leaf.
+    """
+    base = classifier_graph(size, labels)
+    g = base.graph
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([[-1.0], [1.0], [0.0]], dtype=np.float32), "Wf"),
+            numpy_helper.from_array(np.array([0.0], dtype=np.float32), "Bf"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "ch"),
+            numpy_helper.from_array(np.array([0.08], dtype=np.float32), "leaf_shift"),
+            numpy_helper.from_array(np.array([40.0], dtype=np.float32), "leaf_gain"),
+        ]
+    )
+    g.node.extend(
+        [
+            helper.make_node("Gemm", ["pooled", "Wf", "Bf"], ["familiarity"]),
+            helper.make_node("ReduceMax", ["pooled", "ch"], ["cmax"], keepdims=1),
+            helper.make_node("ReduceMin", ["pooled", "ch"], ["cmin"], keepdims=1),
+            helper.make_node("Sub", ["cmax", "cmin"], ["spread"]),
+            helper.make_node("Sub", ["spread", "leaf_shift"], ["spread0"]),
+            helper.make_node("Mul", ["spread0", "leaf_gain"], ["leaf_logit"]),
+            helper.make_node("Sigmoid", ["leaf_logit"], ["leaf"]),
+        ]
+    )
+    for name, dims in (("logits", ["batch", len(labels)]), ("familiarity", ["batch", 1]), ("leaf", ["batch", 1])):
+        g.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
+    onnx.checker.check_model(base)
+    return base
+
+
+def build_trust_classifier(
+    directory: Path, *, threshold: float = 0.05, size: int = 32, key_dir: Path | None = None, version: str = "1.0.0"
+) -> BuiltModel:
+    """A signed colour classifier whose manifest carries an abstention rule (uncertain / not_a_leaf)."""
+    labels = list(LEAF_LABELS)
+    n = len(labels)
+    return _write_and_sign(
+        Path(directory),
+        {"fp32": trust_classifier_graph(size, labels)},
+        key_dir,
+        False,
+        name="leafnet",
+        version=version,
+        task="disease_classification",
+        inputs=[TensorSpec(name="image", dtype="uint8", shape=["batch", size, size, 3])],
+        outputs=[
+            TensorSpec(name="probabilities", dtype="float32", shape=["batch", n]),
+            TensorSpec(name="logits", dtype="float32", shape=["batch", n]),
+            TensorSpec(name="familiarity", dtype="float32", shape=["batch", 1]),
+            TensorSpec(name="leaf", dtype="float32", shape=["batch", 1]),
+        ],
+        labels=labels,
+        preprocessing=ImagePreprocessing(height=size, width=size),
+        self_test_inputs={"image": TensorData.seeded("uint8", [2, size, size, 3], "self-test")},
+        abstention=Abstention(
+            score="prototype_cosine", score_output="familiarity", threshold=threshold, leaf_output="leaf",
+            leaf_threshold=0.5, target_risk=0.03,
+        ),
+    )  # fmt: skip
 
 
 def yield_graph(time_steps: int, variables: list[SeasonVariable], spread: float = 0.5) -> onnx.ModelProto:

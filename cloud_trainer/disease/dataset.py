@@ -26,7 +26,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -278,8 +278,21 @@ def eval_array(sample: Sample, size: int) -> np.ndarray:
     return decode_image(sample.path.read_bytes(), size, "center_crop")
 
 
+class ImageOps(Protocol):
+    """Extra training image operations (field_aug.FieldAugment): on the decoded photo, then the tensor."""
+
+    def before(self, arr: np.ndarray, domain: str) -> np.ndarray: ...
+
+    def after(self, img: torch.Tensor) -> torch.Tensor: ...
+
+
 def make_torch_dataset(
-    samples: list[Sample], class_to_idx: dict[str, int], size: int, train: bool, cache: bool = True
+    samples: list[Sample],
+    class_to_idx: dict[str, int],
+    size: int,
+    train: bool,
+    cache: bool = True,
+    field: ImageOps | None = None,
 ) -> ImageSet:
     import torch
     from torch.utils.data import Dataset
@@ -320,9 +333,14 @@ def make_torch_dataset(
             return arr
 
         def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-            img = torch.from_numpy(np.array(self._array(i), copy=True)).permute(2, 0, 1)
+            arr = self._array(i)
+            if train and field is not None:
+                arr = field.before(arr, samples[i].domain)
+            img = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)
             if train:
                 img = train_tf(img)
+                if field is not None:
+                    img = field.after(img)
             return img, class_to_idx[samples[i].label]
 
     return _Images()

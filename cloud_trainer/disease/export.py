@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from shared.display_names import display_names
 from shared.manifest import (
@@ -42,7 +41,9 @@ from shared.manifest import (
 )
 
 from . import dataset as ds
-from .models import DiseaseNet, build_model
+from .models import build_model
+from .outputs import OUTPUT_NAME, OUTPUT_NAMES, ExportModel, ProbabilityModel, abstention_of, output_specs
+from .trust_head import TrustHead
 
 if TYPE_CHECKING:
     from onnxruntime import InferenceSession
@@ -50,7 +51,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
-OUTPUT_NAME = "probabilities"
 PARITY_ATOL = 1e-4
 # Self-test tolerances on the device: another CPU (ARM, other SIMD) reorders float sums, and int8
 # kernels round differently between instruction sets; these bound that, not model error.
@@ -60,19 +60,6 @@ OPSET = 18
 
 class ExportError(RuntimeError):
     """An export check failed; the message names the check and the numbers."""
-
-
-class ProbabilityModel(nn.Module):
-    """uint8 NHWC in, calibrated probabilities out: the whole contract of the ONNX file."""
-
-    def __init__(self, net: DiseaseNet, temperature: float) -> None:
-        super().__init__()
-        self.net = net
-        self.register_buffer("inv_temperature", torch.tensor(1.0 / temperature, dtype=torch.float32))
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = image.permute(0, 3, 1, 2).to(torch.float32)
-        return torch.softmax(self.net(x) * self.inv_temperature, dim=1)
 
 
 @dataclass
@@ -92,7 +79,8 @@ def load_run(run_dir: Path) -> LoadedRun:
     blob = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
     net, _ = build_model(blob["arch"], len(blob["classes"]), "none", drop_rate=0.0)
     net.load_state_dict(blob["model"])
-    model = ProbabilityModel(net, float(blob["temperature"])).eval()
+    trust = TrustHead.from_state(blob["trust_head"]) if "trust_head" in blob else None
+    model = ProbabilityModel(net, float(blob["temperature"]), trust).eval()
     return LoadedRun(run_dir, info, model, list(blob["classes"]), int(blob["image_size"]))
 
 
@@ -111,10 +99,10 @@ def export_onnx(model: ProbabilityModel, path: Path, image_size: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
     program = torch.onnx.export(
-        model,
+        ExportModel(model).eval(),
         (example,),
         input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
+        output_names=list(OUTPUT_NAMES[: 4 if model.trust is not None else 2]),
         dynamic_shapes={"image": {0: batch}},
         opset_version=OPSET,
         dynamo=True,
@@ -312,7 +300,7 @@ def export_run(
         synthetic=bool(info.get("synthetic", False)),
         files=files,
         inputs=[TensorSpec(name=INPUT_NAME, dtype="uint8", shape=["batch", size, size, 3], description="RGB, NHWC")],
-        outputs=[_output_spec(len(classes))],
+        outputs=output_specs(len(classes), loaded.model.trust is not None),
         labels=classes,
         display_names=display_names(classes),
         preprocessing=ImagePreprocessing(height=size, width=size, resize="center_crop"),
@@ -321,6 +309,7 @@ def export_run(
         training_run=str(run_dir.resolve())[-256:],
         self_test_inputs={INPUT_NAME: self_test},
         notes={**notes, "arch": info["arch"], **(extra_notes or {})},
+        abstention=abstention_of(info, loaded.model.trust is not None),
     )
     if key_path is not None:
         manifest = _signed(manifest, key_path)
@@ -337,15 +326,6 @@ def _run_split(run_dir: Path, info: dict[str, Any]) -> dict[str, list[ds.Sample]
 def _labels(samples: list[ds.Sample], classes: list[str]) -> np.ndarray:
     c2i = {c: i for i, c in enumerate(classes)}
     return np.array([c2i[s.label] for s in samples], dtype=np.int64)
-
-
-def _output_spec(n_classes: int) -> TensorSpec:
-    return TensorSpec(
-        name=OUTPUT_NAME,
-        dtype="float32",
-        shape=["batch", n_classes],
-        description="calibrated class probabilities, in the order of labels",
-    )
 
 
 def _signed(manifest: ModelManifest, key_path: Path) -> ModelManifest:

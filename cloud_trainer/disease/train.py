@@ -28,7 +28,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from . import dataset as ds, metrics as M
+from . import dataset as ds, metrics as M, trust as T
+from .field_aug import BalancedSampler, FieldAugment, add_recipe_args, recipe_of
 from .finish import TASK, FinishedRun, finish, write_history
 from .models import MODEL_REGISTRY, ArchSpec, arch_spec, build_model
 from .run_setup import build_optimizer, init_distributed, init_from_run, resolve_split, resume_path, save_checkpoint
@@ -103,6 +104,8 @@ def get_args_parser(prog: str = "cropwatch train disease") -> argparse.ArgumentP
         action="store_true",
         help="keep BatchNorm statistics as loaded (fine-tuning on a few images of another look must not shift them)",
     )
+    T.add_abstain_args(p)
+    add_recipe_args(p)
     p.add_argument("--no-cache", action="store_true", help="do not keep decoded images in memory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -249,13 +252,17 @@ def _config(ctx: Context) -> dict[str, Any]:
 
 def _loaders(ctx: Context, data: ds.LeafDataset, split: dict[str, list[ds.Sample]]) -> Loaders:
     args, c2i, cache = ctx.args, data.class_to_idx, not ctx.args.no_cache
-    train_set = ds.make_torch_dataset(split["train"], c2i, ctx.size, train=True, cache=cache)
+    recipe = recipe_of(args)
+    augment = FieldAugment(recipe) if recipe.any_image_op else None
+    train_set = ds.make_torch_dataset(split["train"], c2i, ctx.size, train=True, cache=cache, field=augment)
     val_set = ds.make_torch_dataset(split["val"], c2i, ctx.size, train=False, cache=cache)
     test_set = ds.make_torch_dataset(split["test"], c2i, ctx.size, train=False, cache=cache)
     # One sampler for one process or many: with num_replicas=1 it is a seeded shuffle, so the
     # order of every epoch is fixed by (seed, epoch) and a resumed run sees what it would have.
-    sampler: DistributedSampler[Any] = DistributedSampler(
-        train_set, num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=args.seed
+    sampler: DistributedSampler[Any] = (
+        BalancedSampler(split["train"], recipe, ctx.world, ctx.rank, args.seed)
+        if recipe.balanced
+        else DistributedSampler(train_set, num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=args.seed)
     )
     per_rank = math.ceil(len(split["train"]) / ctx.world)
     cuda = ctx.device.type == "cuda"
@@ -359,7 +366,10 @@ def main(args: argparse.Namespace) -> int:
         if ctx.is_main:
             logger.info("paused after epoch %d of %d; continue with --resume auto", end_epoch, args.epochs)
     elif ctx.is_main:
-        done = FinishedRun(run, data, fp, ctx.spec, ctx.size, config, load_report, progress.history, split["test"])
+        done = FinishedRun(
+            run, data, fp, ctx.spec, ctx.size, config, load_report, progress.history, split["test"],
+            train_samples=split["train"], val_samples=split["val"],
+        )  # fmt: skip
         _finish(done, model, loaders, ctx.device)
     if ctx.world > 1:
         dist.barrier()

@@ -111,6 +111,12 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str | bytes) else value
 
 
+# In charts an abstained or refused detection is its status, not its guessed class.
+SHOWN_LABEL = "CASE WHEN COALESCE(status, 'ok') = 'ok' THEN label ELSE status END"
+# A detection the model abstained on or refused is not a sick plant (docs/disease-model.md).
+SICK = "SUM(CASE WHEN lower(label) LIKE '%healthy%' OR COALESCE(status, 'ok') <> 'ok' THEN 0 ELSE 1 END) AS sick"
+
+
 def kpis(sql: Sql, farm: str, devs: list[str], day_start: datetime) -> dict[str, Any]:
     out: dict[str, Any] = {"detections_today": 0, "disease_today": 0}
     out["open_alerts"] = int(
@@ -118,7 +124,7 @@ def kpis(sql: Sql, farm: str, devs: list[str], day_start: datetime) -> dict[str,
     )
     if devs:
         row = sql.frame(
-            "SELECT COUNT(*) AS n, SUM(CASE WHEN lower(label) LIKE '%healthy%' THEN 0 ELSE 1 END) AS sick "
+            "SELECT COUNT(*) AS n, " + SICK + " "
             "FROM detections WHERE farm_id = :f AND device_id IN :d AND observed_at >= :t",
             {"f": farm, "d": devs, "t": sql.ts(day_start)},
             ("d",),
@@ -145,7 +151,7 @@ def field_risk(sql: Sql, farm: str, devs: list[str], since: datetime) -> pd.Data
     if not devs:
         return pd.DataFrame(columns=["field_id", "n", "sick", "share"])
     df = sql.frame(
-        "SELECT field_id, COUNT(*) AS n, SUM(CASE WHEN lower(label) LIKE '%healthy%' THEN 0 ELSE 1 END) AS sick "
+        "SELECT field_id, COUNT(*) AS n, " + SICK + " "
         "FROM detections WHERE farm_id = :f AND device_id IN :d AND observed_at >= :t GROUP BY field_id",
         {"f": farm, "d": devs, "t": sql.ts(since)},
         ("d",),
@@ -157,8 +163,8 @@ def field_risk(sql: Sql, farm: str, devs: list[str], since: datetime) -> pd.Data
 def detections_by_day(sql: Sql, farm: str, field: str, since: datetime) -> pd.DataFrame:
     day = sql.bucket("observed_at", "day")
     df = sql.frame(
-        f"SELECT {day} AS day, label, COUNT(*) AS n FROM detections "
-        f"WHERE field_id = :fld AND farm_id = :f AND observed_at >= :t GROUP BY {day}, label ORDER BY 1",
+        f"SELECT {day} AS day, {SHOWN_LABEL} AS label, COUNT(*) AS n FROM detections "
+        f"WHERE field_id = :fld AND farm_id = :f AND observed_at >= :t GROUP BY {day}, {SHOWN_LABEL} ORDER BY 1",
         {"fld": field, "f": farm, "t": sql.ts(since)},
     )
     df["day"] = pd.to_datetime(df["day"])
@@ -226,7 +232,7 @@ def samples(
     unlabelled_only: bool = False,
     limit: int = 24,
 ) -> pd.DataFrame:
-    """The newest samples matching the filters, with their current label (no image bytes)."""
+    """The samples matching the filters, `uncertain` ones first, then newest first, with their current label."""
     where = ["s.farm_id = :f", "s.observed_at >= :t"]
     params: dict[str, Any] = {"f": farm, "t": sql.ts(since), "lo": min_conf, "hi": max_conf, "lim": limit}
     expanding: tuple[str, ...] = ()
@@ -248,7 +254,9 @@ def samples(
         where.append("NOT EXISTS (SELECT 1 FROM labels l WHERE l.sample_msg_id = s.msg_id)")
     df = sql.frame(
         f"SELECT {SAMPLE_COLUMNS}, {CURRENT_LABEL} AS label, {CURRENT_LABEL_BY} AS labelled "
-        f"FROM samples s WHERE {' AND '.join(where)} ORDER BY s.observed_at DESC LIMIT :lim",
+        f"FROM samples s WHERE {' AND '.join(where)} "
+        # Images the model abstained on lead the labelling queue: their labels teach it the most.
+        "ORDER BY CASE WHEN s.reason = 'uncertain' THEN 0 ELSE 1 END, s.observed_at DESC LIMIT :lim",
         params,
         expanding,
     )
@@ -322,8 +330,8 @@ def device_history(sql: Sql, farm: str, device: str, since: datetime) -> dict[st
     day = sql.bucket("observed_at", "day")
     hour = sql.bucket("observed_at", "hour")
     det = sql.frame(
-        f"SELECT {day} AS day, label, COUNT(*) AS n FROM detections WHERE farm_id = :f AND device_id = :dev "
-        f"AND observed_at >= :t GROUP BY {day}, label ORDER BY 1",
+        f"SELECT {day} AS day, {SHOWN_LABEL} AS label, COUNT(*) AS n FROM detections "
+        f"WHERE farm_id = :f AND device_id = :dev AND observed_at >= :t GROUP BY {day}, {SHOWN_LABEL} ORDER BY 1",
         p,
     )
     det["day"] = pd.to_datetime(det["day"])

@@ -159,6 +159,16 @@ def _m9_report_deliveries(conn: Connection) -> None:
     create_tables_of_step(conn, 9)
 
 
+def _m10_detection_status(conn: Connection) -> None:
+    # Abstention: `uncertain` / `not_a_leaf` detections and the model's trust score. Step 1 of a
+    # new database already has the columns (it creates the table as models.py says), so each is
+    # added only where missing; NULL status on older rows reads as `ok`.
+    have = {c["name"] for c in inspect(conn).get_columns("detections")}
+    for name, sql_type in (("status", "VARCHAR(16)"), ("trust_score", "FLOAT")):
+        if name not in have:
+            conn.execute(text(f"ALTER TABLE detections ADD COLUMN {name} {sql_type}"))
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "tables", _m1_tables),
     Migration(2, "monitor indexes and alert de-duplication", _m2_indexes),
@@ -169,6 +179,7 @@ MIGRATIONS: list[Migration] = [
     Migration(7, "gateway_status table; labels.msg_id (labels made on a farm reach the cloud once)", _m7_gateway),
     Migration(8, "metered uplinks: aggregated telemetry columns, devices.next_contact_at", _m8_uplink),
     Migration(9, "report_deliveries: the farm report ledger", _m9_report_deliveries),
+    Migration(10, "detections: abstention status and trust score", _m10_detection_status),
 ]
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -134,6 +134,9 @@ class Detection(FieldMessageHeader, Base):
     top_k: Mapped[Any] = mapped_column(Json)
     inference_ms: Mapped[float | None] = mapped_column(Float)
     shadow: Mapped[Any | None] = mapped_column(Json)
+    # ok | uncertain | not_a_leaf; NULL (rows from before migration 10) means ok.
+    status: Mapped[str | None] = mapped_column(String(16))
+    trust_score: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
         Index("ix_detections_device_time", "farm_id", "device_id", "observed_at"),

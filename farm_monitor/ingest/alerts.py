@@ -206,7 +206,11 @@ class AlertEngine:
             self.resolve(conn, key, now)
 
     def evaluate_disease(self, conn: Connection, fields: set[tuple[str, str]], now: datetime) -> None:
-        """A disease class above P% of a field's detections in the last N hours."""
+        """A disease class above P% of a field's answered detections in the last N hours.
+
+        Detections the model abstained on (`uncertain`) or refused (`not_a_leaf`) are neither a
+        disease nor healthy: they count in neither the share nor ``min_detections``.
+        """
         rule = self.settings.disease
         if not rule.enabled:
             return
@@ -219,7 +223,8 @@ class AlertEngine:
         for farm_id, field_id in sorted(fields | {(f, g) for f, g in open_fields}):
             counts = conn.exec_driver_sql(
                 "SELECT label, COUNT(*) FROM detections "
-                f"WHERE farm_id = {p} AND field_id = {p} AND observed_at >= {p} GROUP BY label",
+                f"WHERE farm_id = {p} AND field_id = {p} AND observed_at >= {p} "
+                "AND COALESCE(status, 'ok') = 'ok' GROUP BY label",
                 (farm_id, field_id, since),
             ).all()
             total = sum(n for _, n in counts)

@@ -154,7 +154,8 @@ def _detection(d: Converter, msg: m.Detection, received: Any) -> Values:
         "model_version": ref.version, "model_sha256": ref.sha256, "model_variant": ref.variant,
         "source": msg.source, "image_ref": msg.image_ref, "image_sha256": msg.image_sha256, "label": top.label,
         "confidence": top.probability, "top_k": _TOP_K.dump_json(msg.top_k).decode(), "inference_ms": msg.inference_ms,
-        "shadow": msg.shadow.model_dump_json() if msg.shadow is not None else None,
+        "shadow": msg.shadow.model_dump_json() if msg.shadow is not None else None, "status": msg.status,
+        "trust_score": msg.trust_score,
     }  # fmt: skip
 
 

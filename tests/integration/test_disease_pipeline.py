@@ -231,3 +231,23 @@ def test_int8_over_budget_is_dropped_with_the_reason(tiny_run: dict[str, Path]) 
     assert [f.variant for f in manifest.files] == ["fp32"]
     assert manifest.notes["int8"].startswith("dropped (over the accuracy budget)")
     assert not list(out.glob("*.int8.onnx"))
+
+
+def test_run_carries_abstention_into_the_manifest_and_evaluate_reports_trust(
+    tiny_run: dict[str, Path], tmp_path: Path
+) -> None:
+    from cloud_trainer import evaluate_cli
+
+    manifest = ModelManifest.load(tiny_run["export"] / "manifest.json")
+    rule = manifest.abstention
+    assert rule is not None and rule.score == "prototype_cosine" and rule.leaf_output == "leaf"
+    assert [o.name for o in manifest.outputs] == ["probabilities", "logits", "familiarity", "leaf"]
+    info = json.loads((tiny_run["run"] / "run.json").read_text())
+    assert info["abstention"]["threshold"] == pytest.approx(rule.threshold)
+    assert "## Trust" in (tiny_run["run"] / "eval" / "report.md").read_text()
+    out = tmp_path / "ev"
+    assert evaluate_cli.main([str(tiny_run["run"]), str(tiny_run["data"]), "--non-leaf", "--out", str(out)], "t") == 0
+    sets = json.loads((out / "metrics.json").read_text())["sets"]
+    assert set(sets) == {"leaves", "not a leaf"}
+    assert sets["not a leaf"]["accuracy"] == 0.0 and 0.0 <= sets["not a leaf"]["not_a_leaf"] <= 1.0
+    assert (out / "risk_coverage.png").stat().st_size > 1000 and "## Leaf gate" in (out / "report.md").read_text()

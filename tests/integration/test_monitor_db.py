@@ -132,6 +132,24 @@ def test_alerts_fire_once_resolve_and_can_be_acknowledged(db_url):
     ing.engine.dispose()
 
 
+def test_abstained_detections_never_count_as_a_disease(sqlite_url):
+    ing = _ingestor(sqlite_url, disease={"percent": 30, "min_detections": 5, "window_hours": 24})
+    # Six confident-looking late blight guesses the model abstained on, and frames that were no leaf.
+    _feed(ing, *[_detection("Tomato___Late_blight", status="uncertain", trust_score=0.4) for _ in range(6)])
+    _feed(ing, *[_detection("Tomato___Late_blight", status="not_a_leaf") for _ in range(6)])
+    ing.periodic(force_alerts=True)
+    assert query(sqlite_url, "SELECT COUNT(*) FROM alerts WHERE rule = 'disease'") == [(0,)]
+    assert query(sqlite_url, "SELECT status, COUNT(*) FROM detections GROUP BY status ORDER BY 1") == [
+        ("not_a_leaf", 6), ("uncertain", 6)
+    ]  # fmt: skip
+    # Answered ones alert, and the message counts answered detections only.
+    _feed(ing, *[_detection("Tomato___Late_blight") for _ in range(5)])
+    ing.periodic(force_alerts=True)
+    details = query(sqlite_url, "SELECT message FROM alerts WHERE rule = 'disease'")
+    assert len(details) == 1 and "100% of north-field's 5 detections" in details[0][0]
+    ing.engine.dispose()
+
+
 def test_device_row_follows_the_latest_status_and_the_last_will(sqlite_url):
     ing = _ingestor(sqlite_url)
     online = _status(None)
@@ -231,6 +249,7 @@ def test_migration_5_adds_radio_links_to_a_version_4_database(db_url):
     assert migrate(engine, target=4) == [1, 2, 3, 4]
     assert "radio_links" not in inspect(engine).get_table_names()
     assert migrate(engine, target=5) == [5]
+    migrate(engine)  # later steps (10: detection status) on top, as an upgrade would
     assert "ix_radio_links_device_time" in {i["name"] for i in inspect(engine).get_indexes("radio_links")}
     engine.dispose()
 

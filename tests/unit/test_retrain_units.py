@@ -90,3 +90,23 @@ def test_a_relative_base_data_path_resolves_against_the_base_runs_folder_or_says
     assert _base_data_path(tmp_path, {"data": "/abs/leaves"}) == Path("/abs/leaves")
     with pytest.raises(RetrainError, match="relative to the folder the base run was trained in"):
         _base_data_path(tmp_path, {"data": "no-such-relative-folder"})
+
+
+def test_gate_refuses_a_candidate_less_trustworthy_on_the_field() -> None:
+    def trusted(acc: float, cw: float, ece: float) -> dict:
+        return _m(acc) | {"confidently_wrong": cw, "ece": ece}
+
+    fixed = {"base": _m(0.9), "candidate": _m(0.9)}
+    better = decide("accuracy", fixed, {"base": trusted(0.5, 0.2, 0.2), "candidate": trusted(0.8, 0.1, 0.1)}, 0.01, 0.0)
+    assert better.passed
+    # More accurate on the field, but more often confidently wrong there: refused, and the report says why.
+    bolder = decide(
+        "accuracy", fixed, {"base": trusted(0.5, 0.1, 0.1), "candidate": trusted(0.8, 0.2, 0.05)}, 0.01, 0.0
+    )
+    assert not bolder.passed and any("confidently-wrong" in r and "FAIL" in r for r in bolder.reasons)
+    worse_ece = decide("accuracy", fixed, {"base": trusted(0.5, 0.1, 0.05), "candidate": trusted(0.8, 0.1, 0.15)},
+                       0.01, 0.0)  # fmt: skip
+    assert not worse_ece.passed and any("ECE" in r and "FAIL" in r for r in worse_ece.reasons)
+    tolerated = decide("accuracy", fixed, {"base": trusted(0.5, 0.1, 0.05), "candidate": trusted(0.8, 0.1, 0.06)},
+                       0.01, 0.0, 1, 0.02)  # fmt: skip
+    assert tolerated.passed and tolerated.thresholds["max_trust_regression"] == 0.02

@@ -25,6 +25,15 @@ from farm_monitor.app.ui import (
 RANGES = {"24 hours": 1, "7 days": 7, "30 days": 30, "365 days": 365}
 
 
+def _confidence(confidence: float | None, reason: str) -> str:
+    conf = f"{confidence:.0%}" if confidence is not None else "?"
+    if reason != "uncertain":
+        return conf
+    # The model abstained: its class is shown as a guess, never as a diagnosis.
+    st.warning("Uncertain: the model does not know this image", icon="❓")
+    return f"guess, {conf}"
+
+
 def render() -> None:
     user = require_user()
     st.title("Detections")
@@ -57,7 +66,7 @@ def render() -> None:
             "(agent config: [samples]); widen the period or clear the filters."
         )
         return
-    st.caption(f"The {len(rows)} newest matching samples.")
+    st.caption(f"The {len(rows)} matching samples: those the model was uncertain about first, then newest.")
     more = len(rows) >= st.session_state.get("det_limit", config().app.gallery_size)
     images = Data.sample_images(farm, list(rows["msg_id"]))
     month = now - timedelta(days=30)
@@ -74,7 +83,7 @@ def render() -> None:
         with cols[i % 3].container(border=True):
             if r.msg_id in images:
                 st.image(images[r.msg_id], width="stretch")
-            conf = f"{r.confidence:.0%}" if r.confidence is not None else "?"
+            conf = _confidence(r.confidence, r.reason)
             st.markdown(
                 f"**{class_name(r.predicted_label)}** · {conf}  \n{r.device_id} · {r.field_id or '—'} · "
                 f"{r.observed_at:%Y-%m-%d %H:%M}"
