@@ -157,6 +157,14 @@ class LogSettings(BaseModel):
     format: Literal["json", "text"] = "json"
 
 
+class DebugSettings(BaseModel):
+    """Test aids, off by default; not for production devices."""
+
+    model_config = STRICT
+    # One line per message created or dropped (edge_agent/ledger.py), read by bench/chaos.py.
+    ledger_path: Path | None = None
+
+
 class AgentConfig(BaseModel):
     model_config = STRICT
     device: DeviceSettings
@@ -172,6 +180,7 @@ class AgentConfig(BaseModel):
     yield_model: YieldSettings = Field(default_factory=YieldSettings, alias="yield")
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    debug: DebugSettings = Field(default_factory=DebugSettings)
     shutdown_deadline_s: PositiveSeconds = 20.0
     queue_size: Annotated[int, Field(ge=1)] = 256
 
@@ -225,5 +234,6 @@ def _resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
             "sources": [resolve_paths(s, base) for s in cfg.sources],
             "yield_model": ym,
             "trust": cfg.trust.model_copy(update={"public_keys": keys}),
+            "debug": cfg.debug.model_copy(update={"ledger_path": fix(cfg.debug.ledger_path) or cfg.debug.ledger_path}),
         }
     )

@@ -34,6 +34,7 @@ from .commands import CommandActions, CommandHandler
 from .config import AgentConfig, load_agent_config
 from .health import ProcessStats, heartbeat
 from .inference import InferenceBackend, ModelLoadError, load_backend
+from .ledger import Ledger
 from .lock import InstanceLock
 from .logs import set_level
 from .outbox import Outbox
@@ -104,7 +105,10 @@ class Agent:
         cfg = self.cfg
         self.lock.acquire()
         try:
-            self.outbox = Outbox(cfg.data_dir / "outbox.sqlite3", int(cfg.outbox.budget_mb * 1e6), self._ttl_s(cfg))
+            ledger = Ledger(cfg.debug.ledger_path) if cfg.debug.ledger_path else None
+            self.outbox = Outbox(
+                cfg.data_dir / "outbox.sqlite3", int(cfg.outbox.budget_mb * 1e6), self._ttl_s(cfg), ledger=ledger
+            )
             self.outbox.expire()
             self.samples = SamplePolicy(cfg.samples, self.outbox)
             top = cfg.models[0].top_k if cfg.models else 3

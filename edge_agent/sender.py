@@ -6,6 +6,12 @@ link returns, so order within a kind holds across outages. A PUBACK with a failu
 (>= 0x80) marks the row ``refused``: it stays, is counted, and an error event says which message
 was refused and why (at most one event per kind and reason code every ten minutes, so a broker
 that refuses everything cannot fill the outbox with complaints about itself).
+
+A PUBACK with 0x10 "no matching subscribers" is a success code in MQTT, but for a reading it means
+nobody got it: the broker dropped it. It happens when a broker restarts and devices reconnect
+before ingest has subscribed again (Mosquitto 2.0 does not restore shared subscriptions from
+its persistence; found by the chaos soak, bench/chaos.py). Such a row stays in the outbox and is
+sent again after a pause (1 s, doubling to 30 s), so it waits for ingest instead of vanishing.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from .transport import reason_name
 logger = logging.getLogger(__name__)
 
 REFUSAL_EVENT_EVERY_S = 600.0
+NO_MATCHING_SUBSCRIBERS = 0x10
+UNROUTED_RETRY_S = (1.0, 30.0)
 
 
 class Transport(Protocol):
@@ -74,6 +82,9 @@ class Sender:
         self._inflight: set[int] = set()
         self._acked: list[int] = []
         self._refused: list[tuple[Row, int]] = []
+        self._unrouted: list[Row] = []
+        self._hold_until = 0.0
+        self._unrouted_pause = UNROUTED_RETRY_S[0]
         self._last_id = 0
         self._last_refusal_event: dict[tuple[str, int], float] = {}
         self._refusals_since_event: dict[tuple[str, int], int] = {}
@@ -126,7 +137,9 @@ class Sender:
 
     def _on_ack(self, row: Row, code: int) -> None:
         with self._lock:
-            if code < 0x80:
+            if code == NO_MATCHING_SUBSCRIBERS:
+                self._unrouted.append(row)
+            elif code < 0x80:
                 self._acked.append(row.id)
             else:
                 self._refused.append((row, code))
@@ -145,16 +158,32 @@ class Sender:
                 self.count_error("sender")
                 sent = 0
             if not sent:
-                self._kick.wait(5.0)
+                self._kick.wait(min(5.0, max(0.05, self._hold_until - time.monotonic())))
 
     def _flush_acks(self) -> None:
         with self._lock:
             acked, self._acked = self._acked, []
             refused, self._refused = self._refused, []
+            unrouted, self._unrouted = self._unrouted, []
             for row_id in acked:
                 self._inflight.discard(row_id)
             for row, _ in refused:
                 self._inflight.discard(row.id)
+            if acked and not unrouted:
+                self._unrouted_pause = UNROUTED_RETRY_S[0]
+            if unrouted:
+                for row in unrouted:
+                    self._inflight.discard(row.id)
+                # Back in line from the first of them: sent again, in order, after the pause.
+                self._last_id = min(self._last_id, min(r.id for r in unrouted) - 1)
+                self._hold_until = time.monotonic() + self._unrouted_pause
+                self._unrouted_pause = min(UNROUTED_RETRY_S[1], self._unrouted_pause * 2)
+        if unrouted:
+            logger.warning(
+                "broker had no subscriber for %d messages (PUBACK 0x10); kept, sent again in %.0f s",
+                len(unrouted), self._hold_until - time.monotonic(),
+            )  # fmt: skip
+            self.count_error("publish_no_subscribers")
         if acked:
             self.outbox.acked(acked)
         for row, code in refused:
@@ -190,7 +219,7 @@ class Sender:
         self.outbox.add([to_out(self.identity, event)])
 
     def _publish_some(self) -> int:
-        if not self.transport.connected:
+        if not self.transport.connected or time.monotonic() < self._hold_until:
             return 0
         with self._lock:
             room = self.max_inflight - len(self._inflight)
