@@ -49,6 +49,9 @@ class OutboxSettings(BaseModel):
     # Per kind; None keeps messages until they are delivered. Events (alerts) never expire.
     ttl_s: dict[ExpiringKind, PositiveSeconds | None] = Field(default_factory=_default_ttl)
     max_inflight: Annotated[int, Field(ge=1, le=1000)] = 64
+    # PUBACK 0x10 (the broker had no subscriber and dropped it): keep the row and send it again.
+    # false only where publishing with nobody subscribed is normal and the message may be lost.
+    retry_no_subscribers: bool = True
 
 
 ModelEntry = Annotated[SerializeAsAny[BackendSettings], BeforeValidator(BACKENDS.validate)]

@@ -120,7 +120,10 @@ class Agent:
             self.pipeline.on_shadow_failure = self.updater.on_shadow_failure
             self.updater.boot()
             self.transport = transport = self._make_transport()
-            self.sender = Sender(self.outbox, transport, self.identity, cfg.outbox.max_inflight, self.count_error)
+            self.sender = Sender(
+                self.outbox, transport, self.identity, cfg.outbox.max_inflight, self.count_error,
+                retry_no_subscribers=cfg.outbox.retry_no_subscribers,
+            )  # fmt: skip
             handler = CommandHandler(
                 cfg.device.farm_id,
                 cfg.device.device_id,

@@ -70,7 +70,9 @@ class Sender:
         identity: Identity,
         max_inflight: int = 64,
         count_error: Callable[[str], None] = lambda code: None,
+        retry_no_subscribers: bool = True,
     ) -> None:
+        self.retry_no_subscribers = retry_no_subscribers
         self.outbox = outbox
         self.transport = transport
         self.identity = identity
@@ -128,8 +130,8 @@ class Sender:
         while time.monotonic() < deadline:
             if self.inflight() == 0 and not self.outbox.next_batch(0, 1):
                 return True
-            if not self.transport.connected:
-                return False
+            if not self.transport.connected or time.monotonic() < self._hold_until:
+                return False  # offline, or the broker has nobody to give them to: they wait on disk
             time.sleep(0.05)
         return False
 
@@ -137,7 +139,7 @@ class Sender:
 
     def _on_ack(self, row: Row, code: int) -> None:
         with self._lock:
-            if code == NO_MATCHING_SUBSCRIBERS:
+            if code == NO_MATCHING_SUBSCRIBERS and self.retry_no_subscribers:
                 self._unrouted.append(row)
             elif code < 0x80:
                 self._acked.append(row.id)

@@ -89,3 +89,19 @@ def test_no_matching_subscribers_keeps_the_row_and_sends_it_again(tmp_path: Path
         wait_for(lambda: box.stats()["depth"] == 0, 5, what="delivered once someone subscribed")
     finally:
         sender.stop()
+
+
+def test_shutdown_does_not_wait_for_rows_nobody_subscribed_to(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", budget_bytes=10**9)
+    transport = ScriptedTransport()
+    sender = Sender(box, transport, Identity("farm1", "dev1"), max_inflight=8)
+    sender.start()
+    try:
+        box.add([OutMessage(f"{i:026d}", "telemetry", f"t/{i}", b"{}") for i in range(2)])
+        wait_for(lambda: len(transport.published) == 2, 5, what="first sends")
+        transport.ack_all(0x10)
+        wait_for(lambda: sender.inflight() == 0, 5, what="rows back in line")
+        assert sender.wait_idle(5.0) is False  # at once: they stay on disk for the next start
+        assert box.stats()["depth"] == 2
+    finally:
+        sender.stop()
