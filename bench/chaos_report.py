@@ -237,3 +237,51 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def summary_markdown(reports: list[dict[str, Any]]) -> str:
+    """The docs/chaos.md table: one column per report."""
+
+    def worst(r: dict[str, Any]) -> str:
+        rec = [x["recovery_s"] for x in r["recovery"] if x["recovery_s"] is not None]
+        return f"{max(rec):.1f} s" if rec else "-"
+
+    def slope(r: dict[str, Any], role: str) -> str:
+        d = r["rss"].get(role)
+        return "-" if not d else f"{d['start_mb']} -> {d['end_mb']} MB, {d['slope_mb_per_h']} MB/h"
+
+    rows = {
+        "run": lambda r: f"{r['db']}, {r['minutes']} min, seed {r['seed']}",
+        "faults": lambda r: ", ".join(f"{k} {n}" for k, n in sorted(r["faults_per_kind"].items())),
+        "created": lambda r: str(r["reconciliation"]["created"]),
+        "stored": lambda r: str(r["reconciliation"]["stored"]),
+        "dropped by policy": lambda r: (
+            ", ".join(f"{k} {n}" for k, n in r["reconciliation"]["dropped_by_policy"].items()) or "0"
+        ),
+        "left in a stopped outbox": lambda r: str(r["reconciliation"]["left_in_outbox"]),
+        "duplicates": lambda r: str(r["duplicates"]),
+        "lost, unexplained": lambda r: str(r["reconciliation"]["lost_unexplained"]),
+        "lost in a broker SIGKILL": lambda r: str(r["reconciliation"]["lost_broker_crash"]),
+        "worst recovery": worst,
+        "unrecovered faults": lambda r: str(sum(x["recovery_s"] is None for x in r["recovery"])),
+        "agent RSS": lambda r: slope(r, "agent"),
+        "ingest RSS": lambda r: slope(r, "ingest"),
+        "outbox peak depth / age": lambda r: f"{r['outbox']['peak_depth']} / {r['outbox']['peak_age_s']:.0f} s",
+        "alerts raised / resolved": lambda r: ", ".join(
+            f"{k} {v['raised']}/{v['resolved']}" for k, v in sorted(r["alerts"].items())
+        ),
+        "drain": lambda r: f"{r['drain_s']:.0f} s",
+        "verdict": lambda r: "pass" if r["passed"] else "FAIL",
+    }
+    lines = ["| figure | " + " | ".join(f"run {i + 1}" for i in range(len(reports))) + " |"]
+    lines.append("|---" * (len(reports) + 1) + "|")
+    for name, fn in rows.items():
+        lines.append(f"| {name} | " + " | ".join(fn(r) for r in reports) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(summary_markdown([json.loads(Path(p).read_text(encoding="utf-8")) for p in sys.argv[1:]]))
