@@ -101,7 +101,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         db_url = f"sqlite:///{root / 'cropwatch.db'}"
     print(f"chaos soak: work folder {root}", flush=True)
     stack = start_stack(root, db_url, args.agents, (args.camera_s, args.sensor_s))
-    engine = sa.create_engine(db_url)
+    # Not under ingest's application_name: pg_terminate_backend must end ingest's connections only
+    # (the first 25-minute run ended its own reconciliation that way).
+    engine = sa.create_engine(db_url.replace(f"application_name={pg_app}", "application_name=chaos_harness"),
+                              pool_pre_ping=True)  # fmt: skip
     watch = Watch(stack)
     try:
         _wait(lambda: _detections_from(engine) >= len(stack.agents), 180, "every agent's first detection", watch)

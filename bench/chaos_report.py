@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ MESSAGE_TABLES = ("detections", "telemetry", "samples", "yield_estimates", "even
 class LedgerView:
     created: dict[str, tuple[str, str, float]] = field(default_factory=dict)  # msg_id -> device, kind, seen at
     dropped: dict[str, str] = field(default_factory=dict)  # msg_id -> reason
+    acked: dict[str, float] = field(default_factory=dict)  # msg_id -> last time the broker acknowledged it
     bad_lines: int = 0
 
 
@@ -39,6 +41,9 @@ def read_ledgers(agents: list[Agent], seen_at: dict[str, float]) -> LedgerView:
                 view.created[parts[1]] = (agent.device, parts[2], at)
             elif len(parts) == 4 and parts[0] == "dropped":
                 view.dropped[parts[1]] = parts[3]
+            elif len(parts) == 4 and parts[0] == "acked":
+                with contextlib.suppress(ValueError):
+                    view.acked[parts[1]] = float(parts[3])
             else:
                 view.bad_lines += 1  # a line cut by a kill
     return view
@@ -74,8 +79,9 @@ def reconcile(
 ) -> dict[str, Any]:
     """Every created msg_id: stored once, dropped by a counted policy, or lost (explained or not).
 
-    A message lost within ``AUTOSAVE_S`` (+2 s) before a broker SIGKILL is counted apart as
-    ``lost_broker_crash``: Mosquitto had acknowledged it and kept it only in memory.
+    A message the broker acknowledged (the ledger's ``acked`` line, else when it was created)
+    within ``AUTOSAVE_S`` (+3 s) before a broker SIGKILL is counted apart as ``lost_broker_crash``:
+    Mosquitto had acknowledged it and kept it only in memory.
     """
     kills = [f.started for f in faults if f.kind == "broker_kill" and f.started]
     dropped: Counter[str] = Counter()
@@ -89,7 +95,7 @@ def reconcile(
             in_outbox += 1
         elif msg_id in ledger.dropped:
             dropped[ledger.dropped[msg_id]] += 1
-        elif any(k - AUTOSAVE_S - 2 <= seen <= k + 2 for k in kills):
+        elif any(k - AUTOSAVE_S - 3 <= ledger.acked.get(msg_id, seen) <= k + 3 for k in kills):
             lost_crash.append(msg_id)
         else:
             lost.append(msg_id)

@@ -2,7 +2,8 @@
 
 ``[debug] ledger_path`` turns it on. The outbox appends a line after each commit: ``created``
 for a stored message, ``dropped`` with the reason for one the drop policy removed (``budget``,
-``expired``, ``disk_full``). A harness (bench/chaos.py) reconciles the lines with the database.
+``expired``, ``disk_full``), and ``acked`` with the time for one the broker acknowledged. A
+harness (bench/chaos.py) reconciles the lines with the database.
 
 Each line is written with one ``write`` on a line-buffered file, so a SIGKILL loses nothing that
 was written (the page cache keeps it). A power cut may lose the last lines, since the ledger is not
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -44,6 +46,11 @@ class Ledger:
 
     def dropped(self, messages: Iterable[tuple[str, str]], reason: str) -> None:
         self._write([f"dropped {msg_id} {kind} {reason}\n" for msg_id, kind in messages])
+
+    def acked(self, messages: Iterable[tuple[str, str]]) -> None:
+        # The real time (not the device clock): the harness matches it against broker crashes.
+        now = time.time()
+        self._write([f"acked {msg_id} {kind} {now:.3f}\n" for msg_id, kind in messages])
 
     def close(self) -> None:
         with self._lock:

@@ -233,11 +233,17 @@ class Outbox:
                 f"WHERE id IN ({','.join('?' * len(ids))})",
                 ids,
             ).fetchone()[0]
+            if self.ledger is not None:
+                done = cur.execute(
+                    f"SELECT msg_id, kind FROM outbox WHERE id IN ({','.join('?' * len(ids))})", ids
+                ).fetchall()
             cur.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
             self._bump(cur, "sent", len(ids))
             cur.execute("COMMIT")
             cur.execute("PRAGMA synchronous=FULL")
             self._used -= sizes
+            if self.ledger is not None:
+                self.ledger.acked(done)
 
     def refused(self, row_id: int, reason_code: int) -> bool:
         """Mark a row refused; False if it already was (a resent copy refused again) or is gone."""

@@ -178,8 +178,10 @@ class Sender:
                     self._inflight.discard(row.id)
                 # Back in line from the first of them: sent again, in order, after the pause.
                 self._last_id = min(self._last_id, min(r.id for r in unrouted) - 1)
-                self._hold_until = time.monotonic() + self._unrouted_pause
-                self._unrouted_pause = min(UNROUTED_RETRY_S[1], self._unrouted_pause * 2)
+                # One pause per round: the PUBACKs of one resent window must not double it each.
+                if time.monotonic() >= self._hold_until:
+                    self._hold_until = time.monotonic() + self._unrouted_pause
+                    self._unrouted_pause = min(UNROUTED_RETRY_S[1], self._unrouted_pause * 2)
         if unrouted:
             logger.warning(
                 "broker had no subscriber for %d messages (PUBACK 0x10); kept, sent again in %.0f s",

@@ -109,7 +109,7 @@ def test_state_is_pruned_but_seen_files_are_kept(tmp_path: Path) -> None:
     assert box.is_seen("drop", "a")  # a kept file must never be processed again
 
 
-def test_ledger_lines_for_created_budget_drops_and_expiry(tmp_path: Path) -> None:
+def test_ledger_lines_for_created_acked_budget_drops_and_expiry(tmp_path: Path) -> None:
     from edge_agent.ledger import Ledger
 
     clock = Clock()
@@ -118,15 +118,17 @@ def test_ledger_lines_for_created_budget_drops_and_expiry(tmp_path: Path) -> Non
                  clock=clock, ledger=Ledger(ledger_path))  # fmt: skip
     box.add([msg(1, "telemetry"), msg(2, "telemetry")])
     box.add([msg(3, "telemetry")])  # over budget: row 1 goes
+    row = box.next_batch(0, 1)[0]
+    box.acked([row.id])
     clock.now += 120
     box.expire()
     box.close()
     lines = ledger_path.read_text().splitlines()
     assert lines[:3] == [f"created {1:026d} telemetry", f"created {2:026d} telemetry", f"created {3:026d} telemetry"]
     assert f"dropped {1:026d} telemetry budget" in lines
-    assert sorted(x for x in lines if x.endswith("expired")) == [
-        f"dropped {2:026d} telemetry expired", f"dropped {3:026d} telemetry expired"
-    ]  # fmt: skip
+    acked = [x for x in lines if x.startswith("acked")]
+    assert len(acked) == 1 and acked[0].startswith(f"acked {2:026d} telemetry ")  # with the real time
+    assert [x for x in lines if x.endswith("expired")] == [f"dropped {3:026d} telemetry expired"]
 
 
 def test_full_disk_drops_are_counted_not_raised(tmp_path: Path) -> None:
