@@ -174,12 +174,17 @@ class Injector:
 
     def _publish(self, action: str, version: str | None) -> None:
         # On a thread: the CLI takes seconds, and the other faults keep their times meanwhile.
+        # Retried as an operator would: the broker may be down for a while just then.
         def run() -> None:
-            try:
-                publish(self.stack, action, version)
-                self.note(f"model {action}", version=version)
-            except Exception as exc:  # reported, not fatal: the soak goes on
-                self.note(f"model {action} failed", error=str(exc))
+            for attempt in range(1, 31):
+                try:
+                    publish(self.stack, action, version)
+                    self.note(f"model {action}", version=version, attempts=attempt)
+                    return
+                except Exception as exc:  # reported, not fatal: the soak goes on
+                    error = str(exc)
+                time.sleep(3.0)
+            self.note(f"model {action} failed", error=error)
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()

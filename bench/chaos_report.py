@@ -41,6 +41,9 @@ def read_ledgers(agents: list[Agent], seen_at: dict[str, float]) -> LedgerView:
                 view.created[parts[1]] = (agent.device, parts[2], at)
             elif len(parts) == 4 and parts[0] == "dropped":
                 view.dropped[parts[1]] = parts[3]
+                # A full disk drops a message before its commit, so it has no "created" line.
+                if parts[3] == "disk_full" and parts[1] not in view.created:
+                    view.created[parts[1]] = (agent.device, parts[2], seen_at.setdefault(parts[1], now))
             elif len(parts) == 4 and parts[0] == "acked":
                 with contextlib.suppress(ValueError):
                     view.acked[parts[1]] = float(parts[3])
