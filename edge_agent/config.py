@@ -50,6 +50,9 @@ class OutboxSettings(BaseModel):
     # Per kind; None keeps messages until they are delivered. Events (alerts) never expire.
     ttl_s: dict[ExpiringKind, PositiveSeconds | None] = Field(default_factory=_default_ttl)
     max_inflight: Annotated[int, Field(ge=1, le=1000)] = 64
+    # PUBACK 0x10 (the broker had no subscriber and dropped it): keep the row and send it again.
+    # false only where publishing with nobody subscribed is normal and the message may be lost.
+    retry_no_subscribers: bool = True
 
 
 ModelEntry = Annotated[SerializeAsAny[BackendSettings], BeforeValidator(BACKENDS.validate)]
@@ -160,6 +163,14 @@ class LogSettings(BaseModel):
     format: Literal["json", "text"] = "json"
 
 
+class DebugSettings(BaseModel):
+    """Test aids, off by default; not for production devices."""
+
+    model_config = STRICT
+    # One line per message created or dropped (edge_agent/ledger.py), read by bench/chaos.py.
+    ledger_path: Path | None = None
+
+
 class AgentConfig(BaseModel):
     model_config = STRICT
     device: DeviceSettings
@@ -178,6 +189,7 @@ class AgentConfig(BaseModel):
     uplink: UplinkSettings = Field(default_factory=UplinkSettings)
     power: PowerSettings = Field(default_factory=PowerSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    debug: DebugSettings = Field(default_factory=DebugSettings)
     shutdown_deadline_s: PositiveSeconds = 20.0
     queue_size: Annotated[int, Field(ge=1)] = 256
 
@@ -231,5 +243,6 @@ def _resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
             "sources": [resolve_paths(s, base) for s in cfg.sources],
             "yield_model": ym,
             "trust": cfg.trust.model_copy(update={"public_keys": keys}),
+            "debug": cfg.debug.model_copy(update={"ledger_path": fix(cfg.debug.ledger_path) or cfg.debug.ledger_path}),
         }
     )

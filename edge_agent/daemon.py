@@ -34,6 +34,7 @@ from .commands import CommandActions, CommandHandler
 from .config import AgentConfig, load_agent_config
 from .health import ProcessStats, heartbeat
 from .inference import InferenceBackend, ModelLoadError, load_backend
+from .ledger import Ledger
 from .lock import InstanceLock
 from .logs import set_level
 from .outbox import Outbox
@@ -107,7 +108,8 @@ class Agent:
         cfg = self.cfg
         self.lock.acquire()
         try:
-            self.uplink, self.outbox = open_outbox(cfg, {str(k): v for k, v in cfg.outbox.ttl_s.items()})
+            ledger = Ledger(cfg.debug.ledger_path) if cfg.debug.ledger_path else None
+            self.uplink, self.outbox = open_outbox(cfg, {str(k): v for k, v in cfg.outbox.ttl_s.items()}, ledger=ledger)
             self.outbox.expire()
             self.samples = SamplePolicy(cfg.samples, self.outbox)
             top = cfg.models[0].top_k if cfg.models else 3
@@ -123,8 +125,9 @@ class Agent:
             self.updater.boot()
             self.transport = transport = self._make_transport()
             self.sender = Sender(
-                self.outbox, transport, self.identity, cfg.outbox.max_inflight, self.count_error, cfg.uplink
-            )
+                self.outbox, transport, self.identity, cfg.outbox.max_inflight, self.count_error, cfg.uplink,
+                retry_no_subscribers=cfg.outbox.retry_no_subscribers,
+            )  # fmt: skip
             handler = CommandHandler(
                 cfg.device.farm_id,
                 cfg.device.device_id,

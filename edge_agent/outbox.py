@@ -12,6 +12,12 @@ A message never displaces one of higher priority; if nothing of lower or equal p
 the new message itself is dropped. Events (3, alerts and errors) are never dropped, even over
 budget. Every drop is counted per kind. Rows older than their kind's TTL expire and are counted.
 
+Full disk: when SQLite cannot grow the file (SQLITE_FULL), the messages of that write are dropped
+and counted as ``dropped_disk_full_<kind>`` (in memory: the disk has no room for the counter; the
+heartbeat reports it), instead of the exception ending in the pipeline as an uncounted loss. A
+write that also marks folder files as processed is not dropped: it fails, and the files stay in
+the folder to be read again once there is room.
+
 Replay order: rows are sent in insertion order (the primary key), so messages of one kind arrive
 in the order they were made. With an uplink gate (``[uplink]`` metered, budget or windows,
 edge_agent/uplink/) rows go by value tier first, then insertion order, only while the link is
@@ -28,11 +34,13 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.ids import wall_time
+
+from .ledger import Ledger
 from .uplink.budget import MUST, decide, message_wire_size, value_of
 from .uplink.gate import DAY_KEY, MONTH_KEY, UplinkGate
 from .uplink.shrink import shrink_sample
@@ -97,8 +105,9 @@ class Outbox:
         path: str | Path,
         budget_bytes: int,
         ttl_s: dict[str, float | None] | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = wall_time,
         gate: UplinkGate | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,6 +115,9 @@ class Outbox:
         self.ttl_s = dict(ttl_s or {})
         self._clock = clock
         self._lock = threading.RLock()
+        self.ledger = ledger
+        # Drops that could not be written to the counters table (the disk was full).
+        self._memory_counters: dict[str, int] = {}
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -140,11 +152,13 @@ class Outbox:
 
         Returns the msg_ids of messages that were dropped by the budget policy, new or old.
         """
-        dropped: list[str] = []
+        messages = list(messages)
+        seen = list(seen)
+        dropped: list[tuple[str, str]] = []
         with self._lock:
             cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
             try:
+                cur.execute("BEGIN IMMEDIATE")
                 for m in messages:
                     dropped.extend(self._insert(cur, m))
                 cur.executemany(
@@ -154,20 +168,36 @@ class Outbox:
                 cur.executemany("INSERT INTO readings (at, quantity, value) VALUES (?, ?, ?)", list(readings))
                 cur.executemany("INSERT INTO sample_log (at) VALUES (?)", [(t,) for t in sample_at])
                 cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
+            except BaseException as exc:
+                if self._db.in_transaction:
+                    cur.execute("ROLLBACK")
                 self._used = self._db.execute(
                     "SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + ?), 0) FROM outbox", (ROW_OVERHEAD,)
                 ).fetchone()[0]
-                raise
+                if seen or not _disk_full(exc):
+                    raise
+                return self._dropped_disk_full(messages)
+            if self.ledger is not None:
+                gone = {msg_id for msg_id, _ in dropped}
+                self.ledger.created((m.msg_id, m.kind) for m in messages if m.msg_id not in gone)
+                self.ledger.dropped(dropped, "budget")
         for listener in self.listeners:
             listener()
-        return dropped
+        return [msg_id for msg_id, _ in dropped]
 
-    def _insert(self, cur: sqlite3.Cursor, m: OutMessage) -> list[str]:
+    def _dropped_disk_full(self, messages: list[OutMessage]) -> list[str]:
+        for m in messages:
+            name = f"dropped_disk_full_{m.kind}"
+            self._memory_counters[name] = self._memory_counters.get(name, 0) + 1
+        logger.error("outbox: the disk is full; %d new messages dropped", len(messages))
+        if self.ledger is not None:
+            self.ledger.dropped(((m.msg_id, m.kind) for m in messages), "disk_full")
+        return [m.msg_id for m in messages]
+
+    def _insert(self, cur: sqlite3.Cursor, m: OutMessage) -> list[tuple[str, str]]:
         priority = m.priority if m.priority is not None else PRIORITY.get(m.kind, 2)
         size = len(m.payload) + len(m.topic.encode()) + ROW_OVERHEAD
-        dropped: list[str] = []
+        dropped: list[tuple[str, str]] = []
         if priority < NEVER_DROPPED:
             while self._used + size > self.budget_bytes:
                 victim = cur.execute(
@@ -178,12 +208,12 @@ class Outbox:
                 if victim is None:
                     self._bump(cur, f"dropped_{m.kind}")
                     logger.warning("outbox full (%d bytes): dropped new %s %s", self._used, m.kind, m.msg_id)
-                    dropped.append(m.msg_id)
+                    dropped.append((m.msg_id, m.kind))
                     return dropped
                 cur.execute("DELETE FROM outbox WHERE id = ?", (victim[0],))
                 self._used -= victim[3] + ROW_OVERHEAD
                 self._bump(cur, f"dropped_{victim[2]}")
-                dropped.append(victim[1])
+                dropped.append((victim[1], victim[2]))
                 logger.warning("outbox full: dropped %s %s to make room for a %s", victim[2], victim[1], m.kind)
         cur.execute(
             "INSERT INTO outbox (msg_id, kind, topic, payload, priority, created, value, wire_size) "
@@ -236,12 +266,18 @@ class Outbox:
                 f"WHERE id IN ({','.join('?' * len(ids))})",
                 ids,
             ).fetchone()[0]
+            if self.ledger is not None:
+                done = cur.execute(
+                    f"SELECT msg_id, kind FROM outbox WHERE id IN ({','.join('?' * len(ids))})", ids
+                ).fetchall()
             cur.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
             self._bump(cur, "sent", len(ids))
             self._charged.difference_update(ids)
             cur.execute("COMMIT")
             cur.execute("PRAGMA synchronous=FULL")
             self._used -= sizes
+            if self.ledger is not None:
+                self.ledger.acked(done)
 
     # --- the uplink gate (edge_agent/uplink/) -------------------------------------------------
 
@@ -406,6 +442,7 @@ class Outbox:
         """Delete rows older than their kind's TTL; returns counts per kind."""
         now = self._clock()
         out: dict[str, int] = {}
+        expired: list[tuple[str, str]] = []
         with self._lock:
             cur = self._db.cursor()
             cur.execute("BEGIN IMMEDIATE")
@@ -418,11 +455,18 @@ class Outbox:
                     (ROW_OVERHEAD, kind, now - ttl),
                 ).fetchone()
                 if rows[0]:
+                    if self.ledger is not None:
+                        ids = cur.execute(
+                            "SELECT msg_id FROM outbox WHERE kind = ? AND created < ?", (kind, now - ttl)
+                        ).fetchall()
+                        expired.extend((msg_id, kind) for (msg_id,) in ids)
                     cur.execute("DELETE FROM outbox WHERE kind = ? AND created < ?", (kind, now - ttl))
                     self._used -= rows[1]
                     self._bump(cur, f"expired_{kind}", rows[0])
                     out[kind] = rows[0]
             cur.execute("COMMIT")
+            if self.ledger is not None:
+                self.ledger.dropped(expired, "expired")
         for kind, n in out.items():
             logger.warning("outbox: %d %s messages expired (older than their TTL)", n, kind)
         return out
@@ -463,7 +507,10 @@ class Outbox:
 
     def counters(self) -> dict[str, int]:
         with self._lock:
-            return dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+            counts = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+            for name, n in self._memory_counters.items():
+                counts[name] = counts.get(name, 0) + n
+            return counts
 
     def stats(self) -> dict[str, float | int | None]:
         with self._lock:
@@ -485,3 +532,13 @@ class Outbox:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self.ledger is not None:
+                self.ledger.close()
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """SQLITE_FULL ("database or disk is full"), or the OS saying so while SQLite wrote."""
+    if isinstance(exc, sqlite3.OperationalError):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno == 28

@@ -22,6 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from shared.errors import ImageDecodeError
+from shared.ids import wall_time
 from shared.image import decode_image, encode_jpeg, image_size
 from shared.manifest import ImagePreprocessing, Variant
 from shared.messages import (
@@ -348,7 +349,7 @@ class Pipeline:
                         out = to_out(self.identity, sample)
                         messages.append(replace(out, priority=2) if reason == "uncertain" else out)
                         if reason != "requested":
-                            sample_times.append(time.time())
+                            sample_times.append(wall_time())
         seen = [it.seen_key for it in items if it.seen_key is not None]
         self.outbox.add(messages, seen=seen, sample_at=sample_times)
         self.processed["detection"] += len(good)
@@ -473,7 +474,7 @@ class SamplePolicy:
     low-confidence one as ``low_confidence``; both count against the same limits.
     """
 
-    def __init__(self, settings: SampleSettings, outbox: Outbox, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: SampleSettings, outbox: Outbox, clock: Callable[[], float] = wall_time) -> None:
         self.settings = settings
         self.outbox = outbox
         self.clock = clock

@@ -11,6 +11,12 @@ Batches (``[uplink] encoding = "cbor"`` with ``batch_max_messages`` > 1): pendin
 wait until there are ``batch_max_messages`` of them or the oldest has waited ``batch_max_delay_s``,
 then go as one PUBLISH (shared/wire.py); its PUBACK acknowledges or refuses every row in it.
 Samples are never batched. At shutdown (:meth:`wait_idle`) whatever waits goes at once.
+
+A PUBACK with 0x10 "no matching subscribers" is a success code in MQTT, but for a reading it means
+nobody got it: the broker dropped it. It happens when a broker restarts and devices reconnect
+before ingest has subscribed again (Mosquitto 2.0 does not restore shared subscriptions from
+its persistence; found by the chaos soak, bench/chaos.py). Such a row stays in the outbox and is
+sent again after a pause (1 s, doubling to 30 s), so it waits for ingest instead of vanishing.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from .transport import reason_name
 logger = logging.getLogger(__name__)
 
 REFUSAL_EVENT_EVERY_S = 600.0
+NO_MATCHING_SUBSCRIBERS = 0x10
+UNROUTED_RETRY_S = (1.0, 30.0)
 
 
 class Transport(Protocol):
@@ -74,7 +82,9 @@ class Sender:
         count_error: Callable[[str], None] = lambda code: None,
         wire_settings: wire.WireSettings | None = None,
         clock: Callable[[], float] = time.time,
+        retry_no_subscribers: bool = True,
     ) -> None:
+        self.retry_no_subscribers = retry_no_subscribers
         self.outbox = outbox
         self.wire = wire_settings or wire.WireSettings()
         # The outbox's clock: a row's ``created`` is on it, and a batch's delay is measured from there.
@@ -91,6 +101,9 @@ class Sender:
         self._inflight: set[int] = set()
         self._acked: list[int] = []
         self._refused: list[tuple[Row, int]] = []
+        self._unrouted: list[Row] = []
+        self._hold_until = 0.0
+        self._unrouted_pause = UNROUTED_RETRY_S[0]
         self._last_id = 0
         self._last_refusal_event: dict[tuple[str, int], float] = {}
         self._refusals_since_event: dict[tuple[str, int], int] = {}
@@ -145,8 +158,8 @@ class Sender:
         while time.monotonic() < deadline:
             if self.inflight() == 0 and not self.outbox.has_sendable():
                 return True
-            if not self.transport.connected:
-                return False
+            if not self.transport.connected or time.monotonic() < self._hold_until:
+                return False  # offline, or the broker has nobody to give them to: they wait on disk
             time.sleep(0.05)
         return False
 
@@ -154,7 +167,9 @@ class Sender:
 
     def _on_ack(self, rows: list[Row], code: int) -> None:
         with self._lock:
-            if code < 0x80:
+            if code == NO_MATCHING_SUBSCRIBERS and self.retry_no_subscribers:
+                self._unrouted.extend(rows)
+            elif code < 0x80:
                 self._acked.extend(row.id for row in rows)
             else:
                 self._refused.extend((row, code) for row in rows)
@@ -175,16 +190,37 @@ class Sender:
                 sent = 0
             if not sent:
                 wait = 5.0 if self._next_due is None else max(0.01, min(5.0, self._next_due - self.clock()))
+                held = self._hold_until - time.monotonic()
+                if held > 0:  # the broker had nobody for our last messages: pause before resending
+                    wait = min(wait, max(0.05, held))
                 self._kick.wait(wait)
 
     def _flush_acks(self) -> None:
         with self._lock:
             acked, self._acked = self._acked, []
             refused, self._refused = self._refused, []
+            unrouted, self._unrouted = self._unrouted, []
             for row_id in acked:
                 self._inflight.discard(row_id)
             for row, _ in refused:
                 self._inflight.discard(row.id)
+            if acked and not unrouted:
+                self._unrouted_pause = UNROUTED_RETRY_S[0]
+            if unrouted:
+                for row in unrouted:
+                    self._inflight.discard(row.id)
+                # Back in line from the first of them: sent again, in order, after the pause.
+                self._last_id = min(self._last_id, min(r.id for r in unrouted) - 1)
+                # One pause per round: the PUBACKs of one resent window must not double it each.
+                if time.monotonic() >= self._hold_until:
+                    self._hold_until = time.monotonic() + self._unrouted_pause
+                    self._unrouted_pause = min(UNROUTED_RETRY_S[1], self._unrouted_pause * 2)
+        if unrouted:
+            logger.warning(
+                "broker had no subscriber for %d messages (PUBACK 0x10); kept, sent again in %.0f s",
+                len(unrouted), self._hold_until - time.monotonic(),
+            )  # fmt: skip
+            self.count_error("publish_no_subscribers")
         if acked:
             self.outbox.acked(acked)
         for row, code in refused:
@@ -220,7 +256,7 @@ class Sender:
         self.outbox.add([to_out(self.identity, event)])
 
     def _publish_some(self) -> int:
-        if not self.transport.connected:
+        if not self.transport.connected or time.monotonic() < self._hold_until:
             return 0
         with self._lock:
             room = self.max_inflight - len(self._inflight)

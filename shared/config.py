@@ -69,7 +69,8 @@ def _set_path(doc: dict[str, Any], path: list[str], value: Any, origin: str) -> 
 def _env_overrides(environ: Mapping[str, str], prefix: str) -> dict[str, Any]:
     doc: dict[str, Any] = {}
     for name, raw in sorted(environ.items()):
-        if not name.startswith(prefix) or name == f"{prefix}CONFIG":
+        # CONFIG names the file; CLOCK_OFFSET_FILE is the chaos soak's clock hook (shared/ids.py).
+        if not name.startswith(prefix) or name in (f"{prefix}CONFIG", f"{prefix}CLOCK_OFFSET_FILE"):
             continue
         path = [p.lower() for p in name[len(prefix) :].split("__")]
         if not all(path):

@@ -19,6 +19,12 @@ MSG_ID_RE = re.compile(MSG_ID_PATTERN)
 
 _lock = threading.Lock()
 _last_ms = -1
+# Test hook for the chaos soak (bench/chaos.py): a file holding seconds to add to the wall clock,
+# so a harness can jump a device's clock hours forward and back without root or faketime. Read
+# at import, so a process without the variable pays nothing; never set it in production.
+CLOCK_OFFSET_ENV = "CROPWATCH_CLOCK_OFFSET_FILE"
+_offset_file = os.environ.get(CLOCK_OFFSET_ENV) or None
+_offset_cache: tuple[float, float] = (-1.0, 0.0)  # (file mtime, offset)
 _last_rand = 0
 
 
@@ -34,6 +40,26 @@ def _encode(value: int, length: int) -> str:
     return "".join(reversed(chars))
 
 
+def clock_offset_s() -> float:
+    """Seconds the test hook adds to the wall clock (0 without ``CROPWATCH_CLOCK_OFFSET_FILE``)."""
+    global _offset_cache
+    if _offset_file is None:
+        return 0.0
+    try:
+        mtime = os.stat(_offset_file).st_mtime
+        if mtime != _offset_cache[0]:
+            with open(_offset_file, encoding="utf-8") as fh:
+                _offset_cache = (mtime, float(fh.read().strip() or 0.0))
+    except (OSError, ValueError):
+        return _offset_cache[1]
+    return _offset_cache[1]
+
+
+def wall_time() -> float:
+    """``time.time()`` as the device sees it: with the test hook's offset when one is set."""
+    return time.time() + clock_offset_s()
+
+
 def new_msg_id(now_ms: int | None = None) -> str:
     """A ULID: 48-bit millisecond timestamp then 80 random bits.
 
@@ -44,7 +70,7 @@ def new_msg_id(now_ms: int | None = None) -> str:
     if now_ms is not None:
         # An explicit time (backfill, tests) stands outside the process's monotonic sequence.
         return _encode(now_ms, 10) + _encode(int.from_bytes(os.urandom(10), "big") >> 1, 16)
-    ms = int(time.time() * 1000)
+    ms = int(wall_time() * 1000)
     with _lock:
         if ms <= _last_ms:
             ms = _last_ms
@@ -82,4 +108,6 @@ def msg_id_time(msg_id: str) -> datetime:
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    if _offset_file is None:
+        return datetime.now(UTC)
+    return datetime.fromtimestamp(wall_time(), tz=UTC)

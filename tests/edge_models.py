@@ -243,6 +243,7 @@ def build_classifier(
     int8: bool = False,
     key_dir: Path | None = None,
     tamper_expected: bool = False,
+    min_agent_version: str = "0.1.0",
 ) -> BuiltModel:
     """A colour classifier with a signed manifest (and an ``int8`` file when asked)."""
     labels = labels or list(LEAF_LABELS)
@@ -265,6 +266,7 @@ def build_classifier(
         labels=labels,
         preprocessing=ImagePreprocessing(height=size, width=size),
         self_test_inputs={"image": TensorData.seeded("uint8", [2, size, size, 3], "self-test")},
+        min_agent_version=min_agent_version,
     )
 
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from shared.messages import Status, Telemetry
 
 from ..config import AgentConfig
+from ..ledger import Ledger
 from ..outbox import Outbox
 from ..pipeline import Pipeline
 from .aggregate import TelemetryAggregator
@@ -74,7 +75,9 @@ class Uplink:
             pipeline.sample_max_bytes = int(self.settings.sample_max_kb * 1000)
 
 
-def open_outbox(cfg: AgentConfig, ttl_s: dict[str, float | None]) -> tuple[Uplink, Outbox]:
+def open_outbox(
+    cfg: AgentConfig, ttl_s: dict[str, float | None], ledger: Ledger | None = None
+) -> tuple[Uplink, Outbox]:
     """The agent's outbox behind its uplink gate (the gate reads the power sensor from the outbox)."""
     outbox: Outbox | None = None
 
@@ -83,5 +86,5 @@ def open_outbox(cfg: AgentConfig, ttl_s: dict[str, float | None]) -> tuple[Uplin
 
     uplink = Uplink(cfg.uplink, cfg.power, cfg.heartbeat.interval_s, latest)
     path = cfg.data_dir / "outbox.sqlite3"
-    outbox = Outbox(path, int(cfg.outbox.budget_mb * 1e6), ttl_s, gate=uplink.gate)
+    outbox = Outbox(path, int(cfg.outbox.budget_mb * 1e6), ttl_s, gate=uplink.gate, ledger=ledger)
     return uplink, outbox

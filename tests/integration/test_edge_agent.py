@@ -345,7 +345,8 @@ def test_tls_with_client_certificate(tmp_path: Path, models) -> None:  # type: i
         "use_identity_as_username true",
     ]
     with private_mosquitto(tmp_path / "mosquitto", lines) as broker:
-        doc = agent_config(tmp_path, broker.port, model_section(classifier))
+        # Nobody subscribes here: the broker's PUBACK 0x10 (no subscribers) counts as delivered.
+        doc = agent_config(tmp_path, broker.port, model_section(classifier), outbox={"retry_no_subscribers": False})
         doc["mqtt"]["tls"] = {"enabled": True, "ca_file": str(tls["ca"]), "cert_file": str(tls["client_cert"]),
                               "key_file": str(tls["client_key"])}  # fmt: skip
         with running(doc) as agent:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
+
+import pytest
 
 from edge_agent.outbox import ROW_OVERHEAD, Outbox, OutMessage
 
@@ -104,3 +107,44 @@ def test_state_is_pruned_but_seen_files_are_kept(tmp_path: Path) -> None:
     box.prune_state()
     assert box.samples_since(0) == 0 and box.readings("rainfall", 0) == []
     assert box.is_seen("drop", "a")  # a kept file must never be processed again
+
+
+def test_ledger_lines_for_created_acked_budget_drops_and_expiry(tmp_path: Path) -> None:
+    from edge_agent.ledger import Ledger
+
+    clock = Clock()
+    ledger_path = tmp_path / "ledger.txt"
+    box = Outbox(tmp_path / "o.db", budget_bytes=2 * row_cost("telemetry"), ttl_s={"telemetry": 60.0},
+                 clock=clock, ledger=Ledger(ledger_path))  # fmt: skip
+    box.add([msg(1, "telemetry"), msg(2, "telemetry")])
+    box.add([msg(3, "telemetry")])  # over budget: row 1 goes
+    row = box.next_batch(0, 1)[0]
+    box.acked([row.id])
+    clock.now += 120
+    box.expire()
+    box.close()
+    lines = ledger_path.read_text().splitlines()
+    assert lines[:3] == [f"created {1:026d} telemetry", f"created {2:026d} telemetry", f"created {3:026d} telemetry"]
+    assert f"dropped {1:026d} telemetry budget" in lines
+    acked = [x for x in lines if x.startswith("acked")]
+    assert len(acked) == 1 and acked[0].startswith(f"acked {2:026d} telemetry ")  # with the real time
+    assert [x for x in lines if x.endswith("expired")] == [f"dropped {3:026d} telemetry expired"]
+
+
+def test_full_disk_drops_are_counted_not_raised(tmp_path: Path) -> None:
+    """SQLITE_FULL used to end in the pipeline as an uncounted loss (found by bench/chaos.py)."""
+    from edge_agent.ledger import Ledger
+
+    box = Outbox(tmp_path / "o.db", budget_bytes=10**9, ledger=Ledger(tmp_path / "ledger.txt"))
+    pages = box._db.execute("PRAGMA page_count").fetchone()[0]
+    box._db.execute(f"PRAGMA max_page_count = {pages}")  # the file cannot grow: SQLite says the disk is full
+    dropped = box.add([msg(i, "detection", size=3000) for i in range(1, 4)])
+    assert dropped == [f"{i:026d}" for i in range(1, 4)]
+    assert box.counters()["dropped_disk_full_detection"] == 3
+    assert "dropped 00000000000000000000000001 detection disk_full" in (tmp_path / "ledger.txt").read_text()
+    # A write that marks folder files as done fails instead: the files stay to be read again.
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        box.add([msg(9, "detection", size=9000)], seen=[("trap", "a.jpg")])
+    assert not box.is_seen("trap", "a.jpg")
+    box._db.execute("PRAGMA max_page_count = 1073741823")
+    assert box.add([msg(5, "detection")]) == [] and box.stats()["depth"] == 1

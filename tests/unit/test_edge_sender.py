@@ -131,3 +131,38 @@ def test_wait_idle_flushes_what_waits_for_a_batch(tmp_path: Path) -> None:
         assert box.stats()["depth"] == 0 and transport.content_types == [wire.BATCH_COMPRESSED]
     finally:
         sender.stop()
+
+
+def test_no_matching_subscribers_keeps_the_row_and_sends_it_again(tmp_path: Path) -> None:
+    """PUBACK 0x10: the broker dropped it (ingest not subscribed yet); found by bench/chaos.py."""
+    box = Outbox(tmp_path / "o.db", budget_bytes=10**9)
+    transport = ScriptedTransport()
+    sender = Sender(box, transport, Identity("farm1", "dev1"), max_inflight=8)
+    sender.start()
+    try:
+        box.add([OutMessage(f"{i:026d}", "telemetry", f"t/{i}", b"{}") for i in range(3)])
+        wait_for(lambda: len(transport.published) == 3, 5, what="first sends")
+        transport.ack_all(0x10)
+        wait_for(lambda: len(transport.published) == 6, 10, what="the same rows sent again after the pause")
+        assert box.stats()["depth"] == 3  # nothing deleted on 0x10
+        assert [t for t, _ in transport.published[3:]] == ["t/0", "t/1", "t/2"]  # in order
+        transport.ack_all(0)
+        wait_for(lambda: box.stats()["depth"] == 0, 5, what="delivered once someone subscribed")
+    finally:
+        sender.stop()
+
+
+def test_shutdown_does_not_wait_for_rows_nobody_subscribed_to(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", budget_bytes=10**9)
+    transport = ScriptedTransport()
+    sender = Sender(box, transport, Identity("farm1", "dev1"), max_inflight=8)
+    sender.start()
+    try:
+        box.add([OutMessage(f"{i:026d}", "telemetry", f"t/{i}", b"{}") for i in range(2)])
+        wait_for(lambda: len(transport.published) == 2, 5, what="first sends")
+        transport.ack_all(0x10)
+        wait_for(lambda: sender.inflight() == 0, 5, what="rows back in line")
+        assert sender.wait_idle(5.0) is False  # at once: they stay on disk for the next start
+        assert box.stats()["depth"] == 2
+    finally:
+        sender.stop()
