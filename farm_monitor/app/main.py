@@ -45,7 +45,8 @@ else:
             st.Page(VIEWS / "farm_layout.py", title="Farm layout", icon=":material/edit_location:"),
             st.Page(VIEWS / "users.py", title="Users", icon=":material/group:"),
         ]
-    nav = st.navigation(pages)
+    # Every page in view: collapsed, the menu hides all but ten behind "View more" (an admin has 14).
+    nav = st.navigation(pages, expanded=True)
     with st.sidebar:
         st.caption(f"Signed in as **{user.username}** ({user.role})")
         if st.button("Log out", key="cw_logout"):
