@@ -295,7 +295,8 @@ def test_kill_at_every_step_leaves_one_verified_model(  # type: ignore[no-untype
             outcome = {}
             for step in CRASH_STEPS:
                 wanted = CRASH_OUTCOME[step]
-                wait_for(lambda s=step, w=wanted: (final(s) or [None])[0] and final(s)[0].version == w, 60,
+                # One read per check: a status arriving between two reads made the second one None.
+                wait_for(lambda s=step, w=wanted: (got := final(s)) is not None and got[0].version == w, 60,
                          what=f"{step}: one active model {wanted}")  # fmt: skip
                 outcome[step] = final(step)[0].version
         finally:

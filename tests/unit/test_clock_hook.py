@@ -16,6 +16,10 @@ def test_offset_file_moves_wall_clock_and_ids_stay_increasing(tmp_path: Path, mo
     offset.write_text("7200\n")
     monkeypatch.setattr(ids, "_offset_file", str(offset))
     monkeypatch.setattr(ids, "_offset_cache", (-1.0, 0.0))
+    # The id sequence remembers the jump ahead; restored afterwards, or every later id in this
+    # process would carry a time two hours ahead (test_messages checks ids against the clock).
+    monkeypatch.setattr(ids, "_last_ms", ids._last_ms)
+    monkeypatch.setattr(ids, "_last_rand", ids._last_rand)
     assert abs(ids.wall_time() - time.time() - 7200) < 5
     assert abs(ids.utcnow().timestamp() - time.time() - 7200) < 5
     ahead = ids.new_msg_id()
