@@ -17,7 +17,7 @@ from sqlalchemy import Engine, bindparam, text
 
 from shared.quantities import CANONICAL_UNITS
 
-from ..db.dialect import bind_timestamp
+from ..db.dialect import bind_timestamp, time_bucket
 
 # Canonical unit by quantity name, for names read back from the database (plain strings).
 UNITS: dict[str, str] = {q: u for q, u in CANONICAL_UNITS.items()}
@@ -34,10 +34,7 @@ class Sql:
         return bind_timestamp(self.engine, value)
 
     def bucket(self, column: str, unit: str) -> str:
-        if self.sqlite:
-            return f"substr({column}, 1, {10 if unit == 'day' else 13})"
-        fmt = "YYYY-MM-DD" if unit == "day" else 'YYYY-MM-DD"T"HH24'
-        return f"to_char({column} AT TIME ZONE 'UTC', '{fmt}')"
+        return time_bucket(self.engine, column, unit)
 
     def frame(self, sql: str, params: dict[str, Any] | None = None, expanding: tuple[str, ...] = ()) -> pd.DataFrame:
         stmt = text(sql)

@@ -31,6 +31,15 @@ def bind_timestamp(bind: Engine | Connection | str, value: datetime) -> Any:
     return sqlite_timestamp(value) if name == "sqlite" else value
 
 
+def time_bucket(bind: Engine | Connection | str, column: str, unit: str) -> str:
+    """SQL for ``column``'s UTC day (``unit`` "day") or hour as ISO text, the same on both databases."""
+    name = bind if isinstance(bind, str) else bind.dialect.name
+    if name == "sqlite":
+        return f"substr({column}, 1, {10 if unit == 'day' else 13})"
+    fmt = "YYYY-MM-DD" if unit == "day" else 'YYYY-MM-DD"T"HH24'
+    return f"to_char({column} AT TIME ZONE 'UTC', '{fmt}')"
+
+
 def insert_columns(table: Table | str) -> tuple[str, ...]:
     """The columns an ``INSERT`` names, in the table's order: all but an autoincrement key."""
     t = TABLES[table] if isinstance(table, str) else table

@@ -20,7 +20,7 @@ from shared.display_names import display_name
 from shared.quantities import CANONICAL_UNITS
 
 from ..config import DiseaseRule
-from ..db.dialect import bind_timestamp
+from ..db.dialect import bind_timestamp, time_bucket
 from ..layout import FarmLayout
 from ..risk import risk_level
 
@@ -120,10 +120,7 @@ class _Db:
         return bind_timestamp(self.engine, value)
 
     def bucket(self, column: str, unit: str) -> str:
-        if self.sqlite:
-            return f"substr({column}, 1, {10 if unit == 'day' else 13})"
-        fmt = "YYYY-MM-DD" if unit == "day" else 'YYYY-MM-DD"T"HH24'
-        return f"to_char({column} AT TIME ZONE 'UTC', '{fmt}')"
+        return time_bucket(self.engine, column, unit)
 
     def rows(self, sql: str, params: dict[str, Any], expanding: tuple[str, ...] = ()) -> list[Any]:
         stmt = text(sql)
