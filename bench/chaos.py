@@ -135,7 +135,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "alerts": alerts, "unexpected_exits": dict(watch.unexpected_exits),
         "outbox_tmpfs": stack.agents[0].tmpfs, "work_folder": str(root),
     }  # fmt: skip
-    report["passed"] = rec["lost_unexplained"] == 0 and dups == 0
+    # A broker SIGKILL no longer excuses a loss: agents hold what it acknowledged (edge_agent/held.py).
+    report["passed"] = rec["lost_unexplained"] == 0 and rec["lost_broker_crash"] == 0 and dups == 0
     if schema:
         _pg_drop(schema)
     if report["passed"] and not args.keep:

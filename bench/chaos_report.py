@@ -84,7 +84,8 @@ def reconcile(
 
     A message the broker acknowledged (the ledger's ``acked`` line, else when it was created)
     within ``AUTOSAVE_S`` (+3 s) before a broker SIGKILL is counted apart as ``lost_broker_crash``:
-    Mosquitto had acknowledged it and kept it only in memory.
+    Mosquitto had acknowledged it and kept it only in memory, and the agent's hold
+    (edge_agent/held.py) should have sent it again. It fails the run like any other loss.
     """
     kills = [f.started for f in faults if f.kind == "broker_kill" and f.started]
     dropped: Counter[str] = Counter()
@@ -152,7 +153,7 @@ def outbox_sample(agent: Agent, now: float) -> tuple[int, float] | None:
     try:
         db = sqlite3.connect(f"file:{agent.outbox}?mode=ro", uri=True, timeout=1)
         try:
-            depth, oldest = db.execute("SELECT COUNT(*), MIN(created) FROM outbox").fetchone()
+            depth, oldest = db.execute("SELECT COUNT(*), MIN(created) FROM outbox WHERE state != 'held'").fetchone()
         finally:
             db.close()
     except sqlite3.Error:

@@ -42,6 +42,7 @@ reconnect_max_s = 4.0
 [outbox]
 budget_mb = {budget_mb}
 max_inflight = 32
+hold_acked_s = {hold_s}
 
 [outbox.ttl_s]
 telemetry = 3600.0
@@ -314,7 +315,7 @@ def start_stack(root: Path, db_url: str, n_agents: int, rates: tuple[float, floa
         toml = folder / "agent.toml"
         toml.write_text(AGENT_TOML.format(
             state=agent.state, farm=FARM, device=device, i=i, port=broker.port, pub=pub, ledger=agent.ledger,
-            budget_mb=3.0 if i == 0 else 50.0, cam_s=rates[0], sensor_s=rates[1],
+            budget_mb=3.0 if i == 0 else 50.0, cam_s=rates[0], sensor_s=rates[1], hold_s=2 * AUTOSAVE_S + 5,
         ), encoding="utf-8")  # fmt: skip
         agent.proc.args = ["agent", "--config", str(toml)]
         agent.proc.env = {"CROPWATCH_CLOCK_OFFSET_FILE": str(agent.clock_file)}

@@ -53,6 +53,10 @@ class OutboxSettings(BaseModel):
     # PUBACK 0x10 (the broker had no subscriber and dropped it): keep the row and send it again.
     # false only where publishing with nobody subscribed is normal and the message may be lost.
     retry_no_subscribers: bool = True
+    # Keep an acknowledged message this long and send it again after any reconnect: Mosquitto saves
+    # its queues every autosave_interval (60 s in deploy/), and a broker crash forgets what it
+    # acknowledged since. Longer than the broker's save interval; 0 where the broker syncs first.
+    hold_acked_s: Annotated[float, Field(ge=0, le=3600)] = 75.0
 
 
 ModelEntry = Annotated[SerializeAsAny[BackendSettings], BeforeValidator(BACKENDS.validate)]

@@ -126,7 +126,7 @@ class Agent:
             self.transport = transport = self._make_transport()
             self.sender = Sender(
                 self.outbox, transport, self.identity, cfg.outbox.max_inflight, self.count_error, cfg.uplink,
-                retry_no_subscribers=cfg.outbox.retry_no_subscribers,
+                retry_no_subscribers=cfg.outbox.retry_no_subscribers, hold_acked_s=cfg.outbox.hold_acked_s,
             )  # fmt: skip
             handler = CommandHandler(
                 cfg.device.farm_id,
@@ -189,7 +189,7 @@ class Agent:
             self._next["shadow_confirm"] = time.monotonic() + self.cfg.updates.shadow_confirm_s
         self._wake_for("online")
         if self.sender is not None:
-            self.sender.kick()
+            self.sender.on_connected()
 
     def _load_models(self, cfg: AgentConfig) -> None:
         trusted = TrustedKeys.from_sources(cfg.trust.public_keys) if cfg.trust.public_keys else TrustedKeys()

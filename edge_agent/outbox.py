@@ -35,22 +35,22 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from shared.ids import wall_time
 
 from .ledger import Ledger
-from .uplink.budget import MUST, decide, message_wire_size, value_of
-from .uplink.gate import DAY_KEY, MONTH_KEY, UplinkGate
-from .uplink.shrink import shrink_sample
+from .outbox_rows import ROW_OVERHEAD, OutMessage, Row
+from .uplink.budget import message_wire_size, value_of
+from .uplink.gate import UplinkGate
+from .uplink.picking import GatedPicking
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["NEVER_DROPPED", "PRIORITY", "ROW_OVERHEAD", "OutMessage", "Outbox", "Row"]
+
 PRIORITY = {"telemetry": 0, "sample": 1, "detection": 2, "yield": 2, "status": 3, "event": 3}
 NEVER_DROPPED = 3
-# Bytes a row costs beyond its payload and topic (keys, indexes, page slack), for the budget.
-ROW_OVERHEAD = 96
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -77,27 +77,7 @@ CREATE INDEX IF NOT EXISTS readings_q ON readings (quantity, at);
 """
 
 
-@dataclass(frozen=True)
-class OutMessage:
-    msg_id: str
-    kind: str
-    topic: str
-    payload: bytes
-    # Overrides the kind's priority: an `uncertain` sample is kept over budget like a detection.
-    priority: int | None = None
-
-
-@dataclass(frozen=True)
-class Row:
-    id: int
-    msg_id: str
-    kind: str
-    topic: str
-    payload: bytes
-    created: float
-
-
-class Outbox:
+class Outbox(GatedPicking):
     """Thread-safe: one connection behind a lock (the writes are tiny; the fsync dominates)."""
 
     def __init__(
@@ -198,6 +178,9 @@ class Outbox:
         priority = m.priority if m.priority is not None else PRIORITY.get(m.kind, 2)
         size = len(m.payload) + len(m.topic.encode()) + ROW_OVERHEAD
         dropped: list[tuple[str, str]] = []
+        if priority < NEVER_DROPPED and self._used + size > self.budget_bytes:
+            self._used -= self._size_of(cur, "state = 'held'", [])
+            cur.execute("DELETE FROM outbox WHERE state = 'held'")  # delivered already: room before any drop
         if priority < NEVER_DROPPED:
             while self._used + size > self.budget_bytes:
                 victim = cur.execute(
@@ -250,34 +233,92 @@ class Outbox:
             ).fetchall()
         return [Row(*r) for r in rows]
 
-    def acked(self, ids: Iterable[int]) -> None:
-        """Delete delivered rows (one transaction for a batch of PUBACKs)."""
+    def acked(self, ids: Iterable[int], hold: bool = False) -> None:
+        """Delivered rows: deleted, or with ``hold`` kept as ``held`` (edge_agent/held.py) until released."""
         ids = list(ids)
         if not ids:
             return
+        marks = ",".join("?" * len(ids))
         with self._lock:
             cur = self._db.cursor()
             # A delete lost to a power cut only means the message is sent again (same msg_id, which
             # ingest deduplicates), so acks skip the fsync; the next FULL commit makes them durable.
             cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("BEGIN IMMEDIATE")
-            sizes = cur.execute(
-                f"SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + {ROW_OVERHEAD}), 0) FROM outbox "
-                f"WHERE id IN ({','.join('?' * len(ids))})",
-                ids,
-            ).fetchone()[0]
-            if self.ledger is not None:
-                done = cur.execute(
-                    f"SELECT msg_id, kind FROM outbox WHERE id IN ({','.join('?' * len(ids))})", ids
-                ).fetchall()
-            cur.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
-            self._bump(cur, "sent", len(ids))
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+                if hold:
+                    sizes = 0
+                    cur.execute(f"UPDATE outbox SET state = 'held' WHERE id IN ({marks})", ids)
+                else:
+                    sizes = self._size_of(cur, f"id IN ({marks})", ids)
+                if self.ledger is not None:
+                    done = cur.execute(f"SELECT msg_id, kind FROM outbox WHERE id IN ({marks})", ids).fetchall()
+                if not hold:
+                    cur.execute(f"DELETE FROM outbox WHERE id IN ({marks})", ids)
+                self._bump(cur, "sent", len(ids))
+                cur.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    cur.execute("ROLLBACK")
+                raise
+            finally:
+                cur.execute("PRAGMA synchronous=FULL")
             self._charged.difference_update(ids)
-            cur.execute("COMMIT")
-            cur.execute("PRAGMA synchronous=FULL")
             self._used -= sizes
             if self.ledger is not None:
                 self.ledger.acked(done)
+
+    def held_ids(self) -> list[int]:
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT id FROM outbox WHERE state = 'held' ORDER BY id")]
+
+    def release_held(self, ids: Iterable[int]) -> None:
+        """Forget held rows: the broker has had them long enough to have written them to disk."""
+        ids = list(ids)
+        if not ids:
+            return
+        where = f"state = 'held' AND id IN ({','.join('?' * len(ids))})"
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("PRAGMA synchronous=NORMAL")  # losing this delete only means one more resend
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+                sizes = self._size_of(cur, where, ids)
+                cur.execute(f"DELETE FROM outbox WHERE {where}", ids)
+                cur.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    cur.execute("ROLLBACK")
+                raise
+            finally:
+                cur.execute("PRAGMA synchronous=FULL")
+            self._used -= sizes
+
+    def resend_held(self, ids: Iterable[int]) -> int:
+        """Put held rows back in line (the broker connection was renewed; it may have lost them)."""
+        ids = list(ids)
+        if not ids:
+            return 0
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            n = cur.execute(
+                f"UPDATE outbox SET state = 'pending' WHERE state = 'held' AND id IN ({','.join('?' * len(ids))})", ids
+            ).rowcount
+            self._bump(cur, "resent_after_reconnect", n)
+            cur.execute("COMMIT")
+        for listener in self.listeners:
+            listener()
+        return n
+
+    @staticmethod
+    def _size_of(cur: sqlite3.Cursor, where: str, args: list[int]) -> int:
+        return int(
+            cur.execute(
+                f"SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + {ROW_OVERHEAD}), 0) FROM outbox WHERE {where}",
+                args,
+            ).fetchone()[0]
+        )
 
     # --- the uplink gate (edge_agent/uplink/) -------------------------------------------------
 
@@ -298,122 +339,6 @@ class Outbox:
         if self.gate is None:
             return bool(self.next_batch(0, 1))
         return self.gate.schedule.is_open(self._clock()) and bool(self._pick(1, set(), commit=False))
-
-    def _pick(self, limit: int, inflight: set[int], commit: bool) -> list[Row]:
-        """Rows by value through the budget; ``commit`` False only looks (no drops, no re-encodes, no charge)."""
-        assert self.gate is not None
-        gate, now = self.gate, self._clock()
-        out: list[Row] = []
-        with self._lock:
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                day_key, month_key, days_left = gate.keys(now)
-                counters = self._counter_values(cur, day_key, month_key)
-                used_day, used_month = counters.get(day_key, 0), counters.get(month_key, 0)
-                # Sizes from the row, not its payload: a poll with many waiting images reads no images.
-                meta = cur.execute(
-                    "SELECT id, kind, value, created, wire_size, LENGTH(payload) + LENGTH(topic) FROM outbox "
-                    "WHERE state = 'pending' ORDER BY value DESC, id"
-                ).fetchall()
-                for row_id, kind, tier, created, wire, stored in meta:
-                    if len(out) >= limit:
-                        break
-                    if row_id in inflight:
-                        continue
-                    if row_id in self._charged:
-                        out.append(self._row(cur, row_id))
-                        continue
-                    size = wire if wire is not None else stored
-                    allowance = gate.allowance(used_day, used_month, days_left, now)
-                    d = decide(tier, kind, size, now - created, allowance, gate.settings.hold_s)
-                    row: Row | None = None
-                    if d.action == "shrink" and commit:
-                        row, size = self._shrink(cur, self._row(cur, row_id), d.max_bytes or 0)
-                        d = decide(MUST if row else tier, "", size, now - created, allowance, gate.settings.hold_s)
-                    if d.action in ("send", "shrink"):  # an uncommitted look assumes the re-encode fits
-                        out.append(row or self._row(cur, row_id))
-                        if commit:
-                            used_day, used_month = used_day + size, used_month + size
-                            self._charged.add(row_id)
-                            self._bump(cur, day_key, size)
-                            self._bump(cur, month_key, size)
-                    elif d.action == "drop" and commit:
-                        cur.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
-                        self._used -= stored + ROW_OVERHEAD
-                        self._bump(cur, f"budget_dropped_{kind}")
-                        logger.info("uplink budget: dropped %s %d (%d bytes)", kind, row_id, size)
-                cur.execute("COMMIT" if commit else "ROLLBACK")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-        return out
-
-    @staticmethod
-    def _row(cur: sqlite3.Cursor, row_id: int) -> Row:
-        r = cur.execute(
-            "SELECT id, msg_id, kind, topic, payload, created FROM outbox WHERE id = ?", (row_id,)
-        ).fetchone()
-        return Row(*r)
-
-    def _shrink(self, cur: sqlite3.Cursor, row: Row, max_bytes: int) -> tuple[Row | None, int]:
-        """The sample re-encoded to fit ``max_bytes`` (wire bytes) and stored so; (None, size as is) when it cannot."""
-        size = message_wire_size(row.topic, row.payload, self._wire)
-        smaller = shrink_sample(row.payload, max_bytes - len(row.topic.encode()))
-        if smaller is None:
-            return None, size
-        new_size = message_wire_size(row.topic, smaller, self._wire)
-        cur.execute("UPDATE outbox SET payload = ?, wire_size = ? WHERE id = ?", (smaller, new_size, row.id))
-        self._used += len(smaller) - len(row.payload)
-        self._bump(cur, f"budget_shrunk_{row.kind}")
-        return Row(row.id, row.msg_id, row.kind, row.topic, smaller, row.created), new_size
-
-    @staticmethod
-    def _counter_values(cur: sqlite3.Cursor, *names: str) -> dict[str, int]:
-        rows = cur.execute(
-            f"SELECT name, value FROM counters WHERE name IN ({','.join('?' * len(names))})", names
-        ).fetchall()
-        return {name: int(value) for name, value in rows}
-
-    def charge(self, nbytes: int) -> None:
-        """Count bytes sent around the outbox (the retained status) against today's and the month's budget."""
-        if self.gate is None:
-            return
-        day_key, month_key, _ = self.gate.keys(self._clock())
-        with self._lock:
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            self._bump(cur, day_key, nbytes)
-            self._bump(cur, month_key, nbytes)
-            cur.execute("COMMIT")
-
-    def uplink_usage(self) -> dict[str, int | None]:
-        """Bytes sent today and this month, today's allowance, and rows waiting for the link or the budget."""
-        if self.gate is None:
-            return {}
-        day_key, month_key, days_left = self.gate.keys(self._clock())
-        with self._lock:
-            cur = self._db.cursor()
-            values = self._counter_values(cur, day_key, month_key)
-            held = cur.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
-        today, month = values.get(day_key, 0), values.get(month_key, 0)
-        allowance = self.gate.allowance(today, month, days_left, self._clock())
-        return {
-            "bytes_today": today,
-            "bytes_month": month,
-            "budget_month": self.gate.settings.budget_bytes_month,
-            "allowance_today": allowance.day_bytes,
-            "waiting": int(held) - len(self._charged),
-        }
-
-    def prune_uplink_counters(self, keep_days: int = 62) -> None:
-        """Forget day and month byte counters older than ``keep_days``."""
-        if self.gate is None:
-            return
-        day_key, month_key, _ = self.gate.keys(self._clock() - keep_days * 86400)
-        with self._lock:
-            self._db.execute("DELETE FROM counters WHERE name LIKE ? AND name < ?", (DAY_KEY + "%", day_key))
-            self._db.execute("DELETE FROM counters WHERE name LIKE ? AND name < ?", (MONTH_KEY + "%", month_key))
 
     def refused(self, row_id: int, reason_code: int) -> bool:
         """Mark a row refused; False if it already was (a resent copy refused again) or is gone."""
@@ -451,16 +376,19 @@ class Outbox:
                     continue
                 rows = cur.execute(
                     "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + ?), 0) FROM outbox "
-                    "WHERE kind = ? AND created < ?",
+                    "WHERE kind = ? AND created < ? AND state != 'held'",
                     (ROW_OVERHEAD, kind, now - ttl),
                 ).fetchone()
                 if rows[0]:
                     if self.ledger is not None:
                         ids = cur.execute(
-                            "SELECT msg_id FROM outbox WHERE kind = ? AND created < ?", (kind, now - ttl)
+                            "SELECT msg_id FROM outbox WHERE kind = ? AND created < ? AND state != 'held'",
+                            (kind, now - ttl),
                         ).fetchall()
                         expired.extend((msg_id, kind) for (msg_id,) in ids)
-                    cur.execute("DELETE FROM outbox WHERE kind = ? AND created < ?", (kind, now - ttl))
+                    cur.execute(
+                        "DELETE FROM outbox WHERE kind = ? AND created < ? AND state != 'held'", (kind, now - ttl)
+                    )
                     self._used -= rows[1]
                     self._bump(cur, f"expired_{kind}", rows[0])
                     out[kind] = rows[0]
@@ -514,10 +442,14 @@ class Outbox:
 
     def stats(self) -> dict[str, float | int | None]:
         with self._lock:
-            depth, oldest = self._db.execute("SELECT COUNT(*), MIN(created) FROM outbox").fetchone()
+            depth, oldest = self._db.execute(
+                "SELECT COUNT(*), MIN(created) FROM outbox WHERE state != 'held'"
+            ).fetchone()
             refused = self._db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'refused'").fetchone()[0]
+            held = self._db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'held'").fetchone()[0]
         return {
             "depth": depth,
+            "held": held,
             "oldest_age_s": None if oldest is None else max(0.0, self._clock() - oldest),
             "refused": refused,
             "bytes": self._used,

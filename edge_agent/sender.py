@@ -1,4 +1,9 @@
-"""Moves rows from the outbox to the broker and deletes them only on a successful PUBACK.
+"""Moves rows from the outbox to the broker; a row leaves only after a successful PUBACK.
+
+With ``[outbox] hold_acked_s`` an acknowledged row is kept a while longer and sent again after a
+reconnect, because a crashed broker forgets what it acknowledged since its last save
+(edge_agent/held.py). An acknowledgement that cannot be written (a full disk) is tried again
+each round; its rows stay in flight meanwhile, so they are not sent again.
 
 At most ``max_inflight`` rows are unacknowledged at a time. While the link is down nothing is
 published; rows already handed over stay in the MQTT session, which resends them first when the
@@ -31,6 +36,7 @@ from typing import Protocol
 from shared import wire
 from shared.messages import MAX_PAYLOAD_BYTES, Event
 
+from .held import AckHold
 from .outbox import Outbox, Row
 from .pipeline import Identity, to_out
 from .transport import reason_name
@@ -83,9 +89,11 @@ class Sender:
         wire_settings: wire.WireSettings | None = None,
         clock: Callable[[], float] = time.time,
         retry_no_subscribers: bool = True,
+        hold_acked_s: float = 0.0,
     ) -> None:
         self.retry_no_subscribers = retry_no_subscribers
         self.outbox = outbox
+        self.held = AckHold(outbox, hold_acked_s)
         self.wire = wire_settings or wire.WireSettings()
         # The outbox's clock: a row's ``created`` is on it, and a batch's delay is measured from there.
         self.clock = clock
@@ -128,6 +136,11 @@ class Sender:
         if self._thread is not None:
             self._thread.join(timeout)
         self._flush_acks()
+
+    def on_connected(self) -> None:
+        """The transport (re)connected: held rows go again (edge_agent/held.py)."""
+        self.held.reconnected()
+        self._kick.set()
 
     def requeue(self) -> int:
         """After a reload: refused rows get another chance, in their original order."""
@@ -183,6 +196,10 @@ class Sender:
             self._next_due = None
             try:
                 self._flush_acks()
+            except Exception:  # a full disk: rows stay in flight, the write is tried again next round
+                logger.exception("sender could not record acknowledgements; retrying")
+                self.count_error("sender_acks")
+            try:
                 sent = self._publish_some()
             except Exception:
                 logger.exception("sender step failed; retrying")
@@ -200,8 +217,6 @@ class Sender:
             acked, self._acked = self._acked, []
             refused, self._refused = self._refused, []
             unrouted, self._unrouted = self._unrouted, []
-            for row_id in acked:
-                self._inflight.discard(row_id)
             for row, _ in refused:
                 self._inflight.discard(row.id)
             if acked and not unrouted:
@@ -221,8 +236,6 @@ class Sender:
                 len(unrouted), self._hold_until - time.monotonic(),
             )  # fmt: skip
             self.count_error("publish_no_subscribers")
-        if acked:
-            self.outbox.acked(acked)
         for row, code in refused:
             if not self.outbox.refused(row.id, code):
                 continue
@@ -233,6 +246,20 @@ class Sender:
             self.count_error("publish_refused")
             if row.kind != "event":
                 self._refusal_event(row, code)
+        if acked:
+            try:
+                self.held.acked(acked)
+            except Exception:
+                # A full disk: the rows stay in flight (not sent again) and the write is tried next round.
+                with self._lock:
+                    self._acked[:0] = acked
+                raise
+            with self._lock:
+                self._inflight.difference_update(acked)
+        first_back = self.held.tend()
+        if first_back is not None:
+            with self._lock:
+                self._last_id = min(self._last_id, first_back - 1)
 
     def _refusal_event(self, row: Row, code: int) -> None:
         key = (row.kind, code)

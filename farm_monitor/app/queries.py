@@ -474,6 +474,8 @@ def notification_problems(sql: Sql, username: str | None, limit: int = 200) -> p
     )
     df["created_at"] = to_utc(df["created_at"])
     return df
+
+
 def farm_gateways(sql: Sql, now: datetime, offline_after_s: float) -> pd.DataFrame:
     """Every farm gateway's latest report, with its farm's detections and open alerts so far.
 

@@ -263,6 +263,8 @@ def test_migration_6_adds_subscriptions_and_the_delivery_ledger_to_a_version_5_d
     assert indexes["ux_deliveries_once"]["unique"]
     assert indexes["ux_deliveries_once"]["column_names"] == ["alert_id", "subscription_id", "channel_key", "event"]
     assert "ix_subscriptions_user" in {i["name"] for i in inspect(engine).get_indexes("subscriptions")}
+
+
 def test_migration_7_adds_gateway_status_and_a_unique_label_msg_id_to_an_older_database(db_url):
     engine = make_engine(db_url)
     assert migrate(engine, target=5) == [1, 2, 3, 4, 5]
