@@ -310,10 +310,10 @@ class ModelUpdater:
             self._seen.pop(key, None)  # the retained message again (a reconnect) is tried at once too
             self._retries[key] = Retry(d, failures, time.monotonic() + delay)
         what = "shadow" if role == SHADOW else "desired"
-        logger.warning("%s %s %s failed (%s, attempt %d): %s; trying again in %.0f s",
+        logger.warning("%s %s %s failed (%s, attempt %d): %s; trying again in %.1f s",
                        what, name, version, reason, failures, exc, delay)  # fmt: skip
         self._host.count_error(f"{'shadow' if role == SHADOW else 'update'}_{reason}")
-        detail = f"{exc}; trying again in {delay:.0f} s (attempt {failures})"
+        detail = f"{exc}; trying again in {delay:.1f} s (attempt {failures})"
         sha = d.manifest.sha256
         self._report(name, version, sha, "rejected", reason, level="warning", role=role, detail=detail)
 
