@@ -108,6 +108,10 @@ class UpdateSettings(BaseModel):
     # long after the first connection, or it is unloaded: an ended run (empty retained payload)
     # leaves nothing for a device that was offline to receive.
     shadow_confirm_s: PositiveSeconds = 30.0
+    # An update that failed for a passing reason (a full disk, a write error, the registry out of
+    # reach) is tried again from the same message after this pause, doubled each time up to retry_max_s.
+    retry_s: PositiveSeconds = 5.0
+    retry_max_s: PositiveSeconds = 300.0
 
 
 class SampleSettings(BaseModel):

@@ -7,6 +7,7 @@ staging folder becomes ``versions/{version}`` with one rename once every file is
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -86,6 +87,8 @@ def _fetch_file(art: Artifact, part: Path, settings: UpdateSettings, deadline: f
             download(art.url, part, art.size, token, settings.timeout_s, deadline)
             return
         except (urllib.error.URLError, OSError) as exc:
+            if exc.errno == errno.ENOSPC:
+                raise  # no room for the file: the updater tries again later, not within seconds
             if attempt == DOWNLOAD_ATTEMPTS:
                 raise UpdateRejected("download_failed", f"{art.url}: {exc}") from exc
             logger.warning("download of %s failed (%s); resuming", art.url, exc)

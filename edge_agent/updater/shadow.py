@@ -56,7 +56,7 @@ class ShadowSlots:
             except ModelLoadError as exc:
                 logger.error("shadow model %s %s in slot does not load (%s); no shadow runs", name, version, exc)
                 state.update(active=None, msg_id=None)
-                self.store.write(name, state)
+                self.store.write_or_defer(name, state)
                 self._report(name, version, None, "rejected", exc.reason, level="error", role=SHADOW)
                 continue
             self._set(backend)
@@ -124,8 +124,10 @@ class ShadowSlots:
                 # The run's own signed message replayed after the end must not start it again.
                 state["closed_msg_id"] = state["newest_msg_id"]
             state.update(active=None, msg_id=None)
-            self.store.write(name, state)
-            self.store.prune(name, keep=set())
+            # Unloaded already; a full disk defers the state (until written, a restart would load
+            # the challenger again and its retained message decide).
+            if self.store.write_or_defer(name, state):
+                self.store.prune(name, keep=set())
         self.outcome[name] = (self.outcome.get(name, ("", ""))[0], "unloaded")
         sha = backend.manifest.sha256 if loaded and backend is not None else None
         if failed:

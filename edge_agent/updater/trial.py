@@ -5,6 +5,10 @@ becomes ``trial`` (state.json written before the swap), serves with the old mode
 fallback, and is committed (``active``, old one ``previous``) when its health window passes; if it
 fails a batch, its self-test, or has a higher error rate than the old one, it is rolled back. A
 trial found in state.json at boot was never committed, so boot rolls it back.
+
+A commit whose state cannot be written (a full disk) changes nothing: the trial goes on and the
+commit is tried again at the next check, so a good model is never rolled back for it. A rollback
+serves the old model first and defers its state if need be (see :mod:`.slots`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ class Trial:
     old: InferenceBackend
     msg_id: str
     started: float
+    # Commits tried and refused by the disk (the next check waits longer after each).
+    commit_failures: int = 0
 
     @property
     def task(self) -> str:
@@ -76,14 +82,15 @@ class Trials:
         trial = state["trial"]
         state["failed"][trial] = state.pop("trial_msg_id", None) or "boot"
         state["trial"] = None
-        self.store.write(name, state)
+        saved = self.store.write_or_defer(name, state)
         logger.warning("model %s %s was on trial and never committed: rolled back at boot", name, trial)
         trial_dir = self.store.version_dir(name, trial)
         try:
             sha: str | None = ModelManifest.load(trial_dir / "manifest.json").sha256
         except ManifestError:
             sha = None
-        if trial not in (state["active"], state["previous"]):
+        # Kept while the state on disk still names it.
+        if saved and trial not in (state["active"], state["previous"]):
             shutil.rmtree(trial_dir, ignore_errors=True)
         self._report(name, trial, sha, "rolled_back", "uncommitted_at_boot", level="warning")
 
@@ -100,12 +107,12 @@ class Trials:
                 continue
             if version != state["active"]:
                 state.update(active=version, previous=None)
-                self.store.write(name, state)
+                self.store.write_or_defer(name, state)  # on disk still: the active one fails again, then this
             self._install(task, old, backend)
             return
         logger.error("no slot version of %s loads; the config's model serves", name)
         state.update(active=None, previous=None)
-        self.store.write(name, state)
+        self.store.write_or_defer(name, state)
 
     def _install(
         self, task: str, old: InferenceBackend | None, new: InferenceBackend, fallback: InferenceBackend | None = None
@@ -133,10 +140,10 @@ class Trials:
             if trial is not None and trial.backend.manifest.version == d.version:
                 # e.g. 10% -> 50%: the trial goes on, and a rollback now holds for this message too
                 if d.msg_id > trial.msg_id:
-                    trial.msg_id = d.msg_id
                     state = self.store.read(d.model_name)
                     state["trial_msg_id"] = d.msg_id
-                    self.store.write(d.model_name, state)
+                    self.store.write(d.model_name, state)  # first: a failed write leaves it to a retry
+                    trial.msg_id = d.msg_id
                 raise UpdateRejected("current", "this version is already on trial")
         # Judged against the model a trial would fall back to, and every check done before a trial
         # is ended: a message refused below must not cost a healthy trial.
@@ -192,9 +199,27 @@ class Trials:
 
     def check_health(self) -> float | None:
         """Seconds to the next check while a trial runs, None when none does."""
+        waits = []
         with self._lock:
-            waits = [w for t in list(self.by_task.values()) if (w := self._check(t)) is not None]
+            for t in list(self.by_task.values()):
+                try:
+                    wait = self._check(t)
+                except OSError as exc:
+                    wait = self._commit_refused(t, exc)
+                if wait is not None:
+                    waits.append(wait)
         return min(waits) if waits else None
+
+    def _commit_refused(self, t: Trial, exc: OSError) -> float:
+        """The commit's state write failed (nothing changed): the trial goes on, checked again later."""
+        t.commit_failures += 1
+        settings = self._host.cfg.updates
+        wait = float(min(settings.retry_max_s, settings.retry_s * 2 ** min(t.commit_failures - 1, 30)))
+        m = t.backend.manifest
+        logger.warning("model %s %s not committed yet: slot state not written (%s); trying again in %.0f s",
+                       m.name, m.version, exc, wait)  # fmt: skip
+        self._host.count_error("model_commit_write")
+        return wait
 
     def _check(self, t: Trial) -> float | None:
         settings = self._host.cfg.updates
@@ -235,13 +260,15 @@ class Trials:
 
     def _rollback(self, t: Trial, reason: str) -> None:
         name, version = t.backend.manifest.name, t.backend.manifest.version
+        # Served and forgotten first: a failing or superseded model must stop serving, and a trial
+        # left in by_task would be committed by a later check, even when the state write below fails.
         self._install(t.task, t.backend, t.old)
+        self.by_task.pop(t.task, None)
         state = self.store.read(name)
         state["failed"][version] = t.msg_id
         state.update(trial=None)
         state.pop("trial_msg_id", None)
-        self.store.write(name, state)
-        self.by_task.pop(t.task, None)
+        self.store.write_or_defer(name, state)  # on disk still "trial": rolled back at boot all the same
         logger.warning("model %s %s rolled back to %s: %s", name, version, t.old.manifest.version, reason)
         self._host.count_error("model_rolled_back")
         self._report(name, version, t.backend.manifest.sha256, "rolled_back", reason, level="warning")
