@@ -32,6 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psutil
 import sqlalchemy as sa
 from chaos_faults import Fault, Injector, free_disk, schedule, set_clock
+from chaos_people import (
+    Mailbox,
+    add_user_and_subscription,
+    monitor_healthy,
+    notification_summary,
+    notifications_pending,
+)
 from chaos_report import (
     alert_rows,
     outbox_ids,
@@ -105,6 +112,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # (the first 25-minute run ended its own reconciliation that way).
     engine = sa.create_engine(db_url.replace(f"application_name={pg_app}", "application_name=chaos_harness"),
                               pool_pre_ping=True)  # fmt: skip
+    mailbox = Mailbox().start()
+    add_user_and_subscription(root, db_url, mailbox)
+    stack.start_people()
     watch = Watch(stack)
     try:
         _wait(lambda: _detections_from(engine) >= len(stack.agents), 180, "every agent's first detection", watch)
@@ -118,6 +128,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         inj.rollout(t0, seconds)
         _fault_phase(inj, watch, faults, t0, seconds)
         drain_s, left = _drain(stack, engine, watch, args.drain_timeout)
+        # The outage alerts' notices: notify delivers what is due (a rate-capped digest may wait longer).
+        with contextlib.suppress(TimeoutError):
+            _wait(lambda: notifications_pending(engine) == 0, 90, "notifications sent", watch)
+        monitor_ok = monitor_healthy(stack.monitor_port)
+        notices = notification_summary(engine, began, t0 + seconds, mailbox)
         stored, dups = stored_rows(engine)
         ledger = read_ledgers(stack.agents, watch.seen_at)
         rec = reconcile(ledger, stored, faults, left)
@@ -125,6 +140,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         stack.stop()
         engine.dispose()
+        mailbox.stop()
     report = {
         "seed": args.seed, "minutes": args.minutes, "db": args.db, "agents": len(stack.agents),
         "started": began.isoformat(), "drain_s": drain_s, "reconciliation": rec, "duplicates": dups,
@@ -132,7 +148,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "faults": [vars(f) for f in faults], "timeline": inj.log,
         "recovery": recovery_times(faults, stored), "rss": rss_summary(watch.rss),
         "outbox": {"peak_depth": watch.peak_depth, "peak_age_s": round(watch.peak_age, 1)},
-        "alerts": alerts, "unexpected_exits": dict(watch.unexpected_exits),
+        "alerts": alerts, "notifications": notices, "monitor_healthy_at_end": monitor_ok,
+        "unexpected_exits": dict(watch.unexpected_exits),
         "outbox_tmpfs": stack.agents[0].tmpfs, "work_folder": str(root),
     }  # fmt: skip
     # A broker SIGKILL no longer excuses a loss: agents hold what it acknowledged (edge_agent/held.py).

@@ -14,6 +14,8 @@ import sqlalchemy as sa
 from chaos_faults import Fault
 from chaos_stack import AUTOSAVE_S, Agent
 
+# RSS samples of a process's first minutes are start-up, not a leak (rss_summary).
+RSS_WARMUP_S = 180.0
 MESSAGE_TABLES = ("detections", "telemetry", "samples", "yield_estimates", "events")
 
 
@@ -179,7 +181,11 @@ def outbox_ids(agent: Agent) -> set[str]:
 
 
 def rss_summary(samples: dict[str, list[tuple[float, int, int]]]) -> dict[str, Any]:
-    """Per role: RSS (MB) at start and end, and the slope per hour of its longest-lived process."""
+    """Per role: RSS (MB) at start and end, and the slope per hour of its longest-lived process.
+
+    The first ``RSS_WARMUP_S`` of that process (imports, first model load, caches filling) are left
+    out when it lived long enough: a leak is growth after the process settled, not its start-up.
+    """
     out = {}
     for role, rows in samples.items():
         if not rows:
@@ -188,15 +194,19 @@ def rss_summary(samples: dict[str, list[tuple[float, int, int]]]) -> dict[str, A
         for t, pid, rss in rows:
             by_pid.setdefault(pid, []).append((t, rss))
         longest = max(by_pid.values(), key=lambda r: r[-1][0] - r[0][0])
-        span = longest[-1][0] - longest[0][0]
+        settled = [x for x in longest if x[0] - longest[0][0] >= RSS_WARMUP_S]
+        warmup = RSS_WARMUP_S if len(settled) >= 20 else 0.0
+        fit = settled if warmup else longest
+        span = fit[-1][0] - fit[0][0]
         slope = None
-        if span >= 60 and len(longest) >= 3:
-            n = len(longest)
-            mt = sum(t for t, _ in longest) / n
-            mr = sum(r for _, r in longest) / n
-            den = sum((t - mt) ** 2 for t, _ in longest)
-            slope = sum((t - mt) * (r - mr) for t, r in longest) / den * 3600 / 1e6
-        out[role] = {"start_mb": round(rows[0][2] / 1e6, 1), "end_mb": round(rows[-1][2] / 1e6, 1),
+        if span >= 60 and len(fit) >= 3:
+            n = len(fit)
+            mt = sum(t for t, _ in fit) / n
+            mr = sum(r for _, r in fit) / n
+            den = sum((t - mt) ** 2 for t, _ in fit)
+            slope = sum((t - mt) * (r - mr) for t, r in fit) / den * 3600 / 1e6
+        out[role] = {"start_mb": round(fit[0][1] / 1e6, 1), "end_mb": round(fit[-1][1] / 1e6, 1),
+                     "first_mb": round(longest[0][1] / 1e6, 1), "warmup_s": warmup,
                      "slope_mb_per_h": None if slope is None else round(slope, 1),
                      "slope_over_s": round(span), "processes": len(by_pid)}  # fmt: skip
     return out
@@ -237,6 +247,9 @@ def print_tables(report: dict[str, Any]) -> None:
         m.add_row(role, str(d["start_mb"]), str(d["end_mb"]), str(d["slope_mb_per_h"]), str(d["slope_over_s"]))
     console.print(m)
     console.print("alerts:", report["alerts"])
+    if "notifications" in report:
+        console.print("notifications:", report["notifications"])
+        console.print("monitor healthy at the end:", report["monitor_healthy_at_end"])
     console.print("verdict:", "[green]PASS[/green]" if report["passed"] else "[red]FAIL[/red]")
 
 
@@ -280,6 +293,14 @@ def summary_markdown(reports: list[dict[str, Any]]) -> str:
         "alerts raised / resolved": lambda r: ", ".join(
             f"{k} {v['raised']}/{v['resolved']}" for k, v in sorted(r["alerts"].items())
         ),
+        "outage alerts mailed": lambda r: (
+            "-"
+            if "notifications" not in r
+            else f"{r['notifications']['raised_notice_delivered']} of {r['notifications']['alerts_raised']}, "
+            f"{r['notifications']['mails_received']} mails"
+        ),
+        "monitor answering at the end": lambda r: {True: "yes", False: "no"}.get(r.get("monitor_healthy_at_end"), "-"),
+        "RSS of monitor / notify": lambda r: f"{slope(r, 'monitor')}; {slope(r, 'notify')}",
         "drain": lambda r: f"{r['drain_s']:.0f} s",
         "verdict": lambda r: "pass" if r["passed"] else "FAIL",
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -129,6 +130,16 @@ older_than_s = 30
 
 [retention]
 interval_s = 0
+
+[app]
+users_file = "{root}/monitor-users.json"
+farm_file = "{root}/farm.geojson"
+registry = "{root}/registry"
+
+[notify]
+poll_interval_s = 2
+monitor_url = "http://127.0.0.1:{monitor_port}"
+ack_secret = "{ack_secret}"
 """
 
 
@@ -224,15 +235,28 @@ class Stack:
     ingests: list[Proc]
     agents: list[Agent]
     pub_key: Path
+    monitor_port: int = 0
+    # The monitor and notify: started by the harness once the agronomist is subscribed.
+    people: list[Proc] = field(default_factory=list)
     mounts: list[Path] = field(default_factory=list)
 
     def all_procs(self) -> list[Proc]:
-        return [self.registry, *self.ingests, *(a.proc for a in self.agents)]
+        return [self.registry, *self.ingests, *self.people, *(a.proc for a in self.agents)]
+
+    def start_people(self) -> None:
+        monitor = str(self.root / "monitor.toml")
+        logs = self.root / "logs"
+        self.people = [
+            Proc("monitor", ["monitor", "--config", monitor, "--port", str(self.monitor_port)], logs),
+            Proc("notify", ["notify", "--config", monitor], logs),
+        ]
+        for p in self.people:
+            p.start()
 
     def stop(self) -> None:
         for a in self.agents:
             a.proc.stop()
-        for p in self.ingests:
+        for p in [*self.ingests, *self.people]:
             p.stop()
         self.registry.stop()
         self.broker.stop()
@@ -288,7 +312,9 @@ def start_stack(root: Path, db_url: str, n_agents: int, rates: tuple[float, floa
     registry = Proc("registry", ["registry", "serve", "--root", str(registry_dir), "--port", str(reg_port)], logs)
     registry.start()
     monitor = root / "monitor.toml"
-    monitor.write_text(MONITOR_TOML.format(url=db_url, port=broker.port), encoding="utf-8")
+    monitor_port = free_port()
+    monitor.write_text(MONITOR_TOML.format(url=db_url, port=broker.port, root=root, monitor_port=monitor_port,
+                                           ack_secret=secrets.token_hex(24)), encoding="utf-8")  # fmt: skip
     run_cli(logs, "db", "--config", str(monitor), "migrate")
     ingests = [
         Proc(
@@ -301,7 +327,7 @@ def start_stack(root: Path, db_url: str, n_agents: int, rates: tuple[float, floa
     ]
     for p in ingests:
         p.start()
-    stack = Stack(root, db_url, broker, reg_port, registry, ingests, [], pub)
+    stack = Stack(root, db_url, broker, reg_port, registry, ingests, [], pub, monitor_port)
     for i in range(n_agents):
         device = f"gw-{i}"
         folder = root / "agents" / device
