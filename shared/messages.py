@@ -39,6 +39,7 @@ from .gateway_messages import (
     GatewayStatus as GatewayStatus,
     LabelMessage as LabelMessage,
 )
+from .ids import new_msg_id as new_msg_id, utcnow as utcnow  # callers and tests reach them through this module
 from .manifest import ModelManifest, Signature, TrustedKeys, Variant, canonical_json, sign_bytes, verify_bytes
 from .message_parts import (
     ActiveModel as ActiveModel,
