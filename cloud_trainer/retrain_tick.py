@@ -378,8 +378,7 @@ def describe(decision: dict[str, Any]) -> str:
 
 
 def main(argv: list[str], prog: str = "cropwatch retrain tick") -> int:
-    from shared.config import load_config, redacted_json
-    from shared.errors import ConfigError
+    from shared.config import command_config
 
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -389,14 +388,9 @@ def main(argv: list[str], prog: str = "cropwatch retrain tick") -> int:
     parser.add_argument("--dry-run", action="store_true", help="decide and report, change nothing")
     parser.add_argument("--json", action="store_true", help="print the decision as JSON")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(RetrainConfig, args.config)
-    except ConfigError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
-    if args.check_config:
-        print(redacted_json(cfg))
-        return 0
+    cfg = command_config(RetrainConfig, args.config, prog, args.check_config)
+    if isinstance(cfg, int):
+        return cfg
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         decision = tick(cfg, dry_run=args.dry_run)

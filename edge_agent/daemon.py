@@ -27,8 +27,8 @@ from typing import Literal
 from shared.errors import ConfigError
 from shared.ids import utcnow
 from shared.manifest import TrustedKeys
-from shared.messages import ActiveModel, Event, EventValue, Health, LogLevel, Status
-from shared.topics import command_topic, device_topic, fleet_model_topic, fleet_shadow_topic
+from shared.messages import Event, EventValue, Health, LogLevel, Status
+from shared.topics import command_topic, fleet_model_topic, fleet_shadow_topic
 
 from .commands import CommandActions, CommandHandler
 from .config import AgentConfig, load_agent_config
@@ -38,15 +38,16 @@ from .ledger import Ledger
 from .lock import InstanceLock
 from .logs import set_level
 from .outbox import Outbox
-from .pipeline import Identity, Pipeline, SamplePolicy, backend_variant, to_out
+from .pipeline import Identity, Pipeline, to_out
+from .sampling import SamplePolicy
 from .sender import Sender, Transport
 from .source_context import AgentSourceContext
 from .sources import Source, SourceSettings, build_source
+from .status import build_status, listed_models, status_topic
 from .systemd import Notifier
 from .updater import ModelUpdater
 from .uplink.budget import message_wire_size
 from .uplink.runtime import Uplink, open_outbox
-from .version import AGENT_VERSION
 from .yield_runner import YieldRunner
 
 logger = logging.getLogger(__name__)
@@ -247,7 +248,7 @@ class Agent:
     # --- status -----------------------------------------------------------------------------
 
     def _status_topic(self) -> str:
-        return device_topic(self.identity.farm_id, self.identity.device_id, "status")
+        return status_topic(self.identity)
 
     def health(self) -> Health:
         with self._errors_lock:
@@ -259,29 +260,9 @@ class Agent:
     def status_message(
         self, state: Literal["online", "offline"], reason: str | None = None, health: Health | None = None
     ) -> Status:
-        # An update in progress (or refused) comes before the serving model of the same name, so a
-        # reader that keeps one row per model name (ingest's device_models) ends on the serving one.
-        models = list(self.updater.pending.values()) if self.updater is not None else []
-        models += [
-            ActiveModel(
-                name=b.manifest.name,
-                version=b.manifest.version,
-                sha256=b.manifest.file(backend_variant(b)).sha256,
-                variant=backend_variant(b),
-                role="shadow" if b is self.pipeline.shadow else "champion",
-                state=self.updater.model_state(b) if self.updater is not None else "active",
-            )
-            for b in self.models
-        ]
-        return Status(
-            **self.identity.envelope(),
-            state=state,
-            since=self.started_at,
-            agent_version=AGENT_VERSION,
-            models=models,
-            health=health,
-            reason=reason,
-            next_contact_at=self.uplink.next_contact_at(),
+        models = listed_models(self.models, self.pipeline.shadow, self.updater)
+        return build_status(
+            self.identity, state, self.started_at, models, self.uplink.next_contact_at(), reason=reason, health=health
         )
 
     def publish_status(self, force: bool = False) -> None:

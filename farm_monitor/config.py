@@ -252,17 +252,6 @@ class MonitorConfig(BaseModel):
 def command_config(path: str | None, prog: str, check_config: bool = False) -> MonitorConfig | int:
     """monitor.toml for a command, or its exit code: 2 after saying what is wrong, 0 after
     ``--check-config`` printed it with secrets redacted."""
-    import sys
+    from shared.config import command_config as load_for_command
 
-    from shared.config import load_config, redacted_json
-    from shared.errors import ConfigError
-
-    try:
-        cfg = load_config(MonitorConfig, path)
-    except ConfigError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
-    if check_config:
-        print(redacted_json(cfg))
-        return 0
-    return cfg
+    return load_for_command(MonitorConfig, path, prog, check_config)

@@ -98,20 +98,14 @@ def init(args: argparse.Namespace) -> int:
 
 
 def health(args: argparse.Namespace) -> int:
-    from shared.config import load_config, redacted_json
-    from shared.errors import ConfigError
+    from shared.config import command_config
 
     from .config import GatewayConfig
     from .health import HealthReporter
 
-    try:
-        cfg = load_config(GatewayConfig, args.config)
-    except ConfigError as exc:
-        print(f"cropwatch gateway health: {exc}", file=sys.stderr)
-        return 2
-    if args.check_config:
-        print(redacted_json(cfg))
-        return 0
+    cfg = command_config(GatewayConfig, args.config, "cropwatch gateway health", args.check_config)
+    if isinstance(cfg, int):
+        return cfg
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tomllib
 import types
 import typing
@@ -175,3 +176,19 @@ def redacted(config: BaseModel) -> dict[str, Any]:
 
 def redacted_json(config: BaseModel) -> str:
     return json.dumps(redacted(config), indent=2, default=str, sort_keys=False)
+
+
+def command_config(
+    model: type[M], path: str | os.PathLike[str] | None, prog: str, check_config: bool = False
+) -> M | int:
+    """A command's config, or its exit code: 2 after saying on stderr what is wrong, 0 after
+    ``--check-config`` printed it with secrets redacted."""
+    try:
+        cfg = load_config(model, path)
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    if check_config:
+        print(redacted_json(cfg))
+        return 0
+    return cfg

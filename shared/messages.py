@@ -4,6 +4,8 @@ Device to cloud: detection, yield, telemetry, sample, status, event (the topic's
 Cloud to device: commands on ``cmd/{command}`` and the retained desired model on
 ``_fleet/model/{name}``. Unknown fields are rejected, floats must be finite, and every message
 carries ``schema_version``, ``msg_id``, ``farm_id``, ``device_id`` and ``observed_at``.
+The envelope (shared.envelope) and the gateway's own kinds (shared.gateway_messages) live in
+modules of their own and are re-exported here.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import base64
 import json
 from datetime import date
-from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, cast
 
 from pydantic import (
     AfterValidator,
@@ -23,16 +25,21 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     ValidationError,
-    ValidationInfo,
     WithJsonSchema,
     model_serializer,
     model_validator,
 )
 
 from . import SCHEMA_VERSION
+from .envelope import WIRE_CONTEXT_KEY as WIRE_CONTEXT_KEY, Envelope as Envelope
 from .errors import MessageError
 from .fields import STRICT_MODEL, Id, Label, MsgId, Probability, Sha256Hex, ShortText, UtcDatetime, Version
-from .ids import new_msg_id, utcnow
+from .gateway_messages import (
+    GATEWAY_KINDS as GATEWAY_KINDS,
+    GatewayStatus as GatewayStatus,
+    LabelMessage as LabelMessage,
+)
+from .ids import new_msg_id as new_msg_id, utcnow as utcnow  # callers and tests reach them through this module
 from .manifest import ModelManifest, Signature, TrustedKeys, Variant, canonical_json, sign_bytes, verify_bytes
 from .message_parts import (
     ActiveModel as ActiveModel,
@@ -54,55 +61,12 @@ MAX_PAYLOAD_BYTES = 384 * 1024
 MAX_FLEET_PAYLOAD_BYTES = 1024 * 1024
 
 DEVICE_KINDS = ("detection", "yield", "telemetry", "sample", "status", "event", "gateway_status", "label")
-# Kinds only a farm gateway sends (under its own id); a field device's ACL does not grant them.
-GATEWAY_KINDS = ("gateway_status", "label")
 COMMANDS = ("capture_now", "reload_config", "set_log_level", "ping")
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
-# Validation context flag: the data came off the wire (CBOR), so nothing may be filled in.
-WIRE_CONTEXT_KEY = "from_wire"
 # ok: answered; uncertain: the model abstained (docs/disease-model.md); not_a_leaf: the leaf gate refused the frame.
 DetectionStatus = Literal["ok", "uncertain", "not_a_leaf"]
 # `uncertain` samples go to labelling ahead of every other kind (docs/edge-agent.md).
 SampleReason = Literal["low_confidence", "requested", "random", "shadow_disagreement", "uncertain"]
-
-
-class Envelope(BaseModel):
-    """Fields every message carries."""
-
-    model_config = STRICT_MODEL
-    schema_version: Literal[1]
-    msg_id: MsgId
-    farm_id: Id
-    device_id: Id
-    observed_at: UtcDatetime
-
-    @model_validator(mode="before")
-    @classmethod
-    def _fill_when_built_in_code(cls, data: Any, info: ValidationInfo) -> Any:
-        # Code that builds a message gets a fresh msg_id, the current time and the kind; a payload
-        # from the wire must carry them, or ingest could not deduplicate it. A binary payload
-        # (shared.wire) is validated in python mode too, so it says so in the context.
-        from_wire = isinstance(info.context, dict) and info.context.get(WIRE_CONTEXT_KEY)
-        if info.mode == "python" and isinstance(data, dict) and not from_wire:
-            data = dict(data)
-            data.setdefault("schema_version", SCHEMA_VERSION)
-            data.setdefault("msg_id", new_msg_id())
-            data.setdefault("observed_at", utcnow())
-            # A one-value Literal (the fleet's device_id) is implied by the class in code, but
-            # still required on the wire.
-            for name, field in cls.model_fields.items():
-                args = get_args(field.annotation)
-                if (
-                    name not in data
-                    and field.is_required()
-                    and get_origin(field.annotation) is Literal
-                    and len(args) == 1
-                ):
-                    data[name] = args[0]
-        return data
-
-    def to_json(self) -> bytes:
-        return self.model_dump_json().encode("utf-8")
 
 
 class Detection(Envelope):
@@ -266,41 +230,6 @@ class Event(Envelope):
     details: dict[Annotated[str, StringConstraints(max_length=64)], EventValue] = Field(
         default_factory=dict, max_length=32
     )
-
-
-class GatewayStatus(Envelope):
-    """A farm gateway's health, sent up its bridge to the cloud (``device_id`` is the gateway's id).
-
-    Mosquitto does not expose one bridge's queue, so ``queued_bytes``/``queued_messages`` are the
-    gateway broker's whole message store (``$SYS/broker/store/messages/*``) and ``backlog_since`` is
-    when the uplink went down: every message since then waits in the bridge queue.
-    """
-
-    kind: Literal["gateway_status"] = "gateway_status"
-    bridge: Id = Field(description="The bridge connection's name in the gateway's mosquitto.conf.")
-    uplink: Literal["up", "down", "unknown"]
-    uplink_since: UtcDatetime | None = Field(None, description="When the uplink last changed state, as seen here.")
-    backlog_since: UtcDatetime | None = Field(None, description="Oldest message that may still wait: the cut.")
-    queued_bytes: Annotated[int, Field(ge=0)] | None = None
-    queued_messages: Annotated[int, Field(ge=0)] | None = None
-    disk_free_bytes: Annotated[int, Field(ge=0)] | None = None
-    disk_total_bytes: Annotated[int, Field(ge=0)] | None = None
-    gateway_version: Version
-
-
-class LabelMessage(Envelope):
-    """A label a person gave a sample in a farm's own monitor, sent up the gateway's bridge.
-
-    ``msg_id`` is the label row's own id (the monitor gives each label one), so the cloud stores
-    it once however often it arrives; ``device_id`` is the gateway's id.
-    """
-
-    kind: Literal["label"] = "label"
-    sample_msg_id: MsgId
-    label: Label
-    labelled_by: Annotated[str, StringConstraints(min_length=1, max_length=128)]
-    labelled_at: UtcDatetime
-    note: Annotated[str, StringConstraints(max_length=2000)] | None = None
 
 
 # --- cloud to device ---------------------------------------------------------------------------

@@ -9,8 +9,7 @@ import sys
 import threading
 from typing import Any
 
-from shared.config import load_config, redacted_json
-from shared.errors import ConfigError
+from shared.config import command_config
 
 from .config import LorawanConfig, acl_lines
 
@@ -35,14 +34,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 
 def main(argv: list[str], prog: str = "cropwatch bridge lorawan") -> int:
     args = _parser(prog).parse_args(argv)
-    try:
-        cfg = load_config(LorawanConfig, args.config)
-    except ConfigError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
-    if args.check_config:
-        print(redacted_json(cfg))
-        return 0
+    cfg = command_config(LorawanConfig, args.config, prog, args.check_config)
+    if isinstance(cfg, int):
+        return cfg
     if args.print_acl:
         try:
             print(acl_lines(cfg), end="")

@@ -24,7 +24,7 @@ from shared.display_names import display_name
 
 from ..config import MonitorConfig
 from ..db import make_engine
-from . import queries as q
+from . import delivery_queries, queries as q
 from .auth import AuthError, User, UsersFile
 from .layout import FarmLayout, LayoutError, load_layout
 
@@ -109,6 +109,10 @@ class CachedQuery(Generic[T]):
             runner.clear()
 
 
+# The modules whose functions are queries; :mod:`.queries` re-exports the others' queries.
+QUERY_MODULES = frozenset({q.__name__, delivery_queries.__name__})
+
+
 class _Queries:
     """The cached read layer: ``Data.<name>`` is :mod:`.queries`' ``<name>``, cached per database and arguments.
 
@@ -122,7 +126,7 @@ class _Queries:
         cached = self._cached.get(name)
         if cached is None:
             fn = getattr(q, name, None)
-            if not (inspect.isfunction(fn) and fn.__module__ == q.__name__ and not name.startswith("_")):
+            if not (inspect.isfunction(fn) and fn.__module__ in QUERY_MODULES and not name.startswith("_")):
                 raise AttributeError(f"{q.__name__} has no query {name!r}")
             cached = self._cached.setdefault(name, CachedQuery(fn))  # setdefault: two sessions, one cache
         return cached

@@ -232,7 +232,7 @@ def test_the_documented_example_config_is_valid(tmp_path: Path) -> None:
 def test_sample_policy_sends_shadow_disagreements_within_the_limits(tmp_path: Path) -> None:
     from edge_agent.config import SampleSettings
     from edge_agent.outbox import Outbox
-    from edge_agent.pipeline import SamplePolicy
+    from edge_agent.sampling import SamplePolicy
 
     box = Outbox(tmp_path / "o.db", budget_bytes=10**7)
     now = 1_000_000.0

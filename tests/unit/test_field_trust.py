@@ -87,7 +87,7 @@ def test_agent_scores_match_the_trainer() -> None:
 def test_uncertain_samples_go_ahead_of_the_others(tmp_path: Path) -> None:
     from edge_agent.config import SampleSettings
     from edge_agent.outbox import Outbox
-    from edge_agent.pipeline import SamplePolicy
+    from edge_agent.sampling import SamplePolicy
 
     box = Outbox(tmp_path / "o.db", budget_bytes=10**7)
     now = 1_000_000.0
