@@ -151,12 +151,18 @@ def farm_recorder(port: int, farm: str) -> Recorder:
     return rec
 
 
+def once_per_msg_id(messages: list[Any]) -> list[Any]:
+    """One per msg_id, as ingest stores them: an agent restarted within ``[outbox] hold_acked_s``
+    sends its last acknowledged messages again (edge_agent/held.py)."""
+    return list({m.msg_id: m for m in messages}.values())
+
+
 def events(rec: Recorder, device: str, code: str) -> list[Any]:
-    return [e for e in rec.parsed("event") if e.device_id == device and e.code == code]
+    return once_per_msg_id([e for e in rec.parsed("event") if e.device_id == device and e.code == code])
 
 
 def detections(rec: Recorder, device: str) -> list[Any]:
-    return [d for d in rec.parsed("detection") if d.device_id == device]
+    return once_per_msg_id([d for d in rec.parsed("detection") if d.device_id == device])
 
 
 def drop_image(doc: dict[str, Any], index: int) -> None:

@@ -21,6 +21,7 @@ from tests.integration.rollout_helpers import (
     farm_recorder,
     fleet_doc,
     import_model,
+    once_per_msg_id,
     running,
     serving,
 )
@@ -60,7 +61,8 @@ def built(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
 
 
 def yield_versions(rec, device: str) -> list[str]:  # type: ignore[no-untyped-def]
-    return [y.model.version for y in rec.parsed("yield") if y.device_id == device]
+    # One per msg_id, as ingest stores them (a restarted agent sends its held messages again).
+    return [y.model.version for y in once_per_msg_id([y for y in rec.parsed("yield") if y.device_id == device])]
 
 
 def yield_events(rec, device: str, code: str) -> list:  # type: ignore[no-untyped-def,type-arg]
