@@ -66,6 +66,9 @@ class Agent:
         self.config_path = config_path
         self.identity = Identity(cfg.device.farm_id, cfg.device.device_id, cfg.device.field_id)
         self.started_at = utcnow()
+        # Uptime on the monotonic clock: a device clock set back (NTP, the soak's clock jump) made
+        # it negative, and the status heartbeat failed validation until the clock came back.
+        self._started_mono = time.monotonic()
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._reload_requested = False
@@ -253,7 +256,7 @@ class Agent:
     def health(self) -> Health:
         with self._errors_lock:
             errors = dict(self.errors.most_common(32))
-        uptime_s = (utcnow() - self.started_at).total_seconds()
+        uptime_s = time.monotonic() - self._started_mono
         latency = self.pipeline.latency.percentiles()
         return heartbeat(self.stats, self.outbox, errors, latency, self.cfg.data_dir, uptime_s)
 

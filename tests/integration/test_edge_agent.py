@@ -7,6 +7,7 @@ import json
 import logging
 import subprocess
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -395,5 +396,34 @@ def test_disk_budget_drops_low_priority_first_and_keeps_events(tmp_path: Path, r
         assert len(stored) == 30  # each was stored, and the oldest were displaced later
         health = _online(rec)[-1].health
         assert health.dropped["dropped_telemetry"] == counters["dropped_telemetry"]
+    finally:
+        rec.close()
+
+
+def test_status_goes_on_when_the_device_clock_jumps_back(
+    tmp_path: Path, mqtt_broker, models, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Found by the chaos soak: uptime was taken from the wall clock, went negative after the clock
+    was set back three hours, and every heartbeat failed validation until the clock returned."""
+    from shared import ids
+
+    classifier, _ = models
+    offset = tmp_path / "clock-offset"
+    offset.write_text("0\n")
+    monkeypatch.setattr(ids, "_offset_file", str(offset))
+    monkeypatch.setattr(ids, "_offset_cache", (-1.0, 0.0))
+    monkeypatch.setattr(ids, "_last_ms", ids._last_ms)
+    monkeypatch.setattr(ids, "_last_rand", ids._last_rand)
+    rec = recorder(mqtt_broker.port)
+    try:
+        with running(agent_config(tmp_path, mqtt_broker.port, model_section(classifier))) as agent:
+            offset.write_text("-10800\n")
+            ids._offset_cache = (-1.0, 0.0)  # read the file again now, not at its next mtime tick
+            assert ids.wall_time() < time.time() - 10000
+            assert agent.health().uptime_s >= 0
+            agent.publish_status()
+            wait_for(lambda: any(s.health and s.health.uptime_s >= 0 for s in rec.parsed("status", live_only=False)
+                                 if s.observed_at.timestamp() < time.time() - 10000), 10,
+                     what="a status made after the jump")  # fmt: skip
     finally:
         rec.close()
