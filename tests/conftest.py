@@ -64,6 +64,15 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture(scope="session")
+def retrain_base_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The retraining tests' base run (tests/retrain_helpers.make_base_run), trained once per session:
+    it takes a minute, and the integration and e2e retraining tests only read it. Do not write into it."""
+    from tests.retrain_helpers import make_base_run
+
+    return make_base_run(tmp_path_factory.mktemp("retrain-base"))
+
+
+@pytest.fixture(scope="session")
 def team_data() -> Path:
     if not TEAM_DATA.is_dir():
         missing_service(f"the team data folder {TEAM_DATA}")

@@ -31,7 +31,7 @@ from fleet.shadow import shadow_report
 from shared.manifest import generate_keypair
 from tests.integration.ingest_helpers import config as ingest_config, ingest_thread
 from tests.integration.rollout_helpers import farm_recorder, fleet_doc, import_model, running, serving
-from tests.retrain_helpers import CONFUSED, class_names, field_jpeg, make_base_run
+from tests.retrain_helpers import CONFUSED, class_names, field_jpeg
 from tests.services import cropwatch_cmd, cropwatch_env, wait_for
 
 torch.set_num_threads(1)
@@ -86,12 +86,15 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str
     )
 
 
-def test_field_labels_to_a_promoted_model(tmp_path: Path, own_broker) -> None:  # type: ignore[no-untyped-def]
+def test_field_labels_to_a_promoted_model(tmp_path: Path, own_broker, retrain_base_run: Path) -> None:  # type: ignore[no-untyped-def]
     report_lines: list[str] = []
-    base_run = make_base_run(tmp_path / "train")
+    base_run = retrain_base_run  # tests/retrain_helpers.make_base_run, shared with tests/integration/test_retrain.py
     _priv, pub, _ = generate_keypair(tmp_path / "keys")
     key = tmp_path / "keys" / "cropwatch-signing.key"
-    _manifest, manifest_path = export_run(base_run, name=NAME, version="1.0.0", key_path=key, int8=False)
+    # Exported beside the test, not into the shared base run.
+    _manifest, manifest_path = export_run(
+        base_run, tmp_path / "export-1.0.0", name=NAME, version="1.0.0", key_path=key, int8=False
+    )
     registry = Registry(tmp_path / "registry")
     v1 = SimpleNamespace(manifest_path=manifest_path, public_key=pub)
     import_model(registry, v1)  # type: ignore[arg-type]

@@ -30,7 +30,12 @@ TINY = [
     "none",
     "--patience",
     "99",
+    # No trust head (it is tested in test_disease_pipeline.py); the field recipe stays on, so resume
+    # and DDP are shown with the default augmentation and the class-balanced sampler.
+    "--abstain-score",
+    "energy",
 ]
+RECIPE_OFF = ["--no-field-background", "--no-shadows", "--no-perspective", "--no-jpeg", "--no-balanced"]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +106,7 @@ def test_trains_from_a_label_csv(leaves: Path, tmp_path: Path) -> None:
     # The form the monitor's labelling queue exports: path,label rows beside the images.
     run = tmp_path / "csv-run"
     rc = train_cli.main(
-        ["disease", "--data", str(leaves / "labels.csv"), "--out", str(run), "--epochs", "1", *TINY], "t"
+        ["disease", "--data", str(leaves / "labels.csv"), "--out", str(run), "--epochs", "1", *TINY, *RECIPE_OFF], "t"
     )
     assert rc == 0
     dataset = json.loads((run / "dataset.json").read_text())

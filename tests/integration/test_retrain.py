@@ -17,7 +17,7 @@ from farm_monitor.db import make_engine
 from fleet import lineage
 from fleet.registry import Registry
 from shared.manifest import generate_keypair
-from tests.retrain_helpers import CONFUSED, make_base_run, store_samples
+from tests.retrain_helpers import CONFUSED, store_samples
 
 torch.set_num_threads(1)
 
@@ -25,13 +25,13 @@ AGRO = User("agro", "agronomist", ("*",))
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def world(tmp_path_factory: pytest.TempPathFactory, retrain_base_run: Path) -> dict:
     root = tmp_path_factory.mktemp("retrain")
-    base = make_base_run(root)
+    base = retrain_base_run  # shared with the e2e retraining loop; only read here
     generate_keypair(root / "keys")
     db_url = f"sqlite:///{root / 'monitor.db'}"
     # One field photo is byte for byte a base training image: the merge must drop it as a duplicate.
-    base_image = next(p for p in sorted((root / "leaves").rglob("*.jpg")))
+    base_image = next(p for p in sorted(Path(json.loads((base / "run.json").read_text())["data"]).rglob("*.jpg")))
     extra = [(base_image.read_bytes(), base_image.parent.name)]
     truth = store_samples(db_url, "farm-a", "gw-1", per_class=12, extra=extra)
     engine = make_engine(db_url)
