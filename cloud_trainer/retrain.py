@@ -260,6 +260,10 @@ def _fine_tune(args: argparse.Namespace, plan: _Plan) -> list[str]:
     for flag in ("no_field_background", "no_shadows", "no_perspective", "no_jpeg"):
         if plan.base_config.get(flag, True):
             train_argv.append("--" + flag.replace("_", "-"))
+    # The candidate abstains the way its base does: a champion that used energy abstention must
+    # not be challenged by a candidate with a trust head it never had (or the other way round).
+    if plan.base_config.get("abstain_score"):
+        train_argv += ["--abstain-score", str(plan.base_config["abstain_score"])]
     if args.threads:
         train_argv += ["--threads", str(args.threads)]
     if not args.train_bn:
