@@ -41,6 +41,7 @@ from chaos_people import (
 )
 from chaos_report import (
     alert_rows,
+    final_models,
     outbox_ids,
     outbox_sample,
     print_tables,
@@ -51,7 +52,7 @@ from chaos_report import (
     stored_rows,
     write_report,
 )
-from chaos_stack import REPO, Stack, start_stack
+from chaos_stack import MODEL, REPO, Stack, start_stack
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -132,6 +133,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with contextlib.suppress(TimeoutError):
             _wait(lambda: notifications_pending(engine) == 0, 90, "notifications sent", watch)
         monitor_ok = monitor_healthy(stack.monitor_port)
+        models = final_models(engine)
         notices = notification_summary(engine, began, t0 + seconds, mailbox)
         stored, dups = stored_rows(engine)
         ledger = read_ledgers(stack.agents, watch.seen_at)
@@ -148,6 +150,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "faults": [vars(f) for f in faults], "timeline": inj.log,
         "recovery": recovery_times(faults, stored), "rss": rss_summary(watch.rss),
         "outbox": {"peak_depth": watch.peak_depth, "peak_age_s": round(watch.peak_age, 1)},
+        "models_at_end": models,
+        # The rollback (to 1.0.0) reached every agent, whatever faults it met (a full disk among them).
+        "rollback_everywhere": bool(models) and all(
+            f"{MODEL} 1.0.0 champion active" in listed for listed in models.values()
+        ),
         "alerts": alerts, "notifications": notices, "monitor_healthy_at_end": monitor_ok,
         "unexpected_exits": dict(watch.unexpected_exits),
         "outbox_tmpfs": stack.agents[0].tmpfs, "work_folder": str(root),

@@ -134,6 +134,20 @@ def recovery_times(faults: list[Fault], stored: dict[str, tuple[str, datetime]])
     return out
 
 
+def final_models(engine: sa.Engine) -> dict[str, list[str]]:
+    """Each device's models as its last status reported them ("name version role state")."""
+    import json
+
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT device_id, models FROM devices ORDER BY device_id")).fetchall()
+    out = {}
+    for device, models in rows:
+        listed = json.loads(models) if isinstance(models, str) else (models or [])
+        out[device] = [f"{m['name']} {m['version']} {m.get('role', 'champion')} {m.get('state', 'active')}"
+                       for m in listed]  # fmt: skip
+    return out
+
+
 def alert_rows(engine: sa.Engine, since: datetime, before: float) -> dict[str, Any]:
     """Alerts raised during the fault phase (not the agents' own stop at the end), and how many resolved."""
     with engine.connect() as conn:
@@ -250,6 +264,7 @@ def print_tables(report: dict[str, Any]) -> None:
     if "notifications" in report:
         console.print("notifications:", report["notifications"])
         console.print("monitor healthy at the end:", report["monitor_healthy_at_end"])
+        console.print("models at the end:", report["models_at_end"])
     console.print("verdict:", "[green]PASS[/green]" if report["passed"] else "[red]FAIL[/red]")
 
 
@@ -299,6 +314,7 @@ def summary_markdown(reports: list[dict[str, Any]]) -> str:
             else f"{r['notifications']['raised_notice_delivered']} of {r['notifications']['alerts_raised']}, "
             f"{r['notifications']['mails_received']} mails"
         ),
+        "rollback reached every agent": lambda r: {True: "yes", False: "NO"}.get(r.get("rollback_everywhere"), "-"),
         "monitor answering at the end": lambda r: {True: "yes", False: "no"}.get(r.get("monitor_healthy_at_end"), "-"),
         "RSS of monitor / notify": lambda r: f"{slope(r, 'monitor')}; {slope(r, 'notify')}",
         "drain": lambda r: f"{r['drain_s']:.0f} s",

@@ -33,6 +33,8 @@ def test_chaos_soak_fixed_seed_no_unexplained_loss_no_duplicates(tmp_path: Path)
     # What a killed broker had acknowledged but not saved is sent again by the agents' hold.
     assert rec["lost_broker_crash"] == 0, (rec, report["work_folder"])
     assert report["duplicates"] == 0
+    assert report["rollback_everywhere"], report["models_at_end"]
+    assert report["monitor_healthy_at_end"]
     assert done.returncode == 0, done.stdout[-3000:]
     assert (
         rec["created"] > 500
