@@ -50,14 +50,16 @@ _TOPIC_CACHE_MAX = 50_000
 _OUTAGE = (OperationalError, InterfaceError)
 # Where the device upsert finds the status_reports values it reuses.
 _STATUS = {name: i for i, name in enumerate(r.COLUMNS["status_reports"])}
-_ST_OBSERVED, _ST_SINCE, _ST_MODELS, _ST_HEALTH = (_STATUS[c] for c in ("observed_at", "since", "models", "health"))
+_ST_SINCE, _ST_MODELS, _ST_HEALTH = (_STATUS[c] for c in ("since", "models", "health"))
 
 
 @dataclass
 class Batch:
     rows: dict[str, list[r.Row]] = field(default_factory=lambda: defaultdict(list))
     seen: dict[tuple[str, str], Any] = field(default_factory=dict)  # (farm, device) -> received
-    statuses: list[tuple[m.Status, Any, r.Row]] = field(default_factory=list)  # message, received, row
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # message, received, row, and the time that orders it (observed_at, never ahead of arrival)
+    statuses: list[tuple[m.Status, Any, r.Row, Any]] = field(default_factory=list)
     telemetry: list[m.Telemetry] = field(default_factory=list)
     fields: set[tuple[str, str]] = field(default_factory=set)
     dead: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -223,7 +225,7 @@ class Ingestor:
 
     def prepare(self, items: list[Item]) -> Batch:
         batch = Batch()
-        received_dt = datetime.now(UTC)
+        received_dt = batch.received_at
         received = self.d.ts(received_dt)
         for item in items:
             topic, payload = item[0], item[1]
@@ -282,7 +284,11 @@ class Ingestor:
         if kind == "detection" and msg.field_id is not None:
             batch.fields.add((msg.farm_id, msg.field_id))
         elif kind == "status":
-            batch.statuses.append((msg, received, built[0]))
+            # A device whose clock ran ahead must not freeze its row: a status stamped three hours
+            # ahead would otherwise outrank every real one (models, state, heartbeat) for three hours
+            # (found by the chaos soak). The history table keeps what the device said.
+            order_at = min(msg.observed_at, batch.received_at)
+            batch.statuses.append((msg, received, built[0], self.d.ts(order_at)))
         elif kind == "telemetry":
             batch.telemetry.append(msg)
         batch.received[kind] += 1
@@ -384,8 +390,8 @@ class Ingestor:
             if batch.statuses:
                 status_rows = []
                 model_rows = []
-                for st, received, row in batch.statuses:  # arrival order: a last will lands after heartbeats
-                    observed, models_json, health = row[_ST_OBSERVED], row[_ST_MODELS], row[_ST_HEALTH]
+                for st, received, row, observed in batch.statuses:  # arrival order: a last will after heartbeats
+                    models_json, health = row[_ST_MODELS], row[_ST_HEALTH]
                     since = row[_ST_SINCE] if st.state == "online" else received
                     status_rows.append(
                         (
@@ -405,13 +411,13 @@ class Ingestor:
                 if model_rows:
                     conn.exec_driver_sql(self._sql_models, model_rows)
                 online = [
-                    (st.farm_id, st.device_id, row[_ST_OBSERVED])
-                    for st, _, row in batch.statuses
+                    (st.farm_id, st.device_id, observed)
+                    for st, _, _, observed in batch.statuses
                     if st.state == "online"
                 ]
                 if online:
                     conn.exec_driver_sql(self._sql_stale_shadow, online)
-                self.alerts.on_statuses(conn, [s for s, _, _ in batch.statuses], now)
+                self.alerts.on_statuses(conn, [s for s, _, _, _ in batch.statuses], now)
             if batch.telemetry:
                 self.alerts.on_telemetry(conn, batch.telemetry, now)
             if batch.seen:

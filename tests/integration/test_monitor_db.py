@@ -172,6 +172,29 @@ def test_device_row_follows_the_latest_status_and_the_last_will(sqlite_url):
     ing.engine.dispose()
 
 
+def test_a_status_from_a_clock_ahead_does_not_freeze_the_device_row(db_url):
+    """Found by the chaos soak: one heartbeat stamped three hours ahead outranked every real one,
+    so the device's models, state and heartbeat stayed frozen for three hours (a rollback that had
+    happened was not shown, and the offline alert could not fire)."""
+    ing = _ingestor(db_url)
+    ahead = _status(None).model_copy(
+        update={"msg_id": m.new_msg_id(), "observed_at": datetime.now(UTC) + timedelta(hours=3)}
+    )
+    _feed(ing, ahead)
+    later = _status(None).model_copy(update={"msg_id": m.new_msg_id(), "agent_version": "0.2.1"})
+    later = later.model_copy(update={"models": [later.models[0].model_copy(update={"version": "1.2.0"})]})
+    time.sleep(0.01)  # a distinct arrival time; not synchronisation
+    _feed(ing, later)
+    with Session(ing.engine) as s:
+        dev = s.get(Device, ("f1", "gw-01"))
+        assert dev.agent_version == "0.2.1"
+        assert dev.last_heartbeat_at.replace(tzinfo=UTC) < datetime.now(UTC) + timedelta(minutes=10)
+        assert s.scalars(select(DeviceModel)).one().active_version == "1.2.0"
+    # The device's own words stay in the history.
+    assert len(query(db_url, "SELECT msg_id FROM status_reports")) == 2
+    ing.engine.dispose()
+
+
 def test_prune_deletes_by_retention_and_keeps_labelled_samples(db_url, capsys):
     ing = _ingestor(db_url)
     old = datetime.now(UTC) - timedelta(days=500)
