@@ -35,9 +35,13 @@ class AckHold:
         self._clock = clock
         self._since: dict[int, float] = {}
         self._reconnected = False
+        held = outbox.held_ids()
         if hold_s > 0:
-            now = clock()
-            self._since = dict.fromkeys(outbox.held_ids(), now)
+            self._since = dict.fromkeys(held, clock())
+        elif held:
+            # Held by a run with the hold on: with it now off they would never be released; sending
+            # them once more costs a few duplicates, which ingest drops.
+            outbox.resend_held(held)
 
     @property
     def enabled(self) -> bool:

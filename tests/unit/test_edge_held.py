@@ -132,3 +132,12 @@ def test_an_acknowledgement_the_full_disk_refused_is_written_later_and_not_resen
         assert len(transport.published) == 5
     finally:
         sender.stop()
+
+
+def test_rows_held_by_an_earlier_run_go_again_when_the_hold_is_turned_off(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", budget_bytes=10**9)
+    box.add(_msgs(2))
+    AckHold(box, 60).acked([r.id for r in box.next_batch(0, 10)])
+    assert box.stats()["depth"] == 0
+    AckHold(box, 0)  # the agent restarted with hold_acked_s = 0
+    assert box.held_ids() == [] and box.stats()["depth"] == 2
