@@ -62,10 +62,15 @@ def test_two_processes_and_a_sigkill_deliver_each_notification_once(
         procs += [start(1), start(2)]
         expected = ALERTS * SUBSCRIBERS
         wait_for(lambda: len(rec.requests) >= expected, 90, 0.1, f"{expected} deliveries")
-        with engine.connect() as conn:
-            wait_for(lambda: conn.execute(text(
-                "SELECT count(*) FROM notification_deliveries WHERE state = 'sent'")).scalar_one() == expected,
-                60, 0.1, "the ledger to record every send")  # fmt: skip
+
+        def sent() -> int:
+            # A connection per poll: one held open keeps its first snapshot (and, on SQLite, a read
+            # lock), so it would never see the senders' later commits.
+            with engine.connect() as conn:
+                return int(conn.execute(text(
+                    "SELECT count(*) FROM notification_deliveries WHERE state = 'sent'")).scalar_one())  # fmt: skip
+
+        wait_for(lambda: sent() == expected, 60, 0.1, "the ledger to record every send")
     finally:
         for p in procs[1:]:
             p.terminate()
