@@ -52,7 +52,7 @@ from chaos_report import (
     stored_rows,
     write_report,
 )
-from chaos_stack import MODEL, REPO, Stack, start_stack
+from chaos_stack import FIRST, MODEL, REPO, Stack, start_stack
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -151,9 +151,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "recovery": recovery_times(faults, stored), "rss": rss_summary(watch.rss),
         "outbox": {"peak_depth": watch.peak_depth, "peak_age_s": round(watch.peak_age, 1)},
         "models_at_end": models,
-        # The rollback (to 1.0.0) reached every agent, whatever faults it met (a full disk among them).
+        # The rollback (to FIRST) reached every agent, whatever faults it met (a full disk among them).
         "rollback_everywhere": bool(models) and all(
-            f"{MODEL} 1.0.0 champion active" in listed for listed in models.values()
+            f"{MODEL} {FIRST} champion active" in listed for listed in models.values()
         ),
         "alerts": alerts, "notifications": notices, "monitor_healthy_at_end": monitor_ok,
         "unexpected_exits": dict(watch.unexpected_exits),

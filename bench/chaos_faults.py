@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos_stack import Agent, Stack, publish
+from chaos_stack import SECOND, Agent, Stack, publish
 
 KINDS = {
     # kind: (weight, duration range in s)
@@ -169,7 +169,7 @@ class Injector:
 
     def rollout(self, t0: float, seconds: float) -> None:
         """A new version published a third of the way in, rolled back at two thirds."""
-        self.at(t0 + seconds / 3, lambda: self._publish("publish", "1.1.0"))
+        self.at(t0 + seconds / 3, lambda: self._publish("publish", SECOND))
         self.at(t0 + 2 * seconds / 3, lambda: self._publish("rollback", None))
 
     def _publish(self, action: str, version: str | None) -> None:

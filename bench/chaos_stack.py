@@ -20,6 +20,8 @@ from tests.services import Broker, free_port, port_open  # noqa: E402
 
 FARM = "chaos-farm"
 MODEL = "leafnet"
+# The version every agent starts on (and the rollback returns to), and the one rolled out mid-run.
+FIRST, SECOND = "1.0.0", "1.1.0"
 # Mosquitto writes its in-memory queues to disk this often (the deploy config uses 60 s): what a
 # broker SIGKILL can lose is what it accepted since the last save. Reported, never hidden.
 AUTOSAVE_S = 10
@@ -271,7 +273,7 @@ def build_models(root: Path) -> tuple[Path, dict[str, Path]]:
     keys = root / "keys"
     keys.mkdir(parents=True, exist_ok=True)
     out = {}
-    for i, version in enumerate(("1.0.0", "1.1.0")):
+    for i, version in enumerate((FIRST, SECOND)):
         built = build_classifier(root / "models" / version, name=MODEL, version=version, temperature=1.0 + i,
                                  key_dir=keys, min_agent_version="0.0.0")  # fmt: skip
         # 0.0.0: an agent run from a source tree (not pip-installed) reports version 0.0.0+unknown.
@@ -352,7 +354,7 @@ def start_stack(root: Path, db_url: str, n_agents: int, rates: tuple[float, floa
         if time.monotonic() > deadline:
             raise RuntimeError(f"the registry did not open port {reg_port}; see {logs}/registry.log")
         time.sleep(0.2)
-    publish(stack, "publish", "1.0.0")
+    publish(stack, "publish", FIRST)
     return stack
 
 

@@ -225,8 +225,7 @@ class Ingestor:
 
     def prepare(self, items: list[Item]) -> Batch:
         batch = Batch()
-        received_dt = batch.received_at
-        received = self.d.ts(received_dt)
+        received = self.d.ts(batch.received_at)
         for item in items:
             topic, payload = item[0], item[1]
             content_type = item[6] if len(item) > 6 else None
